@@ -1,0 +1,89 @@
+#pragma once
+// File formats of the CLI contract (IO.md): .npy arrays, safetensors weights, IDX (MNIST) data.
+// Readers are hardened against malformed files: every problem (truncation, a header that lies
+// about sizes or offsets, overlapping or out-of-range tensors, absurd header lengths, unsupported
+// dtypes) throws FileFormatError naming the file and the problem, before any allocation larger
+// than the file itself could justify. Writers never leave a partial file: they write a temporary
+// file next to the target and rename it into place.
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <algorithm>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "dynascope/array.hpp"
+#include "dynascope/types.hpp"
+
+namespace dynascope::io {
+
+// A host tensor of any supported dtype, row-major, as read from or written to a file.
+struct Tensor {
+  DType dtype = DType::f32;
+  Shape shape;
+  std::vector<std::byte> bytes;  // numel * size_of(dtype), little-endian
+
+  index_t numel() const { return shape_numel(shape); }
+  // The values converted to T (integers to floating point and back as static_cast does).
+  template <class T>
+  DYNASCOPE_API std::vector<T> to_vector() const;
+  // A host Array<T> with the values converted to T.
+  template <class T>
+  Array<T> to_array(const Context& host_ctx) const;
+
+  template <class T>
+  static Tensor from(const T* data, Shape shape);
+};
+
+// ---- .npy (version 1.0, 2.0 and 3.0 headers; C order; little-endian f4, f8, i4, i8, u1) ----
+DYNASCOPE_API Tensor read_npy(const std::string& path);
+DYNASCOPE_API void write_npy(const std::string& path, const Tensor& tensor);
+
+// ---- safetensors ----
+struct NamedTensor {
+  std::string name;
+  Tensor tensor;
+};
+struct Safetensors {
+  std::map<std::string, std::string> metadata;  // the "__metadata__" object (string values)
+  std::vector<NamedTensor> tensors;             // in the order of their data offsets
+  DYNASCOPE_API const Tensor* find(const std::string& name) const;
+};
+// Accepted dtypes: F32, F64, I32, I64, U8 (others are rejected with a clear error).
+DYNASCOPE_API Safetensors read_safetensors(const std::string& path);
+DYNASCOPE_API void write_safetensors(const std::string& path, const Safetensors& file);
+
+// ---- IDX (MNIST format; gzip-compressed when the file starts with the gzip magic) ----
+// u8 data stays u8; i8 and i16 widen to i32; i32, f32 and f64 keep their type.
+DYNASCOPE_API Tensor read_idx(const std::string& path);
+
+// Reads .npy, .idx / -ubyte / .gz (IDX) by looking at the file's first bytes.
+DYNASCOPE_API Tensor read_array(const std::string& path);
+
+// Atomically replaces `path` with `contents` (temporary file + rename).
+DYNASCOPE_API void write_file_atomic(const std::string& path, const void* data, std::size_t bytes);
+DYNASCOPE_API void write_text_atomic(const std::string& path, const std::string& text);
+
+// ---- inline template definitions ----
+template <class T>
+Array<T> Tensor::to_array(const Context& host_ctx) const {
+  if (!host_ctx.is_host()) throw InvalidArgument("io::Tensor::to_array: needs a host context");
+  std::vector<T> v = to_vector<T>();
+  Array<T> a(host_ctx, shape);
+  std::copy(v.begin(), v.end(), a.data());
+  return a;
+}
+
+template <class T>
+Tensor Tensor::from(const T* data, Shape shape) {
+  Tensor t;
+  t.dtype = dtype_v<T>;
+  t.shape = std::move(shape);
+  const std::size_t n = static_cast<std::size_t>(t.numel()) * sizeof(T);
+  t.bytes.resize(n);
+  if (n) std::memcpy(t.bytes.data(), data, n);
+  return t;
+}
+
+}  // namespace dynascope::io

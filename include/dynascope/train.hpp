@@ -1,0 +1,131 @@
+#pragma once
+// Losses with PyTorch's semantics, optimizers with PyTorch's update rules, and a small trainer
+// (a convenience for examples, benchmarks and the demo).
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "dynascope/datasets.hpp"
+#include "dynascope/engine.hpp"
+
+namespace dynascope::model {
+
+// mse  = mean over all N*O elements of (f - y)^2            (torch.nn.MSELoss())
+// xent = mean over samples of -log softmax(f)_label          (torch.nn.CrossEntropyLoss())
+// mse with integer labels uses one-hot targets.
+enum class Loss { mse, xent };
+DYNASCOPE_API Loss parse_loss(const std::string& text);
+DYNASCOPE_API const char* to_string(Loss loss) noexcept;
+
+// Targets on the context's backend: float values [N, O] or integer labels [N] (one of the two).
+template <class T>
+struct Targets {
+  MatrixView<const T> values;
+  VectorView<const std::int64_t> labels;
+  bool has_labels() const { return labels.data != nullptr; }
+  index_t rows() const { return has_labels() ? labels.size : values.rows; }
+};
+
+struct LossValue {
+  double loss = 0;
+  double accuracy = -1;  // fraction of argmax(f) == label; -1 without labels
+};
+
+// Loss of outputs [N, O] against targets; when grad is non-empty it receives dLoss/df [N, O].
+// Non-finite outputs give a non-finite loss (never an exception): callers decide.
+template <class T>
+DYNASCOPE_API LossValue loss_and_grad(const Context& ctx, Loss loss, MatrixView<const T> outputs,
+                                      const Targets<T>& targets, MatrixView<T> grad = {});
+
+enum class OptimizerKind { sgd, momentum, adam, adamw };
+DYNASCOPE_API OptimizerKind parse_optimizer(const std::string& text);
+DYNASCOPE_API const char* to_string(OptimizerKind kind) noexcept;
+
+// Negative values mean "PyTorch's default for this optimizer": lr 1e-2 (sgd, momentum; torch has
+// none) or 1e-3 (adam, adamw); momentum 0.9 (the momentum optimizer); weight decay 0, or 1e-2 for
+// adamw. betas (0.9, 0.999), eps 1e-8.
+struct OptimizerOptions {
+  OptimizerKind kind = OptimizerKind::sgd;
+  double lr = -1;
+  double momentum = -1;
+  double beta1 = 0.9, beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = -1;
+  DYNASCOPE_API OptimizerOptions resolved() const;  // defaults filled in, values checked
+};
+
+// One optimizer state over P parameters on ctx's backend. step() applies PyTorch's update:
+//  sgd:      g += wd p;  p -= lr g
+//  momentum: g += wd p;  buf = mu buf + g;  p -= lr buf
+//  adam:     g += wd p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+//            p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
+//  adamw:    p *= 1 - lr wd;  then adam without the decay term
+template <class T>
+class DYNASCOPE_API Optimizer {
+ public:
+  Optimizer(const Context& ctx, const OptimizerOptions& options, index_t params);
+  void step(T* params, const T* grad);
+  index_t steps() const { return t_; }
+  const OptimizerOptions& options() const { return opts_; }
+
+ private:
+  Context ctx_;
+  OptimizerOptions opts_;
+  index_t n_ = 0, t_ = 0;
+  Array<T> m_, v_;
+};
+
+struct TrainRecord {
+  index_t step = 0;         // updates done before this record (0 = initialisation)
+  double loss = 0;          // minibatch loss before the update of this step
+  double accuracy = -1;     // minibatch accuracy, -1 for regression
+};
+
+template <class T>
+struct TrainOptions {
+  Loss loss = Loss::mse;
+  OptimizerOptions optimizer;
+  index_t steps = 1000;
+  index_t batch = 0;        // 0: full batch
+  std::uint64_t seed = 0;   // minibatch order
+  index_t checkpoint_every = 0;  // 0: only the end
+  // Called with every minibatch record (before the update).
+  std::function<void(const TrainRecord&)> on_record;
+  // Called at step 0, every checkpoint_every steps and at the end, with the parameters then.
+  std::function<void(index_t step, const Array<T>& params)> on_checkpoint;
+};
+
+struct TrainResult {
+  index_t steps = 0;
+  double final_loss = 0;       // full training set, after the last step
+  double final_accuracy = -1;
+  bool diverged = false;       // a non-finite loss stopped training
+  index_t diverged_at = -1;
+};
+
+// Trains `net` in place on `data` (host dataset, converted to T and copied to ctx's backend).
+// Minibatches: each epoch a Philox permutation of the samples (seed, epoch), consecutive slices.
+// A non-finite loss stops training and is reported in the result, not thrown.
+template <class T>
+DYNASCOPE_API TrainResult train(const Context& ctx, Mlp<T>& net, const data::Dataset& data,
+                                const TrainOptions<T>& options);
+
+// A dataset on ctx's backend in precision T.
+template <class T>
+struct DYNASCOPE_API DeviceData {
+  Array<T> x;                 // [N, D]
+  Array<T> y;                 // [N, O] regression targets (empty for classification)
+  Array<std::int64_t> labels; // [N] (empty for regression)
+  index_t n = 0;
+  Targets<T> targets() const;
+  Targets<T> targets(index_t row0, index_t rows) const;
+};
+template <class T>
+DYNASCOPE_API DeviceData<T> to_device(const Context& ctx, const data::Dataset& data);
+
+// Loss and accuracy of the network on a whole dataset, tiled under the workspace budget.
+template <class T>
+DYNASCOPE_API LossValue evaluate(const Context& ctx, MlpEngine<T>& engine, const T* params, const DeviceData<T>& data,
+                                 Loss loss);
+
+}  // namespace dynascope::model

@@ -1,0 +1,114 @@
+#pragma once
+// The one launch primitive. parallel_for(ctx, n, body) calls body(i) for i in [0, n):
+// on host through an OpenMP loop, on cuda through a grid-stride kernel on ctx's stream.
+// `body` is a small __host__ __device__ functor (or extended lambda) over one work item.
+//
+// A translation unit that launches on cuda must be compiled by nvcc (list it with
+// dynascope_kernel_sources in CMake); the same file compiles with g++ for the host backend.
+#include <algorithm>
+#include <cstdint>
+
+#include <omp.h>
+
+#include "dynascope/context.hpp"
+#include "dynascope/error.hpp"
+#include "dynascope/view.hpp"
+
+#include <vector>
+
+#if defined(__CUDACC__)
+#include <cuda_runtime.h>
+#include <thrust/execution_policy.h>
+#include <thrust/iterator/counting_iterator.h>
+#include <thrust/transform_reduce.h>
+
+#include "cuda/check.hpp"
+#endif
+
+namespace dynascope::kern {
+
+// Below this many items a host loop runs serially: the fork/join would cost more than the
+// elementwise work, and far more when another process holds a core the team waits for.
+inline constexpr index_t kSerialBelow = index_t{1} << 15;
+
+inline int host_threads(const Context& ctx) {
+  return ctx.threads() > 0 ? ctx.threads() : omp_get_max_threads();
+}
+
+#if defined(__CUDACC__)
+template <class F>
+__global__ void grid_stride_kernel(index_t n, F body) {
+  const index_t stride = static_cast<index_t>(blockDim.x) * gridDim.x;
+  for (index_t i = static_cast<index_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    body(i);
+}
+inline constexpr int kBlockSize = 256;
+inline unsigned grid_size(index_t n) {
+  // Enough blocks to fill any current GPU several times over; the loop strides the rest.
+  return static_cast<unsigned>(std::min<index_t>((n + kBlockSize - 1) / kBlockSize, 65536));
+}
+#endif
+
+[[noreturn]] DYNASCOPE_API void throw_not_compiled_for_cuda(const char* where);
+
+// The host half of parallel_for, for bodies that never run on a device.
+template <class F>
+void host_parallel_for(const Context& ctx, index_t n, F body, index_t serial_below = kSerialBelow) {
+  if (n < serial_below) {
+    for (index_t i = 0; i < n; ++i) body(i);
+    return;
+  }
+#pragma omp parallel for schedule(static) num_threads(host_threads(ctx))
+  for (index_t i = 0; i < n; ++i) body(i);
+}
+
+template <class F>
+void parallel_for(const Context& ctx, index_t n, F body, index_t serial_below = kSerialBelow) {
+  if (n <= 0) return;
+  if (ctx.is_cuda()) {
+#if defined(__CUDACC__)
+    grid_stride_kernel<<<grid_size(n), kBlockSize, 0, static_cast<cudaStream_t>(ctx.stream())>>>(n, body);
+    DYNASCOPE_CUDA_CHECK(cudaGetLastError());
+#else
+    throw_not_compiled_for_cuda(__func__);
+#endif
+    return;
+  }
+  host_parallel_for(ctx, n, body, serial_below);
+}
+
+// Sum of body(i) (a double) over i in [0, n), returned to the host (on cuda this waits for the
+// stream). The host sum is deterministic: fixed blocks of items, blocks added in order, so the
+// result does not depend on the thread count.
+inline constexpr index_t kReduceBlock = 4096;
+
+template <class F>
+double reduce_sum(const Context& ctx, index_t n, F body) {
+  if (n <= 0) return 0.0;
+  if (ctx.is_cuda()) {
+#if defined(__CUDACC__)
+    return thrust::transform_reduce(thrust::cuda::par_nosync.on(static_cast<cudaStream_t>(ctx.stream())),
+                                    thrust::counting_iterator<index_t>(0), thrust::counting_iterator<index_t>(n), body,
+                                    0.0, thrust::plus<double>());
+#else
+    throw_not_compiled_for_cuda(__func__);
+#endif
+  }
+  const index_t blocks = (n + kReduceBlock - 1) / kReduceBlock;
+  std::vector<double> partial(static_cast<std::size_t>(blocks), 0.0);
+  double* p = partial.data();
+  host_parallel_for(
+      ctx, blocks,
+      [=](index_t b) {
+        double s = 0;
+        const index_t end = std::min(n, (b + 1) * kReduceBlock);
+        for (index_t i = b * kReduceBlock; i < end; ++i) s += body(i);
+        p[b] = s;
+      },
+      2);
+  double total = 0;
+  for (double v : partial) total += v;
+  return total;
+}
+
+}  // namespace dynascope::kern

@@ -1,0 +1,53 @@
+// The dynascope command-line tool. Results go to --out or stdout as JSON, progress to stderr.
+// Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad input.
+#include <cstdio>
+#include <vector>
+
+#include "cli/common.hpp"
+#include "dynascope/config.hpp"
+#include "dynascope/error.hpp"
+
+namespace {
+
+bool is_input_error(dynascope::ErrorCategory c) {
+  using dynascope::ErrorCategory;
+  return c == ErrorCategory::invalid_argument || c == ErrorCategory::shape_mismatch ||
+         c == ErrorCategory::file_format || c == ErrorCategory::io || c == ErrorCategory::not_built_with_cuda ||
+         c == ErrorCategory::no_device;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace dynascope::cli;
+  CLI::App app{"dynascope " DYNASCOPE_VERSION_STRING
+               ": training-dynamics diagnostics for deep networks (NTK, curvature spectra, linear regions, LLC, "
+               "local elasticity)"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", DYNASCOPE_VERSION_STRING);
+  std::vector<Command> commands;
+  commands.push_back(register_info(app));
+  commands.push_back(register_datasets(app));
+  commands.push_back(register_train(app));
+  commands.push_back(register_demo(app));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
+  try {
+    for (const Command& c : commands)
+      if (c.app->parsed()) return c.run();
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "dynascope: %s\n", e.what());
+    return 2;
+  } catch (const dynascope::Error& e) {
+    std::fprintf(stderr, "dynascope: %s: %s\n", dynascope::to_string(e.category()), e.what());
+    return is_input_error(e.category()) ? 2 : 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dynascope: error: %s\n", e.what());
+    return 1;
+  }
+  return 2;
+}

@@ -1,0 +1,135 @@
+#include "cli/training_run.hpp"
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+
+#include "dynascope/error.hpp"
+#include "dynascope/io.hpp"
+
+namespace dynascope::cli {
+
+void add_train_flags(CLI::App& cmd, TrainFlags& f) {
+  cmd.add_option("--loss", f.loss, "mse | xent (default: xent for class labels, mse for float targets)")
+      ->check(CLI::IsMember({"mse", "xent"}));
+  cmd.add_option("--optimizer", f.optimizer, "sgd | momentum | adam | adamw (PyTorch's update rules)")
+      ->check(CLI::IsMember({"sgd", "momentum", "adam", "adamw"}))
+      ->capture_default_str();
+  cmd.add_option("--lr", f.lr, "learning rate (default 1e-2 for sgd/momentum, 1e-3 for adam/adamw)");
+  cmd.add_option("--momentum", f.momentum, "momentum of the momentum optimizer (default 0.9)");
+  cmd.add_option("--betas", f.betas, "Adam's B1,B2")->capture_default_str();
+  cmd.add_option("--eps", f.eps, "Adam's epsilon")->capture_default_str();
+  cmd.add_option("--weight-decay", f.weight_decay, "weight decay (default 0; 1e-2 for adamw, decoupled)");
+  cmd.add_option("--steps", f.steps, "optimizer steps")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd.add_option("--batch", f.batch, "minibatch size (0 = full batch)")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cmd.add_option("--save-every", f.save_every, "checkpoint every K steps (0 = only the first and last)")
+      ->check(CLI::NonNegativeNumber);
+}
+
+model::OptimizerOptions optimizer_options(const TrainFlags& f) {
+  model::OptimizerOptions o;
+  o.kind = model::parse_optimizer(f.optimizer);
+  o.lr = f.lr;
+  o.momentum = f.momentum;
+  o.eps = f.eps;
+  o.weight_decay = f.weight_decay;
+  const auto comma = f.betas.find(',');
+  try {
+    if (comma == std::string::npos) throw std::invalid_argument("no comma");
+    std::size_t p1 = 0, p2 = 0;
+    const std::string a = f.betas.substr(0, comma), b = f.betas.substr(comma + 1);
+    o.beta1 = std::stod(a, &p1);
+    o.beta2 = std::stod(b, &p2);
+    if (p1 != a.size() || p2 != b.size()) throw std::invalid_argument("trailing text");
+  } catch (const std::exception&) {
+    throw UsageError("--betas: expected two numbers B1,B2 such as 0.9,0.999, got '" + f.betas + "'");
+  }
+  try {
+    return o.resolved();
+  } catch (const InvalidArgument& e) {
+    throw UsageError(e.what());
+  }
+}
+
+namespace {
+std::string fmt_value(double v) {
+  if (v < 0) return "";
+  std::ostringstream s;
+  s.precision(9);
+  s << v;
+  return s.str();
+}
+}  // namespace
+
+template <class T>
+RunOutcome<T> run_training(const Context& ctx, const CommonOptions& common, const TrainFlags& flags, model::Mlp<T>& net,
+                           const data::Split& split, bool write_checkpoints,
+                           const std::function<void(index_t, const Array<T>&)>& at_checkpoint) {
+  namespace fs = std::filesystem;
+  RunOutcome<T> out;
+  const data::Dataset& train = split.train;
+  out.loss = flags.loss.empty() ? default_loss(train) : model::parse_loss(flags.loss);
+  if (out.loss == model::Loss::xent && train.task != data::Task::classification)
+    throw UsageError("--loss xent needs integer class labels; the targets are floats (use --loss mse)");
+  model::TrainOptions<T> to;
+  to.loss = out.loss;
+  to.optimizer = optimizer_options(flags);
+  to.steps = flags.steps;
+  to.batch = flags.batch;
+  to.seed = common.seed;
+  to.checkpoint_every = flags.save_every;
+  if (flags.batch > train.n)
+    throw UsageError("--batch " + std::to_string(flags.batch) + " is larger than the " + std::to_string(train.n) + " training samples");
+
+  const bool classify = train.task == data::Task::classification;
+  std::string csv = classify ? "step,loss,accuracy\n" : "step,loss\n";
+  to.on_record = [&](const model::TrainRecord& r) {
+    csv += std::to_string(r.step) + "," + fmt_value(r.loss) + (classify ? "," + fmt_value(r.accuracy) : "") + "\n";
+  };
+  if (!flags.out_dir.empty()) {
+    std::error_code ec;
+    fs::create_directories(flags.out_dir, ec);
+    if (ec) throw UsageError("--out-dir: cannot create '" + flags.out_dir + "': " + ec.message());
+  }
+  model::MlpEngine<T> eval_engine(ctx, net.spec);
+  const model::DeviceData<T> train_dev = model::to_device<T>(ctx, train);
+  const bool has_test = split.test.n > 0;
+  model::DeviceData<T> test_dev;
+  if (has_test) test_dev = model::to_device<T>(ctx, split.test);
+  to.on_checkpoint = [&](index_t step, const Array<T>& params) {
+    CheckpointRow row;
+    row.step = step;
+    row.train = model::evaluate<T>(ctx, eval_engine, params.data(), train_dev, out.loss);
+    if (has_test) row.test = model::evaluate<T>(ctx, eval_engine, params.data(), test_dev, out.loss);
+    if (write_checkpoints && !flags.out_dir.empty()) {
+      char name[64];
+      std::snprintf(name, sizeof name, "step_%07lld.safetensors", static_cast<long long>(step));
+      row.file = (fs::path(flags.out_dir) / name).string();
+      model::save_mlp<T>(ctx, row.file, net.spec, params, {{"step", std::to_string(step)}});
+      io::write_text_atomic((fs::path(flags.out_dir) / "train.csv").string(), csv);
+    }
+    if (at_checkpoint) at_checkpoint(step, params);
+    out.rows.push_back(row);
+    std::ostringstream line;
+    line << "step " << step << ": train loss " << fmt_value(row.train.loss);
+    if (row.train.accuracy >= 0) line << " acc " << fmt_value(row.train.accuracy);
+    if (has_test) {
+      line << " | test loss " << fmt_value(row.test.loss);
+      if (row.test.accuracy >= 0) line << " acc " << fmt_value(row.test.accuracy);
+    }
+    ctx.log(LogLevel::info, line.str());
+  };
+  out.result = model::train<T>(ctx, net, train, to);
+  if (!flags.out_dir.empty()) io::write_text_atomic((fs::path(flags.out_dir) / "train.csv").string(), csv);
+  return out;
+}
+
+template RunOutcome<float> run_training<float>(const Context&, const CommonOptions&, const TrainFlags&, model::Mlp<float>&,
+                                               const data::Split&, bool,
+                                               const std::function<void(index_t, const Array<float>&)>&);
+template RunOutcome<double> run_training<double>(const Context&, const CommonOptions&, const TrainFlags&,
+                                                 model::Mlp<double>&, const data::Split&, bool,
+                                                 const std::function<void(index_t, const Array<double>&)>&);
+
+}  // namespace dynascope::cli

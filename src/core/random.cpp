@@ -1,0 +1,67 @@
+#include "dynascope/random.hpp"
+
+#include "kernels/launch.cuh"
+#include "kernels/math.cuh"
+#include "kernels/philox.cuh"
+
+namespace dynascope::random {
+namespace {
+template <class V>
+void check(const Context& ctx, const V& x, const char* call) {
+  if (x.size < 0 || x.stride < 1) throw InvalidArgument(std::string(call) + ": invalid vector");
+  if (x.size > 0 && x.backend != ctx.backend())
+    throw InvalidArgument(std::string(call) + ": vector lives on " + to_string(x.backend) + " but the context is " +
+                          to_string(ctx.backend()));
+}
+}  // namespace
+
+template <class T>
+void fill_uniform(const Context& ctx, Stream s, VectorView<T> x, T lo, T hi) {
+  check(ctx, x, "random::fill_uniform");
+  if (!(lo < hi)) throw InvalidArgument("random::fill_uniform: need lo < hi");
+  const T width = hi - lo;
+  kern::parallel_for(ctx, x.size, [=] DYNASCOPE_HD(index_t i) {
+    const T u = kern::philox_uniform<T>(s.seed, s.stream, s.step, static_cast<std::uint64_t>(i));
+    x[i] = kern::fmadd(width, u, lo);
+  });
+}
+
+template <class T>
+void fill_normal(const Context& ctx, Stream s, VectorView<T> x, T mean, T stddev) {
+  check(ctx, x, "random::fill_normal");
+  if (!(stddev >= T(0))) throw InvalidArgument("random::fill_normal: stddev must be >= 0");
+  kern::parallel_for(ctx, x.size, [=] DYNASCOPE_HD(index_t i) {
+    const double z = kern::philox_normal(s.seed, s.stream, s.step, static_cast<std::uint64_t>(i));
+    x[i] = static_cast<T>(fma(static_cast<double>(stddev), z, static_cast<double>(mean)));
+  });
+}
+
+template <class T>
+void fill_rademacher(const Context& ctx, Stream s, VectorView<T> x) {
+  check(ctx, x, "random::fill_rademacher");
+  kern::parallel_for(ctx, x.size, [=] DYNASCOPE_HD(index_t i) {
+    const std::uint32_t w = kern::philox_u32(s.seed, s.stream, s.step, static_cast<std::uint64_t>(i));
+    x[i] = (w >> 31) ? T(1) : T(-1);
+  });
+}
+
+void fill_integers(const Context& ctx, Stream s, VectorView<std::int64_t> x, std::int64_t n) {
+  check(ctx, x, "random::fill_integers");
+  if (n <= 0) throw InvalidArgument("random::fill_integers: range size must be positive");
+  const std::uint64_t range = static_cast<std::uint64_t>(n);
+  kern::parallel_for(ctx, x.size, [=] DYNASCOPE_HD(index_t i) {
+    const kern::PhiloxBlock b = kern::philox_block(s.seed, s.stream, s.step, static_cast<std::uint64_t>(i) >> 1);
+    const int w = static_cast<int>(i & 1) * 2;
+    const std::uint64_t bits = (static_cast<std::uint64_t>(b.v[w]) << 32) | b.v[w + 1];
+    x[i] = static_cast<std::int64_t>(kern::mulhi64(bits, range));
+  });
+}
+
+template void fill_uniform<float>(const Context&, Stream, VectorView<float>, float, float);
+template void fill_uniform<double>(const Context&, Stream, VectorView<double>, double, double);
+template void fill_normal<float>(const Context&, Stream, VectorView<float>, float, float);
+template void fill_normal<double>(const Context&, Stream, VectorView<double>, double, double);
+template void fill_rademacher<float>(const Context&, Stream, VectorView<float>);
+template void fill_rademacher<double>(const Context&, Stream, VectorView<double>);
+
+}  // namespace dynascope::random

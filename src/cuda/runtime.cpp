@@ -1,0 +1,110 @@
+// CUDA runtime, cuBLAS and cuSOLVER plumbing (CUDA builds only).
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cusolverDn.h>
+
+#include <string>
+
+#include "cuda/check.hpp"
+#include "cuda/cuda_api.hpp"
+
+namespace dynascope::cuda_detail {
+
+void throw_cuda(cudaError_t status, const char* call, const char* file, int line) {
+  const std::string detail = std::string(cudaGetErrorName(status)) + ": " + cudaGetErrorString(status);
+  if (status == cudaErrorMemoryAllocation)
+    throw OutOfMemory("CUDA out of memory in " + std::string(call) + " at " + file + ":" + std::to_string(line));
+  throw DeviceError(ErrorCategory::cuda, call, static_cast<int>(status), detail, file, line);
+}
+
+void throw_cublas(int status, const char* call, const char* file, int line) {
+  const auto s = static_cast<cublasStatus_t>(status);
+  throw DeviceError(ErrorCategory::cublas, call, status,
+                    std::string(cublasGetStatusName(s)) + ": " + cublasGetStatusString(s), file, line);
+}
+
+void throw_cusolver(int status, const char* call, const char* file, int line) {
+  throw DeviceError(ErrorCategory::cusolver, call, status, "cusolverStatus_t " + std::to_string(status),
+                    file, line);
+}
+
+}  // namespace dynascope::cuda_detail
+
+namespace dynascope::cuda_api {
+
+CudaStatus status() {
+  CudaStatus st;
+  st.built = true;
+  int n = 0;
+  // No other CUDA call may come first: without a driver everything else fails too.
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    st.reason = std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
+    cudaGetLastError();  // clear the sticky-free error state
+    return st;
+  }
+  if (n <= 0) {
+    st.reason = "the driver reports no CUDA devices";
+    return st;
+  }
+  st.device_count = n;
+  return st;
+}
+
+void set_device(int device) { DYNASCOPE_CUDA_CHECK(cudaSetDevice(device)); }
+
+void* create_stream(int device) {
+  set_device(device);
+  cudaStream_t s = nullptr;
+  DYNASCOPE_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  return s;
+}
+
+void destroy_stream(void* stream) noexcept { cudaStreamDestroy(static_cast<cudaStream_t>(stream)); }
+
+void* malloc_async(std::size_t bytes, void* stream) {
+  void* p = nullptr;
+  const cudaError_t e = cudaMallocAsync(&p, bytes, static_cast<cudaStream_t>(stream));
+  if (e == cudaErrorMemoryAllocation) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  DYNASCOPE_CUDA_CHECK(e);
+  return p;
+}
+
+void free_async(void* ptr, void* stream) noexcept { cudaFreeAsync(ptr, static_cast<cudaStream_t>(stream)); }
+
+void copy_2d_async(void* dst, std::size_t dst_pitch, const void* src, std::size_t src_pitch,
+                   std::size_t width_bytes, std::size_t rows, void* stream) {
+  DYNASCOPE_CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width_bytes, rows,
+                                         cudaMemcpyDefault, static_cast<cudaStream_t>(stream)));
+}
+
+void memset_async(void* dst, int value, std::size_t bytes, void* stream) {
+  DYNASCOPE_CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, static_cast<cudaStream_t>(stream)));
+}
+
+void synchronize(void* stream) {
+  DYNASCOPE_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)));
+}
+
+void* create_cublas(void* stream) {
+  cublasHandle_t h = nullptr;
+  DYNASCOPE_CUBLAS_CHECK(cublasCreate(&h));
+  DYNASCOPE_CUBLAS_CHECK(cublasSetStream(h, static_cast<cudaStream_t>(stream)));
+  return h;
+}
+
+void destroy_cublas(void* handle) noexcept { cublasDestroy(static_cast<cublasHandle_t>(handle)); }
+
+void* create_cusolver(void* stream) {
+  cusolverDnHandle_t h = nullptr;
+  DYNASCOPE_CUSOLVER_CHECK(cusolverDnCreate(&h));
+  DYNASCOPE_CUSOLVER_CHECK(cusolverDnSetStream(h, static_cast<cudaStream_t>(stream)));
+  return h;
+}
+
+void destroy_cusolver(void* handle) noexcept { cusolverDnDestroy(static_cast<cusolverDnHandle_t>(handle)); }
+
+}  // namespace dynascope::cuda_api

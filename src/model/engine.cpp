@@ -1,0 +1,354 @@
+// MlpEngine: forward, reverse and forward mode through an MLP. GEMMs go to blas::, the
+// elementwise work of each layer is one fused kernel (kernels/activation.cuh bodies).
+#include "dynascope/engine.hpp"
+
+#include <algorithm>
+#include <string>
+
+#include "dynascope/blas.hpp"
+#include "kernels/activation.cuh"
+#include "kernels/launch.cuh"
+#include "model/buffers.hpp"
+
+namespace dynascope::model {
+
+using blas::Op;
+
+namespace {
+
+kern::ActParams act_params(const ActivationSpec& a) {
+  return {static_cast<kern::Act>(static_cast<int>(a.kind)), a.slope};
+}
+
+std::string dims(index_t r, index_t c) { return std::to_string(r) + "x" + std::to_string(c); }
+
+template <class M>
+void check_matrix(const Context& ctx, const M& m, index_t rows, index_t cols, const char* call, const char* name) {
+  if (m.rows != rows || m.cols != cols)
+    throw ShapeMismatch(std::string(call) + ": " + name + " must be " + dims(rows, cols) + ", got " + dims(m.rows, m.cols));
+  if (m.ld < std::max<index_t>(cols, 1)) throw InvalidArgument(std::string(call) + ": " + name + " has ld < cols");
+  if (m.size() > 0 && m.backend != ctx.backend())
+    throw InvalidArgument(std::string(call) + ": " + name + " lives on " + to_string(m.backend) + " but the context is " +
+                          to_string(ctx.backend()));
+}
+
+}  // namespace
+
+template <class T>
+struct MlpEngine<T>::Impl {
+  Context ctx;
+  MlpSpec spec;
+  index_t L = 0;
+  index_t n = 0;  // batch of the last forward
+  index_t k = 0;  // cotangent blocks of the last backprop
+  MatrixView<const T> x;
+  std::vector<Buffer<T>> z, a, delta;  // index 1..L (0 unused)
+  Buffer<T> tangent[2];                // ping-pong for jvp
+  Buffer<T> ones;
+  bool have_forward = false, have_backprop = false;
+
+  Impl(const Context& c, MlpSpec s) : ctx(c), spec(std::move(s)) {
+    spec.validate();
+    L = spec.layers();
+    z.resize(std::size_t(L + 1));
+    a.resize(std::size_t(L + 1));
+    delta.resize(std::size_t(L + 1));
+  }
+
+  T scale(index_t l) const { return static_cast<T>(spec.weight_scale(l - 1)); }
+  T beta() const { return static_cast<T>(spec.bias_scale); }
+  index_t width(index_t l) const { return spec.widths[std::size_t(l)]; }
+  bool has_bias(index_t l) const { return spec.bias[std::size_t(l - 1)]; }
+  // W_l as [out, in] and b_l inside the flat parameter vector.
+  MatrixView<const T> weight(const T* p, index_t l) const {
+    return {p + spec.weight_offset(l - 1), width(l), width(l - 1), width(l - 1), ctx.backend()};
+  }
+  const T* bias_ptr(const T* p, index_t l) const { return p + spec.bias_offset(l - 1); }
+  kern::ActParams act(index_t l) const {
+    return l < L ? act_params(spec.activations[std::size_t(l - 1)]) : kern::ActParams{kern::Act::identity, 0};
+  }
+  MatrixView<const T> act_in(index_t l) const {  // a_{l-1}
+    return l == 1 ? x : MatrixView<const T>(a[std::size_t(l - 1)].view(n, width(l - 1)));
+  }
+
+  void require_forward(const char* call) const {
+    if (!have_forward) throw InvalidArgument(std::string(call) + ": call forward first");
+  }
+  void require_backprop(const char* call) const {
+    if (!have_backprop) throw InvalidArgument(std::string(call) + ": call backprop first");
+  }
+};
+
+template <class T>
+MlpEngine<T>::MlpEngine(const Context& ctx, MlpSpec spec) : impl_(std::make_unique<Impl>(ctx, std::move(spec))) {}
+template <class T>
+MlpEngine<T>::~MlpEngine() = default;
+template <class T>
+MlpEngine<T>::MlpEngine(MlpEngine&&) noexcept = default;
+template <class T>
+MlpEngine<T>& MlpEngine<T>::operator=(MlpEngine&&) noexcept = default;
+template <class T>
+const MlpSpec& MlpEngine<T>::spec() const { return impl_->spec; }
+template <class T>
+const Context& MlpEngine<T>::context() const { return impl_->ctx; }
+template <class T>
+index_t MlpEngine<T>::batch() const { return impl_->n; }
+template <class T>
+index_t MlpEngine<T>::blocks() const { return impl_->k; }
+
+template <class T>
+MatrixView<const T> MlpEngine<T>::preactivation(index_t l) const {
+  Impl& s = *impl_;
+  s.require_forward("MlpEngine::preactivation");
+  if (l < 1 || l > s.L) throw InvalidArgument("MlpEngine::preactivation: layer must be in 1.." + std::to_string(s.L));
+  return s.z[std::size_t(l)].view(s.n, s.width(l));
+}
+
+template <class T>
+MatrixView<const T> MlpEngine<T>::activation(index_t l) const {
+  Impl& s = *impl_;
+  s.require_forward("MlpEngine::activation");
+  if (l < 0 || l > s.L) throw InvalidArgument("MlpEngine::activation: layer must be in 0.." + std::to_string(s.L));
+  if (l == 0) return s.x;
+  if (l == s.L) return s.z[std::size_t(l)].view(s.n, s.width(l));
+  return s.a[std::size_t(l)].view(s.n, s.width(l));
+}
+
+template <class T>
+MatrixView<const T> MlpEngine<T>::delta(index_t l) const {
+  Impl& s = *impl_;
+  s.require_backprop("MlpEngine::delta");
+  if (l < 1 || l > s.L) throw InvalidArgument("MlpEngine::delta: layer must be in 1.." + std::to_string(s.L));
+  return s.delta[std::size_t(l)].view(s.k * s.n, s.width(l));
+}
+
+// z_l = c_l a_{l-1} W_l^T + beta b_l ;  a_l = sigma_l(z_l)
+template <class T>
+MatrixView<const T> MlpEngine<T>::forward(const T* params, MatrixView<const T> x) {
+  Impl& s = *impl_;
+  check_matrix(s.ctx, x, x.rows, s.width(0), "MlpEngine::forward", "x");
+  s.n = x.rows;
+  s.x = x;
+  s.have_backprop = false;
+  const index_t n = s.n;
+  for (index_t l = 1; l <= s.L; ++l) {
+    const index_t out = s.width(l);
+    MatrixView<T> z = s.z[std::size_t(l)].reserve(s.ctx, n, out);
+    blas::gemm<T>(s.ctx, Op::none, Op::trans, s.scale(l), s.act_in(l), s.weight(params, l), T(0), z);
+    const bool hidden = l < s.L;
+    const bool bias = s.has_bias(l);
+    if (!hidden && !bias) continue;
+    MatrixView<T> av = hidden ? s.a[std::size_t(l)].reserve(s.ctx, n, out) : z;
+    const T* b = bias ? s.bias_ptr(params, l) : nullptr;
+    const T beta = s.beta();
+    const kern::ActParams act = s.act(l);
+    kern::parallel_for(s.ctx, n * out, [=] DYNASCOPE_HD(index_t idx) {
+      const index_t j = idx % out;
+      T zv = z.data[idx];
+      if (b) zv += beta * b[j];
+      z.data[idx] = zv;
+      av.data[idx] = kern::act_value(act, zv);
+    });
+  }
+  s.have_forward = true;
+  return s.z[std::size_t(s.L)].view(n, s.width(s.L));
+}
+
+// delta_L = g ;  delta_{l-1} = c_l (delta_l W_l) * sigma'_{l-1}(z_{l-1})
+template <class T>
+void MlpEngine<T>::backprop(const T* params, MatrixView<const T> cotangents, index_t blocks) {
+  Impl& s = *impl_;
+  s.require_forward("MlpEngine::backprop");
+  if (blocks < 1) throw InvalidArgument("MlpEngine::backprop: blocks must be >= 1");
+  const index_t n = s.n, rows = blocks * n;
+  check_matrix(s.ctx, cotangents, rows, s.width(s.L), "MlpEngine::backprop", "cotangents");
+  s.k = blocks;
+  MatrixView<T> top = s.delta[std::size_t(s.L)].reserve(s.ctx, rows, s.width(s.L));
+  copy(s.ctx, cotangents, top);
+  for (index_t l = s.L; l >= 2; --l) {
+    const index_t in = s.width(l - 1);
+    MatrixView<T> below = s.delta[std::size_t(l - 1)].reserve(s.ctx, rows, in);
+    blas::gemm<T>(s.ctx, Op::none, Op::none, s.scale(l), s.delta[std::size_t(l)].view(rows, s.width(l)),
+                  s.weight(params, l), T(0), below);
+    const T* zp = s.z[std::size_t(l - 1)].data();
+    const kern::ActParams act = s.act(l - 1);
+    kern::parallel_for(s.ctx, rows * in, [=] DYNASCOPE_HD(index_t idx) {
+      const index_t zi = idx % (n * in);  // the same sample in every block
+      below.data[idx] *= kern::act_deriv(act, zp[zi]);
+    });
+  }
+  s.have_backprop = true;
+}
+
+// dW_{l,k} = c_l delta_{l,k}^T a_{l-1} ;  db_{l,k} = beta sum_n delta_{l,k}
+template <class T>
+void MlpEngine<T>::param_grads(MatrixView<T> grads) {
+  Impl& s = *impl_;
+  s.require_backprop("MlpEngine::param_grads");
+  const index_t n = s.n, P = s.spec.num_params();
+  check_matrix(s.ctx, grads, s.k, P, "MlpEngine::param_grads", "grads");
+  MatrixView<T> ones = s.ones.reserve(s.ctx, 1, n);
+  kern::parallel_for(s.ctx, n, [=] DYNASCOPE_HD(index_t i) { ones.data[i] = T(1); });
+  for (index_t l = 1; l <= s.L; ++l) {
+    const index_t out = s.width(l), in = s.width(l - 1);
+    MatrixView<const T> d = s.delta[std::size_t(l)].view(s.k * n, out);
+    MatrixView<T> gw{grads.data + s.spec.weight_offset(l - 1), out, in, in, grads.backend};
+    MatrixView<const T> d0{d.data, n, out, out, d.backend};
+    if (s.k == 1)
+      blas::gemm<T>(s.ctx, Op::trans, Op::none, s.scale(l), d0, s.act_in(l), T(0), gw);
+    else
+      blas::gemm_strided_batched<T>(s.ctx, Op::trans, Op::none, s.scale(l), d0, n * out, s.act_in(l), 0, T(0), gw,
+                                    grads.ld, s.k);
+    if (!s.has_bias(l)) continue;
+    for (index_t b = 0; b < s.k; ++b) {
+      MatrixView<const T> db{d.data + b * n * out, n, out, out, d.backend};
+      VectorView<T> gb{grads.data + b * grads.ld + s.spec.bias_offset(l - 1), out, 1, grads.backend};
+      blas::gemv<T>(s.ctx, Op::trans, s.beta(), db, VectorView<const T>{ones.data, n, 1, ones.backend}, T(0), gb);
+    }
+  }
+}
+
+// dx = c_1 delta_1 W_1
+template <class T>
+void MlpEngine<T>::input_grads(const T* params, MatrixView<T> out) {
+  Impl& s = *impl_;
+  s.require_backprop("MlpEngine::input_grads");
+  check_matrix(s.ctx, out, s.k * s.n, s.width(0), "MlpEngine::input_grads", "out");
+  blas::gemm<T>(s.ctx, Op::none, Op::none, s.scale(1), s.delta[1].view(s.k * s.n, s.width(1)), s.weight(params, 1),
+                T(0), out);
+}
+
+// Row n: dW_l = c_l delta_{l,n} a_{l-1,n}^T, db_l = beta delta_{l,n}
+template <class T>
+void MlpEngine<T>::per_sample_grads(MatrixView<T> out) {
+  Impl& s = *impl_;
+  s.require_backprop("MlpEngine::per_sample_grads");
+  if (s.k != 1) throw InvalidArgument("MlpEngine::per_sample_grads: needs a backprop with one block");
+  const index_t n = s.n, P = s.spec.num_params();
+  check_matrix(s.ctx, out, n, P, "MlpEngine::per_sample_grads", "out");
+  for (index_t l = 1; l <= s.L; ++l) {
+    const index_t o = s.width(l), in = s.width(l - 1);
+    const T c = s.scale(l), beta = s.beta();
+    MatrixView<const T> d = s.delta[std::size_t(l)].view(n, o);
+    MatrixView<const T> av = s.act_in(l);
+    T* base = out.data + s.spec.weight_offset(l - 1);
+    const index_t ld = out.ld;
+    kern::parallel_for(s.ctx, n * o * in, [=] DYNASCOPE_HD(index_t idx) {
+      const index_t j = idx % in, i = (idx / in) % o, r = idx / (in * o);
+      base[r * ld + i * in + j] = c * d(r, i) * av(r, j);
+    });
+    if (!s.has_bias(l)) continue;
+    T* bbase = out.data + s.spec.bias_offset(l - 1);
+    kern::parallel_for(s.ctx, n * o, [=] DYNASCOPE_HD(index_t idx) {
+      const index_t i = idx % o, r = idx / o;
+      bbase[r * ld + i] = beta * d(r, i);
+    });
+  }
+}
+
+namespace {
+
+// zdot_l = c_l (a_{l-1} Wdot_t^T + adot_{l-1} W_l^T) + beta bdot_t ; adot_l = sigma'(z_l) zdot_l
+template <class T, class Impl>
+void tangent_sweep(Impl& s, const T* params, MatrixView<const T> tangents, MatrixView<const T> input_tangents,
+                   index_t t, MatrixView<T> out) {
+  const index_t n = s.n, rows = t * n;
+  MatrixView<const T> prev = input_tangents;  // adot_{l-1}; empty for parameter tangents at l = 1
+  const bool param_mode = tangents.data != nullptr;
+  for (index_t l = 1; l <= s.L; ++l) {
+    const index_t o = s.width(l);
+    const bool last = l == s.L;
+    MatrixView<T> zdot = last ? out : s.tangent[l % 2].reserve(s.ctx, rows, o);
+    T beta_acc = T(0);
+    if (param_mode) {
+      MatrixView<const T> wdot{tangents.data + s.spec.weight_offset(l - 1), o, s.width(l - 1), s.width(l - 1),
+                               tangents.backend};
+      MatrixView<T> z0{zdot.data, n, o, zdot.ld, zdot.backend};
+      blas::gemm_strided_batched<T>(s.ctx, Op::none, Op::trans, s.scale(l), s.act_in(l), 0, wdot, tangents.ld, T(0),
+                                    z0, n * zdot.ld, t);
+      beta_acc = T(1);
+    }
+    if (prev.data) blas::gemm<T>(s.ctx, Op::none, Op::trans, s.scale(l), prev, s.weight(params, l), beta_acc, zdot);
+    else if (!param_mode) throw InvalidArgument("jvp: no tangents");
+    const T* bdot = (param_mode && s.has_bias(l)) ? tangents.data + s.spec.bias_offset(l - 1) : nullptr;
+    const index_t tld = tangents.ld;
+    const T beta = s.beta();
+    const T* zp = s.z[std::size_t(l)].data();
+    const kern::ActParams act = s.act(l);
+    const index_t zld = zdot.ld;
+    if (last) {
+      if (bdot)
+        kern::parallel_for(s.ctx, rows * o, [=] DYNASCOPE_HD(index_t idx) {
+          const index_t j = idx % o, r = idx / o;
+          zdot.data[r * zld + j] += beta * bdot[(r / n) * tld + j];
+        });
+      return;
+    }
+    kern::parallel_for(s.ctx, rows * o, [=] DYNASCOPE_HD(index_t idx) {
+      const index_t j = idx % o, r = idx / o;
+      T v = zdot.data[r * zld + j];
+      if (bdot) v += beta * bdot[(r / n) * tld + j];
+      zdot.data[r * zld + j] = kern::act_deriv(act, zp[(r % n) * o + j]) * v;
+    });
+    prev = zdot;
+  }
+}
+
+}  // namespace
+
+template <class T>
+void MlpEngine<T>::jvp(const T* params, MatrixView<const T> tangents, MatrixView<T> out) {
+  Impl& s = *impl_;
+  s.require_forward("MlpEngine::jvp");
+  const index_t t = tangents.rows;
+  check_matrix(s.ctx, tangents, t, s.spec.num_params(), "MlpEngine::jvp", "tangents");
+  check_matrix(s.ctx, out, t * s.n, s.width(s.L), "MlpEngine::jvp", "out");
+  if (t == 0 || s.n == 0) return;
+  tangent_sweep<T>(s, params, tangents, MatrixView<const T>{}, t, out);
+}
+
+template <class T>
+void MlpEngine<T>::jvp_inputs(const T* params, MatrixView<const T> tangents, index_t t, MatrixView<T> out) {
+  Impl& s = *impl_;
+  s.require_forward("MlpEngine::jvp_inputs");
+  check_matrix(s.ctx, tangents, t * s.n, s.width(0), "MlpEngine::jvp_inputs", "tangents");
+  check_matrix(s.ctx, out, t * s.n, s.width(s.L), "MlpEngine::jvp_inputs", "out");
+  if (t == 0 || s.n == 0) return;
+  tangent_sweep<T>(s, params, MatrixView<const T>{}, tangents, t, out);
+}
+
+template <class T>
+void per_sample_gradients(const Context& ctx, const MlpSpec& spec, const T* params, MatrixView<const T> x,
+                          MatrixView<const T> cotangents, MatrixView<T> out) {
+  spec.validate();
+  const index_t n = x.rows;
+  check_matrix(ctx, x, n, spec.inputs(), "per_sample_gradients", "x");
+  check_matrix(ctx, cotangents, n, spec.outputs(), "per_sample_gradients", "cotangents");
+  check_matrix(ctx, out, n, spec.num_params(), "per_sample_gradients", "out");
+  // Engine buffers per sample: z, a and delta of every layer.
+  index_t per_sample = 0;
+  for (index_t l = 1; l <= spec.layers(); ++l) per_sample += 3 * spec.widths[std::size_t(l)];
+  const index_t budget_rows = static_cast<index_t>(ctx.workspace_budget() / (sizeof(T) * std::size_t(per_sample)));
+  if (budget_rows < 1)
+    throw OutOfMemory("per_sample_gradients: the workspace budget of " + std::to_string(ctx.workspace_budget()) +
+                      " bytes cannot hold the buffers of one sample (" + std::to_string(per_sample * index_t(sizeof(T))) +
+                      " bytes)");
+  const index_t tile = std::min(n, budget_rows);
+  MlpEngine<T> engine(ctx, spec);
+  for (index_t r0 = 0; r0 < n; r0 += tile) {
+    const index_t m = std::min(tile, n - r0);
+    engine.forward(params, x.block(r0, 0, m, x.cols));
+    engine.backprop(params, cotangents.block(r0, 0, m, cotangents.cols));
+    engine.per_sample_grads(out.block(r0, 0, m, out.cols));
+    ctx.progress("per-sample gradients", r0 + m, n);
+  }
+}
+
+template class MlpEngine<float>;
+template class MlpEngine<double>;
+template void per_sample_gradients<float>(const Context&, const MlpSpec&, const float*, MatrixView<const float>,
+                                          MatrixView<const float>, MatrixView<float>);
+template void per_sample_gradients<double>(const Context&, const MlpSpec&, const double*, MatrixView<const double>,
+                                           MatrixView<const double>, MatrixView<double>);
+
+}  // namespace dynascope::model

@@ -1,0 +1,350 @@
+// Losses, optimizers and the trainer. Each loss is one fused per-sample kernel that writes the
+// gradient row and returns the sample's loss to a deterministic reduction.
+#include "dynascope/train.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "dynascope/random.hpp"
+#include "kernels/launch.cuh"
+#include "kernels/math.cuh"
+
+namespace dynascope::model {
+
+Loss parse_loss(const std::string& text) {
+  if (text == "mse") return Loss::mse;
+  if (text == "xent" || text == "cross_entropy") return Loss::xent;
+  throw InvalidArgument("unknown loss '" + text + "' (known: mse, xent)");
+}
+const char* to_string(Loss loss) noexcept { return loss == Loss::xent ? "xent" : "mse"; }
+
+OptimizerKind parse_optimizer(const std::string& text) {
+  if (text == "sgd") return OptimizerKind::sgd;
+  if (text == "momentum") return OptimizerKind::momentum;
+  if (text == "adam") return OptimizerKind::adam;
+  if (text == "adamw") return OptimizerKind::adamw;
+  throw InvalidArgument("unknown optimizer '" + text + "' (known: sgd, momentum, adam, adamw)");
+}
+const char* to_string(OptimizerKind k) noexcept {
+  switch (k) {
+    case OptimizerKind::sgd: return "sgd";
+    case OptimizerKind::momentum: return "momentum";
+    case OptimizerKind::adam: return "adam";
+    case OptimizerKind::adamw: return "adamw";
+  }
+  return "unknown";
+}
+
+OptimizerOptions OptimizerOptions::resolved() const {
+  OptimizerOptions o = *this;
+  const bool adam_like = kind == OptimizerKind::adam || kind == OptimizerKind::adamw;
+  if (o.lr < 0) o.lr = adam_like ? 1e-3 : 1e-2;
+  if (o.momentum < 0) o.momentum = kind == OptimizerKind::momentum ? 0.9 : 0.0;
+  if (o.weight_decay < 0) o.weight_decay = kind == OptimizerKind::adamw ? 1e-2 : 0.0;
+  if (!(o.lr > 0) || !std::isfinite(o.lr)) throw InvalidArgument("--lr: the learning rate must be positive and finite");
+  if (!(o.momentum >= 0 && o.momentum < 1)) throw InvalidArgument("--momentum: must be in [0, 1)");
+  if (!(o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1)) throw InvalidArgument("--betas: both must be in [0, 1)");
+  if (!(o.eps > 0)) throw InvalidArgument("--eps: must be positive");
+  if (!(o.weight_decay >= 0) || !std::isfinite(o.weight_decay)) throw InvalidArgument("--weight-decay: must be >= 0");
+  return o;
+}
+
+namespace {
+
+template <class T>
+void check_outputs(const Context& ctx, MatrixView<const T> f, const Targets<T>& t, MatrixView<T> grad) {
+  if (t.rows() != f.rows)
+    throw ShapeMismatch("loss: " + std::to_string(f.rows) + " outputs but " + std::to_string(t.rows()) + " targets");
+  if (!t.has_labels() && t.values.cols != f.cols)
+    throw ShapeMismatch("loss: outputs have " + std::to_string(f.cols) + " columns, targets " + std::to_string(t.values.cols));
+  if (grad.data && (grad.rows != f.rows || grad.cols != f.cols))
+    throw ShapeMismatch("loss: the gradient must have the shape of the outputs");
+  if (f.size() > 0 && f.backend != ctx.backend()) throw InvalidArgument("loss: outputs are not on the context's backend");
+}
+
+}  // namespace
+
+template <class T>
+LossValue loss_and_grad(const Context& ctx, Loss loss, MatrixView<const T> f, const Targets<T>& t, MatrixView<T> grad) {
+  check_outputs(ctx, f, t, grad);
+  const index_t n = f.rows, o = f.cols;
+  LossValue r;
+  if (n == 0) return r;
+  const bool labels = t.has_labels();
+  const std::int64_t* lab = t.labels.data;
+  const index_t lab_stride = t.labels.stride;
+  MatrixView<const T> y = t.values;
+  T* g = grad.data;
+  const index_t gld = grad.ld;
+  if (loss == Loss::mse) {
+    // L = 1/(N O) sum (f - y)^2 ;  dL/df = 2 (f - y) / (N O)
+    const T gscale = T(2) / static_cast<T>(double(n) * double(o));
+    r.loss = kern::reduce_sum(ctx, n, [=] DYNASCOPE_HD(index_t i) {
+               double s = 0;
+               for (index_t j = 0; j < o; ++j) {
+                 const T target = labels ? (lab[i * lab_stride] == j ? T(1) : T(0)) : y(i, j);
+                 const T d = f(i, j) - target;
+                 s += double(d) * double(d);
+                 if (g) g[i * gld + j] = gscale * d;
+               }
+               return s;
+             }) /
+             (double(n) * double(o));
+  } else {
+    if (!labels) throw InvalidArgument("loss xent: needs integer class labels as targets");
+    // L = 1/N sum_i (logsumexp f_i - f_{i, y_i}) ;  dL/df = (softmax f_i - onehot y_i) / N
+    const T inv_n = T(1) / static_cast<T>(n);
+    r.loss = kern::reduce_sum(ctx, n, [=] DYNASCOPE_HD(index_t i) {
+               T mx = f(i, 0);
+               for (index_t j = 1; j < o; ++j) mx = f(i, j) > mx ? f(i, j) : mx;
+               double se = 0;
+               for (index_t j = 0; j < o; ++j) se += kern::exp(double(f(i, j) - mx));
+               const std::int64_t c = lab[i * lab_stride];
+               const bool valid = c >= 0 && c < o;
+               if (g)
+                 for (index_t j = 0; j < o; ++j)
+                   g[i * gld + j] = inv_n * static_cast<T>(kern::exp(double(f(i, j) - mx)) / se - (j == c ? 1.0 : 0.0));
+               return valid ? double(mx) + kern::log(se) - double(f(i, valid ? c : 0)) : NAN;
+             }) /
+             double(n);
+  }
+  if (labels) {
+    const double correct = kern::reduce_sum(ctx, n, [=] DYNASCOPE_HD(index_t i) {
+      index_t best = 0;
+      for (index_t j = 1; j < o; ++j)
+        if (f(i, j) > f(i, best)) best = j;
+      return lab[i * lab_stride] == best ? 1.0 : 0.0;
+    });
+    r.accuracy = correct / double(n);
+  }
+  return r;
+}
+
+template <class T>
+Optimizer<T>::Optimizer(const Context& ctx, const OptimizerOptions& options, index_t params)
+    : ctx_(ctx), opts_(options.resolved()), n_(params) {
+  if (params <= 0) throw InvalidArgument("Optimizer: needs at least one parameter");
+  if (opts_.kind == OptimizerKind::momentum) m_ = Array<T>::zeros(ctx, {params});
+  if (opts_.kind == OptimizerKind::adam || opts_.kind == OptimizerKind::adamw) {
+    m_ = Array<T>::zeros(ctx, {params});
+    v_ = Array<T>::zeros(ctx, {params});
+  }
+}
+
+template <class T>
+void Optimizer<T>::step(T* p, const T* grad) {
+  ++t_;
+  const OptimizerOptions& o = opts_;
+  const T lr = T(o.lr), wd = T(o.weight_decay), mu = T(o.momentum);
+  switch (o.kind) {
+    case OptimizerKind::sgd:
+      kern::parallel_for(ctx_, n_, [=] DYNASCOPE_HD(index_t i) { p[i] -= lr * (grad[i] + wd * p[i]); });
+      break;
+    case OptimizerKind::momentum: {
+      T* buf = m_.data();
+      kern::parallel_for(ctx_, n_, [=] DYNASCOPE_HD(index_t i) {
+        const T g = grad[i] + wd * p[i];
+        buf[i] = mu * buf[i] + g;
+        p[i] -= lr * buf[i];
+      });
+      break;
+    }
+    case OptimizerKind::adam:
+    case OptimizerKind::adamw: {
+      const bool decoupled = o.kind == OptimizerKind::adamw;
+      const T b1 = T(o.beta1), b2 = T(o.beta2), eps = T(o.eps);
+      const double td = double(t_);
+      const T step_size = T(o.lr / (1.0 - std::pow(o.beta1, td)));
+      const T bc2_sqrt = T(std::sqrt(1.0 - std::pow(o.beta2, td)));
+      T* m = m_.data();
+      T* v = v_.data();
+      kern::parallel_for(ctx_, n_, [=] DYNASCOPE_HD(index_t i) {
+        T pi = p[i];
+        T g = grad[i];
+        if (decoupled) pi *= T(1) - lr * wd;
+        else g += wd * pi;
+        m[i] = b1 * m[i] + (T(1) - b1) * g;
+        v[i] = b2 * v[i] + (T(1) - b2) * g * g;
+        p[i] = pi - step_size * m[i] / (kern::sqrt(v[i]) / bc2_sqrt + eps);
+      });
+      break;
+    }
+  }
+}
+
+template <class T>
+Targets<T> DeviceData<T>::targets() const {
+  return targets(0, n);
+}
+
+template <class T>
+Targets<T> DeviceData<T>::targets(index_t row0, index_t rows) const {
+  Targets<T> t;
+  if (!labels.empty()) t.labels = {labels.data() + row0, rows, 1, labels.backend()};
+  else {
+    const index_t o = y.empty() ? 0 : y.size() / n;
+    t.values = {y.data() + row0 * o, rows, o, o, y.backend()};
+  }
+  return t;
+}
+
+template <class T>
+DeviceData<T> to_device(const Context& ctx, const data::Dataset& ds) {
+  if (ds.n <= 0 || ds.d <= 0) throw InvalidArgument("dataset '" + ds.name + "' is empty");
+  Context host = Context::host();
+  DeviceData<T> out;
+  out.n = ds.n;
+  std::vector<T> x(ds.x.begin(), ds.x.end());
+  out.x = Array<T>(ctx, {ds.n, ds.d});
+  detail::copy_bytes(ctx, out.x.data(), out.x.backend(), x.data(), Backend::host, out.x.bytes());
+  if (ds.task == data::Task::classification) {
+    out.labels = Array<std::int64_t>(ctx, {ds.n});
+    detail::copy_bytes(ctx, out.labels.data(), out.labels.backend(), ds.labels.data(), Backend::host, out.labels.bytes());
+  } else {
+    std::vector<T> y(ds.y.begin(), ds.y.end());
+    out.y = Array<T>(ctx, {ds.n, ds.outputs});
+    detail::copy_bytes(ctx, out.y.data(), out.y.backend(), y.data(), Backend::host, out.y.bytes());
+  }
+  return out;
+}
+
+template <class T>
+LossValue evaluate(const Context& ctx, MlpEngine<T>& engine, const T* params, const DeviceData<T>& data, Loss loss) {
+  const MlpSpec& spec = engine.spec();
+  index_t per_sample = 0;
+  for (index_t w : spec.widths) per_sample += 2 * w;
+  const index_t tile = std::max<index_t>(1, std::min<index_t>(data.n, index_t(ctx.workspace_budget() / (sizeof(T) * std::size_t(per_sample)))));
+  double loss_sum = 0, correct = 0;
+  bool labels = false;
+  for (index_t r0 = 0; r0 < data.n; r0 += tile) {
+    const index_t m = std::min(tile, data.n - r0);
+    MatrixView<const T> x{data.x.data() + r0 * spec.inputs(), m, spec.inputs(), spec.inputs(), data.x.backend()};
+    MatrixView<const T> f = engine.forward(params, x);
+    const LossValue v = loss_and_grad<T>(ctx, loss, f, data.targets(r0, m));
+    loss_sum += v.loss * double(m);
+    if (v.accuracy >= 0) {
+      labels = true;
+      correct += v.accuracy * double(m);
+    }
+  }
+  return {loss_sum / double(data.n), labels ? correct / double(data.n) : -1.0};
+}
+
+template <class T>
+TrainResult train(const Context& ctx, Mlp<T>& net, const data::Dataset& ds, const TrainOptions<T>& options) {
+  const MlpSpec& spec = net.spec;
+  spec.validate();
+  if (ds.d != spec.inputs())
+    throw ShapeMismatch("train: dataset '" + ds.name + "' has " + std::to_string(ds.d) + " inputs, the network " + spec.arch_string() +
+                        " takes " + std::to_string(spec.inputs()));
+  if (ds.task == data::Task::regression && ds.outputs != spec.outputs())
+    throw ShapeMismatch("train: dataset '" + ds.name + "' has " + std::to_string(ds.outputs) + " targets per sample, the network gives " +
+                        std::to_string(spec.outputs()));
+  if (ds.task == data::Task::classification && ds.outputs > spec.outputs())
+    throw ShapeMismatch("train: dataset '" + ds.name + "' has " + std::to_string(ds.outputs) + " classes, the network gives " +
+                        std::to_string(spec.outputs()) + " outputs");
+  if (options.loss == Loss::xent && ds.task != data::Task::classification)
+    throw InvalidArgument("train: loss xent needs a classification dataset ('" + ds.name + "' is regression)");
+  if (net.params.size() != spec.num_params()) throw ShapeMismatch("train: parameter vector does not fit the spec");
+  if (options.steps < 0 || options.batch < 0 || options.checkpoint_every < 0)
+    throw InvalidArgument("train: steps, batch and checkpoint interval must be >= 0");
+
+  const DeviceData<T> full = to_device<T>(ctx, ds);
+  const index_t n = ds.n, d = ds.d, o = spec.outputs();
+  const index_t batch = options.batch == 0 ? n : std::min(options.batch, n);
+  const bool full_batch = batch == n;
+  MlpEngine<T> engine(ctx, spec);
+  Optimizer<T> opt(ctx, options.optimizer, spec.num_params());
+  Array<T> grad(ctx, {1, spec.num_params()});
+  Array<T> cot(ctx, {batch, o});
+  Array<T> xb, yb;
+  Array<std::int64_t> lb, perm;
+  if (!full_batch) {
+    xb = Array<T>(ctx, {batch, d});
+    if (!full.labels.empty()) lb = Array<std::int64_t>(ctx, {batch});
+    else yb = Array<T>(ctx, {batch, o});
+    perm = Array<std::int64_t>(ctx, {n});
+  }
+  const index_t batches_per_epoch = (n + batch - 1) / batch;
+  std::vector<double> keys(static_cast<std::size_t>(n));
+  std::vector<std::int64_t> order(static_cast<std::size_t>(n));
+
+  TrainResult result;
+  if (options.on_checkpoint) options.on_checkpoint(0, net.params);
+  for (index_t step = 0; step < options.steps; ++step) {
+    index_t rows = batch;
+    MatrixView<const T> x = full.x.matrix();
+    Targets<T> tg = full.targets();
+    if (!full_batch) {
+      const index_t epoch = step / batches_per_epoch, pos = step % batches_per_epoch;
+      if (pos == 0) {
+        // A fresh permutation each epoch: sort Philox keys (seed, epoch).
+        random::fill_uniform<double>(Context::host(), {options.seed, 0x7261696eu, static_cast<std::uint32_t>(epoch)},
+                                     vector_view(keys.data(), n));
+        std::iota(order.begin(), order.end(), std::int64_t{0});
+        std::stable_sort(order.begin(), order.end(), [&](std::int64_t a, std::int64_t b) { return keys[std::size_t(a)] < keys[std::size_t(b)]; });
+        detail::copy_bytes(ctx, perm.data(), perm.backend(), order.data(), Backend::host, perm.bytes());
+      }
+      const index_t r0 = pos * batch;
+      rows = std::min(batch, n - r0);
+      const std::int64_t* idx = perm.data() + r0;
+      const T* src = full.x.data();
+      T* dst = xb.data();
+      kern::parallel_for(ctx, rows * d, [=] DYNASCOPE_HD(index_t e) { dst[e] = src[idx[e / d] * d + e % d]; });
+      x = {xb.data(), rows, d, d, xb.backend()};
+      if (!full.labels.empty()) {
+        const std::int64_t* ls = full.labels.data();
+        std::int64_t* ld = lb.data();
+        kern::parallel_for(ctx, rows, [=] DYNASCOPE_HD(index_t e) { ld[e] = ls[idx[e]]; });
+        tg = Targets<T>{};
+        tg.labels = {lb.data(), rows, 1, lb.backend()};
+      } else {
+        const T* ys = full.y.data();
+        T* ydst = yb.data();
+        kern::parallel_for(ctx, rows * o, [=] DYNASCOPE_HD(index_t e) { ydst[e] = ys[idx[e / o] * o + e % o]; });
+        tg = Targets<T>{};
+        tg.values = {yb.data(), rows, o, o, yb.backend()};
+      }
+    }
+    MatrixView<const T> f = engine.forward(net.params.data(), x);
+    MatrixView<T> g{cot.data(), rows, o, o, cot.backend()};
+    const LossValue lv = loss_and_grad<T>(ctx, options.loss, f, tg, g);
+    if (options.on_record) options.on_record({step, lv.loss, lv.accuracy});
+    if (!std::isfinite(lv.loss)) {
+      result.diverged = true;
+      result.diverged_at = step;
+      break;
+    }
+    engine.backprop(net.params.data(), g);
+    engine.param_grads(grad.matrix());
+    opt.step(net.params.data(), grad.data());
+    result.steps = step + 1;
+    ctx.progress("train", step + 1, options.steps);
+    if (options.on_checkpoint && options.checkpoint_every > 0 && (step + 1) % options.checkpoint_every == 0 &&
+        step + 1 != options.steps)
+      options.on_checkpoint(step + 1, net.params);
+  }
+  const LossValue final_value = evaluate<T>(ctx, engine, net.params.data(), full, options.loss);
+  result.final_loss = final_value.loss;
+  result.final_accuracy = final_value.accuracy;
+  if (!std::isfinite(result.final_loss) && !result.diverged) {
+    result.diverged = true;
+    result.diverged_at = result.steps;
+  }
+  if (options.on_checkpoint && result.steps > 0) options.on_checkpoint(result.steps, net.params);
+  return result;
+}
+
+#define DS_INSTANTIATE(T)                                                                                          \
+  template LossValue loss_and_grad<T>(const Context&, Loss, MatrixView<const T>, const Targets<T>&, MatrixView<T>); \
+  template class Optimizer<T>;                                                                                     \
+  template struct DeviceData<T>;                                                                                   \
+  template DeviceData<T> to_device<T>(const Context&, const data::Dataset&);                                       \
+  template LossValue evaluate<T>(const Context&, MlpEngine<T>&, const T*, const DeviceData<T>&, Loss);             \
+  template TrainResult train<T>(const Context&, Mlp<T>&, const data::Dataset&, const TrainOptions<T>&);
+DS_INSTANTIATE(float)
+DS_INSTANTIATE(double)
+#undef DS_INSTANTIATE
+
+}  // namespace dynascope::model

@@ -1,0 +1,250 @@
+// The engine's reverse and forward mode against central finite differences of a naive float64
+// forward pass, for every activation, with and without bias, both parameterizations, several
+// depths and output counts; adjointness; per-sample gradients.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <tuple>
+
+#include "model/model_test_util.hpp"
+#include "dynascope/error.hpp"
+
+namespace dynascope {
+namespace {
+
+using model::MlpEngine;
+using model::MlpSpec;
+
+struct Case {
+  std::string arch;
+  std::string activation;
+  bool bias;
+  model::Parameterization param;
+};
+
+std::vector<Case> all_cases() {
+  std::vector<Case> cases;
+  const char* acts[] = {"identity", "relu", "leaky_relu:0.1", "abs", "tanh", "gelu", "softplus", "sigmoid"};
+  const char* archs[] = {"3-2", "4-5-3", "3-6-4-1", "2-3-3-3-2"};
+  int i = 0;
+  for (const char* a : acts)
+    for (const char* arch : archs) {
+      ++i;
+      cases.push_back({arch, a, i % 3 != 0, i % 2 ? model::Parameterization::standard : model::Parameterization::ntk});
+    }
+  return cases;
+}
+
+MlpSpec make_spec(const Case& c) {
+  MlpSpec s = MlpSpec::from_arch(c.arch, model::parse_activation(c.activation), c.param);
+  for (std::size_t l = 0; l < s.bias.size(); ++l) s.bias[l] = c.bias || l == 0;  // mix of layers with and without bias
+  if (c.param == model::Parameterization::ntk) s.bias_scale = 0.5;
+  return s;
+}
+
+class EngineFD : public ::testing::TestWithParam<Case> {
+ protected:
+  Context ctx = Context::host();
+};
+
+double dot(const std::vector<double>& a, const std::vector<double>& b) {
+  double s = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+
+TEST_P(EngineFD, ForwardMatchesNaiveLoops) {
+  const MlpSpec s = make_spec(GetParam());
+  const index_t n = 5, P = s.num_params();
+  auto w = test::random_vector(std::size_t(P), 1, 0.7), x = test::random_vector(std::size_t(n * s.inputs()), 2);
+  MlpEngine<double> e(ctx, s);
+  auto f = e.forward(w.data(), {x.data(), n, s.inputs(), s.inputs()});
+  const auto ref = test::naive_forward(s, w, x, n);
+  for (index_t i = 0; i < n * s.outputs(); ++i) EXPECT_NEAR(f.data[i], ref[std::size_t(i)], 1e-13 * (1 + std::abs(ref[std::size_t(i)])));
+}
+
+TEST_P(EngineFD, ParamGradientsMatchFiniteDifferences) {
+  const MlpSpec s = make_spec(GetParam());
+  const index_t n = 4, P = s.num_params(), O = s.outputs();
+  auto w = test::random_vector(std::size_t(P), 3, 0.7), x = test::random_vector(std::size_t(n * s.inputs()), 4);
+  auto g = test::random_vector(std::size_t(n * O), 5);
+  MlpEngine<double> e(ctx, s);
+  e.forward(w.data(), {x.data(), n, s.inputs(), s.inputs()});
+  e.backprop(w.data(), {g.data(), n, O, O});
+  std::vector<double> grad(static_cast<std::size_t>(P));
+  e.param_grads({grad.data(), 1, P, P});
+  // L(w) = sum_n <g_n, f(x_n; w)>
+  const double h = 1e-6;
+  for (index_t p = 0; p < P; ++p) {
+    auto wp = w, wm = w;
+    wp[std::size_t(p)] += h;
+    wm[std::size_t(p)] -= h;
+    const double fd = (dot(g, test::naive_forward(s, wp, x, n)) - dot(g, test::naive_forward(s, wm, x, n))) / (2 * h);
+    EXPECT_NEAR(grad[std::size_t(p)], fd, 1e-7 * (1 + std::abs(fd))) << "param " << p;
+  }
+}
+
+TEST_P(EngineFD, JvpMatchesFiniteDifferencesAndIsAdjointToVjp) {
+  const MlpSpec s = make_spec(GetParam());
+  const index_t n = 3, P = s.num_params(), O = s.outputs(), T = 3, K = 2;
+  auto w = test::random_vector(std::size_t(P), 6, 0.7), x = test::random_vector(std::size_t(n * s.inputs()), 7);
+  auto v = test::random_vector(std::size_t(T * P), 8);
+  MlpEngine<double> e(ctx, s);
+  e.forward(w.data(), {x.data(), n, s.inputs(), s.inputs()});
+  std::vector<double> jv(static_cast<std::size_t>(T * n * O));
+  e.jvp(w.data(), {v.data(), T, P, P}, {jv.data(), T * n, O, O});
+  const double h = 1e-6;
+  for (index_t t = 0; t < T; ++t) {
+    auto wp = w, wm = w;
+    for (index_t p = 0; p < P; ++p) {
+      wp[std::size_t(p)] += h * v[std::size_t(t * P + p)];
+      wm[std::size_t(p)] -= h * v[std::size_t(t * P + p)];
+    }
+    const auto fp = test::naive_forward(s, wp, x, n), fm = test::naive_forward(s, wm, x, n);
+    for (index_t i = 0; i < n * O; ++i) {
+      const double fd = (fp[std::size_t(i)] - fm[std::size_t(i)]) / (2 * h);
+      EXPECT_NEAR(jv[std::size_t(t * n * O + i)], fd, 1e-7 * (1 + std::abs(fd)));
+    }
+  }
+  // <J v_t, u_k> = <v_t, J^T u_k> for every pair, with K cotangent blocks at once.
+  auto u = test::random_vector(std::size_t(K * n * O), 9);
+  e.backprop(w.data(), {u.data(), K * n, O, O}, K);
+  std::vector<double> jtu(static_cast<std::size_t>(K * P));
+  e.param_grads({jtu.data(), K, P, P});
+  for (index_t t = 0; t < T; ++t)
+    for (index_t k = 0; k < K; ++k) {
+      double lhs = 0, rhs = 0;
+      for (index_t i = 0; i < n * O; ++i) lhs += jv[std::size_t(t * n * O + i)] * u[std::size_t(k * n * O + i)];
+      for (index_t p = 0; p < P; ++p) rhs += v[std::size_t(t * P + p)] * jtu[std::size_t(k * P + p)];
+      EXPECT_NEAR(lhs, rhs, 1e-11 * (1 + std::abs(lhs)));
+    }
+}
+
+TEST_P(EngineFD, InputJvpMatchesFiniteDifferencesAndInputGradsAreItsAdjoint) {
+  const MlpSpec s = make_spec(GetParam());
+  const index_t n = 3, P = s.num_params(), O = s.outputs(), D = s.inputs(), T = 2;
+  auto w = test::random_vector(std::size_t(P), 10, 0.7), x = test::random_vector(std::size_t(n * D), 11);
+  auto dx = test::random_vector(std::size_t(T * n * D), 12);
+  MlpEngine<double> e(ctx, s);
+  e.forward(w.data(), {x.data(), n, D, D});
+  std::vector<double> jv(static_cast<std::size_t>(T * n * O));
+  e.jvp_inputs(w.data(), {dx.data(), T * n, D, D}, T, {jv.data(), T * n, O, O});
+  const double h = 1e-6;
+  for (index_t t = 0; t < T; ++t) {
+    auto xp = x, xm = x;
+    for (index_t i = 0; i < n * D; ++i) {
+      xp[std::size_t(i)] += h * dx[std::size_t(t * n * D + i)];
+      xm[std::size_t(i)] -= h * dx[std::size_t(t * n * D + i)];
+    }
+    const auto fp = test::naive_forward(s, w, xp, n), fm = test::naive_forward(s, w, xm, n);
+    for (index_t i = 0; i < n * O; ++i) {
+      const double fd = (fp[std::size_t(i)] - fm[std::size_t(i)]) / (2 * h);
+      EXPECT_NEAR(jv[std::size_t(t * n * O + i)], fd, 1e-7 * (1 + std::abs(fd)));
+    }
+  }
+  auto u = test::random_vector(std::size_t(n * O), 13);
+  e.backprop(w.data(), {u.data(), n, O, O});
+  std::vector<double> gx(static_cast<std::size_t>(n * D));
+  e.input_grads(w.data(), {gx.data(), n, D, D});
+  double lhs = 0, rhs = 0;
+  for (index_t i = 0; i < n * O; ++i) lhs += jv[std::size_t(i)] * u[std::size_t(i)];
+  for (index_t i = 0; i < n * D; ++i) rhs += dx[std::size_t(i)] * gx[std::size_t(i)];
+  EXPECT_NEAR(lhs, rhs, 1e-11 * (1 + std::abs(lhs)));
+}
+
+TEST_P(EngineFD, PerSampleGradientsSumToTheBatchGradient) {
+  const MlpSpec s = make_spec(GetParam());
+  const index_t n = 6, P = s.num_params(), O = s.outputs(), D = s.inputs();
+  auto w = test::random_vector(std::size_t(P), 14, 0.7), x = test::random_vector(std::size_t(n * D), 15);
+  auto g = test::random_vector(std::size_t(n * O), 16);
+  MlpEngine<double> e(ctx, s);
+  e.forward(w.data(), {x.data(), n, D, D});
+  e.backprop(w.data(), {g.data(), n, O, O});
+  std::vector<double> batch(static_cast<std::size_t>(P)), per(static_cast<std::size_t>(n * P));
+  e.param_grads({batch.data(), 1, P, P});
+  e.per_sample_grads({per.data(), n, P, P});
+  for (index_t p = 0; p < P; ++p) {
+    double sum = 0;
+    for (index_t i = 0; i < n; ++i) sum += per[std::size_t(i * P + p)];
+    EXPECT_NEAR(sum, batch[std::size_t(p)], 1e-12 * (1 + std::abs(sum)));
+  }
+  // Row i alone equals the gradient of <g_i, f(x_i)> from a one-sample pass.
+  for (index_t i = 0; i < n; ++i) {
+    e.forward(w.data(), {x.data() + i * D, 1, D, D});
+    e.backprop(w.data(), {g.data() + i * O, 1, O, O});
+    std::vector<double> one(static_cast<std::size_t>(P));
+    e.param_grads({one.data(), 1, P, P});
+    for (index_t p = 0; p < P; ++p) EXPECT_NEAR(per[std::size_t(i * P + p)], one[std::size_t(p)], 1e-12 * (1 + std::abs(one[std::size_t(p)])));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllActivationsDepthsAndParameterizations, EngineFD, ::testing::ValuesIn(all_cases()),
+                         [](const ::testing::TestParamInfo<Case>& pinfo) {
+                           std::string name = pinfo.param.activation + "_" + pinfo.param.arch + (pinfo.param.bias ? "_bias" : "_nobias") +
+                                              (pinfo.param.param == model::Parameterization::ntk ? "_ntk" : "_std");
+                           for (char& c : name)
+                             if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                           return name;
+                         });
+
+TEST(Engine, TiledPerSampleGradientsEqualOneTile) {
+  Context ctx = Context::host();
+  const MlpSpec s = MlpSpec::from_arch("7-16-16-3", model::parse_activation("tanh"));
+  const index_t n = 37, P = s.num_params(), O = s.outputs(), D = s.inputs();
+  auto w = test::random_vector(std::size_t(P), 17, 0.5), x = test::random_vector(std::size_t(n * D), 18);
+  auto g = test::random_vector(std::size_t(n * O), 19);
+  std::vector<double> big(static_cast<std::size_t>(n * P)), small(static_cast<std::size_t>(n * P));
+  model::per_sample_gradients<double>(ctx, s, w.data(), {x.data(), n, D, D}, {g.data(), n, O, O}, {big.data(), n, P, P});
+  Context tiny = Context::host();
+  tiny.set_workspace_budget(5 * (16 + 16 + 3) * 3 * sizeof(double));  // five samples per tile
+  int calls = 0;
+  tiny.set_progress_sink([&](std::string_view, index_t, index_t) { ++calls; });
+  model::per_sample_gradients<double>(tiny, s, w.data(), {x.data(), n, D, D}, {g.data(), n, O, O}, {small.data(), n, P, P});
+  EXPECT_EQ(calls, 8);
+  EXPECT_EQ(big, small);
+  tiny.set_workspace_budget(8);
+  EXPECT_THROW(model::per_sample_gradients<double>(tiny, s, w.data(), {x.data(), n, D, D}, {g.data(), n, O, O},
+                                                   {small.data(), n, P, P}),
+               OutOfMemory);
+}
+
+TEST(Engine, FloatAgreesWithDouble) {
+  Context ctx = Context::host();
+  const MlpSpec s = MlpSpec::from_arch("10-32-32-4", model::parse_activation("gelu"));
+  const index_t n = 9, P = s.num_params(), O = s.outputs(), D = s.inputs();
+  auto w = test::random_vector(std::size_t(P), 20, 0.3), x = test::random_vector(std::size_t(n * D), 21);
+  auto g = test::random_vector(std::size_t(n * O), 22);
+  std::vector<float> wf(w.begin(), w.end()), xf(x.begin(), x.end()), gf(g.begin(), g.end());
+  MlpEngine<double> ed(ctx, s);
+  MlpEngine<float> ef(ctx, s);
+  ed.forward(w.data(), {x.data(), n, D, D});
+  ef.forward(wf.data(), {xf.data(), n, D, D});
+  ed.backprop(w.data(), {g.data(), n, O, O});
+  ef.backprop(wf.data(), {gf.data(), n, O, O});
+  std::vector<double> gd(static_cast<std::size_t>(P));
+  std::vector<float> gff(static_cast<std::size_t>(P));
+  ed.param_grads({gd.data(), 1, P, P});
+  ef.param_grads({gff.data(), 1, P, P});
+  for (index_t p = 0; p < P; ++p) EXPECT_NEAR(gff[std::size_t(p)], gd[std::size_t(p)], 1e-4 * (1 + std::abs(gd[std::size_t(p)])));
+}
+
+TEST(Engine, BadShapesAreClearErrors) {
+  Context ctx = Context::host();
+  const MlpSpec s = MlpSpec::from_arch("3-4-2");
+  std::vector<double> w(std::size_t(s.num_params())), x(12), g(8);
+  MlpEngine<double> e(ctx, s);
+  EXPECT_THROW(e.backprop(w.data(), {g.data(), 4, 2, 2}), InvalidArgument);  // no forward yet
+  EXPECT_THROW(e.forward(w.data(), {x.data(), 3, 4, 4}), ShapeMismatch);
+  e.forward(w.data(), {x.data(), 4, 3, 3});
+  EXPECT_THROW(e.backprop(w.data(), {g.data(), 2, 4, 4}), ShapeMismatch);
+  EXPECT_THROW(e.param_grads({w.data(), 1, 3, 3}), InvalidArgument);  // no backprop yet
+  MlpSpec bad = s;
+  bad.activations.clear();
+  EXPECT_THROW(MlpEngine<double>(ctx, bad), InvalidArgument);
+  EXPECT_THROW(model::parse_activation("swish"), InvalidArgument);
+  EXPECT_THROW(MlpSpec::from_arch("3-x-2"), InvalidArgument);
+  EXPECT_THROW(MlpSpec::from_arch("3"), InvalidArgument);
+}
+
+}  // namespace
+}  // namespace dynascope

@@ -1,0 +1,115 @@
+// Training reduces the loss on each built-in dataset; modular addition is memorised.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "dynascope/train.hpp"
+
+namespace dynascope {
+namespace {
+
+struct TrainRun {
+  double first = 0, last = 0;
+  model::TrainResult result;
+};
+
+TrainRun train_on(const std::string& dataset, const std::string& arch, model::Loss loss, model::OptimizerOptions opt,
+             index_t steps, index_t batch, data::DatasetOptions dopt = {}) {
+  Context ctx = Context::host();
+  const data::Dataset ds = data::load_dataset(dataset, dopt);
+  model::Mlp<float> net{model::MlpSpec::from_arch(arch, model::parse_activation("relu")), {}};
+  net.params = model::init_params<float>(ctx, net.spec, {model::Init::pytorch, 1.0, 3});
+  model::TrainOptions<float> to;
+  to.loss = loss;
+  to.optimizer = opt;
+  to.steps = steps;
+  to.batch = batch;
+  to.seed = 4;
+  TrainRun r;
+  Context host = Context::host();
+  model::MlpEngine<float> engine(host, net.spec);
+  const auto dev = model::to_device<float>(host, ds);
+  r.first = model::evaluate<float>(host, engine, net.params.data(), dev, loss).loss;
+  r.result = model::train<float>(ctx, net, ds, to);
+  r.last = r.result.final_loss;
+  return r;
+}
+
+TEST(Train, TeacherStudentRegressionLossDrops) {
+  model::OptimizerOptions o{model::OptimizerKind::adam};
+  const TrainRun r = train_on("teacher", "16-64-1", model::Loss::mse, o, 300, 64);
+  EXPECT_FALSE(r.result.diverged);
+  EXPECT_LT(r.last, 0.3 * r.first);
+}
+
+TEST(Train, GaussianMixtureIsClassified) {
+  model::OptimizerOptions o{model::OptimizerKind::momentum};
+  const TrainRun r = train_on("gaussians", "8-32-4", model::Loss::xent, o, 200, 128);
+  EXPECT_LT(r.last, 0.5 * r.first);
+  EXPECT_GT(r.result.final_accuracy, 0.9);
+}
+
+TEST(Train, SpiralsAreSeparated) {
+  model::OptimizerOptions o{model::OptimizerKind::adam};
+  o.lr = 1e-2;
+  const TrainRun r = train_on("spirals", "2-64-64-2", model::Loss::xent, o, 600, 0);
+  EXPECT_LT(r.last, 0.3 * r.first);
+  EXPECT_GT(r.result.final_accuracy, 0.95);
+}
+
+TEST(Train, ModularAdditionReachesFullTrainAccuracy) {
+  model::OptimizerOptions o{model::OptimizerKind::adamw};
+  o.lr = 3e-3;
+  o.weight_decay = 0.0;
+  data::DatasetOptions d;
+  d.modulus = 11;
+  const TrainRun r = train_on("modadd", "22-128-11", model::Loss::xent, o, 400, 0, d);
+  EXPECT_EQ(r.result.final_accuracy, 1.0);
+}
+
+TEST(Train, SgdStepsAreRecordedAndCheckpointed) {
+  Context ctx = Context::host();
+  const data::Dataset ds = data::load_dataset("teacher", {64, 1});
+  model::Mlp<double> net{model::MlpSpec::from_arch("16-8-1", model::parse_activation("tanh")), {}};
+  net.params = model::init_params<double>(ctx, net.spec, {});
+  model::TrainOptions<double> to;
+  to.steps = 10;
+  to.batch = 16;
+  to.checkpoint_every = 4;
+  std::vector<index_t> records, checkpoints;
+  to.on_record = [&](const model::TrainRecord& r) { records.push_back(r.step); };
+  to.on_checkpoint = [&](index_t step, const Array<double>&) { checkpoints.push_back(step); };
+  const auto res = model::train<double>(ctx, net, ds, to);
+  EXPECT_EQ(res.steps, 10);
+  EXPECT_EQ(records.size(), 10u);
+  EXPECT_EQ(checkpoints, (std::vector<index_t>{0, 4, 8, 10}));
+}
+
+TEST(Train, DivergenceIsReportedNotThrown) {
+  Context ctx = Context::host();
+  const data::Dataset ds = data::load_dataset("teacher", {64, 1});
+  model::Mlp<double> net{model::MlpSpec::from_arch("16-32-1", model::parse_activation("relu")), {}};
+  net.params = model::init_params<double>(ctx, net.spec, {model::Init::pytorch, 30.0, 1});
+  model::TrainOptions<double> to;
+  to.steps = 200;
+  to.optimizer.lr = 10.0;
+  const auto res = model::train<double>(ctx, net, ds, to);
+  EXPECT_TRUE(res.diverged);
+  EXPECT_GE(res.diverged_at, 0);
+}
+
+TEST(Train, MismatchedDatasetAndNetworkAreClearErrors) {
+  Context ctx = Context::host();
+  const data::Dataset ds = data::load_dataset("gaussians");
+  model::Mlp<float> net{model::MlpSpec::from_arch("5-4"), {}};
+  net.params = model::init_params<float>(ctx, net.spec, {});
+  EXPECT_THROW(model::train<float>(ctx, net, ds, {}), ShapeMismatch);
+  model::Mlp<float> reg{model::MlpSpec::from_arch("16-1"), {}};
+  reg.params = model::init_params<float>(ctx, reg.spec, {});
+  model::TrainOptions<float> to;
+  to.loss = model::Loss::xent;
+  EXPECT_THROW(model::train<float>(ctx, reg, data::load_dataset("teacher"), to), InvalidArgument);
+}
+
+}  // namespace
+}  // namespace dynascope

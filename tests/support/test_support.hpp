@@ -1,0 +1,42 @@
+#pragma once
+// Shared helpers for the test suites: contexts for each backend, a fixture that skips GPU cases
+// when no device is usable, and naive float64 references.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "dynascope/array.hpp"
+#include "dynascope/context.hpp"
+
+namespace dynascope::test {
+
+// GPU test cases derive from this fixture: SetUp skips (reported as SKIPPED by ctest) when no
+// CUDA device is usable, so a GPU test never passes without having run.
+class GpuTest : public ::testing::Test {
+ protected:
+  void SetUp() override;
+  Context host = Context::host();
+  Context cuda() const;  // a fresh cuda context on device 0
+};
+
+// A host array filled with deterministic pseudo-random values in [-1, 1).
+template <class T>
+Array<T> random_array(const Context& host, Shape shape, unsigned seed);
+
+// Largest |a_i - b_i| / max(1, |b_i|).
+template <class T, class U>
+double max_rel_diff(const T* a, const U* b, index_t n) {
+  double m = 0;
+  for (index_t i = 0; i < n; ++i) {
+    const double d = std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i]));
+    m = std::max(m, d / std::max(1.0, std::abs(static_cast<double>(b[i]))));
+  }
+  return m;
+}
+
+// A unique path in the test's temporary directory.
+std::string temp_path(const std::string& name);
+
+}  // namespace dynascope::test
