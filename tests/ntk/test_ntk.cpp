@@ -1,0 +1,301 @@
+// The empirical NTK: every method against a kernel built from finite-difference Jacobians (float64,
+// relative error <= 1e-9), against each other, mode identities, symmetry and PSD, tiling, the
+// generic Gram path and the matrix-free operator.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "dynascope/blas.hpp"
+#include "dynascope/ntk.hpp"
+#include "model/model_test_util.hpp"
+
+namespace dynascope {
+namespace {
+
+using model::MlpSpec;
+using ntk::Method;
+using ntk::Outputs;
+
+bool piecewise_linear(const MlpSpec& s) {
+  for (const auto& a : s.activations)
+    if (a.kind == model::Activation::relu || a.kind == model::Activation::leaky_relu || a.kind == model::Activation::abs)
+      return true;
+  return false;
+}
+
+// Jacobian [N*O, P] (row n*O + a) by central differences of the naive forward pass: the fourth-
+// order stencil with h = 1e-3 for smooth activations; the two-point one with h = 1e-5 where the
+// network is piecewise linear in each parameter (exact away from kinks).
+std::vector<double> fd_jacobian(const MlpSpec& s, const std::vector<double>& w, const std::vector<double>& x, index_t n) {
+  const index_t P = s.num_params(), O = s.outputs();
+  std::vector<double> j(static_cast<std::size_t>(n * O * P));
+  const bool pl = piecewise_linear(s);
+  const double h = pl ? 1e-5 : 1e-3;
+  for (index_t p = 0; p < P; ++p) {
+    auto at = [&](double d) {
+      auto wd = w;
+      wd[std::size_t(p)] += d;
+      return test::naive_forward(s, wd, x, n);
+    };
+    const auto f1 = at(h), f_1 = at(-h);
+    std::vector<double> f2, f_2;
+    if (!pl) {
+      f2 = at(2 * h);
+      f_2 = at(-2 * h);
+    }
+    for (index_t r = 0; r < n * O; ++r) {
+      const std::size_t i = std::size_t(r);
+      j[std::size_t(r * P + p)] = pl ? (f1[i] - f_1[i]) / (2 * h) : (-f2[i] + 8 * f1[i] - 8 * f_1[i] + f_2[i]) / (12 * h);
+    }
+  }
+  return j;
+}
+
+// Reference kernel in the mode's matrix layout from two Jacobians.
+std::vector<double> reference_kernel(Outputs mode, const std::vector<double>& j1, index_t n1, const std::vector<double>& j2,
+                                     index_t n2, index_t o, index_t p) {
+  const auto shape = ntk::kernel_shape(mode, n1, n2, o);
+  std::vector<double> k(std::size_t(shape.rows * shape.cols), 0.0);
+  auto dot = [&](index_t r1, index_t r2) {
+    double s = 0;
+    for (index_t q = 0; q < p; ++q) s += j1[std::size_t(r1 * p + q)] * j2[std::size_t(r2 * p + q)];
+    return s;
+  };
+  for (index_t n = 0; n < n1; ++n)
+    for (index_t m = 0; m < n2; ++m)
+      for (index_t a = 0; a < o; ++a)
+        for (index_t b = 0; b < o; ++b) {
+          const double v = dot(n * o + a, m * o + b);
+          switch (mode) {
+            case Outputs::full: k[std::size_t((n * o + a) * shape.cols + m * o + b)] = v; break;
+            case Outputs::diagonal:
+              if (a == b) k[std::size_t(n * shape.cols + m * o + a)] = v;
+              break;
+            case Outputs::trace:
+              if (a == b) k[std::size_t(n * shape.cols + m)] += v;
+              break;
+            case Outputs::sum: k[std::size_t(n * shape.cols + m)] += v; break;
+          }
+        }
+  return k;
+}
+
+double rel_err(const double* a, const std::vector<double>& ref) {
+  double scale = 0, err = 0;
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    scale = std::max(scale, std::abs(ref[i]));
+    err = std::max(err, std::abs(a[i] - ref[i]));
+  }
+  return err / std::max(scale, 1e-300);
+}
+
+struct Case {
+  std::string arch, activation;
+  bool bias;
+  model::Parameterization param;
+};
+
+std::vector<Case> cases() {
+  std::vector<Case> out;
+  const char* acts[] = {"relu", "leaky_relu:0.1", "abs", "tanh", "gelu", "softplus", "sigmoid", "identity"};
+  const char* archs[] = {"3-5-1", "4-6-3", "3-4-4-2"};
+  int i = 0;
+  for (const char* a : acts)
+    for (const char* arch : archs) {
+      ++i;
+      out.push_back({arch, a, i % 4 != 0, i % 2 ? model::Parameterization::standard : model::Parameterization::ntk});
+    }
+  return out;
+}
+
+class NtkMethods : public ::testing::TestWithParam<Case> {};
+
+TEST_P(NtkMethods, EveryMethodAndModeMatchesFiniteDifferenceJacobians) {
+  const Case& c = GetParam();
+  MlpSpec s = MlpSpec::from_arch(c.arch, model::parse_activation(c.activation), c.param);
+  for (std::size_t l = 1; l < s.bias.size(); ++l) s.bias[l] = c.bias;
+  if (c.param == model::Parameterization::ntk) s.bias_scale = 0.3;
+  const index_t n1 = 4, n2 = 3, P = s.num_params(), O = s.outputs(), D = s.inputs();
+  const auto w = test::random_vector(std::size_t(P), 1, 0.8), x1 = test::random_vector(std::size_t(n1 * D), 2),
+             x2 = test::random_vector(std::size_t(n2 * D), 3);
+  const auto j1 = fd_jacobian(s, w, x1, n1), j2 = fd_jacobian(s, w, x2, n2);
+  Context ctx = Context::host();
+  const MatrixView<const double> v1{x1.data(), n1, D, D}, v2{x2.data(), n2, D, D};
+  for (Outputs mode : {Outputs::full, Outputs::diagonal, Outputs::trace, Outputs::sum}) {
+    const auto ref_rect = reference_kernel(mode, j1, n1, j2, n2, O, P);
+    const auto ref_sym = reference_kernel(mode, j1, n1, j1, n1, O, P);
+    for (Method m : {Method::structured, Method::jvp, Method::jacobian, Method::automatic}) {
+      const auto rect = ntk::empirical_ntk<double>(ctx, s, w.data(), v1, v2, {mode, m});
+      EXPECT_LT(rel_err(rect.kernel.data(), ref_rect), 1e-9) << ntk::to_string(mode) << " " << ntk::to_string(m) << " rectangular";
+      const auto sym = ntk::empirical_ntk<double>(ctx, s, w.data(), v1, std::nullopt, {mode, m});
+      EXPECT_LT(rel_err(sym.kernel.data(), ref_sym), 1e-9) << ntk::to_string(mode) << " " << ntk::to_string(m) << " symmetric";
+      EXPECT_EQ(rect.kernel.shape(), ntk::kernel_shape(mode, n1, n2, O).tensor);
+    }
+  }
+}
+
+TEST_P(NtkMethods, PerLayerKernelsSumToTheKernelAndModesAreConsistent) {
+  const Case& c = GetParam();
+  MlpSpec s = MlpSpec::from_arch(c.arch, model::parse_activation(c.activation), c.param);
+  const index_t n = 5, P = s.num_params(), O = s.outputs(), D = s.inputs();
+  const auto w = test::random_vector(std::size_t(P), 4, 0.8), x = test::random_vector(std::size_t(n * D), 5);
+  Context ctx = Context::host();
+  const MatrixView<const double> v{x.data(), n, D, D};
+  for (Method m : {Method::structured, Method::jacobian})
+    for (Outputs mode : {Outputs::full, Outputs::trace}) {
+      const auto r = ntk::empirical_ntk<double>(ctx, s, w.data(), v, std::nullopt, {mode, m, true});
+      ASSERT_EQ(static_cast<index_t>(r.per_layer.size()), s.layers());
+      for (index_t i = 0; i < r.kernel.size(); ++i) {
+        double sum = 0;
+        for (const auto& k : r.per_layer) sum += k.data()[i];
+        EXPECT_NEAR(sum, r.kernel.data()[i], 1e-12 * (1 + std::abs(r.kernel.data()[i])));
+      }
+    }
+  const auto full = ntk::empirical_ntk<double>(ctx, s, w.data(), v, std::nullopt, {Outputs::full});
+  const auto diag = ntk::empirical_ntk<double>(ctx, s, w.data(), v, std::nullopt, {Outputs::diagonal});
+  const auto trace = ntk::empirical_ntk<double>(ctx, s, w.data(), v, std::nullopt, {Outputs::trace});
+  const auto sum = ntk::empirical_ntk<double>(ctx, s, w.data(), v, std::nullopt, {Outputs::sum});
+  for (index_t i = 0; i < n; ++i)
+    for (index_t j = 0; j < n; ++j) {
+      double tr = 0, sm = 0;
+      for (index_t a = 0; a < O; ++a) {
+        tr += diag.kernel.data()[i * n * O + j * O + a];
+        EXPECT_NEAR(diag.kernel.data()[i * n * O + j * O + a], full.kernel.data()[(i * O + a) * n * O + j * O + a], 1e-12);
+        for (index_t b = 0; b < O; ++b) sm += full.kernel.data()[(i * O + a) * n * O + j * O + b];
+      }
+      EXPECT_NEAR(trace.kernel.data()[i * n + j], tr, 1e-12 * (1 + std::abs(tr)));
+      EXPECT_NEAR(sum.kernel.data()[i * n + j], sm, 1e-12 * (1 + std::abs(sm)));
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Activations, NtkMethods, ::testing::ValuesIn(cases()), [](const ::testing::TestParamInfo<Case>& pinfo) {
+  std::string name = pinfo.param.activation + "_" + pinfo.param.arch + (pinfo.param.bias ? "_bias" : "_nobias") +
+                     (pinfo.param.param == model::Parameterization::ntk ? "_ntk" : "_std");
+  for (char& ch : name)
+    if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+  return name;
+});
+
+TEST(Ntk, KernelIsSymmetricPositiveSemidefinite) {
+  const MlpSpec s = MlpSpec::from_arch("6-32-32-3", model::parse_activation("relu"));
+  const index_t n = 40, D = 6;
+  const auto w = test::random_vector(std::size_t(s.num_params()), 6, 0.5), x = test::random_vector(std::size_t(n * D), 7);
+  Context ctx = Context::host();
+  const auto r = ntk::empirical_ntk<double>(ctx, s, w.data(), {x.data(), n, D, D}, std::nullopt, {Outputs::full});
+  const index_t m = n * 3;
+  std::vector<double> a(r.kernel.data(), r.kernel.data() + m * m), ev(static_cast<std::size_t>(m));
+  double mx = 0;
+  for (index_t i = 0; i < m; ++i)
+    for (index_t j = 0; j < m; ++j) {
+      EXPECT_EQ(a[std::size_t(i * m + j)], a[std::size_t(j * m + i)]);
+      mx = std::max(mx, std::abs(a[std::size_t(i * m + j)]));
+    }
+  lapack::syevd<double>(ctx, {a.data(), m, m, m}, {ev.data(), m, 1});
+  EXPECT_GE(ev[0], -1e-12 * mx * double(m));
+}
+
+TEST(Ntk, TinyWorkspaceBudgetsGiveTheSameKernelAsOneTile) {
+  const MlpSpec s = MlpSpec::from_arch("5-16-16-3", model::parse_activation("tanh"));
+  const index_t n1 = 23, n2 = 17, D = 5;
+  const auto w = test::random_vector(std::size_t(s.num_params()), 8, 0.5), x1 = test::random_vector(std::size_t(n1 * D), 9),
+             x2 = test::random_vector(std::size_t(n2 * D), 10);
+  Context big = Context::host();
+  for (Method m : {Method::structured, Method::jvp, Method::jacobian})
+    for (Outputs mode : {Outputs::full, Outputs::diagonal, Outputs::trace, Outputs::sum})
+      for (bool sym : {true, false}) {
+        std::optional<MatrixView<const double>> second;
+        if (!sym) second = MatrixView<const double>{x2.data(), n2, D, D};
+        const auto one = ntk::empirical_ntk<double>(big, s, w.data(), {x1.data(), n1, D, D}, second, {mode, m});
+        EXPECT_EQ(one.info.tiles, 1);
+        Context tiny = Context::host();
+        tiny.set_workspace_budget(m == Method::structured ? 15000 : 120000);
+        const auto many = ntk::empirical_ntk<double>(tiny, s, w.data(), {x1.data(), n1, D, D}, second, {mode, m});
+        EXPECT_GT(many.info.tiles, 3) << ntk::to_string(m);
+        ASSERT_EQ(many.kernel.size(), one.kernel.size());
+        for (index_t i = 0; i < one.kernel.size(); ++i)
+          ASSERT_NEAR(many.kernel.data()[i], one.kernel.data()[i], 1e-13 * (1 + std::abs(one.kernel.data()[i])))
+              << ntk::to_string(m) << " " << ntk::to_string(mode) << " sym " << sym << " at " << i;
+      }
+}
+
+TEST(Ntk, GenericGramOfTheNetworksOwnJacobiansEqualsTheBuiltInKernel) {
+  const MlpSpec s = MlpSpec::from_arch("4-12-2", model::parse_activation("gelu"));
+  const index_t n = 9, D = 4, O = 2, P = s.num_params();
+  const auto w = test::random_vector(std::size_t(P), 11, 0.5), x = test::random_vector(std::size_t(n * D), 12);
+  Context ctx = Context::host();
+  // A "framework" supplying Jacobian rows through per-sample gradients of each output.
+  ntk::JacobianSource<double> source = [&](index_t row0, index_t rows, MatrixView<double> out) {
+    std::vector<double> cot(static_cast<std::size_t>(rows * O)), g(static_cast<std::size_t>(rows * P));
+    for (index_t a = 0; a < O; ++a) {
+      for (index_t i = 0; i < rows * O; ++i) cot[std::size_t(i)] = (i % O == a) ? 1.0 : 0.0;
+      model::per_sample_gradients<double>(ctx, s, w.data(), {x.data() + row0 * D, rows, D, D}, {cot.data(), rows, O, O},
+                                          {g.data(), rows, P, P});
+      for (index_t r = 0; r < rows; ++r)
+        for (index_t p = 0; p < P; ++p) out(r * O + a, p) = g[std::size_t(r * P + p)];
+    }
+  };
+  for (Outputs mode : {Outputs::full, Outputs::trace}) {
+    const auto builtin = ntk::empirical_ntk<double>(ctx, s, w.data(), {x.data(), n, D, D}, std::nullopt, {mode});
+    const auto shape = ntk::kernel_shape(mode, n, n, O);
+    std::vector<double> k(std::size_t(shape.rows * shape.cols));
+    Context tiny = Context::host();
+    tiny.set_workspace_budget(20000);
+    const auto info = ntk::gram_from_jacobians<double>(tiny, source, n, nullptr, n, O, P, mode, {k.data(), shape.rows, shape.cols, shape.cols});
+    EXPECT_GT(info.tiles, 1);
+    for (std::size_t i = 0; i < k.size(); ++i) EXPECT_NEAR(k[i], builtin.kernel.data()[i], 1e-12 * (1 + std::abs(k[i])));
+  }
+}
+
+TEST(Ntk, OperatorAppliesTheFullKernel) {
+  const MlpSpec s = MlpSpec::from_arch("3-10-10-2", model::parse_activation("softplus"));
+  const index_t n = 7, D = 3, O = 2, m = n * O, k = 4;
+  const auto w = test::random_vector(std::size_t(s.num_params()), 13, 0.5), x = test::random_vector(std::size_t(n * D), 14);
+  Context ctx = Context::host();
+  const auto full = ntk::empirical_ntk<double>(ctx, s, w.data(), {x.data(), n, D, D}, std::nullopt, {Outputs::full});
+  ntk::NtkOperator<double> op(ctx, s, w.data(), {x.data(), n, D, D});
+  EXPECT_EQ(op.size(), m);
+  const auto v = test::random_vector(std::size_t(k * m), 15);
+  std::vector<double> y(static_cast<std::size_t>(k * m));
+  op.apply({v.data(), k, m, m}, {y.data(), k, m, m});
+  EXPECT_EQ(op.applications(), k);
+  for (index_t t = 0; t < k; ++t)
+    for (index_t i = 0; i < m; ++i) {
+      double ref = 0;
+      for (index_t j = 0; j < m; ++j) ref += full.kernel.data()[i * m + j] * v[std::size_t(t * m + j)];
+      EXPECT_NEAR(y[std::size_t(t * m + i)], ref, 1e-12 * (1 + std::abs(ref)));
+    }
+}
+
+TEST(Ntk, FloatKernelAgreesWithDouble) {
+  const MlpSpec s = MlpSpec::from_arch("8-64-64-4", model::parse_activation("relu"));
+  const index_t n = 20, D = 8;
+  const auto w = test::random_vector(std::size_t(s.num_params()), 16, 0.2), x = test::random_vector(std::size_t(n * D), 17);
+  std::vector<float> wf(w.begin(), w.end()), xf(x.begin(), x.end());
+  Context ctx = Context::host();
+  const auto kd = ntk::empirical_ntk<double>(ctx, s, w.data(), {x.data(), n, D, D});
+  const auto kf = ntk::empirical_ntk<float>(ctx, s, wf.data(), {xf.data(), n, D, D});
+  std::vector<double> ref(kd.kernel.data(), kd.kernel.data() + kd.kernel.size()), got(kf.kernel.data(), kf.kernel.data() + kf.kernel.size());
+  EXPECT_LT(rel_err(got.data(), ref), 1e-5);
+}
+
+TEST(Ntk, BadInputsAreClearErrors) {
+  const MlpSpec s = MlpSpec::from_arch("3-4-2");
+  const auto w = test::random_vector(std::size_t(s.num_params()), 18);
+  std::vector<double> x(12), out(100);
+  Context ctx = Context::host();
+  EXPECT_THROW(ntk::empirical_ntk<double>(ctx, s, w.data(), {x.data(), 4, 3, 3}, MatrixView<const double>{x.data(), 3, 4, 4}),
+               ShapeMismatch);
+  EXPECT_THROW(ntk::empirical_ntk<double>(ctx, s, w.data(), {x.data(), 0, 3, 3}), InvalidArgument);
+  EXPECT_THROW(ntk::empirical_ntk_into<double>(ctx, s, w.data(), {x.data(), 4, 3, 3}, std::nullopt, {}, {out.data(), 5, 4, 4}),
+               ShapeMismatch);
+  Context tiny = Context::host();
+  tiny.set_workspace_budget(16);
+  EXPECT_THROW(ntk::empirical_ntk<double>(tiny, s, w.data(), {x.data(), 4, 3, 3}), OutOfMemory);
+  EXPECT_THROW(ntk::empirical_ntk<double>(ctx, s, w.data(), {x.data(), 4, 3, 3}, std::nullopt, {Outputs::trace, Method::jvp, true}),
+               InvalidArgument);
+  EXPECT_THROW(ntk::parse_outputs("mean"), InvalidArgument);
+}
+
+}  // namespace
+}  // namespace dynascope
