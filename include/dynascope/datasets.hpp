@@ -25,6 +25,7 @@ struct Dataset {
   std::vector<double> y;             // regression targets [n, outputs]
   std::vector<std::int64_t> labels;  // classification labels [n], in [0, outputs)
 
+  bool targets_present() const { return !labels.empty() || !y.empty(); }
   // The samples at `rows`, in that order.
   DYNASCOPE_API Dataset subset(const std::vector<index_t>& rows) const;
 };

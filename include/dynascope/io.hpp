@@ -40,6 +40,32 @@ struct Tensor {
 DYNASCOPE_API Tensor read_npy(const std::string& path);
 DYNASCOPE_API void write_npy(const std::string& path, const Tensor& tensor);
 
+// A .npy file written in place through a memory map, for arrays larger than memory (a kernel
+// matrix computed tile by tile). The data lives in a temporary file next to `path` until
+// commit() flushes it and renames it into place; destroyed without commit, nothing is left.
+class DYNASCOPE_API MappedNpy {
+ public:
+  MappedNpy(const std::string& path, DType dtype, Shape shape);
+  ~MappedNpy();
+  MappedNpy(const MappedNpy&) = delete;
+  MappedNpy& operator=(const MappedNpy&) = delete;
+  void* data() noexcept { return data_; }
+  template <class T>
+  T* data_as() {
+    if (dtype_v<T> != dtype_) throw InvalidArgument("MappedNpy: element type does not match the file's dtype");
+    return static_cast<T*>(data_);
+  }
+  void commit();
+
+ private:
+  std::string path_, tmp_;
+  DType dtype_;
+  void* map_ = nullptr;
+  void* data_ = nullptr;
+  std::size_t map_bytes_ = 0;
+  bool committed_ = false;
+};
+
 // ---- safetensors ----
 struct NamedTensor {
   std::string name;

@@ -6,6 +6,7 @@
 
 #include "cli/training_run.hpp"
 #include "dynascope/io.hpp"
+#include "dynascope/ntk.hpp"
 
 namespace dynascope::cli {
 
@@ -16,6 +17,70 @@ struct DemoCommand {
   ModelFlags model;
   DataFlags data;
   TrainFlags train;
+  index_t ntk_samples = 128;
+};
+
+// The NTK section: at each checkpoint, the trace kernel on a fixed subset of the training set,
+// its top eigenvalues, the cumulative energy of the (one-hot or value) targets in its top
+// eigenvectors, the kernel-target alignment and the distance to the kernel at initialisation.
+struct NtkRow {
+  std::vector<double> top;
+  std::vector<double> energy;  // at kEnergyKs
+  double kta = 0, distance_to_init = 0;
+};
+const std::vector<index_t> kEnergyKs{1, 2, 5, 10, 20};
+
+template <class T>
+class NtkTracker {
+ public:
+  NtkTracker(const Context& ctx, const model::MlpSpec& spec, const data::Dataset& train, index_t samples)
+      : ctx_(ctx), spec_(spec) {
+    n_ = std::min(samples, train.n);
+    std::vector<index_t> rows(static_cast<std::size_t>(n_));
+    for (index_t i = 0; i < n_; ++i) rows[std::size_t(i)] = i;
+    const data::Dataset sub = train.subset(rows);
+    std::vector<T> xh(sub.x.begin(), sub.x.end());
+    x_ = Array<T>(ctx, {n_, sub.d});
+    detail::copy_bytes(ctx, x_.data(), x_.backend(), xh.data(), Backend::host, x_.bytes());
+    cols_ = sub.outputs;
+    if (sub.task == data::Task::classification) {
+      y_.assign(std::size_t(n_ * cols_), 0.0);
+      for (index_t i = 0; i < n_; ++i) y_[std::size_t(i * cols_ + sub.labels[std::size_t(i)])] = 1.0;
+    } else {
+      y_ = sub.y;
+    }
+    // Centred targets: the constant mode says nothing about what the network has to learn.
+    for (index_t c = 0; c < cols_; ++c) {
+      double mean = 0;
+      for (index_t i = 0; i < n_; ++i) mean += y_[std::size_t(i * cols_ + c)];
+      mean /= double(n_);
+      for (index_t i = 0; i < n_; ++i) y_[std::size_t(i * cols_ + c)] -= mean;
+    }
+  }
+  NtkRow measure(const Array<T>& params) {
+    std::vector<T> k(std::size_t(n_ * n_));
+    ntk::empirical_ntk_into<T>(ctx_, spec_, params.data(), x_.matrix(), std::nullopt, {ntk::Outputs::trace},
+                               {k.data(), n_, n_, n_, Backend::host});
+    std::vector<double> kd(k.begin(), k.end());
+    const MatrixView<const double> kv{kd.data(), n_, n_, n_};
+    const MatrixView<const double> yv{y_.data(), n_, cols_, cols_};
+    const ntk::Eigen<double> eig = ntk::eigen_descending<double>(Context::host(), kv);
+    NtkRow row;
+    row.top.assign(eig.values.begin(), eig.values.begin() + std::min<index_t>(5, n_));
+    row.energy = ntk::cumulative_energy<double>(eig, yv, kEnergyKs);
+    row.kta = ntk::kernel_target_alignment(kv, yv, true);
+    if (k0_.empty()) k0_ = kd;
+    row.distance_to_init = ntk::kernel_distance({k0_.data(), n_, n_, n_}, kv);
+    return row;
+  }
+  index_t samples() const { return n_; }
+
+ private:
+  Context ctx_;
+  model::MlpSpec spec_;
+  index_t n_ = 0, cols_ = 0;
+  Array<T> x_;
+  std::vector<double> y_, k0_;
 };
 
 template <class T>
@@ -28,10 +93,15 @@ int run(const DemoCommand& c) {
                              split.train.name + " (" + std::to_string(split.train.n) + " train / " +
                              std::to_string(split.test.n) + " test samples), " + std::to_string(c.train.steps) + " steps of " +
                              c.train.optimizer + "; report in " + c.train.out_dir + "/");
-  const auto outcome = run_training<T>(ctx, c.common, c.train, net, split, true);
+  NtkTracker<T> tracker(ctx, net.spec, split.train, c.ntk_samples);
+  std::vector<NtkRow> ntk_rows;
+  const auto outcome = run_training<T>(ctx, c.common, c.train, net, split, true,
+                                       [&](index_t, const Array<T>& params) { ntk_rows.push_back(tracker.measure(params)); });
 
   json rows = json::array();
-  for (const auto& r : outcome.rows) {
+  for (std::size_t i = 0; i < outcome.rows.size(); ++i) {
+    const auto& r = outcome.rows[i];
+    const NtkRow& nr = ntk_rows[i];
     json j;
     j["step"] = r.step;
     j["train_loss"] = r.train.loss;
@@ -39,6 +109,9 @@ int run(const DemoCommand& c) {
     j["test_loss"] = r.test.loss;
     j["test_accuracy"] = r.test.accuracy;
     j["checkpoint"] = r.file;
+    json e;
+    for (std::size_t q = 0; q < kEnergyKs.size(); ++q) e[std::to_string(kEnergyKs[q])] = nr.energy[q];
+    j["ntk"] = {{"top_eigenvalues", nr.top}, {"energy_targets", e}, {"kta", nr.kta}, {"distance_to_init", nr.distance_to_init}};
     rows.push_back(j);
   }
   json report;
@@ -50,13 +123,22 @@ int run(const DemoCommand& c) {
   report["steps"] = outcome.result.steps;
   report["diverged"] = outcome.result.diverged;
   report["checkpoints"] = rows;
+  report["ntk"] = {{"samples", tracker.samples()}, {"outputs", "trace"},
+                   {"note", "trace kernel on the first training samples; y = centred targets (one-hot for classes); "
+                            "energy_targets[k] = E_k(y), the fraction of the targets' energy in the top-k eigenvectors; "
+                            "kta = centred kernel-target alignment; distance_to_init = 1 - <K0,K>/(|K0||K|)"}};
   report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   io::write_text_atomic((std::filesystem::path(c.train.out_dir) / "report.json").string(), report.dump(2) + "\n");
 
-  std::printf("%8s  %12s  %9s  %12s  %9s\n", "step", "train loss", "train acc", "test loss", "test acc");
-  for (const auto& r : outcome.rows)
-    std::printf("%8lld  %12.6f  %9.4f  %12.6f  %9.4f\n", static_cast<long long>(r.step), r.train.loss, r.train.accuracy,
-                r.test.loss, r.test.accuracy);
+  std::printf("%7s  %10s  %9s  %10s  %9s  %11s  %8s  %8s  %6s  %8s\n", "step", "train loss", "train acc", "test loss",
+              "test acc", "NTK l1", "l1/l2", "E_5(y)", "KTA", "S(K0,K)");
+  for (std::size_t i = 0; i < outcome.rows.size(); ++i) {
+    const auto& r = outcome.rows[i];
+    const NtkRow& nr = ntk_rows[i];
+    std::printf("%7lld  %10.6f  %9.4f  %10.6f  %9.4f  %11.4g  %8.2f  %8.4f  %6.3f  %8.4f\n", static_cast<long long>(r.step),
+                r.train.loss, r.train.accuracy, r.test.loss, r.test.accuracy, nr.top[0],
+                nr.top.size() > 1 ? nr.top[0] / nr.top[1] : 0.0, nr.energy[2], nr.kta, nr.distance_to_init);
+  }
   std::printf("report: %s/report.json, %s/train.csv, %zu checkpoints (%.1f s)\n", c.train.out_dir.c_str(),
               c.train.out_dir.c_str(), outcome.rows.size(), report["seconds"].get<double>());
   if (!c.common.out.empty()) emit_result("demo", c.common, ctx, report, start);
@@ -84,6 +166,9 @@ Command register_demo(CLI::App& app) {
   add_data_flags(*cmd, c->data, true);
   add_train_flags(*cmd, c->train);
   cmd->add_option("--out-dir", c->train.out_dir, "report folder")->capture_default_str();
+  cmd->add_option("--ntk-samples", c->ntk_samples, "training samples the NTK section uses")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   return {cmd, [c] { return parse_dtype(c->common.dtype) == DType::f64 ? run<double>(*c) : run<float>(*c); }};
 }
 

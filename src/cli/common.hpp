@@ -59,5 +59,6 @@ Command register_info(CLI::App& app);
 Command register_datasets(CLI::App& app);
 Command register_train(CLI::App& app);
 Command register_demo(CLI::App& app);
+Command register_ntk(CLI::App& app);
 
 }  // namespace dynascope::cli

@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
   commands.push_back(register_datasets(app));
   commands.push_back(register_train(app));
   commands.push_back(register_demo(app));
+  commands.push_back(register_ntk(app));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

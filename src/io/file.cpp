@@ -1,12 +1,14 @@
 // Byte sources, checked arithmetic, atomic writes, Tensor conversions and format dispatch.
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <bit>
 #include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <limits>
 #include <system_error>
@@ -236,6 +238,14 @@ void write_pieces_atomic(const std::string& path, std::span<const std::span<cons
   tmp.release();
 }
 
+// Reserves a temporary name next to `path` (the file is created by create_temp_next_to and kept).
+std::string reserve_temp_next_to(const std::string& path) {
+  TempFile tmp = create_temp_next_to(path);
+  if (tmp.close() != 0) throw IoError("cannot write '" + path + "': " + os_error(errno));
+  tmp.release();
+  return tmp.path();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Dispatch by magic bytes
 // ---------------------------------------------------------------------------------------------
@@ -260,6 +270,48 @@ Tensor parse_array(const ByteSource& src) {
 }
 
 }  // namespace detail
+
+MappedNpy::MappedNpy(const std::string& path, DType dtype, Shape shape) : path_(path), dtype_(dtype) {
+  if (path.empty()) throw InvalidArgument("MappedNpy: empty path");
+  const auto nbytes = detail::checked_nbytes(shape, dtype);
+  if (!nbytes) throw InvalidArgument("MappedNpy: invalid shape " + detail::shape_text(shape));
+  const std::string header = detail::npy_header_for(dtype, shape);
+  tmp_ = detail::reserve_temp_next_to(path);
+  const int fd = ::open(tmp_.c_str(), O_RDWR);
+  auto fail = [&](const std::string& what) {
+    const std::string msg = "cannot write '" + path + "': " + what + ": " + detail::os_error(errno);
+    if (fd >= 0) ::close(fd);
+    ::unlink(tmp_.c_str());
+    throw IoError(msg);
+  };
+  if (fd < 0) fail("cannot open the temporary file");
+  map_bytes_ = header.size() + static_cast<std::size_t>(*nbytes);
+  if (::ftruncate(fd, static_cast<off_t>(map_bytes_)) != 0) fail("cannot size the file");
+  map_ = ::mmap(nullptr, map_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (map_ == MAP_FAILED) {
+    map_ = nullptr;
+    fail("cannot map the file");
+  }
+  ::close(fd);
+  std::memcpy(map_, header.data(), header.size());
+  data_ = static_cast<char*>(map_) + header.size();
+}
+
+MappedNpy::~MappedNpy() {
+  if (map_) ::munmap(map_, map_bytes_);
+  if (!committed_) ::unlink(tmp_.c_str());
+}
+
+void MappedNpy::commit() {
+  if (committed_) return;
+  if (::msync(map_, map_bytes_, MS_SYNC) != 0) throw IoError("cannot write '" + path_ + "': msync: " + detail::os_error(errno));
+  ::munmap(map_, map_bytes_);
+  map_ = nullptr;
+  data_ = nullptr;
+  if (::rename(tmp_.c_str(), path_.c_str()) != 0)
+    throw IoError("cannot write '" + path_ + "': cannot rename the temporary file into place: " + detail::os_error(errno));
+  committed_ = true;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Public entry points

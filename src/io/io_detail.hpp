@@ -81,6 +81,8 @@ Tensor parse_array(const ByteSource& src);
 // ---- encoders used by the writers (and by the fuzzers' round trips) ----
 // The complete .npy header (magic, version, length, dict, padding); the data follows it.
 std::string npy_header(const Tensor& tensor);
+// The same header from the dtype and shape alone (memory-mapped output).
+std::string npy_header_for(DType dtype, const Shape& shape);
 // The complete safetensors prefix (8-byte length + padded JSON); the tensors' bytes follow it
 // in the order of file.tensors.
 std::string safetensors_header(const Safetensors& file);

@@ -245,13 +245,17 @@ Tensor parse_npy(const ByteSource& src) {
 
 std::string npy_header(const Tensor& tensor) {
   validate_tensor(tensor, "write_npy");
-  std::string dict = std::string("{'descr': '") + descr_of(tensor.dtype) +
+  return npy_header_for(tensor.dtype, tensor.shape);
+}
+
+std::string npy_header_for(DType dtype, const Shape& shape) {
+  std::string dict = std::string("{'descr': '") + descr_of(dtype) +
                      "', 'fortran_order': False, 'shape': (";
-  for (std::size_t i = 0; i < tensor.shape.size(); ++i) {
+  for (std::size_t i = 0; i < shape.size(); ++i) {
     if (i) dict += ", ";
-    dict += std::to_string(tensor.shape[i]);
+    dict += std::to_string(shape[i]);
   }
-  dict += tensor.shape.size() == 1 ? ",), }" : "), }";
+  dict += shape.size() == 1 ? ",), }" : "), }";
 
   // Version 1.0 unless the header outgrows its 16-bit length field.
   auto padded = [&](std::size_t prefix_len) {
@@ -266,7 +270,7 @@ std::string npy_header(const Tensor& tensor) {
     prefix_len = 12;
     header_len = padded(prefix_len);
     if (header_len > kMaxHeaderLen)
-      throw InvalidArgument("write_npy: shape with " + std::to_string(tensor.shape.size()) +
+      throw InvalidArgument("write_npy: shape with " + std::to_string(shape.size()) +
                             " dimensions needs a header over the 1 MiB limit");
   }
 

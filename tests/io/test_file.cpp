@@ -144,3 +144,39 @@ TEST(TensorIo, ToArrayMakesAHostArray) {
 
 }  // namespace
 }  // namespace dynascope::test
+
+namespace dynascope::io {
+namespace {
+
+TEST(MappedNpyIo, CommittedMappingReadsBackAsNpy) {
+  const std::string path = test::temp_path("mapped.npy");
+  {
+    MappedNpy m(path, DType::f64, {3, 5});
+    double* d = m.data_as<double>();
+    for (int i = 0; i < 15; ++i) d[i] = 0.5 * i;
+    EXPECT_FALSE(std::filesystem::exists(path));  // nothing under the name before commit
+    EXPECT_THROW(m.data_as<float>(), InvalidArgument);
+    m.commit();
+  }
+  const Tensor t = read_npy(path);
+  EXPECT_EQ(t.shape, (Shape{3, 5}));
+  const auto v = t.to_vector<double>();
+  for (int i = 0; i < 15; ++i) EXPECT_EQ(v[std::size_t(i)], 0.5 * i);
+}
+
+TEST(MappedNpyIo, AbandonedMappingLeavesNoFile) {
+  const std::string path = test::temp_path("abandoned.npy");
+  const auto dir = std::filesystem::path(path).parent_path();
+  const auto count = [&] { return std::distance(std::filesystem::directory_iterator(dir), std::filesystem::directory_iterator()); };
+  const auto before = count();
+  {
+    MappedNpy m(path, DType::f32, {100, 100});
+    m.data_as<float>()[0] = 1.0f;
+  }
+  EXPECT_FALSE(std::filesystem::exists(path));
+  EXPECT_EQ(count(), before);
+  EXPECT_THROW(MappedNpy("/nonexistent-dir/x.npy", DType::f32, {2}), IoError);
+}
+
+}  // namespace
+}  // namespace dynascope::io
