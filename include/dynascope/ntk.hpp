@@ -53,6 +53,9 @@ struct NtkInfo {
   double flops = 0;                    // floating-point operations of the chosen method (model)
   index_t tiles = 0;                   // sample-block tiles computed
   KernelShape shape;
+  // structured on host: flops and wall time of the Gram GEMMs alone (A A'^T and Delta Delta'^T),
+  // to compare with the machine's GEMM rate; 0 elsewhere.
+  double gram_flops = 0, gram_seconds = 0;
 };
 
 // Writes the kernel into `out` (rows x cols of kernel_shape; on ctx's backend or, for a cuda

@@ -4,6 +4,7 @@
 #include "dynascope/ntk.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <string>
 
@@ -184,12 +185,14 @@ double structured_flops(const MlpSpec& s, Outputs mode, index_t n1, index_t n2, 
 template <class T>
 void structured_tile(const Context& ctx, const MlpSpec& s, Outputs mode, const Features<T>& f1, const Features<T>& f2,
                      index_t b1, index_t b2, Buffer<T>& ga_buf, Buffer<T>& gd_buf, MatrixView<T> total,
-                     Buffer<T>* layer_buf, const std::function<void(index_t, MatrixView<const T>)>& layer_out) {
+                     Buffer<T>* layer_buf, const std::function<void(index_t, MatrixView<const T>)>& layer_out,
+                     NtkInfo& info) {
   const index_t o = s.outputs(), k = mode == Outputs::sum ? 1 : o;
   const index_t tc = total.cols;
   MatrixView<T> ga = ga_buf.reserve(ctx, b1, b2);
   for (index_t l = 1; l <= s.layers(); ++l) {
     const index_t out = s.widths[std::size_t(l)];
+    const auto t0 = std::chrono::steady_clock::now();
     const T w = static_cast<T>(s.weight_scale(l - 1) * s.weight_scale(l - 1));
     const T bb = s.bias[std::size_t(l - 1)] ? static_cast<T>(s.bias_scale * s.bias_scale) : T(0);
     blas::gemm<T>(ctx, Op::none, Op::trans, T(1), f1.engine.activation(l - 1), f2.engine.activation(l - 1), T(0), ga);
@@ -208,6 +211,11 @@ void structured_tile(const Context& ctx, const MlpSpec& s, Outputs mode, const F
       for (index_t a = 0; a < k; ++a)
         blas::gemm<T>(ctx, Op::none, Op::trans, T(1), d1.block(a * b1, 0, b1, out), d2.block(a * b2, 0, b2, out),
                       a == 0 ? T(0) : T(1), gd);
+    }
+    if (ctx.is_host()) {
+      info.gram_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const double kk = mode == Outputs::full ? double(o * o) : double(k);
+      info.gram_flops += 2.0 * double(b1) * double(b2) * (double(s.widths[std::size_t(l - 1)]) + kk * double(out));
     }
     MatrixView<T> dst = total;
     bool accumulate = true;
@@ -274,7 +282,8 @@ NtkInfo structured(const Context& ctx, const MlpSpec& s, const T* params, Matrix
       std::function<void(index_t, MatrixView<const T>)> layer_out = [&](index_t l, MatrixView<const T> t) {
         layer_writer.write(t, r0, c0, per_layer[std::size_t(l)]);
       };
-      structured_tile<T>(ctx, s, mode, f1, *g2, b1, b2, ga, gd, tile, per_layer.empty() ? nullptr : &layer_buf, layer_out);
+      structured_tile<T>(ctx, s, mode, f1, *g2, b1, b2, ga, gd, tile, per_layer.empty() ? nullptr : &layer_buf, layer_out,
+                         info);
       writer.write(tile, r0, c0, out);
       ++info.tiles;
       ctx.progress("ntk", info.tiles, total_tiles);
@@ -532,6 +541,7 @@ NtkInfo empirical_ntk_into(const Context& ctx, const MlpSpec& spec, const T* par
   }
   got.method = method;
   got.reason = info.reason.empty() ? "requested" : info.reason;
+  if (!ctx.is_host()) got.gram_flops = got.gram_seconds = 0;
   got.shape = shape;
   return got;
 }

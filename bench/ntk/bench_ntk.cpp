@@ -1,0 +1,67 @@
+// The empirical NTK of an MLP 784-512-512-10 (float32): each method at the sizes it can finish,
+// modes trace and full. Counters: flops (the method's real work, as a rate), of_sgemm (that rate
+// over this binary's sgemm rate), and for structured the Gram GEMM phase alone (gram_rate, FLOP/s
+// and gram_of_sgemm).
+#include <benchmark/benchmark.h>
+
+#include "bench_util.hpp"
+#include "dynascope/ntk.hpp"
+
+namespace {
+
+using namespace dynascope;
+
+struct Setup {
+  Context ctx = Context::host();
+  model::MlpSpec spec = model::MlpSpec::from_arch("784-512-512-10", model::parse_activation("relu"));
+  Array<float> params, x;
+  explicit Setup(index_t n) {
+    ctx.set_workspace_budget(std::size_t(2) << 30);
+    params = model::init_params<float>(ctx, spec, {});
+    x = Array<float>(ctx, {n, 784});
+    for (index_t i = 0; i < x.size(); ++i) x.data()[i] = float((i * 7919) % 256) / 255.0f;
+  }
+};
+
+void BM_ntk(benchmark::State& state) {
+  const index_t n = state.range(0);
+  const auto method = static_cast<ntk::Method>(state.range(1));
+  const auto mode = static_cast<ntk::Outputs>(state.range(2));
+  Setup s(n);
+  const auto shape = ntk::kernel_shape(mode, n, n, 10);
+  std::vector<float> out(std::size_t(shape.rows * shape.cols));
+  bench::Timer timer;
+  ntk::NtkInfo info;
+  double gram_flops = 0, gram_seconds = 0;
+  for (auto _ : state) {
+    auto scope = timer.scope();
+    info = ntk::empirical_ntk_into<float>(s.ctx, s.spec, s.params.data(), s.x.matrix(), std::nullopt, {mode, method},
+                                          {out.data(), shape.rows, shape.cols, shape.cols});
+    gram_flops += info.gram_flops;
+    gram_seconds += info.gram_seconds;
+  }
+  timer.report(state, info.flops);
+  if (gram_seconds > 0) {
+    state.counters["gram_rate"] = benchmark::Counter(gram_flops / gram_seconds, benchmark::Counter::kDefaults, benchmark::Counter::kIs1000);
+    state.counters["gram_of_sgemm"] = gram_flops / gram_seconds * 1e-9 / bench::sgemm_gflops();
+  }
+  state.counters["tiles"] = double(info.tiles);
+  state.SetLabel(std::string(ntk::to_string(method)) + " " + ntk::to_string(mode) + " N=" + std::to_string(n));
+}
+
+constexpr int kStructured = int(ntk::Method::structured), kJvp = int(ntk::Method::jvp), kJacobian = int(ntk::Method::jacobian);
+constexpr int kTrace = int(ntk::Outputs::trace), kFull = int(ntk::Outputs::full);
+
+// structured at every size; jvp and jacobian (O(N^2 O^2 P) work: ~70 s at N = 256 here) at the
+// small sizes they finish in a benchmark's time. Both costs grow as N^2, so their ratio holds.
+BENCHMARK(BM_ntk)
+    ->ArgsProduct({{256, 1024, 4096}, {kStructured}, {kTrace}})
+    ->ArgsProduct({{256, 1024}, {kStructured}, {kFull}})
+    ->ArgsProduct({{64, 256}, {kJacobian, kJvp}, {kTrace}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->Iterations(1);
+
+}  // namespace
+
+BENCHMARK_MAIN();
