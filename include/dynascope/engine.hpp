@@ -53,6 +53,15 @@ class DYNASCOPE_API MlpEngine {
   // Input tangents [T*N, d_0] (row t*N + n perturbs sample n) -> output tangents [T*N, d_L].
   void jvp_inputs(const T* params, MatrixView<const T> tangents, index_t t, MatrixView<T> out);
 
+  // Forward-over-reverse (the R-operator) for exact Hessian-vector products of a loss
+  // L(w) = loss(f(X; w)), after forward. hvp_forward pushes parameter tangents V [k, P] through
+  // the network, keeping every layer's tangents, and returns fdot = J V as [k*N, d_L].
+  // hvp_backward takes g = dL/df [N, d_L] and gdot = (d/dt) g along V [k*N, d_L] (for a loss
+  // H_loss fdot) and writes H V [k, P], with H the full Hessian of L in parameter space.
+  MatrixView<const T> hvp_forward(const T* params, MatrixView<const T> tangents);
+  void hvp_backward(const T* params, MatrixView<const T> g, MatrixView<const T> gdot, MatrixView<const T> tangents,
+                    MatrixView<T> out);
+
   struct Impl;
 
  private:

@@ -37,6 +37,13 @@ template <class T>
 DYNASCOPE_API LossValue loss_and_grad(const Context& ctx, Loss loss, MatrixView<const T> outputs,
                                       const Targets<T>& targets, MatrixView<T> grad = {});
 
+// out = H_loss fdot for k blocks of output tangents fdot [k*N, O], where H_loss is the Hessian of
+// the loss with respect to the outputs f [N, O] (mse: 2 I / (N O); xent: (diag p - p p^T) / N per
+// sample, p = softmax f). Used by the Gauss-Newton and Hessian operators.
+template <class T>
+DYNASCOPE_API void loss_hessian_apply(const Context& ctx, Loss loss, MatrixView<const T> outputs,
+                                      const Targets<T>& targets, MatrixView<const T> fdot, MatrixView<T> out);
+
 enum class OptimizerKind { sgd, momentum, adam, adamw };
 DYNASCOPE_API OptimizerKind parse_optimizer(const std::string& text);
 DYNASCOPE_API const char* to_string(OptimizerKind kind) noexcept;

@@ -44,6 +44,10 @@ struct MlpEngine<T>::Impl {
   MatrixView<const T> x;
   std::vector<Buffer<T>> z, a, delta;  // index 1..L (0 unused)
   Buffer<T> tangent[2];                // ping-pong for jvp
+  std::vector<Buffer<T>> zdot, adot;   // hvp: per-layer tangents, index 1..L
+  Buffer<T> ddelta[2], pre_delta;      // hvp: tangent of delta (ping-pong), c delta_l W_l
+  index_t hvp_k = 0;
+  bool have_hvp = false;
   Buffer<T> ones;
   bool have_forward = false, have_backprop = false;
 
@@ -53,6 +57,8 @@ struct MlpEngine<T>::Impl {
     z.resize(std::size_t(L + 1));
     a.resize(std::size_t(L + 1));
     delta.resize(std::size_t(L + 1));
+    zdot.resize(std::size_t(L + 1));
+    adot.resize(std::size_t(L + 1));
   }
 
   T scale(index_t l) const { return static_cast<T>(spec.weight_scale(l - 1)); }
@@ -130,6 +136,7 @@ MatrixView<const T> MlpEngine<T>::forward(const T* params, MatrixView<const T> x
   s.n = x.rows;
   s.x = x;
   s.have_backprop = false;
+  s.have_hvp = false;
   const index_t n = s.n;
   for (index_t l = 1; l <= s.L; ++l) {
     const index_t out = s.width(l);
@@ -315,6 +322,96 @@ void MlpEngine<T>::jvp_inputs(const T* params, MatrixView<const T> tangents, ind
   check_matrix(s.ctx, out, t * s.n, s.width(s.L), "MlpEngine::jvp_inputs", "out");
   if (t == 0 || s.n == 0) return;
   tangent_sweep<T>(s, params, MatrixView<const T>{}, tangents, t, out);
+}
+
+// zdot_l = c_l (a_{l-1} Wdot^T + adot_{l-1} W_l^T) + beta bdot ;  adot_l = sigma'(z_l) zdot_l
+template <class T>
+MatrixView<const T> MlpEngine<T>::hvp_forward(const T* params, MatrixView<const T> tangents) {
+  Impl& s = *impl_;
+  s.require_forward("MlpEngine::hvp_forward");
+  const index_t k = tangents.rows, n = s.n, rows = k * n;
+  check_matrix(s.ctx, tangents, k, s.spec.num_params(), "MlpEngine::hvp_forward", "tangents");
+  if (k < 1) throw InvalidArgument("MlpEngine::hvp_forward: needs at least one tangent");
+  for (index_t l = 1; l <= s.L; ++l) {
+    const index_t o = s.width(l), in = s.width(l - 1);
+    MatrixView<T> zd = s.zdot[std::size_t(l)].reserve(s.ctx, rows, o);
+    MatrixView<const T> wdot{tangents.data + s.spec.weight_offset(l - 1), o, in, in, tangents.backend};
+    blas::gemm_strided_batched<T>(s.ctx, Op::none, Op::trans, s.scale(l), s.act_in(l), 0, wdot, tangents.ld, T(0),
+                                  zd.block(0, 0, n, o), n * o, k);
+    if (l > 1)
+      blas::gemm<T>(s.ctx, Op::none, Op::trans, s.scale(l), s.adot[std::size_t(l - 1)].view(rows, in), s.weight(params, l),
+                    T(1), zd);
+    const T* bdot = s.has_bias(l) ? tangents.data + s.spec.bias_offset(l - 1) : nullptr;
+    const index_t tld = tangents.ld;
+    const T beta = s.beta();
+    if (bdot)
+      kern::parallel_for(s.ctx, rows * o, [=] DYNASCOPE_HD(index_t idx) {
+        zd.data[idx] += beta * bdot[(idx / (n * o)) * tld + idx % o];
+      });
+    if (l == s.L) continue;
+    MatrixView<T> ad = s.adot[std::size_t(l)].reserve(s.ctx, rows, o);
+    const T* zp = s.z[std::size_t(l)].data();
+    const kern::ActParams act = s.act(l);
+    kern::parallel_for(s.ctx, rows * o, [=] DYNASCOPE_HD(index_t idx) {
+      ad.data[idx] = kern::act_deriv(act, zp[idx % (n * o)]) * zd.data[idx];
+    });
+  }
+  s.hvp_k = k;
+  s.have_hvp = true;
+  return s.zdot[std::size_t(s.L)].view(rows, s.width(s.L));
+}
+
+// With delta_l from g and ddelta_l its tangent (ddelta_L = gdot):
+//   dW_l' = c (ddelta_l^T a_{l-1} + delta_l^T adot_{l-1}) ;  db_l' = beta sum_n ddelta_l
+//   ddelta_{l-1} = c (ddelta_l W_l + delta_l Wdot_l) * sigma'(z_{l-1}) + c (delta_l W_l) * sigma''(z_{l-1}) * zdot_{l-1}
+template <class T>
+void MlpEngine<T>::hvp_backward(const T* params, MatrixView<const T> g, MatrixView<const T> gdot,
+                                MatrixView<const T> tangents, MatrixView<T> out) {
+  Impl& s = *impl_;
+  if (!s.have_hvp) throw InvalidArgument("MlpEngine::hvp_backward: call hvp_forward first");
+  const index_t k = s.hvp_k, n = s.n, rows = k * n, P = s.spec.num_params();
+  check_matrix(s.ctx, g, n, s.width(s.L), "MlpEngine::hvp_backward", "g");
+  check_matrix(s.ctx, gdot, rows, s.width(s.L), "MlpEngine::hvp_backward", "gdot");
+  check_matrix(s.ctx, tangents, k, P, "MlpEngine::hvp_backward", "tangents");
+  check_matrix(s.ctx, out, k, P, "MlpEngine::hvp_backward", "out");
+  backprop(params, g, 1);  // delta_l for the loss gradient
+  MatrixView<T> ones = s.ones.reserve(s.ctx, 1, n);
+  kern::parallel_for(s.ctx, n, [=] DYNASCOPE_HD(index_t i) { ones.data[i] = T(1); });
+  MatrixView<T> dd = s.ddelta[s.L % 2].reserve(s.ctx, rows, s.width(s.L));
+  copy(s.ctx, gdot, dd);
+  for (index_t l = s.L; l >= 1; --l) {
+    const index_t o = s.width(l), in = s.width(l - 1);
+    const T c = s.scale(l);
+    MatrixView<const T> d = s.delta[std::size_t(l)].view(n, o);
+    MatrixView<T> gw{out.data + s.spec.weight_offset(l - 1), o, in, in, out.backend};
+    blas::gemm_strided_batched<T>(s.ctx, Op::trans, Op::none, c, MatrixView<const T>(dd.block(0, 0, n, o)), n * o,
+                                  s.act_in(l), 0, T(0), gw, out.ld, k);
+    if (l > 1)
+      blas::gemm_strided_batched<T>(s.ctx, Op::trans, Op::none, c, d, 0, s.adot[std::size_t(l - 1)].view(n, in), n * in,
+                                    T(1), gw, out.ld, k);
+    if (s.has_bias(l))
+      for (index_t b = 0; b < k; ++b)
+        blas::gemv<T>(s.ctx, Op::trans, s.beta(), MatrixView<const T>(dd.block(b * n, 0, n, o)),
+                      VectorView<const T>{ones.data, n, 1, ones.backend}, T(0),
+                      VectorView<T>{out.data + b * out.ld + s.spec.bias_offset(l - 1), o, 1, out.backend});
+    if (l == 1) break;
+    MatrixView<T> below = s.ddelta[(l - 1) % 2].reserve(s.ctx, rows, in);
+    blas::gemm<T>(s.ctx, Op::none, Op::none, c, MatrixView<const T>(dd), s.weight(params, l), T(0), below);
+    MatrixView<const T> wdot{tangents.data + s.spec.weight_offset(l - 1), o, in, in, tangents.backend};
+    blas::gemm_strided_batched<T>(s.ctx, Op::none, Op::none, c, d, 0, wdot, tangents.ld, T(1), below.block(0, 0, n, in),
+                                  n * in, k);
+    MatrixView<T> u = s.pre_delta.reserve(s.ctx, n, in);
+    blas::gemm<T>(s.ctx, Op::none, Op::none, c, d, s.weight(params, l), T(0), u);
+    const T* zp = s.z[std::size_t(l - 1)].data();
+    const T* zd = s.zdot[std::size_t(l - 1)].data();
+    const kern::ActParams act = s.act(l - 1);
+    kern::parallel_for(s.ctx, rows * in, [=] DYNASCOPE_HD(index_t idx) {
+      const index_t zi = idx % (n * in);
+      const T z = zp[zi];
+      below.data[idx] = below.data[idx] * kern::act_deriv(act, z) + u.data[zi] * kern::act_deriv2(act, z) * zd[idx];
+    });
+    dd = below;
+  }
 }
 
 template <class T>

@@ -122,6 +122,44 @@ LossValue loss_and_grad(const Context& ctx, Loss loss, MatrixView<const T> f, co
 }
 
 template <class T>
+void loss_hessian_apply(const Context& ctx, Loss loss, MatrixView<const T> f, const Targets<T>& t, MatrixView<const T> fdot,
+                        MatrixView<T> out) {
+  check_outputs(ctx, f, t, MatrixView<T>{});
+  const index_t n = f.rows, o = f.cols;
+  if (fdot.cols != o || fdot.rows % std::max<index_t>(n, 1) != 0 || out.rows != fdot.rows || out.cols != o)
+    throw ShapeMismatch("loss_hessian_apply: fdot and out must be [k*N, O] with N = " + std::to_string(n) + ", O = " +
+                        std::to_string(o));
+  const index_t rows = fdot.rows;
+  if (loss == Loss::mse) {
+    const T scale = T(2) / static_cast<T>(double(n) * double(o));
+    kern::parallel_for(ctx, rows * o, [=] DYNASCOPE_HD(index_t idx) {
+      const index_t r = idx / o, j = idx % o;
+      out(r, j) = scale * fdot(r, j);
+    });
+    return;
+  }
+  if (!t.has_labels()) throw InvalidArgument("loss xent: needs integer class labels as targets");
+  // (diag p - p p^T) v / N = p .* (v - <p, v>) / N, one row per (block, sample).
+  const T inv_n = T(1) / static_cast<T>(n);
+  kern::parallel_for(ctx, rows, [=] DYNASCOPE_HD(index_t r) {
+    const index_t i = r % n;
+    T mx = f(i, 0);
+    for (index_t j = 1; j < o; ++j) mx = f(i, j) > mx ? f(i, j) : mx;
+    double se = 0, pv = 0;
+    for (index_t j = 0; j < o; ++j) {
+      const double e = kern::exp(double(f(i, j) - mx));
+      se += e;
+      pv += e * double(fdot(r, j));
+    }
+    pv /= se;
+    for (index_t j = 0; j < o; ++j) {
+      const double p = kern::exp(double(f(i, j) - mx)) / se;
+      out(r, j) = inv_n * static_cast<T>(p * (double(fdot(r, j)) - pv));
+    }
+  });
+}
+
+template <class T>
 Optimizer<T>::Optimizer(const Context& ctx, const OptimizerOptions& options, index_t params)
     : ctx_(ctx), opts_(options.resolved()), n_(params) {
   if (params <= 0) throw InvalidArgument("Optimizer: needs at least one parameter");
@@ -338,6 +376,8 @@ TrainResult train(const Context& ctx, Mlp<T>& net, const data::Dataset& ds, cons
 
 #define DS_INSTANTIATE(T)                                                                                          \
   template LossValue loss_and_grad<T>(const Context&, Loss, MatrixView<const T>, const Targets<T>&, MatrixView<T>); \
+  template void loss_hessian_apply<T>(const Context&, Loss, MatrixView<const T>, const Targets<T>&, MatrixView<const T>, \
+                                      MatrixView<T>);                                                              \
   template class Optimizer<T>;                                                                                     \
   template struct DeviceData<T>;                                                                                   \
   template DeviceData<T> to_device<T>(const Context&, const data::Dataset&);                                       \

@@ -1,0 +1,172 @@
+// Hessian-vector products against finite differences of gradients and against the dense Hessian
+// built column by column; Gauss-Newton against J^T H J from explicit Jacobians; the NTK operator's
+// top eigenpairs against the dense kernel's.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "dynascope/ntk.hpp"
+#include "dynascope/spectra.hpp"
+#include "model/model_test_util.hpp"
+
+namespace dynascope {
+namespace {
+
+using model::Loss;
+using model::MlpSpec;
+
+struct Problem {
+  MlpSpec spec;
+  index_t n = 5;
+  std::vector<double> w, x, y;
+  std::vector<std::int64_t> labels;
+  Loss loss;
+  model::Targets<double> targets() const {
+    model::Targets<double> t;
+    if (loss == Loss::xent) t.labels = {labels.data(), n, 1};
+    else t.values = {y.data(), n, spec.outputs(), spec.outputs()};
+    return t;
+  }
+  // The loss gradient at parameters p (validated against finite differences in the model tests).
+  std::vector<double> gradient(const std::vector<double>& p) const {
+    Context ctx = Context::host();
+    model::MlpEngine<double> e(ctx, spec);
+    auto f = e.forward(p.data(), {x.data(), n, spec.inputs(), spec.inputs()});
+    std::vector<double> g(std::size_t(n * spec.outputs())), grad(std::size_t(spec.num_params()));
+    model::loss_and_grad<double>(ctx, loss, f, targets(), {g.data(), n, spec.outputs(), spec.outputs()});
+    e.backprop(p.data(), {g.data(), n, spec.outputs(), spec.outputs()});
+    e.param_grads({grad.data(), 1, spec.num_params(), spec.num_params()});
+    return grad;
+  }
+};
+
+Problem make_problem(const std::string& arch, const std::string& act, Loss loss, unsigned seed) {
+  Problem p;
+  p.spec = MlpSpec::from_arch(arch, model::parse_activation(act));
+  p.loss = loss;
+  p.w = test::random_vector(std::size_t(p.spec.num_params()), seed, 0.7);
+  p.x = test::random_vector(std::size_t(p.n * p.spec.inputs()), seed + 1);
+  p.y = test::random_vector(std::size_t(p.n * p.spec.outputs()), seed + 2);
+  for (index_t i = 0; i < p.n; ++i) p.labels.push_back(i % p.spec.outputs());
+  return p;
+}
+
+class HessianByActivation : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(HessianByActivation, HvpMatchesFiniteDifferencesAndTheDenseHessian) {
+  for (Loss loss : {Loss::mse, Loss::xent}) {
+    const Problem pb = make_problem("3-5-4-3", GetParam(), loss, 11);
+    const index_t P = pb.spec.num_params(), D = pb.spec.inputs();
+    Context ctx = Context::host();
+    linalg::CurvatureOperator<double> hess(ctx, linalg::Curvature::hessian, pb.spec, pb.w.data(), {pb.x.data(), pb.n, D, D},
+                                           pb.targets(), loss);
+    // The dense Hessian, column by column, from central differences of the gradient; and the
+    // same columns from the operator applied to the identity in one block.
+    std::vector<double> eye(std::size_t(P * P), 0.0), hv(static_cast<std::size_t>(P * P));
+    for (index_t i = 0; i < P; ++i) eye[std::size_t(i * P + i)] = 1.0;
+    hess.apply({eye.data(), P, P, P}, {hv.data(), P, P, P});
+    const double h = 1e-5;
+    double scale = 0, err = 0, asym = 0;
+    for (index_t c = 0; c < P; ++c) {
+      auto wp = pb.w, wm = pb.w;
+      wp[std::size_t(c)] += h;
+      wm[std::size_t(c)] -= h;
+      const auto gp = pb.gradient(wp), gm = pb.gradient(wm);
+      for (index_t r = 0; r < P; ++r) {
+        const double fd = (gp[std::size_t(r)] - gm[std::size_t(r)]) / (2 * h);
+        scale = std::max(scale, std::abs(fd));
+        err = std::max(err, std::abs(hv[std::size_t(c * P + r)] - fd));
+        asym = std::max(asym, std::abs(hv[std::size_t(c * P + r)] - hv[std::size_t(r * P + c)]));
+      }
+    }
+    EXPECT_LT(err, 1e-6 * std::max(1.0, scale)) << GetParam() << " " << model::to_string(loss);
+    EXPECT_LT(asym, 1e-12 * std::max(1.0, scale)) << GetParam();
+    // A random direction: H v against the difference of gradients along v.
+    const auto v = test::random_vector(std::size_t(P), 12);
+    std::vector<double> hvv(static_cast<std::size_t>(P));
+    hess.apply({v.data(), 1, P, P}, {hvv.data(), 1, P, P});
+    auto wp = pb.w, wm = pb.w;
+    for (index_t i = 0; i < P; ++i) {
+      wp[std::size_t(i)] += h * v[std::size_t(i)];
+      wm[std::size_t(i)] -= h * v[std::size_t(i)];
+    }
+    const auto gp = pb.gradient(wp), gm = pb.gradient(wm);
+    for (index_t i = 0; i < P; ++i)
+      EXPECT_NEAR(hvv[std::size_t(i)], (gp[std::size_t(i)] - gm[std::size_t(i)]) / (2 * h), 1e-6 * std::max(1.0, scale));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Activations, HessianByActivation,
+                         ::testing::Values("identity", "relu", "leaky_relu:0.1", "abs", "tanh", "gelu", "softplus", "sigmoid"),
+                         [](const ::testing::TestParamInfo<std::string>& pinfo) {
+                           std::string s = pinfo.param;
+                           for (char& ch : s)
+                             if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+                           return s;
+                         });
+
+TEST(Curvature, GaussNewtonEqualsJtHJFromExplicitJacobians) {
+  for (Loss loss : {Loss::mse, Loss::xent}) {
+    const Problem pb = make_problem("4-6-3", "tanh", loss, 21);
+    const index_t P = pb.spec.num_params(), D = pb.spec.inputs(), O = pb.spec.outputs(), n = pb.n;
+    Context ctx = Context::host();
+    // Jacobian rows (n, a) from per-sample gradients of each output.
+    std::vector<double> jac(static_cast<std::size_t>(n * O * P));
+    for (index_t a = 0; a < O; ++a) {
+      std::vector<double> cot(std::size_t(n * O), 0.0), g(static_cast<std::size_t>(n * P));
+      for (index_t i = 0; i < n; ++i) cot[std::size_t(i * O + a)] = 1.0;
+      model::per_sample_gradients<double>(ctx, pb.spec, pb.w.data(), {pb.x.data(), n, D, D}, {cot.data(), n, O, O}, {g.data(), n, P, P});
+      for (index_t i = 0; i < n; ++i)
+        for (index_t p = 0; p < P; ++p) jac[std::size_t((i * O + a) * P + p)] = g[std::size_t(i * P + p)];
+    }
+    // Output-space loss Hessian, written out: mse 2/(nO) I; xent (diag p - p p^T)/n per sample.
+    const auto f = test::naive_forward(pb.spec, pb.w, pb.x, n);
+    std::vector<double> hl(std::size_t(n * O * O), 0.0);
+    for (index_t i = 0; i < n; ++i) {
+      std::vector<double> p(static_cast<std::size_t>(O));
+      double mx = -1e300, se = 0;
+      for (index_t a = 0; a < O; ++a) mx = std::max(mx, f[std::size_t(i * O + a)]);
+      for (index_t a = 0; a < O; ++a) se += std::exp(f[std::size_t(i * O + a)] - mx);
+      for (index_t a = 0; a < O; ++a) p[std::size_t(a)] = std::exp(f[std::size_t(i * O + a)] - mx) / se;
+      for (index_t a = 0; a < O; ++a)
+        for (index_t b = 0; b < O; ++b)
+          hl[std::size_t((i * O + a) * O + b)] = loss == Loss::mse ? (a == b ? 2.0 / double(n * O) : 0.0)
+                                                                   : ((a == b ? p[std::size_t(a)] : 0.0) - p[std::size_t(a)] * p[std::size_t(b)]) / double(n);
+    }
+    linalg::CurvatureOperator<double> ggn(ctx, linalg::Curvature::gauss_newton, pb.spec, pb.w.data(), {pb.x.data(), n, D, D},
+                                          pb.targets(), loss);
+    std::vector<double> eye(std::size_t(P * P), 0.0), g(static_cast<std::size_t>(P * P));
+    for (index_t i = 0; i < P; ++i) eye[std::size_t(i * P + i)] = 1.0;
+    ggn.apply({eye.data(), P, P, P}, {g.data(), P, P, P});
+    for (index_t r = 0; r < P; ++r)
+      for (index_t c = 0; c < P; ++c) {
+        double ref = 0;
+        for (index_t i = 0; i < n; ++i)
+          for (index_t a = 0; a < O; ++a)
+            for (index_t b = 0; b < O; ++b)
+              ref += jac[std::size_t((i * O + a) * P + r)] * hl[std::size_t((i * O + a) * O + b)] * jac[std::size_t((i * O + b) * P + c)];
+        EXPECT_NEAR(g[std::size_t(c * P + r)], ref, 1e-12 * (1 + std::abs(ref)));
+      }
+  }
+}
+
+TEST(Curvature, NtkOperatorTopEigenpairsMatchTheDenseKernel) {
+  const MlpSpec s = MlpSpec::from_arch("5-32-32-3", model::parse_activation("gelu"));
+  const index_t n = 150, D = 5, m = n * 3;
+  const auto w = test::random_vector(std::size_t(s.num_params()), 31, 0.4), x = test::random_vector(std::size_t(n * D), 32);
+  Context ctx = Context::host();
+  const auto full = ntk::empirical_ntk<double>(ctx, s, w.data(), {x.data(), n, D, D}, std::nullopt, {ntk::Outputs::full});
+  const auto dense = ntk::eigen_descending<double>(ctx, {full.kernel.data(), m, m, m});
+  linalg::NtkFunctionOperator<double> op(ctx, s, w.data(), {x.data(), n, D, D});
+  linalg::LanczosOptions o;
+  o.k = 8;
+  o.tol = 1e-10;
+  o.method = linalg::EigenMethod::lanczos;
+  o.block = 2;
+  const auto r = linalg::eigsh<double>(op, o);
+  EXPECT_TRUE(r.all_converged);
+  for (index_t i = 0; i < o.k; ++i) EXPECT_NEAR(r.values[std::size_t(i)], dense.values[std::size_t(i)], 1e-8 * dense.values[0]);
+}
+
+}  // namespace
+}  // namespace dynascope
