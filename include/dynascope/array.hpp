@@ -87,10 +87,17 @@ class Array {
     shape_ = std::move(shape);
   }
 
-  // A copy on `ctx`'s backend (host <-> device as needed).
+  // A copy on `ctx`'s backend (host <-> device as needed). When either side is device memory,
+  // ctx must be the cuda context whose stream orders it.
   Array to(const Context& ctx) const {
     Array out(ctx, shape_);
     detail::copy_bytes(ctx, out.data_, out.backend_, data_, backend_, bytes());
+    return out;
+  }
+  // A host copy, ordered on `ctx`'s stream (ctx may be host for host arrays).
+  Array to_host(const Context& ctx) const {
+    Array out(Context::host(), shape_);
+    detail::copy_bytes(ctx, out.data_, Backend::host, data_, backend_, bytes());
     return out;
   }
   Array clone(const Context& ctx) const { return to(ctx); }

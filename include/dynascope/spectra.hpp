@@ -36,10 +36,10 @@ template <class T>
 class DYNASCOPE_API DenseOperator final : public LinearOperator<T> {
  public:
   DenseOperator(const Context& ctx, MatrixView<const T> a);
-  index_t size() const override { return a_.rows; }
+  index_t size() const override;
   void apply(MatrixView<const T> x, MatrixView<T> y) override;
-  const Context& context() const override { return ctx_; }
-  MatrixView<const T> matrix() const { return a_; }
+  const Context& context() const override;
+  MatrixView<const T> matrix() const;
 
  private:
   Context ctx_;

@@ -60,5 +60,7 @@ Command register_datasets(CLI::App& app);
 Command register_train(CLI::App& app);
 Command register_demo(CLI::App& app);
 Command register_ntk(CLI::App& app);
+Command register_eigen(CLI::App& app);
+Command register_spectrum(CLI::App& app);
 
 }  // namespace dynascope::cli

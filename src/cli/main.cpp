@@ -31,6 +31,8 @@ int main(int argc, char** argv) {
   commands.push_back(register_train(app));
   commands.push_back(register_demo(app));
   commands.push_back(register_ntk(app));
+  commands.push_back(register_eigen(app));
+  commands.push_back(register_spectrum(app));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

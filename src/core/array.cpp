@@ -49,6 +49,9 @@ void copy_rows(const Context& ctx, void* dst, std::size_t dst_pitch, Backend dst
                    static_cast<const char*>(src) + r * src_pitch, row_bytes);
     return;
   }
+  // Device memory is ordered on a cuda context's stream; a host context has none to order on.
+  if (!ctx.is_cuda())
+    throw InvalidArgument("copy: device memory needs a cuda context (the one whose stream produced or will use it)");
   cuda_api::copy_2d_async(dst, dst_pitch, src, src_pitch, row_bytes, rows, ctx.stream());
   if (dst_backend == Backend::host) cuda_api::synchronize(ctx.stream());
 }

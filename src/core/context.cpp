@@ -62,7 +62,7 @@ void* Context::cublas() const {
   if (!is_cuda()) throw InvalidArgument("Context::cublas: not a cuda context");
   std::lock_guard lock(res_->handle_mutex);
   if (!res_->cublas) {
-    cuda_api::set_device(res_->device);
+    cuda_api::DeviceScope scope(res_->device);
     res_->cublas = cuda_api::create_cublas(res_->stream);
   }
   return res_->cublas;
@@ -72,7 +72,7 @@ void* Context::cusolver() const {
   if (!is_cuda()) throw InvalidArgument("Context::cusolver: not a cuda context");
   std::lock_guard lock(res_->handle_mutex);
   if (!res_->cusolver) {
-    cuda_api::set_device(res_->device);
+    cuda_api::DeviceScope scope(res_->device);
     res_->cusolver = cuda_api::create_cusolver(res_->stream);
   }
   return res_->cusolver;
@@ -97,7 +97,7 @@ void* Context::allocate(std::size_t bytes) const {
   if (res_->allocator.allocate) {
     p = res_->allocator.allocate(bytes, res_->stream);
   } else if (is_cuda()) {
-    cuda_api::set_device(res_->device);
+    cuda_api::DeviceScope scope(res_->device);
     p = cuda_api::malloc_async(bytes, res_->stream);
   } else {
     const std::size_t rounded = (bytes + kHostAlignment - 1) / kHostAlignment * kHostAlignment;

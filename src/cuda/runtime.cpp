@@ -53,6 +53,12 @@ CudaStatus status() {
 
 void set_device(int device) { DYNASCOPE_CUDA_CHECK(cudaSetDevice(device)); }
 
+int current_device() {
+  int d = 0;
+  DYNASCOPE_CUDA_CHECK(cudaGetDevice(&d));
+  return d;
+}
+
 void* create_stream(int device) {
   set_device(device);
   cudaStream_t s = nullptr;
@@ -77,8 +83,22 @@ void free_async(void* ptr, void* stream) noexcept { cudaFreeAsync(ptr, static_ca
 
 void copy_2d_async(void* dst, std::size_t dst_pitch, const void* src, std::size_t src_pitch,
                    std::size_t width_bytes, std::size_t rows, void* stream) {
-  DYNASCOPE_CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width_bytes, rows,
-                                         cudaMemcpyDefault, static_cast<cudaStream_t>(stream)));
+  const auto st = static_cast<cudaStream_t>(stream);
+  // One linear copy when the rows are packed (cudaMemcpy2D rejects pitches above memPitch, ~2 GiB).
+  if (rows == 1 || (dst_pitch == width_bytes && src_pitch == width_bytes)) {
+    DYNASCOPE_CUDA_CHECK(cudaMemcpyAsync(dst, src, width_bytes * rows, cudaMemcpyDefault, st));
+    return;
+  }
+  int device = 0, max_pitch = 0;
+  DYNASCOPE_CUDA_CHECK(cudaGetDevice(&device));
+  DYNASCOPE_CUDA_CHECK(cudaDeviceGetAttribute(&max_pitch, cudaDevAttrMaxPitch, device));
+  if (dst_pitch <= std::size_t(max_pitch) && src_pitch <= std::size_t(max_pitch)) {
+    DYNASCOPE_CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width_bytes, rows, cudaMemcpyDefault, st));
+    return;
+  }
+  for (std::size_t r = 0; r < rows; ++r)
+    DYNASCOPE_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst) + r * dst_pitch, static_cast<const char*>(src) + r * src_pitch,
+                                         width_bytes, cudaMemcpyDefault, st));
 }
 
 void memset_async(void* dst, int value, std::size_t bytes, void* stream) {
@@ -93,6 +113,8 @@ void* create_cublas(void* stream) {
   cublasHandle_t h = nullptr;
   DYNASCOPE_CUBLAS_CHECK(cublasCreate(&h));
   DYNASCOPE_CUBLAS_CHECK(cublasSetStream(h, static_cast<cudaStream_t>(stream)));
+  // Scalars (alpha, beta, dot and nrm2 results) are host values throughout dynascope.
+  DYNASCOPE_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST));
   return h;
 }
 

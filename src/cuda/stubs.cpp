@@ -17,6 +17,7 @@ CudaStatus status() {
   return st;
 }
 void set_device(int) { not_built("set_device"); }
+int current_device() { not_built("current_device"); }
 void* create_stream(int) { not_built("create_stream"); }
 void destroy_stream(void*) noexcept {}
 void* malloc_async(std::size_t, void*) { not_built("device allocation"); }

@@ -24,6 +24,13 @@ DenseOperator<T>::DenseOperator(const Context& ctx, MatrixView<const T> a) : ctx
     throw ShapeMismatch("DenseOperator: the matrix must be square, got " + std::to_string(a.rows) + "x" + std::to_string(a.cols));
 }
 
+template <class T>
+index_t DenseOperator<T>::size() const { return a_.rows; }
+template <class T>
+const Context& DenseOperator<T>::context() const { return ctx_; }
+template <class T>
+MatrixView<const T> DenseOperator<T>::matrix() const { return a_; }
+
 // Y = X A^T = X A for symmetric A.
 template <class T>
 void DenseOperator<T>::apply(MatrixView<const T> x, MatrixView<T> y) {

@@ -60,7 +60,19 @@ void check_outputs(const Context& ctx, MatrixView<const T> f, const Targets<T>& 
     throw ShapeMismatch("loss: outputs have " + std::to_string(f.cols) + " columns, targets " + std::to_string(t.values.cols));
   if (grad.data && (grad.rows != f.rows || grad.cols != f.cols))
     throw ShapeMismatch("loss: the gradient must have the shape of the outputs");
-  if (f.size() > 0 && f.backend != ctx.backend()) throw InvalidArgument("loss: outputs are not on the context's backend");
+  const auto on = [&](Backend b, index_t size, const char* what) {
+    if (size > 0 && b != ctx.backend())
+      throw InvalidArgument(std::string("loss: ") + what + " lives on " + to_string(b) + " but the context is " +
+                            to_string(ctx.backend()));
+  };
+  on(f.backend, f.size(), "the outputs");
+  if (grad.data) on(grad.backend, grad.size(), "the gradient");
+  if (t.has_labels()) {
+    on(t.labels.backend, t.labels.size, "the labels");
+    if (t.labels.stride < 1) throw InvalidArgument("loss: the labels' stride must be >= 1");
+  } else {
+    on(t.values.backend, t.values.size(), "the targets");
+  }
 }
 
 }  // namespace
@@ -130,6 +142,12 @@ void loss_hessian_apply(const Context& ctx, Loss loss, MatrixView<const T> f, co
     throw ShapeMismatch("loss_hessian_apply: fdot and out must be [k*N, O] with N = " + std::to_string(n) + ", O = " +
                         std::to_string(o));
   const index_t rows = fdot.rows;
+  if ((fdot.size() > 0 && fdot.backend != ctx.backend()) || (out.size() > 0 && out.backend != ctx.backend()))
+    throw InvalidArgument("loss_hessian_apply: fdot and out must live on the context's backend");
+  if (n == 0 || rows == 0) {
+    if (rows != 0) throw ShapeMismatch("loss_hessian_apply: output tangents for an empty batch");
+    return;
+  }
   if (loss == Loss::mse) {
     const T scale = T(2) / static_cast<T>(double(n) * double(o));
     kern::parallel_for(ctx, rows * o, [=] DYNASCOPE_HD(index_t idx) {
@@ -285,6 +303,9 @@ TrainResult train(const Context& ctx, Mlp<T>& net, const data::Dataset& ds, cons
   if (options.loss == Loss::xent && ds.task != data::Task::classification)
     throw InvalidArgument("train: loss xent needs a classification dataset ('" + ds.name + "' is regression)");
   if (net.params.size() != spec.num_params()) throw ShapeMismatch("train: parameter vector does not fit the spec");
+  if (net.params.backend() != ctx.backend())
+    throw InvalidArgument(std::string("train: the parameters live on ") + to_string(net.params.backend()) +
+                          " but the context is " + to_string(ctx.backend()));
   if (options.steps < 0 || options.batch < 0 || options.checkpoint_every < 0)
     throw InvalidArgument("train: steps, batch and checkpoint interval must be >= 0");
 

@@ -34,7 +34,8 @@ template <class T>
 std::vector<double> cumulative_energy(const Eigen<T>& eig, MatrixView<const double> v, const std::vector<index_t>& ks) {
   const index_t m = static_cast<index_t>(eig.values.size());
   if (v.rows != m) throw ShapeMismatch("cumulative_energy: targets have " + std::to_string(v.rows) + " rows, the kernel " + std::to_string(m));
-  if (eig.vectors.backend() != Backend::host) throw InvalidArgument("cumulative_energy: eigenvectors must be on the host");
+  if (eig.vectors.backend() != Backend::host || v.backend != Backend::host)
+    throw InvalidArgument("cumulative_energy: eigenvectors and targets must be on the host");
   double total = 0;
   for (index_t i = 0; i < m; ++i)
     for (index_t c = 0; c < v.cols; ++c) total += v(i, c) * v(i, c);
@@ -106,6 +107,8 @@ double alignment(MatrixView<const double> k, MatrixView<const double> y) {
 }  // namespace
 
 double kernel_target_alignment(MatrixView<const double> k, MatrixView<const double> y, bool centered) {
+  if (k.backend != Backend::host || y.backend != Backend::host)
+    throw InvalidArgument("kernel_target_alignment: the kernel and targets must be on the host");
   if (k.rows != k.cols) throw ShapeMismatch("kernel_target_alignment: the kernel must be square");
   if (y.rows != k.rows)
     throw ShapeMismatch("kernel_target_alignment: targets have " + std::to_string(y.rows) + " rows, the kernel " + std::to_string(k.rows));
@@ -116,6 +119,8 @@ double kernel_target_alignment(MatrixView<const double> k, MatrixView<const doub
 }
 
 double kernel_distance(MatrixView<const double> k1, MatrixView<const double> k2) {
+  if (k1.backend != Backend::host || k2.backend != Backend::host)
+    throw InvalidArgument("kernel_distance: the kernels must be on the host");
   if (k1.rows != k2.rows || k1.cols != k2.cols) throw ShapeMismatch("kernel_distance: the kernels must have the same shape");
   double dot = 0, n1 = 0, n2 = 0;
   for (index_t i = 0; i < k1.rows; ++i)

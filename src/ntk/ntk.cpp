@@ -486,8 +486,11 @@ NtkInfo empirical_ntk_into(const Context& ctx, const MlpSpec& spec, const T* par
   if (!per_layer.empty()) {
     if (static_cast<index_t>(per_layer.size()) != L)
       throw ShapeMismatch("empirical_ntk: per-layer output needs " + std::to_string(L) + " views");
-    for (const auto& v : per_layer)
+    for (const auto& v : per_layer) {
       if (v.rows != shape.rows || v.cols != shape.cols) throw ShapeMismatch("empirical_ntk: per-layer views must have the kernel's shape");
+      if (v.backend != ctx.backend() && v.backend != Backend::host)
+        throw InvalidArgument("empirical_ntk: per-layer outputs must be on the context's backend or on the host");
+    }
   }
   const std::size_t budget = budget_bytes(ctx);
   const index_t nmax = std::max(x1.rows, x2.rows);
@@ -573,6 +576,8 @@ NtkInfo gram_from_jacobians(const Context& ctx, const JacobianSource<T>& source1
   const KernelShape shape = kernel_shape(mode, n1, n2, outputs);
   if (out.rows != shape.rows || out.cols != shape.cols)
     throw ShapeMismatch("gram_from_jacobians: the output must be " + std::to_string(shape.rows) + "x" + std::to_string(shape.cols));
+  if (out.backend != ctx.backend() && out.backend != Backend::host)
+    throw InvalidArgument("gram_from_jacobians: the output must be on the context's backend or on the host");
   const index_t b = fit_block(std::max(n1, n2), [&](index_t bb) { return jacobian_bytes<T>(outputs, params, mode, bb, false); },
                               budget_bytes(ctx));
   if (b == 0)

@@ -1,0 +1,229 @@
+// dynascope eigen (a dense symmetric matrix from .npy) and dynascope spectrum (matrix-free NTK,
+// Gauss-Newton or Hessian of a network): top-k eigenpairs by Lanczos, or the spectral density by
+// stochastic Lanczos quadrature.
+#include <cmath>
+
+#include "cli/model_flags.hpp"
+#include "dynascope/io.hpp"
+#include "dynascope/spectra.hpp"
+
+namespace dynascope::cli {
+
+namespace {
+
+struct EigenFlags {
+  index_t k = 6;
+  std::string which = "largest";
+  double tol = 1e-8;
+  std::string method = "auto";
+  index_t block = 1;
+  index_t subspace = 0;
+  index_t max_restarts = 500;
+  std::string out_vectors;
+};
+
+void add_eigen_flags(CLI::App& cmd, EigenFlags& f) {
+  cmd.add_option("--k", f.k, "number of eigenpairs")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd.add_option("--which", f.which, "largest | smallest | magnitude")
+      ->check(CLI::IsMember({"largest", "smallest", "magnitude"}))
+      ->capture_default_str();
+  cmd.add_option("--tol", f.tol, "relative residual tolerance: |A u - l u| <= tol max(eps^(2/3), |l|)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd.add_option("--method", f.method, "auto (dense for n <= 400) | lanczos | dense")
+      ->check(CLI::IsMember({"auto", "lanczos", "dense"}))
+      ->capture_default_str();
+  cmd.add_option("--block", f.block, "vectors per operator application (block Lanczos)")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd.add_option("--subspace", f.subspace, "Lanczos basis size before a restart (0: max(2k+1, 20) + block)")
+      ->check(CLI::NonNegativeNumber);
+  cmd.add_option("--max-restarts", f.max_restarts, "Lanczos restarts before giving up (reported as converged=false)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd.add_option("--out-vectors", f.out_vectors, "write the eigenvectors [k, n] to this .npy");
+}
+
+linalg::LanczosOptions lanczos_options(const EigenFlags& f, std::uint64_t seed, index_t n) {
+  if (f.k > n) throw UsageError("--k " + std::to_string(f.k) + " exceeds the operator's size " + std::to_string(n));
+  linalg::LanczosOptions o;
+  o.k = f.k;
+  o.which = linalg::parse_which(f.which);
+  o.tol = f.tol;
+  o.method = f.method == "lanczos" ? linalg::EigenMethod::lanczos
+             : f.method == "dense" ? linalg::EigenMethod::dense
+                                   : linalg::EigenMethod::automatic;
+  o.block = f.block;
+  o.subspace = f.subspace;
+  o.max_restarts = f.max_restarts;
+  o.seed = seed;
+  return o;
+}
+
+template <class T>
+json eigen_json(const Context& ctx, const linalg::EigenResult<T>& r, const std::string& out_vectors) {
+  json j;
+  j["method"] = r.method;
+  j["eigenvalues"] = r.values;
+  j["residuals"] = r.residuals;
+  j["converged"] = r.converged;
+  j["all_converged"] = r.all_converged;
+  j["iterations"] = r.iterations;
+  j["matvecs"] = r.matvecs;
+  if (!out_vectors.empty()) {
+    std::vector<T> h(static_cast<std::size_t>(r.vectors.size()));
+    detail::copy_bytes(ctx, h.data(), Backend::host, r.vectors.data(), r.vectors.backend(), r.vectors.bytes());
+    io::write_npy(out_vectors, io::Tensor::from(h.data(), r.vectors.shape()));
+    j["vectors_file"] = out_vectors;
+  }
+  return j;
+}
+
+// ---- eigen ----
+struct EigenCommand {
+  CommonOptions common;
+  std::string matrix;
+  EigenFlags eig;
+};
+
+template <class T>
+int run_eigen(const EigenCommand& c) {
+  const auto start = std::chrono::steady_clock::now();
+  const Context ctx = make_context(c.common);
+  const io::Tensor t = io::read_array(c.matrix);
+  if (t.shape.size() != 2 || t.shape[0] != t.shape[1])
+    throw UsageError("--matrix " + c.matrix + ": expected a square [n, n] matrix, got shape " + shape_string(t.shape));
+  const index_t n = t.shape[0];
+  if (n == 0) throw UsageError("--matrix " + c.matrix + ": the matrix is empty");
+  std::vector<T> host = t.to_vector<T>();
+  try {
+    linalg::check_symmetric<T>({host.data(), n, n, n}, std::is_same_v<T, float> ? 1e-5 : 1e-10);
+  } catch (const InvalidArgument& e) {
+    throw UsageError("--matrix " + c.matrix + ": " + e.what());
+  }
+  Array<T> a(ctx, {n, n});
+  detail::copy_bytes(ctx, a.data(), a.backend(), host.data(), Backend::host, a.bytes());
+  linalg::DenseOperator<T> op(ctx, a.matrix());
+  const auto r = linalg::eigsh<T>(op, lanczos_options(c.eig, c.common.seed, n));
+  json j = eigen_json<T>(ctx, r, c.eig.out_vectors);
+  j["n"] = n;
+  j["which"] = c.eig.which;
+  emit_result("eigen", c.common, ctx, j, start);
+  return 0;
+}
+
+// ---- spectrum ----
+struct SpectrumCommand {
+  CommonOptions common;
+  ModelFlags model;
+  DataFlags data;
+  std::string op = "hessian";
+  std::string loss;
+  EigenFlags eig;
+  bool density = false;
+  index_t steps = 90, probes = 10, grid = 1000;
+  std::string trace;
+};
+
+template <class T>
+int run_spectrum(const SpectrumCommand& c) {
+  const auto start = std::chrono::steady_clock::now();
+  const Context ctx = make_context(c.common);
+  const data::Split split = load_data(c.data, c.common.seed);
+  const data::Dataset& d = split.train;
+  const bool curvature = c.op != "ntk";
+  if (curvature && !d.targets_present())
+    throw UsageError("--operator " + c.op + " needs targets: give --targets or a dataset with labels");
+  model::Mlp<T> net = load_network<T>(ctx, c.model, c.common.seed, d.d, d.targets_present() ? d.outputs : 0);
+  const model::DeviceData<T> dev = [&] {
+    if (d.targets_present()) return model::to_device<T>(ctx, d);
+    model::DeviceData<T> only;
+    std::vector<T> h(d.x.begin(), d.x.end());
+    only.x = Array<T>(ctx, {d.n, d.d});
+    detail::copy_bytes(ctx, only.x.data(), only.x.backend(), h.data(), Backend::host, only.x.bytes());
+    only.n = d.n;
+    return only;
+  }();
+  const model::Loss loss = c.loss.empty() ? default_loss(d) : model::parse_loss(c.loss);
+  if (curvature && loss == model::Loss::xent && d.task != data::Task::classification)
+    throw UsageError("--loss xent needs integer class labels");
+  std::unique_ptr<linalg::LinearOperator<T>> op;
+  json r;
+  if (c.op == "ntk") {
+    op = std::make_unique<linalg::NtkFunctionOperator<T>>(ctx, net.spec, net.params.data(), dev.x.matrix());
+  } else {
+    const auto kind = c.op == "ggn" ? linalg::Curvature::gauss_newton : linalg::Curvature::hessian;
+    auto cop = std::make_unique<linalg::CurvatureOperator<T>>(ctx, kind, net.spec, net.params.data(), dev.x.matrix(),
+                                                              dev.targets(), loss);
+    r["loss"] = model::to_string(loss);
+    r["loss_value"] = cop->loss_value();
+    op = std::move(cop);
+  }
+  r["operator"] = c.op;
+  r["size"] = op->size();
+  r["network"] = spec_json(net.spec);
+  r["samples"] = d.n;
+  if (c.density) {
+    linalg::SlqOptions o;
+    o.steps = c.steps;
+    o.probes = c.probes;
+    o.grid = c.grid;
+    o.seed = c.common.seed;
+    const auto s = linalg::slq<T>(*op, o);
+    r["nodes"] = s.nodes;
+    r["weights"] = s.weights;
+    r["grid"] = s.grid;
+    r["density"] = s.density;
+    r["sigma2"] = s.sigma2;
+    r["trace_estimate"] = s.trace_estimate;
+    r["trace_stderr"] = s.trace_stderr;
+    r["matvecs"] = s.matvecs;
+  } else if (!c.trace.empty()) {
+    const auto t = c.trace == "hutchpp" ? linalg::hutchpp<T>(*op, 3 * std::max<index_t>(1, c.probes / 3), c.common.seed)
+                                        : linalg::hutchinson<T>(*op, c.probes, c.common.seed);
+    r["trace_method"] = c.trace;
+    r["trace_estimate"] = t.trace;
+    if (c.trace != "hutchpp") r["trace_stderr"] = t.stderr_;
+    r["matvecs"] = t.matvecs;
+  } else {
+    const auto e = linalg::eigsh<T>(*op, lanczos_options(c.eig, c.common.seed, op->size()));
+    const json ej = eigen_json<T>(ctx, e, c.eig.out_vectors);
+    for (auto it = ej.begin(); it != ej.end(); ++it) r[it.key()] = it.value();
+    r["which"] = c.eig.which;
+  }
+  emit_result("spectrum", c.common, ctx, r, start);
+  return 0;
+}
+
+}  // namespace
+
+Command register_eigen(CLI::App& app) {
+  auto* cmd = app.add_subcommand("eigen", "Top-k eigenpairs of a dense symmetric matrix (.npy) by Lanczos or the dense solver");
+  auto c = std::make_shared<EigenCommand>();
+  add_common_flags(*cmd, c->common);
+  cmd->add_option("--matrix", c->matrix, "symmetric matrix [n, n] (.npy)")->required()->check(CLI::ExistingFile);
+  add_eigen_flags(*cmd, c->eig);
+  return {cmd, [c] { return parse_dtype(c->common.dtype) == DType::f64 ? run_eigen<double>(*c) : run_eigen<float>(*c); }};
+}
+
+Command register_spectrum(CLI::App& app) {
+  auto* cmd = app.add_subcommand("spectrum", "Matrix-free spectra of a network: the NTK, the Gauss-Newton matrix or the "
+                                             "loss Hessian; top-k eigenpairs, spectral density (SLQ) or trace");
+  auto c = std::make_shared<SpectrumCommand>();
+  add_common_flags(*cmd, c->common);
+  add_model_flags(*cmd, c->model, true);
+  add_data_flags(*cmd, c->data, true);
+  cmd->add_option("--operator", c->op, "ntk (function space, N*O) | ggn (J^T H_loss J) | hessian (exact, parameter space)")
+      ->check(CLI::IsMember({"ntk", "ggn", "hessian"}))
+      ->capture_default_str();
+  cmd->add_option("--loss", c->loss, "mse | xent for ggn/hessian (default: xent for labels, mse for float targets)")
+      ->check(CLI::IsMember({"mse", "xent"}));
+  add_eigen_flags(*cmd, c->eig);
+  cmd->add_flag("--density", c->density, "spectral density by stochastic Lanczos quadrature instead of top-k");
+  cmd->add_option("--steps", c->steps, "SLQ: Lanczos steps per probe")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--probes", c->probes, "SLQ / trace: Rademacher probes")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--grid", c->grid, "SLQ: density grid points")->check(CLI::Range(2, 1000000))->capture_default_str();
+  cmd->add_option("--trace", c->trace, "estimate the trace instead: hutchinson | hutchpp (with --probes matvecs)")
+      ->check(CLI::IsMember({"hutchinson", "hutchpp"}));
+  return {cmd, [c] { return parse_dtype(c->common.dtype) == DType::f64 ? run_spectrum<double>(*c) : run_spectrum<float>(*c); }};
+}
+
+}  // namespace dynascope::cli
