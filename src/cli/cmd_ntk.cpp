@@ -5,6 +5,7 @@
 #include "cli/model_flags.hpp"
 #include "dynascope/io.hpp"
 #include "dynascope/ntk.hpp"
+#include "dynascope/spectra.hpp"
 
 namespace dynascope::cli {
 
@@ -130,24 +131,34 @@ int run(const NtkCommand& c) {
   const bool targets = d1.targets_present();
   if ((targets || c.top_k > 0) && !square)
     throw UsageError("alignment and eigenvalues need a square kernel: omit --inputs2 and use --outputs trace, sum or full");
-  if (c.top_k > 0 || targets) {
+  if (targets) {
+    // E_k needs every eigenvector: the dense solver.
     const ntk::Eigen<double> eig = ntk::eigen_descending<double>(Context::host(), kv);
     if (c.top_k > 0) {
       const index_t kk = std::min<index_t>(c.top_k, shape.rows);
       r["eigenvalues"] = std::vector<double>(eig.values.begin(), eig.values.begin() + kk);
     }
-    if (targets) {
-      index_t cols = 0;
-      const std::vector<double> y = target_matrix(d1, mode, o, cols);
-      const MatrixView<const double> yv{y.data(), shape.rows, cols, cols};
-      r["kta"] = ntk::kernel_target_alignment(kv, yv, false);
-      r["kta_centered"] = ntk::kernel_target_alignment(kv, yv, true);
-      const auto ks = ntk::energy_ks(shape.rows);
-      const auto e = ntk::cumulative_energy<double>(eig, yv, ks);
-      json energy;
-      for (std::size_t i = 0; i < ks.size(); ++i) energy[std::to_string(ks[i])] = e[i];
-      r["energy"] = energy;
-    }
+    index_t cols = 0;
+    const std::vector<double> y = target_matrix(d1, mode, o, cols);
+    const MatrixView<const double> yv{y.data(), shape.rows, cols, cols};
+    r["kta"] = ntk::kernel_target_alignment(kv, yv, false);
+    r["kta_centered"] = ntk::kernel_target_alignment(kv, yv, true);
+    const auto ks = ntk::energy_ks(shape.rows);
+    const auto e = ntk::cumulative_energy<double>(eig, yv, ks);
+    json energy;
+    for (std::size_t i = 0; i < ks.size(); ++i) energy[std::to_string(ks[i])] = e[i];
+    r["energy"] = energy;
+  } else if (c.top_k > 0) {
+    // Only the top of the spectrum: Lanczos (dense for small kernels) on the computed kernel.
+    linalg::DenseOperator<double> op(Context::host(), kv);
+    linalg::LanczosOptions lo;
+    lo.k = std::min<index_t>(c.top_k, shape.rows);
+    lo.tol = 1e-10;
+    lo.seed = c.common.seed;
+    const auto eig = linalg::eigsh<double>(op, lo);
+    r["eigenvalues"] = eig.values;
+    r["eigen_method"] = eig.method;
+    r["eigen_converged"] = eig.all_converged;
   }
   if (mapped) {
     mapped->commit();
