@@ -354,8 +354,27 @@ DS_INSTANTIATE(double)
 namespace lapack {
 namespace {
 
-int lapacke_syevd(int n, float* a, int lda, float* w) { return LAPACKE_ssyevd(LAPACK_COL_MAJOR, 'V', 'U', n, a, lda, w); }
-int lapacke_syevd(int n, double* a, int lda, double* w) { return LAPACKE_dsyevd(LAPACK_COL_MAJOR, 'V', 'U', n, a, lda, w); }
+// Workspace sized by LAPACK's documented formula (jobz = 'V'): the workspace query returns the size
+// as a floating-point number, which in single precision rounds below the true size for n >~ 3000
+// and makes ssyevd reject its own suggestion.
+template <class T>
+struct SyevdWork {
+  std::vector<T> work;
+  std::vector<lapack_int> iwork;
+  explicit SyevdWork(int n)
+      : work(static_cast<std::size_t>(1 + 6 * std::size_t(n) + 2 * std::size_t(n) * std::size_t(n))),
+        iwork(static_cast<std::size_t>(3 + 5 * std::size_t(n))) {}
+};
+int lapacke_syevd(int n, float* a, int lda, float* w) {
+  SyevdWork<float> ws(n);
+  return LAPACKE_ssyevd_work(LAPACK_COL_MAJOR, 'V', 'U', n, a, lda, w, ws.work.data(), static_cast<lapack_int>(ws.work.size()),
+                             ws.iwork.data(), static_cast<lapack_int>(ws.iwork.size()));
+}
+int lapacke_syevd(int n, double* a, int lda, double* w) {
+  SyevdWork<double> ws(n);
+  return LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'U', n, a, lda, w, ws.work.data(), static_cast<lapack_int>(ws.work.size()),
+                             ws.iwork.data(), static_cast<lapack_int>(ws.iwork.size()));
+}
 int lapacke_syevr(int n, float* a, int lda, int il, int iu, int* m, float* w, float* z, int ldz, int* isuppz) {
   return LAPACKE_ssyevr(LAPACK_COL_MAJOR, 'V', 'I', 'U', n, a, lda, 0.f, 0.f, il, iu, 0.f, m, w, z, ldz, isuppz);
 }

@@ -289,3 +289,19 @@ TEST(Blas, HostBlasIsTheOpenMPBuildOfOpenBLAS) {
 
 }  // namespace
 }  // namespace dynascope
+
+namespace dynascope {
+namespace {
+
+// ssyevd's workspace query reports 1 + 6n + 2n^2 as a float, which rounds below the true size at
+// n = 2900 (16837401 is not a float); the solver must still run.
+TEST(Lapack, SinglePrecisionSyevdAtSizesWhoseWorkspaceIsNotAFloat) {
+  const index_t n = 2900;
+  std::vector<float> a(static_cast<std::size_t>(n * n), 0.0f), w(static_cast<std::size_t>(n));
+  for (index_t i = 0; i < n; ++i) a[std::size_t(i * n + i)] = float((i * 37) % n);
+  lapack::syevd<float>(Context::host(), {a.data(), n, n, n}, {w.data(), n, 1});
+  for (index_t i = 0; i < n; ++i) ASSERT_EQ(w[std::size_t(i)], float(i));  // 37 is coprime to 2900: a permutation
+}
+
+}  // namespace
+}  // namespace dynascope
