@@ -17,10 +17,8 @@
 #include <vector>
 
 #if defined(__CUDACC__)
+#include <cub/device/device_reduce.cuh>
 #include <cuda_runtime.h>
-#include <thrust/execution_policy.h>
-#include <thrust/iterator/counting_iterator.h>
-#include <thrust/transform_reduce.h>
 
 #include "cuda/check.hpp"
 #endif
@@ -83,13 +81,41 @@ void parallel_for(const Context& ctx, index_t n, F body, index_t serial_below = 
 inline constexpr index_t kReduceBlock = 4096;
 
 template <class F>
+struct StoreValue {
+  double* out;
+  F body;
+  DYNASCOPE_HD void operator()(index_t i) const { out[i] = body(i); }
+};
+
+template <class F>
 double reduce_sum(const Context& ctx, index_t n, F body) {
   if (n <= 0) return 0.0;
   if (ctx.is_cuda()) {
 #if defined(__CUDACC__)
-    return thrust::transform_reduce(thrust::cuda::par_nosync.on(static_cast<cudaStream_t>(ctx.stream())),
-                                    thrust::counting_iterator<index_t>(0), thrust::counting_iterator<index_t>(n), body,
-                                    0.0, thrust::plus<double>());
+    // The values go to a buffer through our own launcher, then CUB sums plain doubles: no caller
+    // code runs inside CUB's kernels, and every byte comes from the context's allocator.
+    const auto stream = static_cast<cudaStream_t>(ctx.stream());
+    std::size_t temp_bytes = 0;
+    DYNASCOPE_CUDA_CHECK(cub::DeviceReduce::Sum(nullptr, temp_bytes, static_cast<const double*>(nullptr),
+                                                static_cast<double*>(nullptr), n, stream));
+    constexpr std::size_t kAlign = 256;
+    const std::size_t values_bytes = (static_cast<std::size_t>(n) * sizeof(double) + kAlign - 1) / kAlign * kAlign;
+    const std::size_t total = values_bytes + kAlign + temp_bytes;
+    struct Scratch {
+      const Context& ctx;
+      void* p;
+      std::size_t bytes;
+      ~Scratch() { ctx.deallocate(p, bytes); }
+    } scratch{ctx, ctx.allocate(total), total};
+    double* values = static_cast<double*>(scratch.p);
+    double* sum = reinterpret_cast<double*>(static_cast<char*>(scratch.p) + values_bytes);
+    void* temp = static_cast<char*>(scratch.p) + values_bytes + kAlign;
+    parallel_for(ctx, n, StoreValue<F>{values, body});
+    DYNASCOPE_CUDA_CHECK(cub::DeviceReduce::Sum(temp, temp_bytes, values, sum, n, stream));
+    double result = 0;
+    DYNASCOPE_CUDA_CHECK(cudaMemcpyAsync(&result, sum, sizeof(double), cudaMemcpyDeviceToHost, stream));
+    DYNASCOPE_CUDA_CHECK(cudaStreamSynchronize(stream));
+    return result;
 #else
     throw_not_compiled_for_cuda(__func__);
 #endif
