@@ -102,4 +102,43 @@ DYNASCOPE_HD inline T act_deriv2(ActParams p, T z) {
   return T(0);
 }
 
+// Runs `statement` with `A` a constexpr Act equal to `kind`, so that kernel bodies written with
+// ActParams{A, slope} have the activation fixed at compile time (on the host the per-element
+// switch disappears and the loops vectorize).
+#define DYNASCOPE_WITH_ACT(kind, A, ...)                                                  \
+  switch (kind) {                                                                       \
+    case ::dynascope::kern::Act::identity: {                                            \
+      constexpr ::dynascope::kern::Act A = ::dynascope::kern::Act::identity;            \
+      __VA_ARGS__;                                                                      \
+    } break;                                                                            \
+    case ::dynascope::kern::Act::relu: {                                                \
+      constexpr ::dynascope::kern::Act A = ::dynascope::kern::Act::relu;                \
+      __VA_ARGS__;                                                                      \
+    } break;                                                                            \
+    case ::dynascope::kern::Act::leaky_relu: {                                          \
+      constexpr ::dynascope::kern::Act A = ::dynascope::kern::Act::leaky_relu;          \
+      __VA_ARGS__;                                                                      \
+    } break;                                                                            \
+    case ::dynascope::kern::Act::abs: {                                                 \
+      constexpr ::dynascope::kern::Act A = ::dynascope::kern::Act::abs;                 \
+      __VA_ARGS__;                                                                      \
+    } break;                                                                            \
+    case ::dynascope::kern::Act::tanh: {                                                \
+      constexpr ::dynascope::kern::Act A = ::dynascope::kern::Act::tanh;                \
+      __VA_ARGS__;                                                                      \
+    } break;                                                                            \
+    case ::dynascope::kern::Act::gelu: {                                                \
+      constexpr ::dynascope::kern::Act A = ::dynascope::kern::Act::gelu;                \
+      __VA_ARGS__;                                                                      \
+    } break;                                                                            \
+    case ::dynascope::kern::Act::softplus: {                                            \
+      constexpr ::dynascope::kern::Act A = ::dynascope::kern::Act::softplus;            \
+      __VA_ARGS__;                                                                      \
+    } break;                                                                            \
+    case ::dynascope::kern::Act::sigmoid: {                                             \
+      constexpr ::dynascope::kern::Act A = ::dynascope::kern::Act::sigmoid;             \
+      __VA_ARGS__;                                                                      \
+    } break;                                                                            \
+  }
+
 }  // namespace dynascope::kern

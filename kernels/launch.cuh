@@ -75,6 +75,34 @@ void parallel_for(const Context& ctx, index_t n, F body, index_t serial_below = 
   host_parallel_for(ctx, n, body, serial_below);
 }
 
+// body(i, j) for i in [0, rows), j in [0, cols): on host the rows are shared among threads and
+// each row is one contiguous inner loop (so loop-invariant branches unswitch and the loop
+// vectorizes); on cuda one grid-stride launch over rows * cols.
+template <class F>
+struct RowColumn {
+  index_t cols;
+  F body;
+  DYNASCOPE_HD void operator()(index_t idx) const { body(idx / cols, idx % cols); }
+};
+
+template <class F>
+void parallel_for_2d(const Context& ctx, index_t rows, index_t cols, F body) {
+  if (rows <= 0 || cols <= 0) return;
+  if (ctx.is_cuda()) {
+    parallel_for(ctx, rows * cols, RowColumn<F>{cols, body});
+    return;
+  }
+  const auto row = [=](index_t i) {
+    for (index_t j = 0; j < cols; ++j) body(i, j);
+  };
+  if (rows * cols < kSerialBelow) {
+    for (index_t i = 0; i < rows; ++i) row(i);
+    return;
+  }
+#pragma omp parallel for schedule(static) num_threads(host_threads(ctx))
+  for (index_t i = 0; i < rows; ++i) row(i);
+}
+
 // Sum of body(i) (a double) over i in [0, n), returned to the host (on cuda this waits for the
 // stream). The host sum is deterministic: fixed blocks of items, blocks added in order, so the
 // result does not depend on the thread count.

@@ -48,7 +48,7 @@ struct MlpEngine<T>::Impl {
   Buffer<T> ddelta[2], pre_delta;      // hvp: tangent of delta (ping-pong), c delta_l W_l
   index_t hvp_k = 0;
   bool have_hvp = false;
-  Buffer<T> ones;
+  Buffer<T> ones, zero_bias;
   bool have_forward = false, have_backprop = false;
 
   Impl(const Context& c, MlpSpec s) : ctx(c), spec(std::move(s)) {
@@ -70,6 +70,12 @@ struct MlpEngine<T>::Impl {
     return {p + spec.weight_offset(l - 1), width(l), width(l - 1), width(l - 1), ctx.backend()};
   }
   const T* bias_ptr(const T* p, index_t l) const { return p + spec.bias_offset(l - 1); }
+  // A zero bias vector for layers without bias, so the forward kernel has no branch.
+  const T* zeros(index_t width) {
+    MatrixView<T> zv = zero_bias.reserve(ctx, 1, width);
+    detail::fill_zero_bytes(ctx, zv.data, zv.backend, std::size_t(width) * sizeof(T));
+    return zv.data;
+  }
   kern::ActParams act(index_t l) const {
     return l < L ? act_params(spec.activations[std::size_t(l - 1)]) : kern::ActParams{kern::Act::identity, 0};
   }
@@ -146,16 +152,16 @@ MatrixView<const T> MlpEngine<T>::forward(const T* params, MatrixView<const T> x
     const bool bias = s.has_bias(l);
     if (!hidden && !bias) continue;
     MatrixView<T> av = hidden ? s.a[std::size_t(l)].reserve(s.ctx, n, out) : z;
-    const T* b = bias ? s.bias_ptr(params, l) : nullptr;
+    const T* b = bias ? s.bias_ptr(params, l) : s.zeros(out);
     const T beta = s.beta();
     const kern::ActParams act = s.act(l);
-    kern::parallel_for(s.ctx, n * out, [=] DYNASCOPE_HD(index_t idx) {
-      const index_t j = idx % out;
-      T zv = z.data[idx];
-      if (b) zv += beta * b[j];
+    const double slope = act.slope;
+    DYNASCOPE_WITH_ACT(act.kind, A, kern::parallel_for_2d(s.ctx, n, out, [=] DYNASCOPE_HD(index_t i, index_t j) {
+      const index_t idx = i * out + j;
+      const T zv = z.data[idx] + beta * b[j];
       z.data[idx] = zv;
-      av.data[idx] = kern::act_value(act, zv);
-    });
+      av.data[idx] = kern::act_value(kern::ActParams{A, slope}, zv);
+    }));
   }
   s.have_forward = true;
   return s.z[std::size_t(s.L)].view(n, s.width(s.L));
@@ -179,10 +185,11 @@ void MlpEngine<T>::backprop(const T* params, MatrixView<const T> cotangents, ind
                   s.weight(params, l), T(0), below);
     const T* zp = s.z[std::size_t(l - 1)].data();
     const kern::ActParams act = s.act(l - 1);
-    kern::parallel_for(s.ctx, rows * in, [=] DYNASCOPE_HD(index_t idx) {
-      const index_t zi = idx % (n * in);  // the same sample in every block
-      below.data[idx] *= kern::act_deriv(act, zp[zi]);
-    });
+    const double slope = act.slope;
+    DYNASCOPE_WITH_ACT(act.kind, A, kern::parallel_for_2d(s.ctx, rows, in, [=] DYNASCOPE_HD(index_t r, index_t j) {
+      // the same sample in every block
+      below.data[r * in + j] *= kern::act_deriv(kern::ActParams{A, slope}, zp[(r % n) * in + j]);
+    }));
   }
   s.have_backprop = true;
 }
@@ -291,8 +298,7 @@ void tangent_sweep(Impl& s, const T* params, MatrixView<const T> tangents, Matri
         });
       return;
     }
-    kern::parallel_for(s.ctx, rows * o, [=] DYNASCOPE_HD(index_t idx) {
-      const index_t j = idx % o, r = idx / o;
+    kern::parallel_for_2d(s.ctx, rows, o, [=] DYNASCOPE_HD(index_t r, index_t j) {
       T v = zdot.data[r * zld + j];
       if (bdot) v += beta * bdot[(r / n) * tld + j];
       zdot.data[r * zld + j] = kern::act_deriv(act, zp[(r % n) * o + j]) * v;
@@ -352,8 +358,8 @@ MatrixView<const T> MlpEngine<T>::hvp_forward(const T* params, MatrixView<const 
     MatrixView<T> ad = s.adot[std::size_t(l)].reserve(s.ctx, rows, o);
     const T* zp = s.z[std::size_t(l)].data();
     const kern::ActParams act = s.act(l);
-    kern::parallel_for(s.ctx, rows * o, [=] DYNASCOPE_HD(index_t idx) {
-      ad.data[idx] = kern::act_deriv(act, zp[idx % (n * o)]) * zd.data[idx];
+    kern::parallel_for_2d(s.ctx, rows, o, [=] DYNASCOPE_HD(index_t r, index_t j) {
+      ad.data[r * o + j] = kern::act_deriv(act, zp[(r % n) * o + j]) * zd.data[r * o + j];
     });
   }
   s.hvp_k = k;
@@ -405,8 +411,8 @@ void MlpEngine<T>::hvp_backward(const T* params, MatrixView<const T> g, MatrixVi
     const T* zp = s.z[std::size_t(l - 1)].data();
     const T* zd = s.zdot[std::size_t(l - 1)].data();
     const kern::ActParams act = s.act(l - 1);
-    kern::parallel_for(s.ctx, rows * in, [=] DYNASCOPE_HD(index_t idx) {
-      const index_t zi = idx % (n * in);
+    kern::parallel_for_2d(s.ctx, rows, in, [=] DYNASCOPE_HD(index_t r, index_t j) {
+      const index_t idx = r * in + j, zi = (r % n) * in + j;
       const T z = zp[zi];
       below.data[idx] = below.data[idx] * kern::act_deriv(act, z) + u.data[zi] * kern::act_deriv2(act, z) * zd[idx];
     });
