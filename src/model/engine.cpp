@@ -298,11 +298,12 @@ void tangent_sweep(Impl& s, const T* params, MatrixView<const T> tangents, Matri
         });
       return;
     }
-    kern::parallel_for_2d(s.ctx, rows, o, [=] DYNASCOPE_HD(index_t r, index_t j) {
+    const double slope = act.slope;
+    DYNASCOPE_WITH_ACT(act.kind, A, kern::parallel_for_2d(s.ctx, rows, o, [=] DYNASCOPE_HD(index_t r, index_t j) {
       T v = zdot.data[r * zld + j];
       if (bdot) v += beta * bdot[(r / n) * tld + j];
-      zdot.data[r * zld + j] = kern::act_deriv(act, zp[(r % n) * o + j]) * v;
-    });
+      zdot.data[r * zld + j] = kern::act_deriv(kern::ActParams{A, slope}, zp[(r % n) * o + j]) * v;
+    }));
     prev = zdot;
   }
 }
@@ -358,9 +359,10 @@ MatrixView<const T> MlpEngine<T>::hvp_forward(const T* params, MatrixView<const 
     MatrixView<T> ad = s.adot[std::size_t(l)].reserve(s.ctx, rows, o);
     const T* zp = s.z[std::size_t(l)].data();
     const kern::ActParams act = s.act(l);
-    kern::parallel_for_2d(s.ctx, rows, o, [=] DYNASCOPE_HD(index_t r, index_t j) {
-      ad.data[r * o + j] = kern::act_deriv(act, zp[(r % n) * o + j]) * zd.data[r * o + j];
-    });
+    const double slope = act.slope;
+    DYNASCOPE_WITH_ACT(act.kind, A, kern::parallel_for_2d(s.ctx, rows, o, [=] DYNASCOPE_HD(index_t r, index_t j) {
+      ad.data[r * o + j] = kern::act_deriv(kern::ActParams{A, slope}, zp[(r % n) * o + j]) * zd.data[r * o + j];
+    }));
   }
   s.hvp_k = k;
   s.have_hvp = true;
@@ -411,11 +413,13 @@ void MlpEngine<T>::hvp_backward(const T* params, MatrixView<const T> g, MatrixVi
     const T* zp = s.z[std::size_t(l - 1)].data();
     const T* zd = s.zdot[std::size_t(l - 1)].data();
     const kern::ActParams act = s.act(l - 1);
-    kern::parallel_for_2d(s.ctx, rows, in, [=] DYNASCOPE_HD(index_t r, index_t j) {
+    const double slope = act.slope;
+    DYNASCOPE_WITH_ACT(act.kind, A, kern::parallel_for_2d(s.ctx, rows, in, [=] DYNASCOPE_HD(index_t r, index_t j) {
       const index_t idx = r * in + j, zi = (r % n) * in + j;
       const T z = zp[zi];
-      below.data[idx] = below.data[idx] * kern::act_deriv(act, z) + u.data[zi] * kern::act_deriv2(act, z) * zd[idx];
-    });
+      const kern::ActParams p{A, slope};
+      below.data[idx] = below.data[idx] * kern::act_deriv(p, z) + u.data[zi] * kern::act_deriv2(p, z) * zd[idx];
+    }));
     dd = below;
   }
 }
