@@ -47,7 +47,18 @@ class Timed final : public linalg::LinearOperator<float> {
   linalg::LinearOperator<float>& op_;
 };
 
-void report(benchmark::State& state, const linalg::EigenResult<float>& r, double op_seconds, double total_seconds) {
+// Runs eigsh under the benchmark loop and reports applications, restarts, the share of time in
+// the operator and the largest relative residual.
+void run_eigsh(benchmark::State& state, linalg::LinearOperator<float>& inner, const linalg::LanczosOptions& o) {
+  Timed op(inner);
+  linalg::EigenResult<float> r;
+  double total = 0;
+  for (auto _ : state) {
+    op.seconds = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    r = linalg::eigsh<float>(op, o);
+    total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
   double mx = 0, lmax = 0;
   for (std::size_t i = 0; i < r.values.size(); ++i) {
     mx = std::max(mx, r.residuals[i]);
@@ -55,7 +66,7 @@ void report(benchmark::State& state, const linalg::EigenResult<float>& r, double
   }
   state.counters["matvecs"] = double(r.matvecs);
   state.counters["restarts"] = double(r.iterations);
-  state.counters["op_fraction"] = total_seconds > 0 ? op_seconds / total_seconds : 0;
+  state.counters["op_fraction"] = total > 0 ? op.seconds / total : 0;
   state.counters["max_residual"] = mx / lmax;
   state.counters["converged"] = r.all_converged ? 1 : 0;
 }
@@ -66,21 +77,12 @@ void BM_dense_top20(benchmark::State& state) {
   const index_t n = 4096;
   const Array<float> x = net.inputs(n);
   const auto k = ntk::empirical_ntk<float>(net.ctx, net.spec, net.params.data(), x.matrix());
-  linalg::DenseOperator<float> dense(net.ctx, k.kernel.matrix());
-  Timed op(dense);
+  linalg::DenseOperator<float> op(net.ctx, k.kernel.matrix());
   linalg::LanczosOptions o;
   o.k = 20;
   o.tol = 1e-6;
   o.method = lanczos ? linalg::EigenMethod::lanczos : linalg::EigenMethod::dense;
-  linalg::EigenResult<float> r;
-  double total = 0;
-  for (auto _ : state) {
-    op.seconds = 0;
-    const auto t0 = std::chrono::steady_clock::now();
-    r = linalg::eigsh<float>(op, o);
-    total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  }
-  report(state, r, op.seconds, total);
+  run_eigsh(state, op, o);
   state.SetLabel(lanczos ? "lanczos, n=4096, k=20, tol 1e-6" : "dense syevd, n=4096");
 }
 
@@ -88,21 +90,12 @@ void BM_ntk_top20(benchmark::State& state) {
   Net net;
   const index_t n = 4096;
   const Array<float> x = net.inputs(n);
-  linalg::NtkFunctionOperator<float> ntk_op(net.ctx, net.spec, net.params.data(), x.matrix());
-  Timed op(ntk_op);
+  linalg::NtkFunctionOperator<float> op(net.ctx, net.spec, net.params.data(), x.matrix());
   linalg::LanczosOptions o;
   o.k = 20;
   o.tol = 1e-5;
   o.block = state.range(0);
-  linalg::EigenResult<float> r;
-  double total = 0;
-  for (auto _ : state) {
-    op.seconds = 0;
-    const auto t0 = std::chrono::steady_clock::now();
-    r = linalg::eigsh<float>(op, o);
-    total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  }
-  report(state, r, op.seconds, total);
+  run_eigsh(state, op, o);
   state.SetLabel("NTK operator, N*O = 40960, k=20, block " + std::to_string(o.block));
 }
 
@@ -121,22 +114,13 @@ model::DeviceData<float> labelled(const Net& net, index_t n) {
 void BM_hessian_top10(benchmark::State& state) {
   Net net;
   const auto data = labelled(net, 1024);
-  linalg::CurvatureOperator<float> h(net.ctx, linalg::Curvature::hessian, net.spec, net.params.data(), data.x.matrix(),
-                                     data.targets(), model::Loss::xent);
-  Timed op(h);
+  linalg::CurvatureOperator<float> op(net.ctx, linalg::Curvature::hessian, net.spec, net.params.data(), data.x.matrix(),
+                                      data.targets(), model::Loss::xent);
   linalg::LanczosOptions o;
   o.k = 10;
   o.tol = 1e-4;
   o.block = state.range(0);
-  linalg::EigenResult<float> r;
-  double total = 0;
-  for (auto _ : state) {
-    op.seconds = 0;
-    const auto t0 = std::chrono::steady_clock::now();
-    r = linalg::eigsh<float>(op, o);
-    total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  }
-  report(state, r, op.seconds, total);
+  run_eigsh(state, op, o);
   state.SetLabel("Hessian, P = 669706, N = 1024, k=10, block " + std::to_string(o.block));
 }
 
