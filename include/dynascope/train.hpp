@@ -117,7 +117,7 @@ template <class T>
 DYNASCOPE_API TrainResult train(const Context& ctx, Mlp<T>& net, const data::Dataset& data,
                                 const TrainOptions<T>& options);
 
-// A dataset on ctx's backend in precision T.
+// A dataset on ctx's backend in precision T (inputs only when the dataset has no targets).
 template <class T>
 struct DYNASCOPE_API DeviceData {
   Array<T> x;                 // [N, D]

@@ -40,9 +40,7 @@ class NtkTracker {
     std::vector<index_t> rows(static_cast<std::size_t>(n_));
     for (index_t i = 0; i < n_; ++i) rows[std::size_t(i)] = i;
     const data::Dataset sub = train.subset(rows);
-    std::vector<T> xh(sub.x.begin(), sub.x.end());
-    x_ = Array<T>(ctx, {n_, sub.d});
-    detail::copy_bytes(ctx, x_.data(), x_.backend(), xh.data(), Backend::host, x_.bytes());
+    x_ = model::to_device<T>(ctx, sub).x;
     cols_ = sub.outputs;
     if (sub.task == data::Task::classification) {
       y_.assign(std::size_t(n_ * cols_), 0.0);

@@ -1,6 +1,7 @@
 // dynascope ntk: the empirical NTK of a network on inputs (and a second set), its trace and norm,
 // and with targets the kernel-target alignment and the cumulative energies E_k(y).
 #include <cmath>
+#include <type_traits>
 
 #include "cli/model_flags.hpp"
 #include "dynascope/io.hpp"
@@ -64,16 +65,9 @@ int run(const NtkCommand& c) {
     throw UsageError("--inputs2 has " + std::to_string(d2.d) + " columns but --inputs has " + std::to_string(d1.d));
   const ntk::KernelShape shape = ntk::kernel_shape(mode, n1, n2, o);
 
-  // Inputs on the compute backend in T.
-  auto upload = [&](const data::Dataset& d) {
-    std::vector<T> h(d.x.begin(), d.x.end());
-    Array<T> a(ctx, {d.n, d.d});
-    detail::copy_bytes(ctx, a.data(), a.backend(), h.data(), Backend::host, a.bytes());
-    return a;
-  };
-  const Array<T> x1 = upload(d1);
+  const Array<T> x1 = model::to_device<T>(ctx, d1).x;
   Array<T> x2;
-  if (!symmetric) x2 = upload(d2);
+  if (!symmetric) x2 = model::to_device<T>(ctx, d2).x;
   std::optional<MatrixView<const T>> second;
   if (!symmetric) second = MatrixView<const T>(x2.matrix());
 
@@ -100,8 +94,6 @@ int run(const NtkCommand& c) {
                                                        {kdata, shape.rows, shape.cols, shape.cols, Backend::host}, layer_views);
 
   const bool square = shape.rows == shape.cols && symmetric;
-  std::vector<double> k(kdata, kdata + shape.rows * shape.cols);
-  const MatrixView<const double> kv{k.data(), shape.rows, shape.cols, shape.cols};
   auto trace_of = [&](const T* p) {
     double t = 0;
     if (mode == ntk::Outputs::diagonal)
@@ -112,7 +104,7 @@ int run(const NtkCommand& c) {
     return t;
   };
   double fro = 0;
-  for (double v : k) fro += v * v;
+  for (index_t i = 0; i < shape.rows * shape.cols; ++i) fro += double(kdata[i]) * double(kdata[i]);
   json r;
   r["network"] = spec_json(net.spec);
   r["method"] = ntk::to_string(info.method);
@@ -131,6 +123,18 @@ int run(const NtkCommand& c) {
   const bool targets = d1.targets_present();
   if ((targets || c.top_k > 0) && !square)
     throw UsageError("alignment and eigenvalues need a square kernel: omit --inputs2 and use --outputs trace, sum or full");
+  // Alignment and eigenvalues work in float64: a copy only when the kernel is float32 and needed.
+  std::vector<double> k64;
+  const double* k = nullptr;
+  if (targets || c.top_k > 0) {
+    if constexpr (std::is_same_v<T, double>) {
+      k = kdata;
+    } else {
+      k64.assign(kdata, kdata + shape.rows * shape.cols);
+      k = k64.data();
+    }
+  }
+  const MatrixView<const double> kv{k, shape.rows, shape.cols, shape.cols};
   if (targets) {
     // E_k needs every eigenvector: the dense solver.
     const ntk::Eigen<double> eig = ntk::eigen_descending<double>(Context::host(), kv);

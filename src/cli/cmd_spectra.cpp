@@ -133,15 +133,7 @@ int run_spectrum(const SpectrumCommand& c) {
   if (curvature && !d.targets_present())
     throw UsageError("--operator " + c.op + " needs targets: give --targets or a dataset with labels");
   model::Mlp<T> net = load_network<T>(ctx, c.model, c.common.seed, d.d, d.targets_present() ? d.outputs : 0);
-  const model::DeviceData<T> dev = [&] {
-    if (d.targets_present()) return model::to_device<T>(ctx, d);
-    model::DeviceData<T> only;
-    std::vector<T> h(d.x.begin(), d.x.end());
-    only.x = Array<T>(ctx, {d.n, d.d});
-    detail::copy_bytes(ctx, only.x.data(), only.x.backend(), h.data(), Backend::host, only.x.bytes());
-    only.n = d.n;
-    return only;
-  }();
+  const model::DeviceData<T> dev = model::to_device<T>(ctx, d);
   const model::Loss loss = c.loss.empty() ? default_loss(d) : model::parse_loss(c.loss);
   if (curvature && loss == model::Loss::xent && d.task != data::Task::classification)
     throw UsageError("--loss xent needs integer class labels");

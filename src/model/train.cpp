@@ -248,12 +248,12 @@ Targets<T> DeviceData<T>::targets(index_t row0, index_t rows) const {
 template <class T>
 DeviceData<T> to_device(const Context& ctx, const data::Dataset& ds) {
   if (ds.n <= 0 || ds.d <= 0) throw InvalidArgument("dataset '" + ds.name + "' is empty");
-  Context host = Context::host();
   DeviceData<T> out;
   out.n = ds.n;
   std::vector<T> x(ds.x.begin(), ds.x.end());
   out.x = Array<T>(ctx, {ds.n, ds.d});
   detail::copy_bytes(ctx, out.x.data(), out.x.backend(), x.data(), Backend::host, out.x.bytes());
+  if (!ds.targets_present()) return out;
   if (ds.task == data::Task::classification) {
     out.labels = Array<std::int64_t>(ctx, {ds.n});
     detail::copy_bytes(ctx, out.labels.data(), out.labels.backend(), ds.labels.data(), Backend::host, out.labels.bytes());

@@ -74,11 +74,10 @@ template <class T>
 void mirror_tile(const Context& ctx, Outputs mode, index_t o, MatrixView<const T> tile, MatrixView<T> dst) {
   const index_t r = tile.rows, c = tile.cols;
   if (mode == Outputs::diagonal) {
-    const index_t b2 = c / o;  // tile is [b1, b2*o] -> dst [b2, b1*o]
+    // tile is [b1, b2*o] -> dst [b2, b1*o]
     kern::parallel_for(ctx, r * c, [=] DYNASCOPE_HD(index_t idx) {
       const index_t n = idx / c, rest = idx % c, m = rest / o, a = rest % o;
       dst(m, n * o + a) = tile(n, rest);
-      (void)b2;
     });
   } else {
     kern::parallel_for(ctx, r * c, [=] DYNASCOPE_HD(index_t idx) {
@@ -445,8 +444,6 @@ NtkInfo jvp_method(const Context& ctx, const MlpSpec& s, const T* params, Matrix
   return info;
 }
 
-std::size_t budget_bytes(const Context& ctx) { return ctx.workspace_budget(); }
-
 // Largest block size b <= n whose tiles fit the budget.
 index_t fit_block(index_t n, const std::function<std::size_t(index_t)>& bytes, std::size_t budget) {
   if (bytes(1) > budget) return 0;
@@ -492,7 +489,7 @@ NtkInfo empirical_ntk_into(const Context& ctx, const MlpSpec& spec, const T* par
         throw InvalidArgument("empirical_ntk: per-layer outputs must be on the context's backend or on the host");
     }
   }
-  const std::size_t budget = budget_bytes(ctx);
+  const std::size_t budget = ctx.workspace_budget();
   const index_t nmax = std::max(x1.rows, x2.rows);
   const bool want_layers = !per_layer.empty();
   const index_t b_struct = fit_block(nmax, [&](index_t b) { return structured_bytes<T>(spec, mode, b, want_layers); }, budget);
@@ -579,9 +576,9 @@ NtkInfo gram_from_jacobians(const Context& ctx, const JacobianSource<T>& source1
   if (out.backend != ctx.backend() && out.backend != Backend::host)
     throw InvalidArgument("gram_from_jacobians: the output must be on the context's backend or on the host");
   const index_t b = fit_block(std::max(n1, n2), [&](index_t bb) { return jacobian_bytes<T>(outputs, params, mode, bb, false); },
-                              budget_bytes(ctx));
+                              ctx.workspace_budget());
   if (b == 0)
-    throw OutOfMemory("gram_from_jacobians: the workspace budget of " + std::to_string(budget_bytes(ctx)) +
+    throw OutOfMemory("gram_from_jacobians: the workspace budget of " + std::to_string(ctx.workspace_budget()) +
                       " bytes cannot hold the Jacobian of one sample");
   NtkInfo info = gram_core<T>(ctx, source1, n1, symmetric ? source1 : *source2, n2, symmetric, outputs, params, mode, b, out, {}, {});
   info.method = Method::jacobian;

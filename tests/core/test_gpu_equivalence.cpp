@@ -64,6 +64,62 @@ TEST_F(CoreGpu, PhiloxDrawsAreBitIdenticalToHost) {
   EXPECT_EQ(to_host(dev, df), hf);
 }
 
+TEST_F(CoreGpu, EveryPhiloxFillIsBitIdenticalToHost) {
+  Context dev = cuda();
+  const index_t n = 70001;
+  const random::Stream s{12, 4, 2};
+  std::vector<float> hu(static_cast<std::size_t>(n)), hr(static_cast<std::size_t>(n));
+  std::vector<std::int64_t> hi(static_cast<std::size_t>(n));
+  random::fill_uniform<float>(host, s, vector_view(hu.data(), n), -1.0f, 2.0f);
+  random::fill_rademacher<float>(host, s, vector_view(hr.data(), n));
+  random::fill_integers(host, s, vector_view(hi.data(), n), 1000003);
+  Array<float> du(dev, {n}), dr(dev, {n});
+  Array<std::int64_t> di(dev, {n});
+  random::fill_uniform<float>(dev, s, du.vector(), -1.0f, 2.0f);
+  random::fill_rademacher<float>(dev, s, dr.vector());
+  random::fill_integers(dev, s, di.vector(), 1000003);
+  EXPECT_EQ(to_host(dev, du), hu);
+  EXPECT_EQ(to_host(dev, dr), hr);
+  EXPECT_EQ(to_host(dev, di), hi);
+}
+
+TEST_F(CoreGpu, RemainingBlasAndLapackPathsMatchHost) {
+  Context dev = cuda();
+  const index_t m = 31, k = 17;
+  Array<double> a = test::random_array<double>(host, {k, m}, 5);
+  std::vector<double> va(a.data(), a.data() + a.size());
+  Array<double> da = upload(dev, va, {k, m});
+  // syrk with op trans: A^T A is m x m.
+  Array<double> g(host, {m, m}), dg = Array<double>::zeros(dev, {m, m});
+  blas::syrk<double>(host, blas::Op::trans, 1.0, a.matrix(), 0.0, g.matrix());
+  blas::syrk<double>(dev, blas::Op::trans, 1.0, da.matrix(), 0.0, dg.matrix());
+  EXPECT_LT(test::max_rel_diff(to_host(dev, dg).data(), g.data(), g.size()), 1e-13);
+  // gemv without transpose, then axpy and scal.
+  std::vector<double> x(static_cast<std::size_t>(m), 0.5), y(static_cast<std::size_t>(k), 1.0);
+  Array<double> dxv = upload(dev, x, {m}), dyv = upload(dev, y, {k});
+  blas::gemv<double>(host, blas::Op::none, 2.0, a.matrix(), vector_view<const double>(x.data(), m), 0.5, vector_view(y.data(), k));
+  blas::gemv<double>(dev, blas::Op::none, 2.0, da.matrix(), dxv.vector(), 0.5, dyv.vector());
+  blas::axpy<double>(host, -1.5, vector_view<const double>(x.data(), k), vector_view(y.data(), k));
+  blas::axpy<double>(dev, -1.5, VectorView<const double>{dxv.data(), k, 1, Backend::cuda}, dyv.vector());
+  blas::scal<double>(host, 3.0, vector_view(y.data(), k));
+  blas::scal<double>(dev, 3.0, dyv.vector());
+  EXPECT_LT(test::max_rel_diff(to_host(dev, dyv).data(), y.data(), k), 1e-13);
+  // syevdx: eigenpairs 20..29 of the Gram matrix, compared by eigenvalue and residual.
+  std::vector<double> gh(g.data(), g.data() + g.size());
+  Array<double> dg2 = upload(dev, gh, {m, m});
+  std::vector<double> wh(10), zh(static_cast<std::size_t>(10 * m));
+  lapack::syevdx<double>(host, g.matrix(), 20, 30, vector_view(wh.data(), 10), {zh.data(), 10, m, m});
+  Array<double> dw(dev, {10}), dz(dev, {10, m});
+  lapack::syevdx<double>(dev, dg2.matrix(), 20, 30, dw.vector(), dz.matrix());
+  EXPECT_LT(test::max_rel_diff(to_host(dev, dw).data(), wh.data(), 10), 1e-10);
+  const auto z = to_host(dev, dz);
+  for (index_t i = 0; i < 10; ++i) {
+    double dot = 0;
+    for (index_t p = 0; p < m; ++p) dot += z[std::size_t(i * m + p)] * zh[std::size_t(i * m + p)];
+    EXPECT_NEAR(std::abs(dot), 1.0, 1e-8);  // the same eigenvector up to sign
+  }
+}
+
 TEST_F(CoreGpu, BlasAndLapackMatchHost) {
   Context dev = cuda();
   const index_t m = 67, n = 45, k = 33;
