@@ -70,7 +70,9 @@ class DYNASCOPE_API MlpEngine {
 
 // The gradient of L = sum_n <g_n, f(x_n)> for arbitrary cotangents, and the per-sample
 // gradients of the same, over any number of samples: the samples are tiled so that the engine's
-// buffers stay within ctx.workspace_budget() (the output itself is the caller's).
+// buffers stay within ctx.workspace_budget() (the output itself is the caller's). Tiling changes
+// only rounding: each tile's GEMMs have the tile's row count, and BLAS may sum a row's dot
+// products in another order for another row count.
 template <class T>
 DYNASCOPE_API void per_sample_gradients(const Context& ctx, const MlpSpec& spec, const T* params,
                                         MatrixView<const T> x, MatrixView<const T> cotangents, MatrixView<T> out);

@@ -275,8 +275,10 @@ T dot(const Context& ctx, VectorView<const T> x, VectorView<const T> y) {
   if (x.size != y.size)
     throw ShapeMismatch("blas::dot: x has " + std::to_string(x.size) + " elements, y " + std::to_string(y.size));
   if (x.size == 0) return T(0);
-  if (ctx.is_host())
+  if (ctx.is_host()) {
+    BlasThreads threads(ctx, 2.0 * double(x.size));
     return host_dot(to_int(x.size, "dot"), x.data, to_int(x.stride, "dot"), y.data, to_int(y.stride, "dot"));
+  }
   T r = T(0);
 #if DYNASCOPE_WITH_CUDA
   DYNASCOPE_CUBLAS_CHECK(cu_dot(&r, cublas(ctx), to_int(x.size, "dot"), x.data, to_int(x.stride, "dot"), y.data,
@@ -289,7 +291,10 @@ template <class T>
 T nrm2(const Context& ctx, VectorView<const T> x) {
   check_vector(ctx, x, "blas::nrm2", "x");
   if (x.size == 0) return T(0);
-  if (ctx.is_host()) return host_nrm2(to_int(x.size, "nrm2"), x.data, to_int(x.stride, "nrm2"));
+  if (ctx.is_host()) {
+    BlasThreads threads(ctx, 2.0 * double(x.size));
+    return host_nrm2(to_int(x.size, "nrm2"), x.data, to_int(x.stride, "nrm2"));
+  }
   T r = T(0);
 #if DYNASCOPE_WITH_CUDA
   DYNASCOPE_CUBLAS_CHECK(cu_nrm2(&r, cublas(ctx), to_int(x.size, "nrm2"), x.data, to_int(x.stride, "nrm2"), &r));
@@ -305,6 +310,7 @@ void axpy(const Context& ctx, T alpha, VectorView<const T> x, VectorView<T> y) {
     throw ShapeMismatch("blas::axpy: x has " + std::to_string(x.size) + " elements, y " + std::to_string(y.size));
   if (x.size == 0) return;
   if (ctx.is_host()) {
+    BlasThreads threads(ctx, 2.0 * double(x.size));
     host_axpy(to_int(x.size, "axpy"), alpha, x.data, to_int(x.stride, "axpy"), y.data, to_int(y.stride, "axpy"));
     return;
   }
@@ -319,6 +325,7 @@ void scal(const Context& ctx, T alpha, VectorView<T> x) {
   check_vector(ctx, x, "blas::scal", "x");
   if (x.size == 0) return;
   if (ctx.is_host()) {
+    BlasThreads threads(ctx, double(x.size));
     host_scal(to_int(x.size, "scal"), alpha, x.data, to_int(x.stride, "scal"));
     return;
   }

@@ -1,6 +1,7 @@
 // Empirical NTK engines. All three fill the kernel tile by tile: a tile is the block of the
 // output for sample blocks I (rows) and J (columns); on the symmetric path only J >= I is
-// computed and the mirror image is written by a transpose.
+// computed and the mirror image is written by a transpose (within the diagonal tiles too), so the
+// symmetric kernel is exactly symmetric.
 #include "dynascope/ntk.hpp"
 
 #include <algorithm>
@@ -87,6 +88,28 @@ void mirror_tile(const Context& ctx, Outputs mode, index_t o, MatrixView<const T
   }
 }
 
+// A diagonal tile of the symmetric path (I == J) holds both entries of each pair (n, m), (m, n),
+// and BLAS may round the two differently (they sit in different places of its kernels: row tails,
+// thread partitions). Its upper triangle is kept and mirrored, as the off-diagonal tiles are, so
+// that the symmetric kernel is exactly symmetric whatever BLAS kernel ran. One pass over the
+// diagonal tiles only: nothing next to the GEMMs that fill them.
+template <class T>
+void symmetrize_tile(const Context& ctx, Outputs mode, index_t o, MatrixView<const T> tile, MatrixView<T> dst) {
+  const index_t r = tile.rows, c = tile.cols;
+  if (mode == Outputs::diagonal) {
+    // tile is [b, b*o]: (n, m*o + a) pairs with (m, n*o + a)
+    kern::parallel_for(ctx, r * c, [=] DYNASCOPE_HD(index_t idx) {
+      const index_t n = idx / c, rest = idx % c, m = rest / o, a = rest % o;
+      dst(n, rest) = m >= n ? tile(n, rest) : tile(m, n * o + a);
+    });
+  } else {
+    kern::parallel_for(ctx, r * c, [=] DYNASCOPE_HD(index_t idx) {
+      const index_t i = idx / c, j = idx % c;
+      dst(i, j) = j >= i ? tile(i, j) : tile(j, i);
+    });
+  }
+}
+
 // Tiles of the output over sample blocks, with the bookkeeping shared by the engines: a scratch
 // tile on the context's backend, copied (and mirrored) into the caller's output.
 template <class T>
@@ -99,8 +122,14 @@ struct TileWriter {
 
   void write(MatrixView<const T> tile, index_t r0, index_t c0, MatrixView<T> out) {
     const index_t rps = rows_per_sample(mode, o), cps = cols_per_sample(mode, o);
+    if (symmetric && r0 == c0) {
+      MatrixView<T> m = mirror.reserve(ctx, tile.rows, tile.cols);
+      symmetrize_tile<T>(ctx, mode, o, tile, m);
+      copy(ctx, MatrixView<const T>(m), out.block(r0 * rps, c0 * cps, tile.rows, tile.cols));
+      return;
+    }
     copy(ctx, tile, out.block(r0 * rps, c0 * cps, tile.rows, tile.cols));
-    if (!symmetric || r0 == c0) return;
+    if (!symmetric) return;
     const index_t b1 = tile.rows / rps, b2 = tile.cols / cps;
     MatrixView<T> m = mirror.reserve(ctx, b2 * rps, b1 * cps);
     mirror_tile<T>(ctx, mode, o, tile, m);

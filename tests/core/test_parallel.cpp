@@ -1,6 +1,8 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <vector>
 
 #include "kernels/launch.cuh"
@@ -48,6 +50,24 @@ TEST(ParallelFor, UsesTheRequestedNumberOfThreads) {
   for (auto& s : seen) count += s.load();
   EXPECT_LE(count, 2);
   EXPECT_GE(count, 1);
+}
+
+// reduce_sum's documented order: items added left to right within blocks of kReduceBlock, the block
+// sums added in block order. That one number comes back for every thread count (the OpenMP split
+// of the blocks changes with it, the arithmetic must not).
+TEST(ReduceSum, IsTheDocumentedBlockedSumForEveryThreadCount) {
+  const index_t n = 3 * kern::kReduceBlock + 17;
+  // Twelve decades of magnitudes and both signs: a different order gives a different sum.
+  const auto body = [](index_t i) { return std::ldexp(std::sin(double(i)), int(i % 41) - 20); };
+  double blocked = 0, sequential = 0;
+  for (index_t b0 = 0; b0 < n; b0 += kern::kReduceBlock) {
+    double s = 0;
+    for (index_t i = b0; i < std::min(n, b0 + kern::kReduceBlock); ++i) s += body(i);
+    blocked += s;
+  }
+  for (index_t i = 0; i < n; ++i) sequential += body(i);
+  ASSERT_NE(blocked, sequential) << "the data cannot tell summation orders apart";
+  for (int threads : {1, 2, 3}) EXPECT_EQ(kern::reduce_sum(Context::host(threads), n, body), blocked) << threads << " threads";
 }
 
 }  // namespace

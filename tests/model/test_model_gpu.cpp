@@ -110,7 +110,7 @@ TEST_F(ModelGpu, PerSampleInputAndTangentPathsMatchHost) {
 
 TEST_F(ModelGpu, MinibatchTrainingMatchesHost) {
   Context dev = cuda();
-  const data::Dataset ds = data::load_dataset("teacher", {100, 3});
+  const data::Dataset ds = data::load_dataset("teacher", {.samples = 100, .seed = 3});
   for (auto kind : {model::OptimizerKind::sgd, model::OptimizerKind::momentum}) {
     model::Mlp<double> nh{model::MlpSpec::from_arch("16-8-1", model::parse_activation("tanh")), {}};
     nh.params = model::init_params<double>(host, nh.spec, {});

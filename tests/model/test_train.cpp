@@ -1,9 +1,12 @@
-// Training reduces the loss on each built-in dataset; modular addition is memorised.
+// Training reduces the loss on each built-in dataset; modular addition is memorised. What is
+// bit-reproducible: a rerun with the same options and thread count, and losses for any thread count.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <vector>
 
 #include "dynascope/train.hpp"
+#include "model/model_test_util.hpp"
 
 namespace dynascope {
 namespace {
@@ -69,7 +72,7 @@ TEST(Train, ModularAdditionReachesFullTrainAccuracy) {
 
 TEST(Train, SgdStepsAreRecordedAndCheckpointed) {
   Context ctx = Context::host();
-  const data::Dataset ds = data::load_dataset("teacher", {64, 1});
+  const data::Dataset ds = data::load_dataset("teacher", {.samples = 64, .seed = 1});
   model::Mlp<double> net{model::MlpSpec::from_arch("16-8-1", model::parse_activation("tanh")), {}};
   net.params = model::init_params<double>(ctx, net.spec, {});
   model::TrainOptions<double> to;
@@ -87,7 +90,7 @@ TEST(Train, SgdStepsAreRecordedAndCheckpointed) {
 
 TEST(Train, DivergenceIsReportedNotThrown) {
   Context ctx = Context::host();
-  const data::Dataset ds = data::load_dataset("teacher", {64, 1});
+  const data::Dataset ds = data::load_dataset("teacher", {.samples = 64, .seed = 1});
   model::Mlp<double> net{model::MlpSpec::from_arch("16-32-1", model::parse_activation("relu")), {}};
   net.params = model::init_params<double>(ctx, net.spec, {model::Init::pytorch, 30.0, 1});
   model::TrainOptions<double> to;
@@ -109,6 +112,56 @@ TEST(Train, MismatchedDatasetAndNetworkAreClearErrors) {
   model::TrainOptions<float> to;
   to.loss = model::Loss::xent;
   EXPECT_THROW(model::train<float>(ctx, reg, data::load_dataset("teacher"), to), InvalidArgument);
+}
+
+// The same options, data and thread count give the same bits: Philox minibatches, static OpenMP
+// schedules, OpenBLAS's fixed partitions of each product and ordered reductions leave nothing to
+// chance. (Other thread counts or BLAS kernels agree only to rounding.)
+TEST(Train, ARerunReproducesEveryBit) {
+  const data::Dataset ds = data::load_dataset("spirals", {.samples = 256, .seed = 2});
+  std::vector<std::vector<float>> params;
+  std::vector<double> losses;
+  for (int run = 0; run < 2; ++run) {
+    Context ctx = Context::host(2);
+    model::Mlp<float> net{model::MlpSpec::from_arch("2-64-64-2", model::parse_activation("tanh")), {}};
+    net.params = model::init_params<float>(ctx, net.spec, {model::Init::pytorch, 1.0, 3});
+    model::TrainOptions<float> to;
+    to.loss = model::Loss::xent;
+    to.optimizer.kind = model::OptimizerKind::adam;
+    to.steps = 25;
+    to.batch = 64;
+    to.seed = 5;
+    losses.push_back(model::train<float>(ctx, net, ds, to).final_loss);
+    params.emplace_back(net.params.data(), net.params.data() + net.params.size());
+  }
+  EXPECT_EQ(losses[0], losses[1]);
+  EXPECT_EQ(params[0], params[1]);
+}
+
+// A loss is one per-sample kernel and the ordered blocked sum of reduce_sum: value, accuracy and
+// gradient are the same bits for every thread count (several reduction blocks here).
+TEST(Loss, ValueAccuracyAndGradientDoNotDependOnThreadCount) {
+  const index_t n = 3 * 4096 + 5, o = 7;
+  const auto f = test::random_vector(std::size_t(n * o), 31, 3.0), y = test::random_vector(std::size_t(n * o), 32);
+  std::vector<std::int64_t> labels(static_cast<std::size_t>(n));
+  for (index_t i = 0; i < n; ++i) labels[std::size_t(i)] = (i * 5 + i / 7) % o;
+  for (model::Loss loss : {model::Loss::mse, model::Loss::xent}) {
+    model::Targets<double> t;
+    if (loss == model::Loss::xent) t.labels = {labels.data(), n, 1};
+    else t.values = {y.data(), n, o, o};
+    std::vector<model::LossValue> values;
+    std::vector<std::vector<double>> grads;
+    for (int threads : {1, 2, 3}) {
+      grads.emplace_back(std::size_t(n * o));
+      values.push_back(model::loss_and_grad<double>(Context::host(threads), loss, {f.data(), n, o, o}, t,
+                                                    {grads.back().data(), n, o, o}));
+    }
+    for (std::size_t k = 1; k < values.size(); ++k) {
+      EXPECT_EQ(values[k].loss, values[0].loss) << model::to_string(loss);
+      EXPECT_EQ(values[k].accuracy, values[0].accuracy) << model::to_string(loss);
+      EXPECT_EQ(grads[k], grads[0]) << model::to_string(loss);
+    }
+  }
 }
 
 }  // namespace
