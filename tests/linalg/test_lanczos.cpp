@@ -134,6 +134,7 @@ TEST(Lanczos, KCloseToNAndTheDensePathAgree) {
   o.subspace = n - 4;
   const auto r = linalg::eigsh<double>(op, o);
   check_result(r, a, n, sorted_wanted(l, Which::largest, o.k), o.tol, "k close to n");
+  EXPECT_TRUE(r.multiplicity_checked);  // the 8-dimensional complement, solved exactly
   o.method = EigenMethod::dense;
   const auto d = linalg::eigsh<double>(op, o);
   EXPECT_EQ(d.method, "dense");

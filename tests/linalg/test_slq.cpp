@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string>
+#include <vector>
 
 #include "dynascope/spectra.hpp"
 #include "linalg/spectra_test_util.hpp"
@@ -103,6 +105,93 @@ TEST(Trace, HutchinsonAndHutchPlusPlusEstimateTheExactTrace) {
   EXPECT_NEAR(hp.trace, fx.tr, 0.5 * std::sqrt(fx.var1 / 30.0));
   EXPECT_EQ(hp.matvecs, 30);
   EXPECT_THROW(linalg::hutchpp<double>(op, 10, 3), InvalidArgument);
+  // The probe-count entry point: 20 probes are 10 sketch vectors and 10 residual probes, the same
+  // estimator as the 30-matvec budget above (same seed, same draws).
+  const auto pp = linalg::hutchpp_probes<double>(op, 20, 3);
+  EXPECT_EQ(pp.matvecs, 30);
+  EXPECT_DOUBLE_EQ(pp.trace, hp.trace);
+  EXPECT_DOUBLE_EQ(pp.std_error, hp.std_error);
+  // Odd counts give the extra vector to the sketch: 21 probes = 11 + 10, 2 * 11 + 10 matvecs.
+  EXPECT_EQ(linalg::hutchpp_probes<double>(op, 21, 3).matvecs, 32);
+  EXPECT_THROW(linalg::hutchpp_probes<double>(op, 1, 3), InvalidArgument);
+  EXPECT_THROW(linalg::hutchinson<double>(op, 0, 3), InvalidArgument);
+}
+
+TEST(Trace, StandardErrorsAreNaNFromOneSampleAndZeroWhenExact) {
+  const Fixture fx;
+  Context ctx = Context::host();
+  linalg::DenseOperator<double> op(ctx, {fx.a.data(), fx.n, fx.n, fx.n});
+  EXPECT_TRUE(std::isnan(linalg::hutchinson<double>(op, 1, 3).std_error));
+  EXPECT_TRUE(std::isnan(linalg::hutchpp_probes<double>(op, 2, 3).std_error));  // one residual probe
+  // A sketch as wide as the space makes Hutch++ exact: no probes are spent and the error is 0.
+  const index_t n = 12;
+  std::vector<double> l(static_cast<std::size_t>(n));
+  double tr = 0;
+  for (index_t i = 0; i < n; ++i) tr += l[std::size_t(i)] = std::cos(double(i)) * 4;
+  const auto a = test::with_spectrum(l, 2);
+  linalg::DenseOperator<double> small(ctx, {a.data(), n, n, n});
+  const auto t = linalg::hutchpp_probes<double>(small, 30, 1);
+  EXPECT_NEAR(t.trace, tr, 1e-12 * 4 * double(n));
+  EXPECT_EQ(t.std_error, 0.0);
+  EXPECT_EQ(t.matvecs, 2 * n);
+}
+
+// Over many seeds, the reported standard errors must match the spread of the estimates: the
+// empirical variance of R estimates against the mean reported variance (std_error^2), within
+// five standard errors of their difference, each standard error estimated from the same R
+// samples (the sample variance's from the fourth central moment). Fixed seeds: deterministic.
+void expect_calibrated(const std::vector<double>& est, const std::vector<double>& se, double exact, const std::string& what) {
+  const double r = double(est.size());
+  double mean = 0, mean_se2 = 0;
+  for (std::size_t i = 0; i < est.size(); ++i) {
+    mean += est[i] / r;
+    mean_se2 += se[i] * se[i] / r;
+  }
+  double m2 = 0, m4 = 0, v_se2 = 0;
+  for (std::size_t i = 0; i < est.size(); ++i) {
+    const double d = est[i] - mean;
+    m2 += d * d / r;
+    m4 += d * d * d * d / r;
+    v_se2 += (se[i] * se[i] - mean_se2) * (se[i] * se[i] - mean_se2) / r;
+  }
+  const double var = m2 * r / (r - 1);
+  const double se_var = std::sqrt(std::max(0.0, m4 - m2 * m2 * (r - 3) / (r - 1)) / r);
+  const double se_mean_se2 = std::sqrt(v_se2 / r);
+  const double band = 5 * std::sqrt(se_var * se_var + se_mean_se2 * se_mean_se2);
+  EXPECT_NEAR(var, mean_se2, band) << what;
+  // The band is narrow enough to mean something: it would catch a factor 1.2 in std_error (1.44
+  // in its square).
+  EXPECT_LT(band, 0.3 * mean_se2) << what;
+  // And the estimator is unbiased: the mean of R estimates is within five of its standard errors.
+  EXPECT_NEAR(mean, exact, 5 * std::sqrt(var / r)) << what;
+}
+
+TEST(Trace, StandardErrorsMatchTheSpreadOverSeeds) {
+  const Fixture fx;
+  Context ctx = Context::host();
+  linalg::DenseOperator<double> op(ctx, {fx.a.data(), fx.n, fx.n, fx.n});
+  const index_t reps = 1500;
+  std::vector<double> est, se, est_h, se_h;
+  for (index_t s = 0; s < reps; ++s) {
+    const auto t = linalg::hutchpp_probes<double>(op, 16, 1000 + std::uint64_t(s));
+    est.push_back(t.trace);
+    se.push_back(t.std_error);
+    const auto h = linalg::hutchinson<double>(op, 8, 1000 + std::uint64_t(s));
+    est_h.push_back(h.trace);
+    se_h.push_back(h.std_error);
+  }
+  expect_calibrated(est, se, fx.tr, "hutch++ 16 probes");
+  expect_calibrated(est_h, se_h, fx.tr, "hutchinson 8 probes");
+  // Hutchinson's variance is also known in closed form: Var(z^T A z) / probes; the mean of the
+  // reported squares must match it within five of its own standard errors.
+  double mean_se2 = 0, var_se2 = 0;
+  for (double v : se_h) mean_se2 += v * v / double(reps);
+  for (double v : se_h) var_se2 += (v * v - mean_se2) * (v * v - mean_se2) / double(reps - 1);
+  EXPECT_NEAR(mean_se2, fx.var1 / 8.0, 5 * std::sqrt(var_se2 / double(reps)));
+  // Hutch++ deflates the five outliers: its error is well below Hutchinson's with the same probes.
+  double mean_se2_pp = 0;
+  for (double v : se) mean_se2_pp += v * v / double(reps);
+  EXPECT_LT(mean_se2_pp, 0.5 * fx.var1 / 16.0);
 }
 
 TEST(Trace, PowerIterationFindsTheDominantEigenvalue) {
