@@ -1,5 +1,5 @@
 #pragma once
-// File formats of the CLI contract (IO.md): .npy arrays, safetensors weights, IDX (MNIST) data.
+// File formats of the CLI contract (docs/cli.md): .npy arrays, safetensors weights, IDX (MNIST) data.
 // Readers are hardened against malformed files: every problem (truncation, a header that lies
 // about sizes or offsets, overlapping or out-of-range tensors, absurd header lengths, unsupported
 // dtypes) throws FileFormatError naming the file and the problem, before any allocation larger
@@ -70,13 +70,20 @@ class DYNASCOPE_API MappedNpy {
 struct NamedTensor {
   std::string name;
   Tensor tensor;
+  // The dtype as the file stores it ("F32", "F16", "BF16", ...): F16 and BF16 tensors are widened
+  // to f32 on reading, exactly (every half and bfloat16 value, subnormals, infinities and NaN
+  // included, is a float). Empty for tensors built in memory; the writer ignores it.
+  std::string stored_dtype{};
 };
 struct Safetensors {
   std::map<std::string, std::string> metadata;  // the "__metadata__" object (string values)
   std::vector<NamedTensor> tensors;             // in the order of their data offsets
   DYNASCOPE_API const Tensor* find(const std::string& name) const;
 };
-// Accepted dtypes: F32, F64, I32, I64, U8 (others are rejected with a clear error).
+// Accepted dtypes: F32, F64, F16 and BF16 (both read as F32), I32, I64, U8; others are rejected
+// with a clear error. A PyTorch torch.save file (a zip archive or a pickle) or a .npy array given
+// instead is recognised and named, with how to save safetensors instead. The writer writes
+// F32, F64, I32, I64 and U8.
 DYNASCOPE_API Safetensors read_safetensors(const std::string& path);
 DYNASCOPE_API void write_safetensors(const std::string& path, const Safetensors& file);
 
@@ -90,6 +97,16 @@ DYNASCOPE_API Tensor read_array(const std::string& path);
 // Atomically replaces `path` with `contents` (temporary file + rename).
 DYNASCOPE_API void write_file_atomic(const std::string& path, const void* data, std::size_t bytes);
 DYNASCOPE_API void write_text_atomic(const std::string& path, const std::string& text);
+// Atomic writes and MappedNpy refuse to replace a file whose mode has no write bit (IoError).
+
+// Checks, before any work, that `path` could be written: its folder exists and takes new files,
+// and it is not a folder or a read-only file. Throws IoError saying which.
+DYNASCOPE_API void check_writable(const std::string& path);
+
+// Removes every temporary file an atomic write or a MappedNpy has open right now. Async-signal-
+// safe: a program's SIGINT/SIGTERM handler calls it before exiting, so an interrupted run leaves
+// no hidden `.NAME.tmp*` files behind.
+DYNASCOPE_API void remove_temporary_files() noexcept;
 
 // ---- inline template definitions ----
 template <class T>

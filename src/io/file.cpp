@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <bit>
 #include <cerrno>
@@ -166,15 +167,53 @@ std::string printable(std::string_view text, std::size_t max_chars) {
 
 namespace {
 
+// Temporary files that exist right now, so that a signal handler can remove them. Fixed slots and
+// no allocation: remove_temporary_files() only reads atomics and calls unlink(), both
+// async-signal-safe. A path too long for a slot is simply not tracked (it is still removed on
+// every ordinary exit path).
+constexpr int kTempSlots = 64;
+constexpr std::size_t kTempPathMax = 4096;
+struct TempSlot {
+  std::atomic<int> state{0};  // 0 free, 1 being filled, 2 live
+  char path[kTempPathMax];
+};
+std::array<TempSlot, kTempSlots> g_temp_slots;
+
+void track_temp(const std::string& path) noexcept {
+  if (path.size() >= kTempPathMax) return;
+  for (TempSlot& s : g_temp_slots) {
+    int expected = 0;
+    if (!s.state.compare_exchange_strong(expected, 1)) continue;
+    std::memcpy(s.path, path.c_str(), path.size() + 1);
+    s.state.store(2);
+    return;
+  }
+}
+
+void untrack_temp(const std::string& path) noexcept {
+  for (TempSlot& s : g_temp_slots) {
+    if (s.state.load() != 2 || std::strcmp(s.path, path.c_str()) != 0) continue;
+    int expected = 2;
+    if (s.state.compare_exchange_strong(expected, 1)) {
+      s.path[0] = '\0';
+      s.state.store(0);
+    }
+    return;
+  }
+}
+
 // Removes the temporary file unless released (after a successful rename).
 class TempFile {
  public:
-  TempFile(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+  TempFile(std::string path, int fd) : path_(std::move(path)), fd_(fd) { track_temp(path_); }
   TempFile(const TempFile&) = delete;
   TempFile& operator=(const TempFile&) = delete;
   ~TempFile() {
     if (fd_ >= 0) ::close(fd_);
-    if (!released_) ::unlink(path_.c_str());
+    if (!released_) {
+      ::unlink(path_.c_str());
+      untrack_temp(path_);
+    }
   }
   int fd() const noexcept { return fd_; }
   const std::string& path() const noexcept { return path_; }
@@ -184,7 +223,11 @@ class TempFile {
     fd_ = -1;
     return rc == 0 ? 0 : errno;
   }
-  void release() noexcept { released_ = true; }
+  // The file is no longer ours to remove (renamed into place, or handed on with keep_tracked).
+  void release(bool keep_tracked = false) noexcept {
+    released_ = true;
+    if (!keep_tracked) untrack_temp(path_);
+  }
 
  private:
   std::string path_;
@@ -224,8 +267,20 @@ void write_all(int fd, const std::byte* data, std::size_t n, const std::string& 
 
 }  // namespace
 
+void refuse_read_only_target(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return;  // does not exist yet
+  if (S_ISDIR(st.st_mode)) throw IoError("cannot write '" + path + "': it is a directory");
+  // Checked by mode bits, not access(): root may write anything, but a file its owner made
+  // read-only is one the user meant to keep.
+  if ((st.st_mode & (S_IWUSR | S_IWGRP | S_IWOTH)) == 0)
+    throw IoError("cannot write '" + path + "': the file exists and is read-only (it is not replaced; remove it or "
+                  "choose another name)");
+}
+
 void write_pieces_atomic(const std::string& path, std::span<const std::span<const std::byte>> pieces) {
   if (path.empty()) throw InvalidArgument("write_file_atomic: empty path");
+  refuse_read_only_target(path);
   TempFile tmp = create_temp_next_to(path);
   for (const auto& piece : pieces) write_all(tmp.fd(), piece.data(), piece.size(), path);
   // Data reaches the disk before the rename makes it visible, so a crash never exposes a
@@ -239,11 +294,32 @@ void write_pieces_atomic(const std::string& path, std::span<const std::span<cons
 }
 
 // Reserves a temporary name next to `path` (the file is created by create_temp_next_to and kept).
+// It stays tracked for remove_temporary_files() until the caller calls forget_temp().
 std::string reserve_temp_next_to(const std::string& path) {
+  refuse_read_only_target(path);
   TempFile tmp = create_temp_next_to(path);
   if (tmp.close() != 0) throw IoError("cannot write '" + path + "': " + os_error(errno));
-  tmp.release();
+  tmp.release(/*keep_tracked=*/true);
   return tmp.path();
+}
+
+void forget_temp(const std::string& temp_path) noexcept { untrack_temp(temp_path); }
+
+void check_writable(const std::string& path) {
+  namespace fs = std::filesystem;
+  if (path.empty()) throw IoError("empty output path");
+  refuse_read_only_target(path);
+  const fs::path parent = fs::path(path).parent_path();
+  if (!parent.empty()) {
+    std::error_code ec;
+    const auto st = fs::status(parent, ec);
+    if (!fs::exists(st))
+      throw IoError("cannot write '" + path + "': the folder '" + parent.string() + "' does not exist");
+    if (!fs::is_directory(st))
+      throw IoError("cannot write '" + path + "': '" + parent.string() + "' is not a folder");
+  }
+  // The temporary file a write would create proves the folder takes new files.
+  TempFile probe = create_temp_next_to(path);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -282,6 +358,7 @@ MappedNpy::MappedNpy(const std::string& path, DType dtype, Shape shape) : path_(
     const std::string msg = "cannot write '" + path + "': " + what + ": " + detail::os_error(errno);
     if (fd >= 0) ::close(fd);
     ::unlink(tmp_.c_str());
+    detail::forget_temp(tmp_);
     throw IoError(msg);
   };
   if (fd < 0) fail("cannot open the temporary file");
@@ -299,7 +376,10 @@ MappedNpy::MappedNpy(const std::string& path, DType dtype, Shape shape) : path_(
 
 MappedNpy::~MappedNpy() {
   if (map_) ::munmap(map_, map_bytes_);
-  if (!committed_) ::unlink(tmp_.c_str());
+  if (!committed_) {
+    ::unlink(tmp_.c_str());
+    detail::forget_temp(tmp_);
+  }
 }
 
 void MappedNpy::commit() {
@@ -310,6 +390,7 @@ void MappedNpy::commit() {
   data_ = nullptr;
   if (::rename(tmp_.c_str(), path_.c_str()) != 0)
     throw IoError("cannot write '" + path_ + "': cannot rename the temporary file into place: " + detail::os_error(errno));
+  detail::forget_temp(tmp_);
   committed_ = true;
 }
 
@@ -331,6 +412,13 @@ void write_file_atomic(const std::string& path, const void* data, std::size_t by
 void write_text_atomic(const std::string& path, const std::string& text) {
   const std::span<const std::byte> piece = detail::as_bytes(text);
   detail::write_pieces_atomic(path, {&piece, 1});
+}
+
+void check_writable(const std::string& path) { detail::check_writable(path); }
+
+void remove_temporary_files() noexcept {
+  for (auto& s : detail::g_temp_slots)
+    if (s.state.load() == 2) ::unlink(s.path);
 }
 
 // ---------------------------------------------------------------------------------------------

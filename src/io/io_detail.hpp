@@ -78,6 +78,11 @@ Safetensors parse_safetensors(const ByteSource& src);
 Tensor parse_idx(const ByteSource& src);  // plain or gzip-compressed
 Tensor parse_array(const ByteSource& src);
 
+// Exact widening of IEEE half (binary16) and bfloat16 bit patterns to float: every value,
+// subnormals, signed zeros, infinities and NaN (payload kept) included.
+float f16_to_f32(std::uint16_t bits) noexcept;
+float bf16_to_f32(std::uint16_t bits) noexcept;
+
 // ---- encoders used by the writers (and by the fuzzers' round trips) ----
 // The complete .npy header (magic, version, length, dict, padding); the data follows it.
 std::string npy_header(const Tensor& tensor);
@@ -102,6 +107,9 @@ std::string printable(std::string_view text, std::size_t max_chars = 64);
 
 // Writes the pieces, in order, to a temporary file next to `path` and renames it into place.
 void write_pieces_atomic(const std::string& path, std::span<const std::span<const std::byte>> pieces);
+std::string reserve_temp_next_to(const std::string& path);
+void forget_temp(const std::string& temp_path) noexcept;
+void check_writable(const std::string& path);
 
 inline std::span<const std::byte> as_bytes(std::string_view s) {
   return {reinterpret_cast<const std::byte*>(s.data()), s.size()};
