@@ -25,13 +25,24 @@ struct Dataset {
   std::vector<double> y;             // regression targets [n, outputs]
   std::vector<std::int64_t> labels;  // classification labels [n], in [0, outputs)
 
+  // Where the samples came from, for messages that point at a file and row: the files (empty for
+  // generated data), the targets as stored (e.g. "float32 [100, 3]"), and the row in the source of
+  // each sample (empty: sample i is row i; subsets and splits keep track).
+  std::string inputs_file, targets_file, targets_stored;
+  std::vector<index_t> source_rows;
+
   bool targets_present() const { return !labels.empty() || !y.empty(); }
+  index_t source_row(index_t i) const { return source_rows.empty() ? i : source_rows[std::size_t(i)]; }
   // The samples at `rows`, in that order.
   DYNASCOPE_API Dataset subset(const std::vector<index_t>& rows) const;
 };
 
 struct DatasetOptions {
-  index_t samples = 0;      // 0: the dataset's default size (all of it for real data)
+  // 0: the dataset's default size (generators) or all of it (real data; modadd is always all p^2
+  // pairs). More than real data holds, or another count than modadd's p^2, is an InvalidArgument
+  // naming both counts, unless samples_at_most: then samples is a cap (a caller's default size).
+  index_t samples = 0;
+  bool samples_at_most = false;
   std::uint64_t seed = 0;
   double noise = -1;        // < 0: the dataset's default
   index_t dim = 0;          // input dimension of generators (0: default)
@@ -55,7 +66,8 @@ DYNASCOPE_API std::vector<DatasetInfo> list_datasets();
 DYNASCOPE_API Dataset load_dataset(const std::string& name, const DatasetOptions& options = {});
 
 // A dataset from files: inputs [N, D...] (.npy or IDX; trailing dimensions are flattened, u8
-// images scaled to [0, 1] when `scale_u8`), targets [N] integer labels (classification) or
+// images scaled to [0, 1] when `scale_u8`), targets [N] integer labels (classification; outputs =
+// largest label + 1; a negative label is an InvalidArgument naming the file, row and value) or
 // [N] / [N, O] floats (regression).
 DYNASCOPE_API Dataset dataset_from_files(const std::string& inputs, const std::string& targets,
                                          bool scale_u8 = true);

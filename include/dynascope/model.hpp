@@ -77,23 +77,51 @@ struct InitOptions {
 template <class T>
 DYNASCOPE_API Array<T> init_params(const Context& ctx, const MlpSpec& spec, const InitOptions& options = {});
 
-// A network: its spec and flat parameters on some backend.
+// Where load_mlp took a property of the network from: the file's metadata, the LoadOptions (on
+// the command line: a flag), or a default.
+enum class Origin { metadata, option, default_value };
+DYNASCOPE_API const char* to_string(Origin origin) noexcept;  // "metadata", "option", "default"
+
+// How load_mlp read a file: what it took from where, so that results can say so.
+struct LoadInfo {
+  std::string path;                                 // empty: the network was not loaded from a file
+  Origin activation = Origin::default_value;        // default_value only when there is no hidden layer
+  Origin parameterization = Origin::default_value;  // default: standard (torch.nn.Linear's)
+  std::vector<std::string> layers;                  // each layer's tensor-name prefix, in network order
+  bool layers_given = false;                        // order from LoadOptions::layers (else from the names' numbers)
+  std::string stored_dtype;                         // the weights' dtype in the file: "F32", "BF16", ... ("F16, F32" when mixed)
+};
+
+// A network: its spec and flat parameters on some backend, and how it was loaded.
 template <class T>
 struct Mlp {
   MlpSpec spec;
   Array<T> params;
+  LoadInfo source{};  // filled by load_mlp; empty path for a network built in memory
 };
 
-// safetensors I/O (IO.md): layers.{i}.weight / layers.{i}.bias, or any <prefix>.weight /
-// <prefix>.bias pairs ordered by the natural sort of the prefix (a torch nn.Sequential state
-// dict loads as is). Metadata "activation" and "parameterization" fill the spec unless
-// overridden (empty string = take the file's, default relu / standard).
+// safetensors I/O. A layer is a pair <prefix>.weight [out, in] / <prefix>.bias [out] (the bias is
+// optional; F32, F64, F16 or BF16, converted to T; NaN or infinity is rejected naming the tensor).
+// The layer order comes from the names when they differ only in their numbers: layers.{i}.*
+// (our checkpoints), a torch nn.Sequential state dict (0.weight, 2.weight, ...), net.0.*, fc1.*,
+// fc2.*, ... are ordered by those numbers. Any other names (fc_in, block, head) need the order
+// in LoadOptions::layers; without it load_mlp throws InvalidArgument listing the prefixes. Each
+// layer's inputs must be the previous layer's outputs. A tensor that is not part of a dense
+// layer (running_mean, a 1-D or 4-D weight, one not in LoadOptions::layers) is rejected as
+// unexpected. Metadata "activation" ("tanh", or one per hidden layer: "relu,tanh") and
+// "parameterization" fill the spec unless LoadOptions override them. A file with hidden layers
+// and no activation anywhere (every plain PyTorch state dict: it records tensors, not the
+// activation modules) is an InvalidArgument naming `activation`; the parameterization defaults to
+// standard, PyTorch's convention. A torch.save file given instead is named as such.
 struct LoadOptions {
-  std::string activation;        // overrides the file's metadata when set
-  std::string parameterization;  // overrides the file's metadata when set
+  std::string activation;           // overrides the file's metadata when set
+  std::string parameterization;     // overrides the file's metadata when set
+  std::vector<std::string> layers{};  // the layers' prefixes in network order (needed for unnumbered names)
 };
 template <class T>
 DYNASCOPE_API Mlp<T> load_mlp(const Context& ctx, const std::string& path, const LoadOptions& options = {});
+// Writes layers.{i}.weight / layers.{i}.bias in the parameters' dtype, with the activation(s),
+// parameterization (and bias_scale when not 1) in the metadata, so that load_mlp needs no options.
 template <class T>
 DYNASCOPE_API void save_mlp(const Context& ctx, const std::string& path, const MlpSpec& spec, const Array<T>& params,
                             const std::map<std::string, std::string>& extra_metadata = {});

@@ -120,9 +120,10 @@ Dataset modular_addition(const DatasetOptions& o) {
   ds.task = Task::classification;
   const index_t p = pick(o.modulus, index_t{23});
   if (p < 2 || p > 1000) throw InvalidArgument("dataset modadd: modulus must be in [2, 1000]");
-  if (o.samples > 0 && o.samples != p * p)
-    throw InvalidArgument("dataset modadd: has exactly p^2 = " + std::to_string(p * p) +
-                          " samples; choose the training fraction with the split instead");
+  if (o.samples > 0 && o.samples != p * p && !o.samples_at_most)
+    throw InvalidArgument("dataset 'modadd' has exactly p^2 = " + std::to_string(p * p) + " samples (all pairs mod " +
+                          std::to_string(p) + "), " + std::to_string(o.samples) +
+                          " were asked for; hold some out with the test split instead");
   ds.n = p * p;
   ds.d = 2 * p;
   ds.outputs = p;
@@ -138,7 +139,13 @@ Dataset modular_addition(const DatasetOptions& o) {
   return ds;
 }
 
-Dataset first_samples(Dataset ds, index_t samples) {
+// The first `samples` rows of real data; asking for more than it holds is an error unless the
+// count is only a cap.
+Dataset first_samples(Dataset ds, const DatasetOptions& o) {
+  const index_t samples = o.samples;
+  if (samples > ds.n && !o.samples_at_most)
+    throw InvalidArgument("dataset '" + ds.name + "' holds " + std::to_string(ds.n) + " samples, " +
+                          std::to_string(samples) + " were asked for (0 takes all of them)");
   if (samples <= 0 || samples >= ds.n) return ds;
   std::vector<index_t> rows(static_cast<std::size_t>(samples));
   std::iota(rows.begin(), rows.end(), index_t{0});
@@ -152,7 +159,7 @@ Dataset fashion_mnist(const DatasetOptions& o) {
     throw IoError(images + " not found: install Debian's dataset-fashion-mnist package (apt-get install dataset-fashion-mnist)");
   Dataset ds = dataset_from_files(images, labels, true);
   ds.name = "fashion-mnist";
-  return first_samples(std::move(ds), o.samples);
+  return first_samples(std::move(ds), o);
 }
 
 Dataset digits(const DatasetOptions& o) {
@@ -195,7 +202,7 @@ Dataset digits(const DatasetOptions& o) {
     ds.labels.push_back(static_cast<std::int64_t>(row[64]));
     ++ds.n;
   }
-  return first_samples(std::move(ds), o.samples);
+  return first_samples(std::move(ds), o);
 }
 
 }  // namespace
@@ -208,10 +215,15 @@ Dataset Dataset::subset(const std::vector<index_t>& rows) const {
   s.task = task;
   s.d = d;
   s.outputs = outputs;
+  s.inputs_file = inputs_file;
+  s.targets_file = targets_file;
+  s.targets_stored = targets_stored;
   s.n = static_cast<index_t>(rows.size());
   s.x.reserve(static_cast<std::size_t>(s.n * d));
+  s.source_rows.reserve(rows.size());
   for (index_t r : rows) {
     if (r < 0 || r >= n) throw InvalidArgument("Dataset::subset: row " + std::to_string(r) + " out of range");
+    s.source_rows.push_back(source_row(r));
     s.x.insert(s.x.end(), x.begin() + r * d, x.begin() + (r + 1) * d);
     if (!labels.empty()) s.labels.push_back(labels[std::size_t(r)]);
     if (!y.empty()) s.y.insert(s.y.end(), y.begin() + r * outputs, y.begin() + (r + 1) * outputs);
@@ -271,6 +283,7 @@ Dataset inputs_from_file(const std::string& inputs, bool scale_u8) {
   if (t.shape.size() < 2) throw ShapeMismatch(inputs + ": inputs must have shape [N, D...], got " + shape_string(t.shape));
   Dataset ds;
   ds.name = inputs;
+  ds.inputs_file = inputs;
   ds.n = t.shape[0];
   ds.d = ds.n > 0 ? t.numel() / ds.n : 0;
   if (ds.n == 0 || ds.d == 0) throw ShapeMismatch(inputs + ": inputs are empty " + shape_string(t.shape));
@@ -288,14 +301,20 @@ Dataset dataset_from_files(const std::string& inputs, const std::string& targets
   if (t.shape.empty() || t.shape[0] != ds.n)
     throw ShapeMismatch(targets + ": targets must have " + std::to_string(ds.n) + " rows like " + inputs + ", got shape " +
                         shape_string(t.shape));
+  ds.targets_file = targets;
+  ds.targets_stored = std::string(to_string(t.dtype)) + " " + shape_string(t.shape);
   const bool integer = t.dtype == DType::i32 || t.dtype == DType::i64 || t.dtype == DType::u8;
   if (integer) {
-    if (t.shape.size() != 1) throw ShapeMismatch(targets + ": integer class labels must have shape [N], got " + shape_string(t.shape));
+    if (t.shape.size() != 1)
+      throw ShapeMismatch(targets + ": integer class labels must have shape [N] (one label per row), got " +
+                          ds.targets_stored + (t.shape.size() == 2 ? "; for float targets [N, O] save floats" : ""));
     ds.task = Task::classification;
     ds.labels = t.to_vector<std::int64_t>();
     std::int64_t mx = 0;
     for (std::size_t i = 0; i < ds.labels.size(); ++i) {
-      if (ds.labels[i] < 0) throw InvalidArgument(targets + ": negative class label at row " + std::to_string(i));
+      if (ds.labels[i] < 0)
+        throw InvalidArgument(targets + ": class label " + std::to_string(ds.labels[i]) + " at row " + std::to_string(i) +
+                              " is negative (labels are 0, 1, ..., classes - 1)");
       mx = std::max(mx, ds.labels[i]);
     }
     ds.outputs = mx + 1;

@@ -4,6 +4,10 @@
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
+#include <functional>
+#include <limits>
+#include <optional>
+#include <set>
 #include <sstream>
 
 #include "dynascope/error.hpp"
@@ -191,103 +195,378 @@ Array<T> init_params(const Context& ctx, const MlpSpec& spec, const InitOptions&
   return p;
 }
 
+const char* to_string(Origin origin) noexcept {
+  switch (origin) {
+    case Origin::metadata: return "metadata";
+    case Origin::option: return "option";
+    case Origin::default_value: return "default";
+  }
+  return "unknown";
+}
+
 namespace {
 
-// Natural order: digit runs compare as numbers ("2" < "10"), the rest as text.
-bool natural_less(const std::string& a, const std::string& b) {
-  std::size_t i = 0, j = 0;
-  while (i < a.size() && j < b.size()) {
-    if (std::isdigit(static_cast<unsigned char>(a[i])) && std::isdigit(static_cast<unsigned char>(b[j]))) {
-      std::size_t i2 = i, j2 = j;
-      while (i2 < a.size() && std::isdigit(static_cast<unsigned char>(a[i2]))) ++i2;
-      while (j2 < b.size() && std::isdigit(static_cast<unsigned char>(b[j2]))) ++j2;
-      std::string na = a.substr(i, i2 - i), nb = b.substr(j, j2 - j);
-      na.erase(0, std::min(na.find_first_not_of('0'), na.size()));
-      nb.erase(0, std::min(nb.find_first_not_of('0'), nb.size()));
-      if (na.size() != nb.size()) return na.size() < nb.size();
-      if (na != nb) return na < nb;
-      i = i2;
-      j = j2;
+// ---- layer names ----
+
+// A layer prefix cut into runs of digits and of other characters: "model.layers.12" is
+// ("model.layers.", 12). Prefixes that have the same text runs and differ only in their numbers
+// are ordered by those numbers, the order nn.Sequential and ModuleList register modules in.
+struct NameKey {
+  std::vector<std::string> text;     // the non-digit runs, in order
+  std::vector<std::string> numbers;  // the digit runs without leading zeros
+  std::string shape;                 // 't' or 'n' per run: where the numbers stand
+};
+
+NameKey name_key(const std::string& prefix) {
+  NameKey k;
+  std::size_t i = 0;
+  while (i < prefix.size()) {
+    const bool digit = std::isdigit(static_cast<unsigned char>(prefix[i])) != 0;
+    std::size_t j = i;
+    while (j < prefix.size() && (std::isdigit(static_cast<unsigned char>(prefix[j])) != 0) == digit) ++j;
+    std::string run = prefix.substr(i, j - i);
+    if (digit) {
+      run.erase(0, std::min(run.find_first_not_of('0'), run.size() - 1));
+      k.numbers.push_back(run);
     } else {
-      if (a[i] != b[j]) return a[i] < b[j];
-      ++i;
-      ++j;
+      k.text.push_back(run);
     }
+    k.shape += digit ? 'n' : 't';
+    i = j;
   }
-  return a.size() - i < b.size() - j;
+  return k;
 }
+
+// Numbers as digit strings without leading zeros: shorter is smaller, then by text.
+int compare_numbers(const std::vector<std::string>& a, const std::vector<std::string>& b) {
+  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    if (a[i].size() != b[i].size()) return a[i].size() < b[i].size() ? -1 : 1;
+    if (const int c = a[i].compare(b[i]); c != 0) return c < 0 ? -1 : 1;
+  }
+  return 0;
+}
+
+// The prefixes in network order when their names alone fix it, else nothing.
+std::optional<std::vector<std::string>> numbered_order(std::vector<std::string> prefixes) {
+  if (prefixes.size() <= 1) return prefixes;
+  const NameKey first = name_key(prefixes.front());
+  if (first.numbers.empty()) return std::nullopt;
+  std::vector<std::pair<NameKey, std::string>> keyed;
+  for (const std::string& p : prefixes) {
+    NameKey k = name_key(p);
+    if (k.shape != first.shape || k.text != first.text) return std::nullopt;
+    keyed.emplace_back(std::move(k), p);
+  }
+  std::sort(keyed.begin(), keyed.end(),
+            [](const auto& a, const auto& b) { return compare_numbers(a.first.numbers, b.first.numbers) < 0; });
+  for (std::size_t i = 1; i < keyed.size(); ++i)  // "1" and "01": the names do not fix the order
+    if (compare_numbers(keyed[i - 1].first.numbers, keyed[i].first.numbers) == 0) return std::nullopt;
+  std::vector<std::string> out;
+  for (auto& [k, p] : keyed) out.push_back(std::move(p));
+  return out;
+}
+
+std::string quoted_list(const std::vector<std::string>& names, std::size_t max_shown = 12) {
+  std::string s;
+  for (std::size_t i = 0; i < names.size() && i < max_shown; ++i) s += (i ? ", '" : "'") + names[i] + "'";
+  if (names.size() > max_shown) s += " and " + std::to_string(names.size() - max_shown) + " more";
+  return s;
+}
+
+std::string joined(const std::vector<std::string>& names, const char* sep = ",") {
+  std::string s;
+  for (std::size_t i = 0; i < names.size(); ++i) s += (i ? sep : "") + names[i];
+  return s;
+}
+
+// The orders of the layers in which every layer's inputs are the previous one's outputs; at most
+// two are looked for (is there exactly one?), and only for a few layers.
+std::vector<std::vector<std::size_t>> chaining_orders(const std::vector<std::pair<index_t, index_t>>& in_out) {
+  std::vector<std::vector<std::size_t>> found;
+  const std::size_t n = in_out.size();
+  if (n > 10) return found;
+  std::vector<std::size_t> order;
+  std::vector<bool> used(n, false);
+  std::function<void()> extend = [&] {
+    if (found.size() >= 2) return;
+    if (order.size() == n) {
+      found.push_back(order);
+      return;
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+      if (used[i] || (!order.empty() && in_out[order.back()].second != in_out[i].first)) continue;
+      used[i] = true;
+      order.push_back(i);
+      extend();
+      order.pop_back();
+      used[i] = false;
+    }
+  };
+  extend();
+  return found;
+}
+
+// "[1, 2]" for element `flat` of a tensor of this shape.
+std::string element_text(const Shape& shape, index_t flat) {
+  std::vector<index_t> idx(shape.size());
+  for (std::size_t d = shape.size(); d-- > 0;) {
+    idx[d] = flat % shape[d];
+    flat /= shape[d];
+  }
+  std::string s = "[";
+  for (std::size_t d = 0; d < idx.size(); ++d) s += (d ? ", " : "") + std::to_string(idx[d]);
+  return s + "]";
+}
+
+std::string number_text(double v) {
+  std::ostringstream s;
+  s.precision(9);
+  s << v;
+  return s.str();
+}
+
+// The safetensors name of a dtype, for tensors built in memory (read ones carry the file's).
+std::string stored_name(const io::NamedTensor& t) {
+  if (!t.stored_dtype.empty()) return t.stored_dtype;
+  switch (t.tensor.dtype) {
+    case DType::f32: return "F32";
+    case DType::f64: return "F64";
+    case DType::i32: return "I32";
+    case DType::i64: return "I64";
+    case DType::u8: return "U8";
+  }
+  return "unknown";
+}
+
+const char* kWhatIsRead =
+    "dynascope reads multi-layer perceptrons: <prefix>.weight [out, in] and optional <prefix>.bias [out] of the Linear "
+    "layers, nothing else";
 
 }  // namespace
 
 template <class T>
 Mlp<T> load_mlp(const Context& ctx, const std::string& path, const LoadOptions& options) {
   const io::Safetensors file = io::read_safetensors(path);
+
+  // Group the tensors into layers by prefix; anything that cannot be part of a dense layer is
+  // collected as unexpected, with the reason.
   struct LayerTensors {
-    const io::Tensor* weight = nullptr;
-    const io::Tensor* bias = nullptr;
+    const io::NamedTensor* weight = nullptr;
+    const io::NamedTensor* bias = nullptr;
   };
   std::map<std::string, LayerTensors> by_prefix;
+  std::vector<std::string> unexpected;
+  std::set<std::string> wanted(options.layers.begin(), options.layers.end());
+  for (const std::string& p : options.layers) {
+    if (p.empty()) throw InvalidArgument("layer order for " + path + ": an empty layer name (expected prefixes such as fc_in,block,head)");
+    if (std::count(options.layers.begin(), options.layers.end(), p) > 1)
+      throw InvalidArgument("layer order for " + path + ": names '" + p + "' twice");
+  }
+  if (!options.layers.empty()) {
+    // A name in the order that the file lacks (a typo) is named before anything else.
+    std::vector<std::string> have;
+    for (const auto& t : file.tensors) {
+      const auto dot = t.name.rfind('.');
+      if (t.name.substr(dot == std::string::npos ? 0 : dot + 1) == "weight")
+        have.push_back(dot == std::string::npos ? "" : t.name.substr(0, dot));
+    }
+    for (const std::string& p : options.layers)
+      if (std::find(have.begin(), have.end(), p) == have.end())
+        throw InvalidArgument("layer order for " + path + ": names '" + p + "', but the file has no tensor '" + p +
+                              ".weight' (its weights: " + quoted_list(have) + ")");
+  }
   for (const auto& t : file.tensors) {
     const auto dot = t.name.rfind('.');
-    const std::string suffix = dot == std::string::npos ? "" : t.name.substr(dot + 1);
-    if (suffix != "weight" && suffix != "bias")
-      throw FileFormatError(path, "tensor '" + t.name + "' is neither <prefix>.weight nor <prefix>.bias (only dense layers are supported)");
-    if (t.tensor.dtype != DType::f32 && t.tensor.dtype != DType::f64)
-      throw FileFormatError(path, "tensor '" + t.name + "' has dtype " + to_string(t.tensor.dtype) + ", expected F32 or F64");
-    LayerTensors& lt = by_prefix[t.name.substr(0, dot)];
-    (suffix == "weight" ? lt.weight : lt.bias) = &t.tensor;
+    const std::string suffix = dot == std::string::npos ? t.name : t.name.substr(dot + 1);
+    const std::string prefix = dot == std::string::npos ? "" : t.name.substr(0, dot);
+    if (suffix != "weight" && suffix != "bias") {
+      unexpected.push_back("'" + t.name + "' (not a .weight or .bias)");
+      continue;
+    }
+    if (!options.layers.empty() && !wanted.count(prefix)) {
+      unexpected.push_back("'" + t.name + "' (its layer '" + prefix + "' is not in the layer order given)");
+      continue;
+    }
+    LayerTensors& lt = by_prefix[prefix];
+    (suffix == "weight" ? lt.weight : lt.bias) = &t;
   }
-  std::vector<std::string> prefixes;
-  for (const auto& [k, v] : by_prefix) prefixes.push_back(k);
-  std::sort(prefixes.begin(), prefixes.end(), natural_less);
-  if (prefixes.empty()) throw FileFormatError(path, "holds no layers");
-  MlpSpec spec;
-  for (std::size_t i = 0; i < prefixes.size(); ++i) {
-    const LayerTensors& lt = by_prefix[prefixes[i]];
-    if (!lt.weight) throw FileFormatError(path, "layer '" + prefixes[i] + "' has a bias but no weight");
-    if (lt.weight->shape.size() != 2)
-      throw FileFormatError(path, "'" + prefixes[i] + ".weight' must be [out, in], got " + shape_string(lt.weight->shape));
-    const index_t out = lt.weight->shape[0], in = lt.weight->shape[1];
-    if (out <= 0 || in <= 0) throw FileFormatError(path, "'" + prefixes[i] + ".weight' is empty");
-    if (i == 0) spec.widths.push_back(in);
-    else if (spec.widths.back() != in)
-      throw FileFormatError(path, "'" + prefixes[i] + ".weight' takes " + std::to_string(in) + " inputs but the layer before gives " +
-                                      std::to_string(spec.widths.back()));
-    spec.widths.push_back(out);
-    if (lt.bias && (lt.bias->shape.size() != 1 || lt.bias->shape[0] != out))
-      throw FileFormatError(path, "'" + prefixes[i] + ".bias' must be [" + std::to_string(out) + "], got " + shape_string(lt.bias->shape));
-    spec.bias.push_back(lt.bias != nullptr);
+  // A prefix is a dense layer when it has a 2-D weight; its tensors are unexpected otherwise
+  // (a normalisation layer's 1-D weight, a convolution's 4-D one, a lone bias).
+  for (auto it = by_prefix.begin(); it != by_prefix.end();) {
+    const LayerTensors& lt = it->second;
+    std::string why;
+    if (!lt.weight) why = "a bias without a weight";
+    else if (lt.weight->tensor.shape.size() != 2)
+      why = "shape " + shape_string(lt.weight->tensor.shape) + ": a dense layer's weight is [out, in]";
+    if (why.empty()) {
+      ++it;
+      continue;
+    }
+    for (const io::NamedTensor* t : {lt.weight, lt.bias})
+      if (t) unexpected.push_back("'" + t->name + "' (" + why + ")");
+    it = by_prefix.erase(it);
   }
-  const auto meta = [&](const char* key) {
-    auto it = file.metadata.find(key);
-    return it == file.metadata.end() ? std::string() : it->second;
-  };
-  const std::string act = !options.activation.empty() ? options.activation : meta("activation");
-  const std::string par = !options.parameterization.empty() ? options.parameterization : meta("parameterization");
-  std::vector<std::string> acts = split(act.empty() ? "relu" : act, ',');
-  const index_t hidden = spec.layers() - 1;
-  if (acts.size() == 1) acts.assign(std::size_t(hidden), acts[0]);
-  if (static_cast<index_t>(acts.size()) != hidden)
-    throw InvalidArgument(path + ": " + std::to_string(acts.size()) + " activations given for " + std::to_string(hidden) +
-                          " hidden layers");
-  for (const auto& a : acts) spec.activations.push_back(parse_activation(a));
-  spec.parameterization = parse_parameterization(par.empty() ? "standard" : par);
-  if (const std::string bs = meta("bias_scale"); !bs.empty()) spec.bias_scale = std::strtod(bs.c_str(), nullptr);
-  spec.validate();
+  if (!unexpected.empty()) {
+    std::string list;
+    for (std::size_t i = 0; i < unexpected.size() && i < 6; ++i) list += (i ? "; " : "") + unexpected[i];
+    if (unexpected.size() > 6) list += "; and " + std::to_string(unexpected.size() - 6) + " more";
+    throw FileFormatError(path, std::string(unexpected.size() == 1 ? "unexpected tensor " : "unexpected tensors ") + list +
+                                    ". " + kWhatIsRead);
+  }
+  if (by_prefix.empty()) throw FileFormatError(path, "holds no layers (" + std::string(kWhatIsRead) + ")");
+  for (const auto& [prefix, lt] : by_prefix)
+    for (const io::NamedTensor* t : {lt.weight, lt.bias})
+      if (t && t->tensor.dtype != DType::f32 && t->tensor.dtype != DType::f64)
+        throw FileFormatError(path, "tensor '" + t->name + "' holds " + stored_name(*t) +
+                                        " values; weights must be floating point (F32, F64, F16 or BF16)");
 
-  std::vector<T> flat;
-  flat.reserve(static_cast<std::size_t>(spec.num_params()));
-  for (const auto& p : prefixes) {
-    const LayerTensors& lt = by_prefix[p];
-    for (const io::Tensor* t : {lt.weight, lt.bias}) {
-      if (!t) continue;
-      const std::vector<T> v = t->to_vector<T>();
-      for (std::size_t i = 0; i < v.size(); ++i)
-        if (!std::isfinite(double(v[i]))) throw FileFormatError(path, "tensor of layer '" + p + "' holds a non-finite value");
-      flat.insert(flat.end(), v.begin(), v.end());
+  // The order of the layers: given, or fixed by the numbers in the names.
+  std::vector<std::string> found;
+  for (const auto& [k, v] : by_prefix) found.push_back(k);
+  std::vector<std::string> order;
+  if (!options.layers.empty()) {
+    order = options.layers;  // each has a dense layer: checked above, or reported as unexpected
+  } else if (auto numbered = numbered_order(found)) {
+    order = std::move(*numbered);
+  } else {
+    std::vector<std::pair<index_t, index_t>> in_out;
+    for (const std::string& p : found)
+      in_out.emplace_back(by_prefix[p].weight->tensor.shape[1], by_prefix[p].weight->tensor.shape[0]);
+    const auto chains = chaining_orders(in_out);
+    std::string hint;
+    if (chains.size() == 1) {
+      std::vector<std::string> names;
+      for (std::size_t i : chains.front()) names.push_back(found[i]);
+      hint = " (their widths chain in one order only: --layers " + joined(names) + ")";
+    }
+    throw InvalidArgument(path + ": the names of its layers, " + quoted_list(found) +
+                          ", do not give their order (names are ordered automatically only when they differ in their "
+                          "numbers alone, like 0, 2, 4 or layers.0, layers.1, fc1, fc2); give the prefixes in the order "
+                          "the forward pass applies them: --layers NAME,NAME,... on the command line, "
+                          "LoadOptions::layers in the library" + hint);
+  }
+
+  MlpSpec spec;
+  std::set<std::string> stored;
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    const LayerTensors& lt = by_prefix[order[i]];
+    const Shape& ws = lt.weight->tensor.shape;
+    const index_t out = ws[0], in = ws[1];
+    if (out <= 0 || in <= 0) throw FileFormatError(path, "'" + lt.weight->name + "' is empty (shape " + shape_string(ws) + ")");
+    if (i == 0) {
+      spec.widths.push_back(in);
+    } else if (spec.widths.back() != in) {
+      const LayerTensors& prev = by_prefix[order[i - 1]];
+      throw FileFormatError(path, "the layers' widths do not chain: '" + lt.weight->name + "' " + shape_string(ws) + " takes " +
+                                      std::to_string(in) + " inputs, but the layer before it, '" + prev.weight->name + "' " +
+                                      shape_string(prev.weight->tensor.shape) + ", gives " + std::to_string(spec.widths.back()) +
+                                      " outputs (layer order " + joined(order) +
+                                      (options.layers.empty() ? ", from the numbers in the names)" : ", as given)"));
+    }
+    spec.widths.push_back(out);
+    if (lt.bias && (lt.bias->tensor.shape.size() != 1 || lt.bias->tensor.shape[0] != out))
+      throw FileFormatError(path, "'" + lt.bias->name + "' must have shape [" + std::to_string(out) + "] to match '" +
+                                      lt.weight->name + "' " + shape_string(ws) + ", got " + shape_string(lt.bias->tensor.shape));
+    spec.bias.push_back(lt.bias != nullptr);
+    for (const io::NamedTensor* t : {lt.weight, lt.bias})
+      if (t) stored.insert(stored_name(*t));
+  }
+
+  LoadInfo info;
+  info.path = path;
+  info.layers = order;
+  info.layers_given = !options.layers.empty();
+  info.stored_dtype = joined(std::vector<std::string>(stored.begin(), stored.end()), ", ");
+  const auto meta = [&](const char* key) -> std::optional<std::string> {
+    const auto it = file.metadata.find(key);
+    if (it == file.metadata.end()) return std::nullopt;
+    return it->second;
+  };
+
+  // Activations: the option, else the metadata; a network with hidden layers and neither is an
+  // error, never a silent ReLU.
+  const index_t hidden = spec.layers() - 1;
+  std::string act;
+  if (!options.activation.empty()) {
+    act = options.activation;
+    info.activation = Origin::option;
+  } else if (const auto m = meta("activation")) {
+    act = *m;
+    info.activation = Origin::metadata;
+  } else if (hidden > 0) {
+    throw InvalidArgument(
+        path + ": holds no activation (no \"activation\" in its metadata, as in every PyTorch state dict: it records the "
+               "Linear layers' tensors, not the activation modules between them), so the network it describes is unknown. "
+               "Give the hidden activation: --activation tanh (or relu, gelu, ...; one per hidden layer as relu,tanh) on "
+               "the command line, LoadOptions::activation in the library; or save the file with "
+               "save_file(model.state_dict(), \"model.safetensors\", metadata={\"activation\": \"tanh\"})");
+  }
+  if (hidden > 0) {
+    const std::string from = info.activation == Origin::option ? "activation '" + act + "'"
+                                                               : "metadata \"activation\" '" + act + "' of " + path;
+    std::vector<std::string> acts = split(act, ',');
+    if (acts.size() == 1) acts.assign(std::size_t(hidden), acts[0]);
+    if (static_cast<index_t>(acts.size()) != hidden)
+      throw InvalidArgument(from + ": " + std::to_string(acts.size()) + " activations for the " + std::to_string(hidden) +
+                            (hidden == 1 ? " hidden layer" : " hidden layers") + " of the " + spec.arch_string() +
+                            " network in " + path +
+                            " (give one for all, or one per hidden layer)");
+    try {
+      for (const auto& a : acts) spec.activations.push_back(parse_activation(a));
+    } catch (const InvalidArgument& e) {
+      throw InvalidArgument(from + ": " + e.what());
     }
   }
-  Mlp<T> net{spec, Array<T>(ctx, {spec.num_params()})};
+
+  // Parameterization: the option, else the metadata, else standard (torch.nn.Linear's).
+  std::string par = "standard";
+  if (!options.parameterization.empty()) {
+    par = options.parameterization;
+    info.parameterization = Origin::option;
+  } else if (const auto m = meta("parameterization")) {
+    par = *m;
+    info.parameterization = Origin::metadata;
+  }
+  try {
+    spec.parameterization = parse_parameterization(par);
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument((info.parameterization == Origin::metadata ? path + ": metadata \"parameterization\": " : "") + e.what());
+  }
+  if (const auto bs = meta("bias_scale")) {
+    char* end = nullptr;
+    spec.bias_scale = std::strtod(bs->c_str(), &end);
+    if (bs->empty() || *end != '\0' || !std::isfinite(spec.bias_scale))
+      throw FileFormatError(path, "metadata \"bias_scale\" must be a finite number, got '" + *bs + "'");
+  }
+  spec.validate();
+
+  // The values, converted to T: NaN, infinity and values T cannot hold are named, never computed.
+  std::vector<T> flat;
+  flat.reserve(static_cast<std::size_t>(spec.num_params()));
+  for (const auto& p : order) {
+    const LayerTensors& lt = by_prefix[p];
+    for (const io::NamedTensor* t : {lt.weight, lt.bias}) {
+      if (!t) continue;
+      const std::vector<double> v = t->tensor.to_vector<double>();
+      index_t bad = 0, first = -1;
+      for (std::size_t i = 0; i < v.size(); ++i)
+        if (!std::isfinite(v[i]) || std::abs(v[i]) > double(std::numeric_limits<T>::max())) {
+          if (bad++ == 0) first = static_cast<index_t>(i);
+        }
+      if (bad > 0) {
+        const double x = v[std::size_t(first)];
+        const std::string where = " at " + element_text(t->tensor.shape, first) +
+                                  (bad > 1 ? " (" + std::to_string(bad) + " such values in all)" : "");
+        if (std::isfinite(x))
+          throw FileFormatError(path, "tensor '" + t->name + "' holds " + number_text(x) + where + ", beyond the range of " +
+                                          (sizeof(T) == 4 ? "float32 (compute in float64: --dtype float64)" : "float64"));
+        throw FileFormatError(path, "tensor '" + t->name + "' holds " + (std::isnan(x) ? "NaN" : x > 0 ? "+infinity" : "-infinity") +
+                                        where + " (weights must be finite: a checkpoint of a diverged run?)");
+      }
+      for (double x : v) flat.push_back(static_cast<T>(x));
+    }
+  }
+  Mlp<T> net{spec, Array<T>(ctx, {spec.num_params()}), std::move(info)};
   detail::copy_bytes(ctx, net.params.data(), net.params.backend(), flat.data(), Backend::host, net.params.bytes());
   return net;
 }

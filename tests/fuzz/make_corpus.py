@@ -65,6 +65,12 @@ SEEDS = {
             metadata={"activation": "relu", "parameterization": "ntk"}),
         "empty.safetensors": safetensors([]),
         "one.safetensors": safetensors([("w", "F64", [1], struct.pack("<d", 1.0))]),
+        # Half precision, as PyTorch's .half() / .bfloat16() checkpoints store it (read as F32):
+        # 1, -2, the smallest subnormal, infinity; bfloat16 1, pi rounded, NaN.
+        "half.safetensors": safetensors(
+            [("0.weight", "F16", [2, 2], struct.pack("<4H", 0x3C00, 0xC000, 0x0001, 0x7C00)),
+             ("0.bias", "BF16", [3], struct.pack("<3H", 0x3F80, 0x4049, 0x7FC0))],
+            metadata={"activation": "tanh"}),
     },
     "idx": {
         "u8_3d.idx": idx(0x08, [2, 3, 4], bytes(range(24))),

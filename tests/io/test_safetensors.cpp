@@ -1,5 +1,9 @@
 #include "io/io_test_util.hpp"
 
+#include <bit>
+#include <cmath>
+#include <limits>
+
 namespace dynascope::test {
 namespace {
 
@@ -203,8 +207,149 @@ TEST(SafetensorsIo, OverflowingShapesAreRejected) {
 }
 
 TEST(SafetensorsIo, UnsupportedDtypeIsRejectedByName) {
-  expect_rejected("{" + entry("a", "F16", "[4]", "[0,8]") + "}", k8, "tensor 'a' has unsupported dtype 'F16'");
-  expect_rejected("{" + entry("a", "BF16", "[4]", "[0,8]") + "}", k8, "unsupported dtype 'BF16'");
+  expect_rejected("{" + entry("a", "I16", "[4]", "[0,8]") + "}", k8, "tensor 'a' has unsupported dtype 'I16'");
+  // The list in the message is the true one.
+  expect_rejected("{" + entry("a", "F8_E4M3", "[8]", "[0,8]") + "}", k8,
+                  "unsupported dtype 'F8_E4M3' (supported: F32, F64, F16, BF16 (both read as F32), I32, I64, U8)");
+}
+
+// ---- F16 and BF16: widened to F32 exactly ----
+
+// The float a bit pattern denotes, from the format's definition: (-1)^s * 2^(e - bias) * (1 + m / 2^mbits),
+// subnormals 2^(1 - bias) * m / 2^mbits.
+double half_value(std::uint16_t h, int mbits, int ebits) {
+  const int bias = (1 << (ebits - 1)) - 1;
+  const unsigned m = h & ((1u << mbits) - 1), e = (h >> mbits) & ((1u << ebits) - 1);
+  const double sign = (h >> (mbits + ebits)) ? -1.0 : 1.0;
+  if (e == (1u << ebits) - 1) return m ? std::numeric_limits<double>::quiet_NaN() : sign * HUGE_VAL;
+  if (e == 0) return sign * std::ldexp(double(m), 1 - bias - mbits);
+  return sign * std::ldexp(double(m + (1u << mbits)), int(e) - bias - mbits);
+}
+
+Bytes u16_bytes(const std::vector<std::uint16_t>& v) {
+  Bytes b;
+  for (std::uint16_t x : v) b += le_u16(x);
+  return b;
+}
+
+// The float the reader makes of one stored value.
+float widened(const std::string& dtype, std::uint16_t bits) {
+  const std::string json = "{" + entry("w", dtype, "[1]", "[0,2]") + "}";
+  return read_safetensors(temp_file("one.safetensors", st_file(json, le_u16(bits)))).tensors.at(0).tensor.to_vector<float>().at(0);
+}
+
+void expect_widened(const std::string& dtype, const std::vector<std::uint16_t>& bits, int mbits, int ebits) {
+  const std::string n = std::to_string(bits.size());
+  const std::string json = "{" + entry("w", dtype, "[" + n + "]", "[0," + std::to_string(2 * bits.size()) + "]") + "}";
+  const Safetensors f = read_safetensors(temp_file("half.safetensors", st_file(json, u16_bytes(bits))));
+  ASSERT_EQ(f.tensors.size(), 1u);
+  EXPECT_EQ(f.tensors[0].stored_dtype, dtype);
+  EXPECT_EQ(f.tensors[0].tensor.dtype, DType::f32);
+  EXPECT_EQ(f.tensors[0].tensor.shape, Shape{index_t(bits.size())});
+  const std::vector<float> v = f.tensors[0].tensor.to_vector<float>();
+  for (std::size_t i = 0; i < bits.size(); ++i) {
+    const double want = half_value(bits[i], mbits, ebits);
+    if (std::isnan(want)) {
+      EXPECT_TRUE(std::isnan(v[i])) << dtype << " 0x" << std::hex << bits[i];
+    } else {
+      EXPECT_EQ(double(v[i]), want) << dtype << " 0x" << std::hex << bits[i];
+      EXPECT_EQ(std::signbit(v[i]), std::signbit(want)) << dtype << " 0x" << std::hex << bits[i];
+    }
+  }
+}
+
+TEST(SafetensorsIo, HalfValuesWidenExactly) {
+  // +-0, 1, -2, 1/3 rounded, the largest half, the smallest normal, every subnormal boundary,
+  // infinities and NaNs (quiet and signalling).
+  expect_widened("F16",
+                 {0x0000, 0x8000, 0x3C00, 0xC000, 0x3555, 0x7BFF, 0xFBFF, 0x0400, 0x03FF, 0x0200, 0x0001, 0x8001,
+                  0x0155, 0x7C00, 0xFC00, 0x7E00, 0x7C01, 0xFE00},
+                 10, 5);
+  // Every half bit pattern against the definition.
+  std::vector<std::uint16_t> all(65536);
+  for (std::size_t i = 0; i < all.size(); ++i) all[i] = static_cast<std::uint16_t>(i);
+  expect_widened("F16", all, 10, 5);
+  // Values named in the literature, independently of the definition above.
+  EXPECT_EQ(widened("F16", 0x7BFF), 65504.0f);
+  EXPECT_EQ(widened("F16", 0x0001), 5.9604644775390625e-08f);  // 2^-24
+  EXPECT_EQ(widened("F16", 0x3555), 0.333251953125f);
+}
+
+TEST(SafetensorsIo, Bfloat16ValuesWidenExactly) {
+  expect_widened("BF16",
+                 {0x0000, 0x8000, 0x3F80, 0xC040, 0x4049, 0x7F7F, 0x0080, 0x007F, 0x0001, 0x8001, 0x7F80, 0xFF80,
+                  0x7FC0, 0x7F81},
+                 7, 8);
+  std::vector<std::uint16_t> all(65536);
+  for (std::size_t i = 0; i < all.size(); ++i) all[i] = static_cast<std::uint16_t>(i);
+  expect_widened("BF16", all, 7, 8);
+  EXPECT_EQ(widened("BF16", 0x4049), 3.140625f);
+  EXPECT_EQ(widened("BF16", 0x7F7F), 3.3895313892515355e38f);
+}
+
+TEST(SafetensorsIo, NanPayloadsSurviveWidening) {
+  // Quiet bit to quiet bit, payload in the high mantissa bits: what a hardware conversion does.
+  const auto bits = [](float f) { return std::bit_cast<std::uint32_t>(f); };
+  EXPECT_EQ(bits(widened("F16", 0x7E00)), 0x7FC00000u);
+  EXPECT_EQ(bits(widened("F16", 0x7C01)), 0x7F802000u);
+  EXPECT_EQ(bits(widened("F16", 0xFE00)), 0xFFC00000u);
+  EXPECT_EQ(bits(widened("BF16", 0x7FC1)), 0x7FC10000u);
+}
+
+TEST(SafetensorsIo, HalfTensorsAreSizedByTheirStoredDtype) {
+  // 3 halves need 6 bytes, not 12.
+  expect_rejected("{" + entry("a", "F16", "[3]", "[0,8]") + "}", k8,
+                  "tensor 'a': data_offsets [0, 8) span 8 bytes but shape [3] of F16 needs 6");
+  // Mixed dtypes tile the buffer by their stored sizes: 2 BF16 + 1 F32.
+  const Bytes buf = u16_bytes({0x3F80, 0xC000}) + Bytes("\x00\x00\x80\x3f", 4);
+  const Safetensors f = read_safetensors(temp_file(
+      "mixed.safetensors", st_file("{" + entry("h", "BF16", "[2]", "[0,4]") + "," + entry("f", "F32", "[1]", "[4,8]") + "}", buf)));
+  ASSERT_EQ(f.tensors.size(), 2u);
+  EXPECT_EQ(f.tensors[0].tensor.to_vector<float>(), (std::vector<float>{1.0f, -2.0f}));
+  EXPECT_EQ(f.tensors[1].stored_dtype, "F32");
+  EXPECT_EQ(f.tensors[1].tensor.to_vector<float>(), std::vector<float>{1.0f});
+}
+
+// ---- files that are something else ----
+
+TEST(SafetensorsIo, TorchSaveZipArchivesAreNamed) {
+  // A zip local file header whose first member is archive/data.pkl, as torch.save writes.
+  const std::string name = "archive/data.pkl";
+  const Bytes zip = Bytes("PK\x03\x04", 4) + Bytes(22, '\0') + le_u16(std::uint16_t(name.size())) + le_u16(0) + name +
+                    Bytes("\x80\x02}q\x00.", 6) + Bytes(40, '\0');
+  expect_format_error(read, temp_file("model.pt", zip),
+                      "not a safetensors file but a PyTorch checkpoint written by torch.save (a zip archive holding "
+                      "data.pkl). dynascope reads safetensors; save the weights as one in Python: from "
+                      "safetensors.torch import save_file; save_file(model.state_dict(), \"model.safetensors\", "
+                      "metadata={\"activation\": \"tanh\"})");
+  const std::string npz_member = "arr_0.npy";
+  const Bytes npz = Bytes("PK\x03\x04", 4) + Bytes(22, '\0') + le_u16(std::uint16_t(npz_member.size())) + le_u16(0) +
+                    npz_member + Bytes(40, '\0');
+  expect_format_error(read, temp_file("arrays.npz", npz), "a numpy .npz archive (first member 'arr_0.npy')");
+  expect_format_error(read, temp_file("other.zip", Bytes("PK\x03\x04", 4) + Bytes(40, '\0')),
+                      "a zip archive (torch.save writes these)");
+}
+
+TEST(SafetensorsIo, PicklesAndNpyFilesAreNamed) {
+  const Bytes legacy = Bytes("\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19\x2e", 15) + Bytes(30, '\0');
+  expect_format_error(read, temp_file("legacy.pt", legacy),
+                      "a PyTorch checkpoint written by torch.save in its legacy pickle format. dynascope reads safetensors");
+  const Bytes pickle4 = Bytes("\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00}\x94.", 14) + Bytes(30, '\0');
+  expect_format_error(read, temp_file("state.pkl", pickle4), "a Python pickle (torch.save with _use_new_zipfile_serialization");
+  expect_format_error(read, temp_file("x.npy", Bytes("\x93NUMPY\x01\x00\x76\x00", 10) + Bytes(118, ' ')),
+                      "not a safetensors file but a .npy array");
+}
+
+TEST(SafetensorsIo, ValidFilesThatStartLikeAPickleAreStillRead) {
+  // A header of 640 bytes has the length prefix 80 02 00 ..., a pickle's first two bytes.
+  std::string json = "{" + entry("a", "U8", "[8]", "[0,8]") + "}";
+  json.append(640 - json.size(), ' ');
+  const Bytes file = st_file(json, k8);
+  ASSERT_EQ(static_cast<unsigned char>(file[0]), 0x80);
+  ASSERT_EQ(static_cast<unsigned char>(file[1]), 0x02);
+  const Safetensors f = read_safetensors(temp_file("pickle_like.safetensors", file));
+  ASSERT_EQ(f.tensors.size(), 1u);
+  EXPECT_EQ(f.tensors[0].tensor.to_vector<std::uint8_t>(), std::vector<std::uint8_t>(8, 1));
 }
 
 TEST(SafetensorsIo, MissingFieldsAndNonObjectEntriesAreRejected) {

@@ -43,4 +43,23 @@ inline std::vector<double> naive_forward(const model::MlpSpec& s, const std::vec
   return out;
 }
 
+// The trace of the empirical NTK, sum_i sum_a ||d f_a(x_i) / d w||^2, by central differences of
+// naive_forward: the float64 reference for kernels computed by the library.
+inline double fd_ntk_trace(const model::MlpSpec& s, const std::vector<double>& w, const std::vector<double>& x,
+                           index_t n) {
+  const double h = 1e-6;
+  double trace = 0;
+  for (std::size_t p = 0; p < w.size(); ++p) {
+    auto wp = w, wm = w;
+    wp[p] += h;
+    wm[p] -= h;
+    const auto fp = naive_forward(s, wp, x, n), fm = naive_forward(s, wm, x, n);
+    for (std::size_t k = 0; k < fp.size(); ++k) {
+      const double d = (fp[k] - fm[k]) / (2 * h);
+      trace += d * d;
+    }
+  }
+  return trace;
+}
+
 }  // namespace dynascope::test

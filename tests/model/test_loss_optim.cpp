@@ -1,5 +1,6 @@
 // Losses against naive loops and finite differences; optimizers against hand-computed float64
 // references and closed forms.
+#include <functional>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -165,9 +166,18 @@ TEST(Optimizer, ClosedFormsOfFirstSteps) {
   }
   EXPECT_NEAR(q, 0.72, 1e-15);
   EXPECT_EQ(model::OptimizerOptions{model::OptimizerKind::adamw}.resolved().weight_decay, 1e-2);
+  // PyTorch's rules: lr = 0 is valid, negative values and betas outside [0, 1) are not.
   model::OptimizerOptions bad;
   bad.lr = 0;
-  EXPECT_THROW(bad.resolved(), InvalidArgument);
+  EXPECT_EQ(bad.resolved().lr, 0.0);
+  for (auto set : std::vector<std::function<void(model::OptimizerOptions&)>>{
+           [](auto& o) { o.lr = -1; }, [](auto& o) { o.momentum = -0.1; }, [](auto& o) { o.beta1 = 1.0; },
+           [](auto& o) { o.beta2 = -0.5; }, [](auto& o) { o.eps = -1e-8; }, [](auto& o) { o.weight_decay = -1; },
+           [](auto& o) { o.lr = std::numeric_limits<double>::infinity(); }}) {
+    model::OptimizerOptions b;
+    set(b);
+    EXPECT_THROW(b.resolved(), InvalidArgument);
+  }
 }
 
 }  // namespace
