@@ -1,5 +1,5 @@
 #pragma once
-// The empirical neural tangent kernel (DIAGNOSTICS.md section 1):
+// The empirical neural tangent kernel (docs/definitions.md):
 //   Theta(x, x')_ab = sum_p df_a(x)/dw_p df_b(x')/dw_p.
 //
 // Output modes for X1 [N1, D], X2 [N2, D] (X2 absent: X2 = X1, computed on the symmetric path):
@@ -34,6 +34,9 @@ DYNASCOPE_API Method parse_method(const std::string& text);
 DYNASCOPE_API const char* to_string(Outputs o) noexcept;
 DYNASCOPE_API const char* to_string(Method m) noexcept;
 
+// Without x2 the kernel (and each per-layer kernel) is exactly symmetric, bit for bit, whatever
+// the method, tiling, thread count or backend; methods and workspace budgets otherwise agree to
+// rounding (docs/reproducibility.md).
 struct NtkOptions {
   Outputs outputs = Outputs::trace;
   Method method = Method::automatic;
@@ -127,10 +130,19 @@ template <class T>
 DYNASCOPE_API std::vector<double> cumulative_energy(const Eigen<T>& eig, MatrixView<const double> v,
                                                     const std::vector<index_t>& ks);
 
+// The same from the leading eigenvectors only: `vectors` [k, M], row i = unit eigenvector of the
+// i-th largest eigenvalue (e.g. from linalg::eigsh); every k in ks must be in [1, rows].
+template <class T>
+DYNASCOPE_API std::vector<double> cumulative_energy(MatrixView<const T> vectors, MatrixView<const double> v,
+                                                    const std::vector<index_t>& ks);
+
 // Kernel-target alignment <K, Y Y^T>_F / (||K||_F ||Y Y^T||_F) for targets Y [M, C] (for one
 // column: y^T K y / (||K||_F ||y||^2)). centered: K -> HKH and Y -> HY, H = I - 11^T/M
-// (Cortes, Mohri and Rostamizadeh's centred alignment).
+// (Cortes, Mohri and Rostamizadeh's centred alignment; K must be symmetric). One pass over K,
+// no copy of it, sums in float64.
 DYNASCOPE_API double kernel_target_alignment(MatrixView<const double> kernel, MatrixView<const double> y,
+                                             bool centered);
+DYNASCOPE_API double kernel_target_alignment(MatrixView<const float> kernel, MatrixView<const double> y,
                                              bool centered);
 
 // Kernel distance S(K1, K2) = 1 - <K1, K2>_F / (||K1||_F ||K2||_F).

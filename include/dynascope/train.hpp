@@ -3,6 +3,7 @@
 // (a convenience for examples, benchmarks and the demo).
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <string>
 
 #include "dynascope/datasets.hpp"
@@ -51,13 +52,18 @@ DYNASCOPE_API const char* to_string(OptimizerKind kind) noexcept;
 // Negative values mean "PyTorch's default for this optimizer": lr 1e-2 (sgd, momentum; torch has
 // none) or 1e-3 (adam, adamw); momentum 0.9 (the momentum optimizer); weight decay 0, or 1e-2 for
 // adamw. betas (0.9, 0.999), eps 1e-8.
+// lr, momentum and weight_decay left NaN take the kind's default (lr 1e-2 for sgd/momentum, 1e-3
+// for adam/adamw; momentum 0.9 for momentum; weight decay 1e-2 for adamw, else 0). resolved()
+// fills them in and checks every value as PyTorch's optimizers do: lr >= 0, momentum >= 0,
+// 0 <= beta1, beta2 < 1, eps >= 0, weight_decay >= 0 (and all finite), else InvalidArgument.
 struct OptimizerOptions {
+  static constexpr double kDefault = std::numeric_limits<double>::quiet_NaN();
   OptimizerKind kind = OptimizerKind::sgd;
-  double lr = -1;
-  double momentum = -1;
+  double lr = kDefault;
+  double momentum = kDefault;
   double beta1 = 0.9, beta2 = 0.999;
   double eps = 1e-8;
-  double weight_decay = -1;
+  double weight_decay = kDefault;
   DYNASCOPE_API OptimizerOptions resolved() const;  // defaults filled in, values checked
 };
 

@@ -7,7 +7,7 @@ namespace dynascope::cli {
 Command register_datasets(CLI::App& app) {
   auto* cmd = app.add_subcommand("datasets", "List the built-in datasets with their shapes and availability");
   auto opts = std::make_shared<CommonOptions>();
-  add_common_flags(*cmd, *opts);
+  add_common_flags(*cmd, *opts, /*computes=*/false);
   return {cmd, [opts] {
             const auto start = std::chrono::steady_clock::now();
             const Context ctx = make_context(*opts);

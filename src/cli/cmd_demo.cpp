@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "cli/ntk_summary.hpp"
 #include "cli/training_run.hpp"
 #include "dynascope/io.hpp"
 #include "dynascope/ntk.hpp"
@@ -22,64 +23,56 @@ struct DemoCommand {
 };
 
 // The NTK section: at each checkpoint, the trace kernel on a fixed subset of the training set,
-// its top eigenvalues, the cumulative energy of the (one-hot or value) targets in its top
-// eigenvectors, the kernel-target alignment and the distance to the kernel at initialisation.
+// summarised exactly as `dynascope ntk --k 5 --energy 1,2,5,10,20` does (kernel_summary): top
+// eigenvalues, E_k of the centred targets, uncentred and centred kernel-target alignment; plus
+// the distance to the kernel at initialisation.
 struct NtkRow {
-  std::vector<double> top;
-  std::vector<double> energy;  // at kEnergyKs
-  double kta = 0, distance_to_init = 0;
+  json summary;
+  double distance_to_init = 0;
 };
 const std::vector<index_t> kEnergyKs{1, 2, 5, 10, 20};
 
 template <class T>
 class NtkTracker {
  public:
-  NtkTracker(const Context& ctx, const model::MlpSpec& spec, const data::Dataset& train, index_t samples)
-      : ctx_(ctx), spec_(spec) {
+  NtkTracker(const Context& ctx, const Context& host, const model::MlpSpec& spec, const data::Dataset& train,
+             index_t samples, std::uint64_t seed)
+      : ctx_(ctx), host_(host), spec_(spec) {
     n_ = std::min(samples, train.n);
     std::vector<index_t> rows(static_cast<std::size_t>(n_));
     for (index_t i = 0; i < n_; ++i) rows[std::size_t(i)] = i;
     const data::Dataset sub = train.subset(rows);
     x_ = model::to_device<T>(ctx, sub).x;
-    cols_ = sub.outputs;
-    if (sub.task == data::Task::classification) {
-      y_.assign(std::size_t(n_ * cols_), 0.0);
-      for (index_t i = 0; i < n_; ++i) y_[std::size_t(i * cols_ + sub.labels[std::size_t(i)])] = 1.0;
-    } else {
-      y_ = sub.y;
-    }
-    // Centred targets: the constant mode says nothing about what the network has to learn.
-    for (index_t c = 0; c < cols_; ++c) {
-      double mean = 0;
-      for (index_t i = 0; i < n_; ++i) mean += y_[std::size_t(i * cols_ + c)];
-      mean /= double(n_);
-      for (index_t i = 0; i < n_; ++i) y_[std::size_t(i * cols_ + c)] -= mean;
-    }
+    targets_ = kernel_targets(sub, false, spec.outputs());
+    request_.top_k = std::min<index_t>(5, n_);
+    for (index_t k : kEnergyKs)
+      if (k <= n_) request_.energy_ks.push_back(k);
+    request_.center_energy = true;
+    request_.seed = seed;
   }
   NtkRow measure(const Array<T>& params) {
     std::vector<T> k(std::size_t(n_ * n_));
     ntk::empirical_ntk_into<T>(ctx_, spec_, params.data(), x_.matrix(), std::nullopt, {ntk::Outputs::trace},
                                {k.data(), n_, n_, n_, Backend::host});
-    std::vector<double> kd(k.begin(), k.end());
-    const MatrixView<const double> kv{kd.data(), n_, n_, n_};
-    const MatrixView<const double> yv{y_.data(), n_, cols_, cols_};
-    const ntk::Eigen<double> eig = ntk::eigen_descending<double>(Context::host(), kv);
+    const MatrixView<const T> kv{k.data(), n_, n_, n_, Backend::host};
     NtkRow row;
-    row.top.assign(eig.values.begin(), eig.values.begin() + std::min<index_t>(5, n_));
-    row.energy = ntk::cumulative_energy<double>(eig, yv, kEnergyKs);
-    row.kta = ntk::kernel_target_alignment(kv, yv, true);
+    row.summary = kernel_summary<T>(host_, kv, targets_, request_);
+    std::vector<double> kd(k.begin(), k.end());
     if (k0_.empty()) k0_ = kd;
-    row.distance_to_init = ntk::kernel_distance({k0_.data(), n_, n_, n_}, kv);
+    row.distance_to_init = ntk::kernel_distance({k0_.data(), n_, n_, n_}, {kd.data(), n_, n_, n_});
     return row;
   }
   index_t samples() const { return n_; }
+  const KernelSummaryRequest& request() const { return request_; }
 
  private:
-  Context ctx_;
+  Context ctx_, host_;
   model::MlpSpec spec_;
-  index_t n_ = 0, cols_ = 0;
+  index_t n_ = 0;
   Array<T> x_;
-  std::vector<double> y_, k0_;
+  KernelTargets targets_;
+  KernelSummaryRequest request_;
+  std::vector<double> k0_;
 };
 
 // The curvature section: the loss Hessian's top eigenvalues (Lanczos, warm-started from the
@@ -123,14 +116,16 @@ class CurvatureTracker {
 template <class T>
 int run(const DemoCommand& c) {
   const auto start = std::chrono::steady_clock::now();
+  check_output("--out", c.common.out);
   const Context ctx = make_context(c.common);
+  const Context host = ctx.is_host() ? ctx : make_host_context(c.common);
   const data::Split split = load_data(c.data, c.common.seed);
-  model::Mlp<T> net = load_network<T>(ctx, c.model, c.common.seed, split.train.d, split.train.outputs);
+  model::Mlp<T> net = load_network<T>(ctx, c.model, c.common.seed, split);
   print_status(c.common, "demo: " + net.spec.arch_string() + " " + model::to_string(net.spec.activations.front()) + " on " +
                              split.train.name + " (" + std::to_string(split.train.n) + " train / " +
                              std::to_string(split.test.n) + " test samples), " + std::to_string(c.train.steps) + " steps of " +
                              c.train.optimizer + "; report in " + c.train.out_dir + "/");
-  NtkTracker<T> tracker(ctx, net.spec, split.train, c.ntk_samples);
+  NtkTracker<T> tracker(ctx, host, net.spec, split.train, c.ntk_samples, c.common.seed);
   const model::Loss loss = c.train.loss.empty() ? default_loss(split.train) : model::parse_loss(c.train.loss);
   CurvatureTracker<T> curvature(ctx, net.spec, split, loss);
   std::vector<NtkRow> ntk_rows;
@@ -151,15 +146,17 @@ int run(const DemoCommand& c) {
     j["test_loss"] = r.test.loss;
     j["test_accuracy"] = r.test.accuracy;
     j["checkpoint"] = r.file;
-    json e;
-    for (std::size_t q = 0; q < kEnergyKs.size(); ++q) e[std::to_string(kEnergyKs[q])] = nr.energy[q];
-    j["ntk"] = {{"top_eigenvalues", nr.top}, {"energy_targets", e}, {"kta", nr.kta}, {"distance_to_init", nr.distance_to_init}};
+    json ntk_json = nr.summary;
+    ntk_json["distance_to_init"] = nr.distance_to_init;
+    j["ntk"] = ntk_json;
     const CurvatureRow& cr = curvature_rows[i];
     j["hessian"] = {{"top_eigenvalues", cr.top}, {"trace_hutchpp", cr.trace}, {"matvecs", cr.matvecs}, {"converged", cr.converged}};
     rows.push_back(j);
   }
   json report;
-  report["network"] = spec_json(net.spec);
+  report["config"] = run_config("demo", c.common, ctx, c.model, c.data, c.train, net.spec, net.source, split, outcome.loss);
+  report["config"]["ntk_samples"] = c.ntk_samples;
+  report["network"] = spec_json(net);
   report["dataset"] = split.train.name;
   report["train_samples"] = split.train.n;
   report["test_samples"] = split.test.n;
@@ -170,23 +167,31 @@ int run(const DemoCommand& c) {
   report["hessian"] = {{"samples", split.train.n},
                        {"note", "exact loss Hessian (R-operator) on the training set: top-3 eigenvalues by block Lanczos "
                                 "(tol 1e-4, warm-started), trace by Hutch++ with 30 Hessian-vector products"}};
-  report["ntk"] = {{"samples", tracker.samples()}, {"outputs", "trace"},
-                   {"note", "trace kernel on the first training samples; y = centred targets (one-hot for classes); "
-                            "energy_targets[k] = E_k(y), the fraction of the targets' energy in the top-k eigenvectors; "
-                            "kta = centred kernel-target alignment; distance_to_init = 1 - <K0,K>/(|K0||K|)"}};
+  report["ntk"] = {{"samples", tracker.samples()},
+                   {"outputs", "trace"},
+                   {"k", tracker.request().top_k},
+                   {"energy_ks", tracker.request().energy_ks},
+                   {"energy_targets", "centered"},
+                   {"note", "trace kernel on the first training samples, summarised as `dynascope ntk --k 5 --energy "
+                            "1,2,5,10,20` does: eigenvalues = the top eigenvalues; energy[k] = E_k(y), the share of the "
+                            "centred targets' energy (one-hot for classes) in the top-k eigenvectors; kta = uncentred "
+                            "and kta_centered = centred kernel-target alignment; distance_to_init = 1 - <K0,K>/(|K0||K|)"}};
   report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   io::write_text_atomic((std::filesystem::path(c.train.out_dir) / "report.json").string(), report.dump(2) + "\n");
 
   std::printf("%7s  %10s  %9s  %10s  %9s  %10s  %7s  %7s  %6s  %7s  %9s  %9s\n", "step", "train loss", "train acc",
-              "test loss", "test acc", "NTK l1", "l1/l2", "E_5(y)", "KTA", "S(K0,K)", "Hess l1", "Hess tr");
+              "test loss", "test acc", "NTK l1", "l1/l2", "E_5(y)", "cKTA", "S(K0,K)", "Hess l1", "Hess tr");
   for (std::size_t i = 0; i < outcome.rows.size(); ++i) {
     const auto& r = outcome.rows[i];
     const NtkRow& nr = ntk_rows[i];
     const CurvatureRow& cr = curvature_rows[i];
+    const std::vector<double> top = nr.summary["eigenvalues"].get<std::vector<double>>();
+    const json& energy = nr.summary["energy"];
+    const double e5 = energy.contains("5") ? energy["5"].get<double>() : energy.back().get<double>();
     std::printf("%7lld  %10.6f  %9.4f  %10.6f  %9.4f  %10.4g  %7.2f  %7.4f  %6.3f  %7.4f  %9.4g  %9.4g\n",
-                static_cast<long long>(r.step), r.train.loss, r.train.accuracy, r.test.loss, r.test.accuracy, nr.top[0],
-                nr.top.size() > 1 ? nr.top[0] / nr.top[1] : 0.0, nr.energy[2], nr.kta, nr.distance_to_init, cr.top[0],
-                cr.trace);
+                static_cast<long long>(r.step), r.train.loss, r.train.accuracy, r.test.loss, r.test.accuracy, top[0],
+                top.size() > 1 ? top[0] / top[1] : 0.0, e5, nr.summary["kta_centered"].get<double>(),
+                nr.distance_to_init, cr.top[0], cr.trace);
   }
   std::printf("report: %s/report.json, %s/train.csv, %zu checkpoints (%.1f s)\n", c.train.out_dir.c_str(),
               c.train.out_dir.c_str(), outcome.rows.size(), report["seconds"].get<double>());
@@ -214,11 +219,14 @@ Command register_demo(CLI::App& app) {
   add_model_flags(*cmd, c->model, false);
   add_data_flags(*cmd, c->data, true);
   add_train_flags(*cmd, c->train);
-  cmd->add_option("--out-dir", c->train.out_dir, "report folder")->capture_default_str();
-  cmd->add_option("--ntk-samples", c->ntk_samples, "training samples the NTK section uses")
-      ->check(CLI::PositiveNumber)
+  add_out_dir_flags(*cmd, c->train, "run folder (checkpoints, train.csv, report.json)");
+  cmd->add_option("--ntk-samples", c->ntk_samples, "training samples the NTK section uses, >= 1")
+      ->check(at_least(1))
       ->capture_default_str();
-  return {cmd, [c] { return parse_dtype(c->common.dtype) == DType::f64 ? run<double>(*c) : run<float>(*c); }};
+  return {cmd, [c] {
+            resolve_dtype(c->common, {c->model.model, c->data.inputs});
+            return parse_dtype(c->common.dtype) == DType::f64 ? run<double>(*c) : run<float>(*c);
+          }};
 }
 
 }  // namespace dynascope::cli

@@ -10,7 +10,7 @@ namespace dynascope::cli {
 Command register_info(CLI::App& app) {
   auto* cmd = app.add_subcommand("info", "Version, backends built, CUDA devices seen (or why none), BLAS in use");
   auto opts = std::make_shared<CommonOptions>();
-  add_common_flags(*cmd, *opts);
+  add_common_flags(*cmd, *opts, /*computes=*/false);
   return {cmd, [opts] {
             const auto start = std::chrono::steady_clock::now();
             const Context ctx = make_context(*opts);

@@ -4,6 +4,7 @@
 #include <type_traits>
 
 #include "cli/model_flags.hpp"
+#include "cli/ntk_summary.hpp"
 #include "dynascope/io.hpp"
 #include "dynascope/ntk.hpp"
 #include "dynascope/spectra.hpp"
@@ -21,49 +22,58 @@ struct NtkCommand {
   std::string method = "auto";
   std::string out_matrix;
   index_t top_k = 0;
+  std::vector<index_t> energy;
+  std::string energy_targets = "centered";
   bool per_layer = false;
+  CLI::App* app = nullptr;
 };
 
-// Targets as a float64 matrix in the layout of the kernel's rows: one-hot labels or values
-// [N, C]; for the full kernel the single column vec(Y) of length N*O.
-std::vector<double> target_matrix(const data::Dataset& d, ntk::Outputs mode, index_t outputs, index_t& cols) {
-  const index_t n = d.n;
-  std::vector<double> y;
-  index_t c = d.outputs;
-  if (d.task == data::Task::classification) {
-    y.assign(std::size_t(n * c), 0.0);
-    for (index_t i = 0; i < n; ++i) y[std::size_t(i * c + d.labels[std::size_t(i)])] = 1.0;
-  } else {
-    y = d.y;
+// Every flag combination is checked before any work starts.
+void validate(const NtkCommand& c) {
+  const CLI::App& cmd = *c.app;
+  if (!c.inputs2.empty() && c.data.inputs.empty()) throw UsageError("--inputs2 needs --inputs");
+  const std::string why_square = "alignment and eigenvalues need the square kernel of one input set";
+  refuse_together(cmd, "--inputs2", "--targets", why_square);
+  refuse_together(cmd, "--inputs2", "--k", why_square);
+  refuse_together(cmd, "--inputs2", "--energy", why_square);
+  if (c.outputs == "diagonal") {
+    const std::string why = "the diagonal kernel [N1, N2, O] is a stack of per-output kernels, not one matrix";
+    refuse_together(cmd, "--outputs", "--k", why);
+    refuse_together(cmd, "--outputs", "--energy", why);
+    refuse_together(cmd, "--outputs", "--targets", why + " (alignment is defined for trace, sum and full)");
   }
-  if (mode == ntk::Outputs::full) {
-    if (c != outputs)
-      throw UsageError("--targets: the full kernel needs one target per network output (" + std::to_string(outputs) +
-                       "), the data has " + std::to_string(c));
-    cols = 1;
-    return y;  // row-major [N, O] is vec(Y) in the kernel's (n, a) order
-  }
-  cols = c;
-  return y;
+  if (given(cmd, "--energy-targets") && c.energy.empty())
+    throw UsageError("--energy-targets has no effect without --energy K1,K2,...");
+  check_output("--out", c.common.out);
+  check_output("--out-matrix", c.out_matrix);
 }
 
 template <class T>
 int run(const NtkCommand& c) {
   const auto start = std::chrono::steady_clock::now();
+  validate(c);
   const Context ctx = make_context(c.common);
-  if (!c.inputs2.empty() && c.data.inputs.empty()) throw UsageError("--inputs2 needs --inputs");
   const data::Split split = load_data(c.data, c.common.seed);
   const data::Dataset& d1 = split.train;
   data::Dataset d2;
   if (!c.inputs2.empty()) d2 = data::inputs_from_file(c.inputs2);
   const bool symmetric = c.inputs2.empty();
-  model::Mlp<T> net = load_network<T>(ctx, c.model, c.common.seed, d1.d, d1.targets_present() ? d1.outputs : 0);
+  model::Mlp<T> net = load_network<T>(ctx, c.model, c.common.seed, split, TargetUse::alignment);
   const ntk::Outputs mode = ntk::parse_outputs(c.outputs);
   const ntk::Method method = ntk::parse_method(c.method);
   const index_t o = net.spec.outputs(), n1 = d1.n, n2 = symmetric ? d1.n : d2.n;
   if (!symmetric && d2.d != d1.d)
     throw UsageError("--inputs2 has " + std::to_string(d2.d) + " columns but --inputs has " + std::to_string(d1.d));
   const ntk::KernelShape shape = ntk::kernel_shape(mode, n1, n2, o);
+  const bool square = symmetric && mode != ntk::Outputs::diagonal;
+  // Targets are laid out (and checked) before the kernel is computed.
+  KernelTargets targets;
+  if (square) targets = kernel_targets(d1, mode == ntk::Outputs::full, o);
+  if ((c.top_k > 0 || !c.energy.empty()) && c.top_k > shape.rows)
+    throw UsageError("--k " + std::to_string(c.top_k) + " exceeds the kernel's size " + std::to_string(shape.rows));
+  for (index_t q : c.energy)
+    if (q > shape.rows)
+      throw UsageError("--energy " + std::to_string(q) + " exceeds the kernel's size " + std::to_string(shape.rows));
 
   const Array<T> x1 = model::to_device<T>(ctx, d1).x;
   Array<T> x2;
@@ -93,7 +103,6 @@ int run(const NtkCommand& c) {
                                                        {mode, method, c.per_layer},
                                                        {kdata, shape.rows, shape.cols, shape.cols, Backend::host}, layer_views);
 
-  const bool square = shape.rows == shape.cols && symmetric;
   auto trace_of = [&](const T* p) {
     double t = 0;
     if (mode == ntk::Outputs::diagonal)
@@ -106,7 +115,7 @@ int run(const NtkCommand& c) {
   double fro = 0;
   for (index_t i = 0; i < shape.rows * shape.cols; ++i) fro += double(kdata[i]) * double(kdata[i]);
   json r;
-  r["network"] = spec_json(net.spec);
+  r["network"] = spec_json(net);
   r["method"] = ntk::to_string(info.method);
   r["method_reason"] = info.reason;
   r["outputs"] = ntk::to_string(mode);
@@ -120,49 +129,19 @@ int run(const NtkCommand& c) {
     for (const auto& a : layers) pl.push_back(symmetric ? json(trace_of(a.data())) : json(nullptr));
     r["per_layer_trace"] = pl;
   }
-  const bool targets = d1.targets_present();
-  if ((targets || c.top_k > 0) && !square)
-    throw UsageError("alignment and eigenvalues need a square kernel: omit --inputs2 and use --outputs trace, sum or full");
-  // Alignment and eigenvalues work in float64: a copy only when the kernel is float32 and needed.
-  std::vector<double> k64;
-  const double* k = nullptr;
-  if (targets || c.top_k > 0) {
-    if constexpr (std::is_same_v<T, double>) {
-      k = kdata;
-    } else {
-      k64.assign(kdata, kdata + shape.rows * shape.cols);
-      k = k64.data();
-    }
-  }
-  const MatrixView<const double> kv{k, shape.rows, shape.cols, shape.cols};
-  if (targets) {
-    // E_k needs every eigenvector: the dense solver.
-    const ntk::Eigen<double> eig = ntk::eigen_descending<double>(Context::host(), kv);
-    if (c.top_k > 0) {
-      const index_t kk = std::min<index_t>(c.top_k, shape.rows);
-      r["eigenvalues"] = std::vector<double>(eig.values.begin(), eig.values.begin() + kk);
-    }
-    index_t cols = 0;
-    const std::vector<double> y = target_matrix(d1, mode, o, cols);
-    const MatrixView<const double> yv{y.data(), shape.rows, cols, cols};
-    r["kta"] = ntk::kernel_target_alignment(kv, yv, false);
-    r["kta_centered"] = ntk::kernel_target_alignment(kv, yv, true);
-    const auto ks = ntk::energy_ks(shape.rows);
-    const auto e = ntk::cumulative_energy<double>(eig, yv, ks);
-    json energy;
-    for (std::size_t i = 0; i < ks.size(); ++i) energy[std::to_string(ks[i])] = e[i];
-    r["energy"] = energy;
-  } else if (c.top_k > 0) {
-    // Only the top of the spectrum: Lanczos (dense for small kernels) on the computed kernel.
-    linalg::DenseOperator<double> op(Context::host(), kv);
-    linalg::LanczosOptions lo;
-    lo.k = std::min<index_t>(c.top_k, shape.rows);
-    lo.tol = 1e-10;
-    lo.seed = c.common.seed;
-    const auto eig = linalg::eigsh<double>(op, lo);
-    r["eigenvalues"] = eig.values;
-    r["eigen_method"] = eig.method;
-    r["eigen_converged"] = eig.all_converged;
+  if (square) {
+    KernelSummaryRequest req;
+    req.top_k = c.top_k;
+    req.energy_ks = c.energy;
+    req.center_energy = c.energy_targets == "centered";
+    req.seed = c.common.seed;
+    const Context host = ctx.is_host() ? ctx : make_host_context(c.common);
+    const json summary =
+        kernel_summary<T>(host, MatrixView<const T>{kdata, shape.rows, shape.cols, shape.cols, Backend::host}, targets, req);
+    for (auto it = summary.begin(); it != summary.end(); ++it) r[it.key()] = it.value();
+  } else if (d1.targets_present()) {
+    r["alignment"] = "not computed: alignment is defined for the square kernel of one input set with --outputs "
+                     "trace, sum or full";
   }
   if (mapped) {
     mapped->commit();
@@ -177,6 +156,7 @@ int run(const NtkCommand& c) {
 Command register_ntk(CLI::App& app) {
   auto* cmd = app.add_subcommand("ntk", "The empirical neural tangent kernel: trace, norm, alignment with targets, top eigenvalues");
   auto c = std::make_shared<NtkCommand>();
+  c->app = cmd;
   add_common_flags(*cmd, c->common);
   add_model_flags(*cmd, c->model, true);
   add_data_flags(*cmd, c->data, true);
@@ -190,9 +170,23 @@ Command register_ntk(CLI::App& app) {
       ->check(CLI::IsMember({"auto", "structured", "jvp", "jacobian"}))
       ->capture_default_str();
   cmd->add_option("--out-matrix", c->out_matrix, "write the kernel to this .npy (memory-mapped, written tile by tile)");
-  cmd->add_option("--top-k", c->top_k, "report the K largest eigenvalues")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--k,--top-k", c->top_k, "report the K largest eigenvalues of the kernel (Lanczos; 0 = none)")
+      ->check(at_least(0));
+  cmd->add_option("--energy", c->energy,
+                  "report E_k(y), the share of the targets' energy in the top-k eigenvectors, at these k (e.g. 1,2,5,10; "
+                  "needs targets)")
+      ->delimiter(',')
+      ->check(at_least(1));
+  cmd->add_option("--energy-targets", c->energy_targets,
+                  "centered: E_k of the targets with their column means removed (the constant mode says nothing about "
+                  "what is learned) | raw: as given")
+      ->check(CLI::IsMember({"centered", "raw"}))
+      ->capture_default_str();
   cmd->add_flag("--per-layer", c->per_layer, "also report the trace of each layer's kernel");
-  return {cmd, [c] { return parse_dtype(c->common.dtype) == DType::f64 ? run<double>(*c) : run<float>(*c); }};
+  return {cmd, [c] {
+            resolve_dtype(c->common, {c->model.model, c->data.inputs, c->inputs2});
+            return parse_dtype(c->common.dtype) == DType::f64 ? run<double>(*c) : run<float>(*c);
+          }};
 }
 
 }  // namespace dynascope::cli

@@ -22,22 +22,29 @@ struct EigenFlags {
   std::string out_vectors;
 };
 
+const std::vector<std::string> kTopKFlags{"--k",     "--which",        "--tol",        "--method",
+                                           "--block", "--subspace",     "--max-restarts", "--out-vectors"};
+
 void add_eigen_flags(CLI::App& cmd, EigenFlags& f) {
-  cmd.add_option("--k", f.k, "number of eigenpairs")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd.add_option("--k,--top-k", f.k, "number of eigenpairs, >= 1")->check(at_least(1))->capture_default_str();
   cmd.add_option("--which", f.which, "largest | smallest | magnitude")
       ->check(CLI::IsMember({"largest", "smallest", "magnitude"}))
       ->capture_default_str();
-  cmd.add_option("--tol", f.tol, "relative residual tolerance: |A u - l u| <= tol max(eps^(2/3), |l|)")
-      ->check(CLI::PositiveNumber)
+  cmd.add_option("--tol", f.tol,
+                 "relative residual tolerance, > 0: converged when |A u - l u| <= tol max(eps^(2/3), |l|), never below "
+                 "the working precision 16 eps |A|")
+      ->check(finite_at_least(0, /*open=*/true))
       ->capture_default_str();
   cmd.add_option("--method", f.method, "auto (dense for n <= 400) | lanczos | dense")
       ->check(CLI::IsMember({"auto", "lanczos", "dense"}))
       ->capture_default_str();
-  cmd.add_option("--block", f.block, "vectors per operator application (block Lanczos)")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd.add_option("--block", f.block, "vectors per operator application (block Lanczos), >= 1")
+      ->check(at_least(1))
+      ->capture_default_str();
   cmd.add_option("--subspace", f.subspace, "Lanczos basis size before a restart (0: max(2k+1, 20) + block)")
-      ->check(CLI::NonNegativeNumber);
-  cmd.add_option("--max-restarts", f.max_restarts, "Lanczos restarts before giving up (reported as converged=false)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(at_least(0));
+  cmd.add_option("--max-restarts", f.max_restarts, "Lanczos restarts before giving up (reported as converged=false), >= 0")
+      ->check(at_least(0))
       ->capture_default_str();
   cmd.add_option("--out-vectors", f.out_vectors, "write the eigenvectors [k, n] to this .npy");
 }
@@ -65,7 +72,13 @@ json eigen_json(const Context& ctx, const linalg::EigenResult<T>& r, const std::
   j["eigenvalues"] = r.values;
   j["residuals"] = r.residuals;
   j["converged"] = r.converged;
+  json status = json::array();
+  for (const auto st : r.status) status.push_back(linalg::to_string(st));
+  j["status"] = status;
   j["all_converged"] = r.all_converged;
+  j["multiplicity_checked"] = r.multiplicity_checked;
+  if (r.missed_recovered > 0) j["missed_recovered"] = r.missed_recovered;
+  if (!r.warnings.empty()) j["eigen_warnings"] = r.warnings;
   j["iterations"] = r.iterations;
   j["matvecs"] = r.matvecs;
   if (!out_vectors.empty()) {
@@ -82,11 +95,15 @@ struct EigenCommand {
   CommonOptions common;
   std::string matrix;
   EigenFlags eig;
+  CLI::App* app = nullptr;
 };
 
 template <class T>
 int run_eigen(const EigenCommand& c) {
   const auto start = std::chrono::steady_clock::now();
+  refuse_ignored(*c.app, "--max-memory", "eigen works on the whole matrix in memory and does not tile");
+  check_output("--out", c.common.out);
+  check_output("--out-vectors", c.eig.out_vectors);
   const Context ctx = make_context(c.common);
   const io::Tensor t = io::read_array(c.matrix);
   if (t.shape.size() != 2 || t.shape[0] != t.shape[1])
@@ -121,22 +138,49 @@ struct SpectrumCommand {
   bool density = false;
   index_t steps = 90, probes = 10, grid = 1000;
   std::string trace;
+  CLI::App* app = nullptr;
 };
+
+// Every flag combination is checked before any work starts: a flag that the chosen mode would
+// ignore is an error that names it.
+void validate(const SpectrumCommand& c) {
+  const CLI::App& cmd = *c.app;
+  refuse_together(cmd, "--density", "--trace", "choose the spectral density (SLQ) or a trace estimate");
+  for (const std::string& f : kTopKFlags) {
+    refuse_together(cmd, "--density", f, f + " is a top-k eigenpair option; --density estimates the whole spectrum");
+    refuse_together(cmd, "--trace", f, f + " is a top-k eigenpair option; --trace estimates the trace");
+  }
+  if (!c.density) {
+    refuse_ignored(cmd, "--steps", "it sets the Lanczos steps of --density");
+    refuse_ignored(cmd, "--grid", "it sets the density grid of --density");
+    if (c.trace.empty()) refuse_ignored(cmd, "--probes", "it sets the probes of --density or --trace");
+  }
+  if (c.trace == "hutchpp" && c.probes < 2)
+    throw UsageError("--trace hutchpp needs --probes >= 2 (half sketch, half residual probes), got " +
+                     std::to_string(c.probes));
+  if (c.op == "ntk") {
+    refuse_together(cmd, "--operator", "--loss", "the NTK operator J J^T does not involve a loss (--loss is for ggn and hessian)");
+    refuse_together(cmd, "--operator", "--targets", "the NTK operator J J^T does not use targets (they are for ggn and hessian)");
+  }
+  refuse_ignored(cmd, "--max-memory", "spectrum's operators keep all samples' activations in memory and do not tile");
+  check_output("--out", c.common.out);
+  check_output("--out-vectors", c.eig.out_vectors);
+}
 
 template <class T>
 int run_spectrum(const SpectrumCommand& c) {
   const auto start = std::chrono::steady_clock::now();
+  validate(c);
   const Context ctx = make_context(c.common);
   const data::Split split = load_data(c.data, c.common.seed);
   const data::Dataset& d = split.train;
   const bool curvature = c.op != "ntk";
   if (curvature && !d.targets_present())
     throw UsageError("--operator " + c.op + " needs targets: give --targets or a dataset with labels");
-  model::Mlp<T> net = load_network<T>(ctx, c.model, c.common.seed, d.d, d.targets_present() ? d.outputs : 0);
+  model::Mlp<T> net = load_network<T>(ctx, c.model, c.common.seed, split);
   const model::DeviceData<T> dev = model::to_device<T>(ctx, d);
   const model::Loss loss = c.loss.empty() ? default_loss(d) : model::parse_loss(c.loss);
-  if (curvature && loss == model::Loss::xent && d.task != data::Task::classification)
-    throw UsageError("--loss xent needs integer class labels");
+  if (curvature) check_loss_targets(loss, d);
   std::unique_ptr<linalg::LinearOperator<T>> op;
   json r;
   if (c.op == "ntk") {
@@ -151,7 +195,7 @@ int run_spectrum(const SpectrumCommand& c) {
   }
   r["operator"] = c.op;
   r["size"] = op->size();
-  r["network"] = spec_json(net.spec);
+  r["network"] = spec_json(net);
   r["samples"] = d.n;
   if (c.density) {
     linalg::SlqOptions o;
@@ -169,11 +213,12 @@ int run_spectrum(const SpectrumCommand& c) {
     r["trace_stderr"] = s.trace_stderr;
     r["matvecs"] = s.matvecs;
   } else if (!c.trace.empty()) {
-    const auto t = c.trace == "hutchpp" ? linalg::hutchpp<T>(*op, 3 * std::max<index_t>(1, c.probes / 3), c.common.seed)
+    const auto t = c.trace == "hutchpp" ? linalg::hutchpp_probes<T>(*op, c.probes, c.common.seed)
                                         : linalg::hutchinson<T>(*op, c.probes, c.common.seed);
     r["trace_method"] = c.trace;
+    r["probes"] = c.probes;
     r["trace_estimate"] = t.trace;
-    if (c.trace != "hutchpp") r["trace_stderr"] = t.stderr_;
+    r["trace_stderr"] = t.std_error;
     r["matvecs"] = t.matvecs;
   } else {
     const auto e = linalg::eigsh<T>(*op, lanczos_options(c.eig, c.common.seed, op->size()));
@@ -190,16 +235,23 @@ int run_spectrum(const SpectrumCommand& c) {
 Command register_eigen(CLI::App& app) {
   auto* cmd = app.add_subcommand("eigen", "Top-k eigenpairs of a dense symmetric matrix (.npy) by Lanczos or the dense solver");
   auto c = std::make_shared<EigenCommand>();
+  c->app = cmd;
   add_common_flags(*cmd, c->common);
-  cmd->add_option("--matrix", c->matrix, "symmetric matrix [n, n] (.npy)")->required()->check(CLI::ExistingFile);
+  cmd->add_option("--matrix", c->matrix, "symmetric matrix [n, n] (.npy); its dtype sets the default --dtype")
+      ->required()
+      ->check(CLI::ExistingFile);
   add_eigen_flags(*cmd, c->eig);
-  return {cmd, [c] { return parse_dtype(c->common.dtype) == DType::f64 ? run_eigen<double>(*c) : run_eigen<float>(*c); }};
+  return {cmd, [c] {
+            resolve_dtype(c->common, {c->matrix});
+            return parse_dtype(c->common.dtype) == DType::f64 ? run_eigen<double>(*c) : run_eigen<float>(*c);
+          }};
 }
 
 Command register_spectrum(CLI::App& app) {
   auto* cmd = app.add_subcommand("spectrum", "Matrix-free spectra of a network: the NTK, the Gauss-Newton matrix or the "
                                              "loss Hessian; top-k eigenpairs, spectral density (SLQ) or trace");
   auto c = std::make_shared<SpectrumCommand>();
+  c->app = cmd;
   add_common_flags(*cmd, c->common);
   add_model_flags(*cmd, c->model, true);
   add_data_flags(*cmd, c->data, true);
@@ -210,12 +262,19 @@ Command register_spectrum(CLI::App& app) {
       ->check(CLI::IsMember({"mse", "xent"}));
   add_eigen_flags(*cmd, c->eig);
   cmd->add_flag("--density", c->density, "spectral density by stochastic Lanczos quadrature instead of top-k");
-  cmd->add_option("--steps", c->steps, "SLQ: Lanczos steps per probe")->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--probes", c->probes, "SLQ / trace: Rademacher probes")->check(CLI::PositiveNumber)->capture_default_str();
-  cmd->add_option("--grid", c->grid, "SLQ: density grid points")->check(CLI::Range(2, 1000000))->capture_default_str();
-  cmd->add_option("--trace", c->trace, "estimate the trace instead: hutchinson | hutchpp (with --probes matvecs)")
+  cmd->add_option("--steps", c->steps, "SLQ: Lanczos steps per probe, >= 1")->check(at_least(1))->capture_default_str();
+  cmd->add_option("--probes", c->probes,
+                  "random probe vectors for --density and --trace, >= 1 (SLQ: one Lanczos run each; Hutchinson: one "
+                  "operator application each; Hutch++: half sketch, half residual probes)")
+      ->check(at_least(1))
+      ->capture_default_str();
+  cmd->add_option("--grid", c->grid, "SLQ: density grid points")->check(in_range(2, 1000000))->capture_default_str();
+  cmd->add_option("--trace", c->trace, "estimate the trace instead: hutchinson | hutchpp (with --probes probes)")
       ->check(CLI::IsMember({"hutchinson", "hutchpp"}));
-  return {cmd, [c] { return parse_dtype(c->common.dtype) == DType::f64 ? run_spectrum<double>(*c) : run_spectrum<float>(*c); }};
+  return {cmd, [c] {
+            resolve_dtype(c->common, {c->model.model, c->data.inputs});
+            return parse_dtype(c->common.dtype) == DType::f64 ? run_spectrum<double>(*c) : run_spectrum<float>(*c);
+          }};
 }
 
 }  // namespace dynascope::cli

@@ -11,6 +11,7 @@ struct TrainCommand {
   ModelFlags model;
   DataFlags data;
   TrainFlags train;
+  CLI::App* app = nullptr;
 };
 
 json rows_json(const std::vector<CheckpointRow>& rows, bool has_test) {
@@ -33,12 +34,15 @@ json rows_json(const std::vector<CheckpointRow>& rows, bool has_test) {
 template <class T>
 int run(const TrainCommand& c) {
   const auto start = std::chrono::steady_clock::now();
+  refuse_ignored(*c.app, "--max-memory", "training keeps the whole batch in memory and does not tile");
+  check_output("--out", c.common.out);
   const Context ctx = make_context(c.common);
   const data::Split split = load_data(c.data, c.common.seed);
-  model::Mlp<T> net = load_network<T>(ctx, c.model, c.common.seed, split.train.d, split.train.outputs);
+  model::Mlp<T> net = load_network<T>(ctx, c.model, c.common.seed, split);
   const auto outcome = run_training<T>(ctx, c.common, c.train, net, split, true);
   json r;
-  r["network"] = spec_json(net.spec);
+  r["config"] = run_config("train", c.common, ctx, c.model, c.data, c.train, net.spec, net.source, split, outcome.loss);
+  r["network"] = spec_json(net);
   r["dataset"] = split.train.name;
   r["train_samples"] = split.train.n;
   r["test_samples"] = split.test.n;
@@ -63,13 +67,17 @@ int run(const TrainCommand& c) {
 Command register_train(CLI::App& app) {
   auto* cmd = app.add_subcommand("train", "Train an MLP (PyTorch's losses and optimizers), writing checkpoints and train.csv");
   auto c = std::make_shared<TrainCommand>();
+  c->app = cmd;
   c->train.out_dir = "dynascope-train";
   add_common_flags(*cmd, c->common);
   add_model_flags(*cmd, c->model, true);
   add_data_flags(*cmd, c->data, true);
   add_train_flags(*cmd, c->train);
-  cmd->add_option("--out-dir", c->train.out_dir, "folder for step_XXXXXXX.safetensors and train.csv")->capture_default_str();
-  return {cmd, [c] { return parse_dtype(c->common.dtype) == DType::f64 ? run<double>(*c) : run<float>(*c); }};
+  add_out_dir_flags(*cmd, c->train, "folder for step_XXXXXXX.safetensors and train.csv");
+  return {cmd, [c] {
+            resolve_dtype(c->common, {c->model.model, c->data.inputs});
+            return parse_dtype(c->common.dtype) == DType::f64 ? run<double>(*c) : run<float>(*c);
+          }};
 }
 
 }  // namespace dynascope::cli

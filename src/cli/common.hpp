@@ -1,5 +1,5 @@
 #pragma once
-// What every dynascope subcommand shares: the common flags of IO.md, the context they build,
+// What every dynascope subcommand shares: the common flags (docs/cli.md), the context they build,
 // progress on stderr, JSON results on --out or stdout, and the mapping of errors to exit codes
 // (0 ok, 1 runtime failure, 2 bad usage or bad input).
 #include <CLI/CLI.hpp>
@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "dynascope/context.hpp"
 #include "dynascope/types.hpp"
@@ -19,7 +20,8 @@ using json = nlohmann::ordered_json;
 
 struct CommonOptions {
   std::string backend = "auto";
-  std::string dtype = "float32";
+  std::string dtype;         // float32 | float64; empty until resolve_dtype (default: the data's)
+  std::string dtype_source;  // "--dtype", or the file or default it was taken from
   int threads = 0;
   std::uint64_t seed = 0;
   std::string out;
@@ -27,11 +29,43 @@ struct CommonOptions {
   bool quiet = false;
 };
 
-// Adds --backend --dtype --threads --seed --out --max-memory --quiet to `cmd`.
-void add_common_flags(CLI::App& cmd, CommonOptions& opts);
+// Adds --backend --threads --out --max-memory --quiet to `cmd`, and --dtype --seed for commands
+// that compute (`computes`).
+void add_common_flags(CLI::App& cmd, CommonOptions& opts, bool computes = true);
+
+// Numeric flag checks with readable messages ("--k: must be >= 1, got 0"). The finite_ variants
+// also refuse NaN and infinity.
+CLI::Validator at_least(long long min);
+CLI::Validator in_range(long long min, long long max);
+CLI::Validator finite_at_least(double min, bool open = false);  // open: > min
+CLI::Validator finite_in_range(double min, double max, bool max_open = false);
+
+// Precision follows the data: an explicit --dtype wins; otherwise float64 when any of `files`
+// (weights, inputs, a matrix; not label files) holds float64 values, else float32. Sets opts.dtype
+// and opts.dtype_source.
+void resolve_dtype(CommonOptions& opts, const std::vector<std::string>& files);
+
+// Whether the flag was given on the command line.
+bool given(const CLI::App& cmd, const std::string& flag);
+// UsageError when both flags were given: "--a and --b cannot be used together: why".
+void refuse_together(const CLI::App& cmd, const std::string& a, const std::string& b, const std::string& why);
+// UsageError when `flag` was given although `why_ignored` says it would have no effect.
+void refuse_ignored(const CLI::App& cmd, const std::string& flag, const std::string& why_ignored);
+
+// Every output file of a command is checked before any work starts (folder exists and takes new
+// files, target not a folder or read-only); the message names the flag.
+void check_output(const std::string& flag, const std::string& path);
+
+// SIGINT / SIGTERM: remove the temporary files of writes in progress, say so, and end with the
+// signal's usual status.
+void install_signal_handlers();
 
 // Context for the chosen backend, with the budget, threads and a stderr progress sink.
 Context make_context(const CommonOptions& opts);
+// A host context with the same threads, budget and sinks (for work on host memory, e.g. a kernel
+// matrix, whatever the command's backend).
+Context make_host_context(const CommonOptions& opts);
+void attach_sinks(Context& ctx, const CommonOptions& opts);
 DType parse_dtype(const std::string& flag_value);  // float32 | float64
 std::size_t parse_bytes(const std::string& flag, const std::string& value);  // 123, 64M, 2G
 

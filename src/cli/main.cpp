@@ -1,9 +1,11 @@
 // The dynascope command-line tool. Results go to --out or stdout as JSON, progress to stderr.
 // Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad input.
 #include <cstdio>
+#include <string>
 #include <vector>
 
 #include "cli/common.hpp"
+#include "cli/training_run.hpp"
 #include "dynascope/config.hpp"
 #include "dynascope/error.hpp"
 
@@ -33,6 +35,22 @@ int main(int argc, char** argv) {
   commands.push_back(register_ntk(app));
   commands.push_back(register_eigen(app));
   commands.push_back(register_spectrum(app));
+  std::string names;
+  for (const Command& c : commands) names += (names.empty() ? "" : ", ") + c.app->get_name();
+  if (argc > 1 && argv[1][0] != '-') {
+    bool known = false;
+    for (const Command& c : commands) known = known || c.app->get_name() == argv[1];
+    if (!known) {
+      std::fprintf(stderr, "dynascope: unknown command '%s'; the commands are: %s (see dynascope --help)\n", argv[1],
+                   names.c_str());
+      return 2;
+    }
+  } else if (argc == 1) {
+    std::fprintf(stderr, "dynascope: no command given; the commands are: %s (see dynascope --help)\n", names.c_str());
+    return 2;
+  }
+  install_signal_handlers();
+  remember_command_line(argc, argv);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <sstream>
 
+#include "dynascope/config.hpp"
 #include "dynascope/error.hpp"
 #include "dynascope/io.hpp"
 
@@ -16,15 +17,103 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
   cmd.add_option("--optimizer", f.optimizer, "sgd | momentum | adam | adamw (PyTorch's update rules)")
       ->check(CLI::IsMember({"sgd", "momentum", "adam", "adamw"}))
       ->capture_default_str();
-  cmd.add_option("--lr", f.lr, "learning rate (default 1e-2 for sgd/momentum, 1e-3 for adam/adamw)");
-  cmd.add_option("--momentum", f.momentum, "momentum of the momentum optimizer (default 0.9)");
-  cmd.add_option("--betas", f.betas, "Adam's B1,B2")->capture_default_str();
-  cmd.add_option("--eps", f.eps, "Adam's epsilon")->capture_default_str();
-  cmd.add_option("--weight-decay", f.weight_decay, "weight decay (default 0; 1e-2 for adamw, decoupled)");
-  cmd.add_option("--steps", f.steps, "optimizer steps")->check(CLI::NonNegativeNumber)->capture_default_str();
-  cmd.add_option("--batch", f.batch, "minibatch size (0 = full batch)")->check(CLI::NonNegativeNumber)->capture_default_str();
-  cmd.add_option("--save-every", f.save_every, "checkpoint every K steps (0 = only the first and last)")
-      ->check(CLI::NonNegativeNumber);
+  cmd.add_option("--lr", f.lr, "learning rate, >= 0 (default 1e-2 for sgd/momentum, 1e-3 for adam/adamw)")
+      ->check(finite_at_least(0));
+  cmd.add_option("--momentum", f.momentum, "momentum of the momentum optimizer, >= 0 (default 0.9)")
+      ->check(finite_at_least(0));
+  cmd.add_option("--betas", f.betas, "Adam's B1,B2, each in [0, 1)")->capture_default_str();
+  cmd.add_option("--eps", f.eps, "Adam's epsilon, >= 0")->check(finite_at_least(0))->capture_default_str();
+  cmd.add_option("--weight-decay", f.weight_decay, "weight decay, >= 0 (default 0; 1e-2 for adamw, decoupled)")
+      ->check(finite_at_least(0));
+  cmd.add_option("--steps", f.steps, "optimizer steps, >= 0")->check(at_least(0))->capture_default_str();
+  cmd.add_option("--batch", f.batch, "minibatch size, >= 0 (0 = full batch; at most the training samples)")
+      ->check(at_least(0))
+      ->capture_default_str();
+  cmd.add_option("--save-every", f.save_every, "checkpoint every K steps, >= 0 (0 = only the first and last)")
+      ->check(at_least(0));
+}
+
+void add_out_dir_flags(CLI::App& cmd, TrainFlags& f, const std::string& what) {
+  cmd.add_option("--out-dir", f.out_dir, what)->capture_default_str();
+  cmd.add_flag("--overwrite", f.overwrite,
+               "replace an earlier run in --out-dir (its step_*.safetensors, train.csv and report.json are removed "
+               "first); without it such a folder is refused");
+}
+
+void prepare_out_dir(const TrainFlags& f) {
+  namespace fs = std::filesystem;
+  if (f.out_dir.empty()) throw UsageError("--out-dir: empty folder name");
+  std::error_code ec;
+  const fs::path dir(f.out_dir);
+  if (fs::exists(dir, ec) && !fs::is_directory(dir, ec))
+    throw UsageError("--out-dir: '" + f.out_dir + "' exists and is not a folder");
+  std::vector<fs::path> earlier;
+  if (fs::is_directory(dir, ec)) {
+    for (const auto& entry : fs::directory_iterator(dir, ec)) {
+      const std::string name = entry.path().filename().string();
+      const bool checkpoint = name.rfind("step_", 0) == 0 && entry.path().extension() == ".safetensors";
+      if (checkpoint || name == "train.csv" || name == "report.json") earlier.push_back(entry.path());
+    }
+  }
+  if (!earlier.empty() && !f.overwrite) {
+    std::size_t checkpoints = 0;
+    for (const auto& p : earlier) checkpoints += p.extension() == ".safetensors";
+    throw UsageError("--out-dir: '" + f.out_dir + "' holds an earlier run (" + std::to_string(checkpoints) +
+                     " checkpoints" + (earlier.size() > checkpoints ? ", train.csv or report.json" : "") +
+                     "); choose another folder, or pass --overwrite to remove them first");
+  }
+  for (const auto& p : earlier) {
+    fs::remove(p, ec);
+    if (ec) throw UsageError("--overwrite: cannot remove '" + p.string() + "': " + ec.message());
+  }
+  fs::create_directories(dir, ec);
+  if (ec) throw UsageError("--out-dir: cannot create '" + f.out_dir + "': " + ec.message());
+  check_output("--out-dir", (dir / "train.csv").string());
+}
+
+namespace {
+std::string& command_line() {
+  static std::string line;
+  return line;
+}
+}  // namespace
+
+void remember_command_line(int argc, char** argv) {
+  std::string& line = command_line();
+  line.clear();
+  for (int i = 0; i < argc; ++i) line += (i ? " " : "") + std::string(argv[i]);
+}
+
+json run_config(const std::string& command, const CommonOptions& common, const Context& ctx, const ModelFlags& model,
+                const DataFlags& data, const TrainFlags& train, const model::MlpSpec& spec,
+                const model::LoadInfo& source, const data::Split& split, model::Loss loss) {
+  json j;
+  j["command"] = command;
+  j["command_line"] = command_line();
+  j["version"] = DYNASCOPE_VERSION_STRING;
+  j["backend"] = to_string(ctx.backend());
+  j["dtype"] = common.dtype;
+  j["seed"] = common.seed;
+  j["network"] = spec_json(spec, source, parse_dtype(common.dtype));
+  if (!model.model.empty()) j["network"]["from"] = model.model;
+  else j["network"]["init"] = {{"scheme", model.init}, {"scale", model.init_scale}};
+  json d;
+  if (!data.dataset.empty()) d["dataset"] = data.dataset;
+  if (!data.inputs.empty()) d["inputs"] = data.inputs;
+  if (!data.targets.empty()) d["targets"] = data.targets;
+  d["name"] = split.train.name;
+  d["samples_flag"] = data.samples;
+  d["test_fraction"] = data.test_fraction;
+  d["train_samples"] = split.train.n;
+  d["test_samples"] = split.test.n;
+  j["data"] = d;
+  j["loss"] = model::to_string(loss);
+  const model::OptimizerOptions o = optimizer_options(train);
+  j["optimizer"] = {{"kind", model::to_string(o.kind)}, {"lr", o.lr}, {"momentum", o.momentum},
+                    {"betas", {o.beta1, o.beta2}},       {"eps", o.eps}, {"weight_decay", o.weight_decay}};
+  j["schedule"] = {{"steps", train.steps}, {"batch", train.batch}, {"save_every", train.save_every}};
+  j["out_dir"] = train.out_dir;
+  return j;
 }
 
 model::OptimizerOptions optimizer_options(const TrainFlags& f) {
@@ -70,8 +159,7 @@ RunOutcome<T> run_training(const Context& ctx, const CommonOptions& common, cons
   RunOutcome<T> out;
   const data::Dataset& train = split.train;
   out.loss = flags.loss.empty() ? default_loss(train) : model::parse_loss(flags.loss);
-  if (out.loss == model::Loss::xent && train.task != data::Task::classification)
-    throw UsageError("--loss xent needs integer class labels; the targets are floats (use --loss mse)");
+  check_loss_targets(out.loss, train);
   model::TrainOptions<T> to;
   to.loss = out.loss;
   to.optimizer = optimizer_options(flags);
@@ -81,17 +169,14 @@ RunOutcome<T> run_training(const Context& ctx, const CommonOptions& common, cons
   to.checkpoint_every = flags.save_every;
   if (flags.batch > train.n)
     throw UsageError("--batch " + std::to_string(flags.batch) + " is larger than the " + std::to_string(train.n) + " training samples");
+  // Everything is checked; only now is the run folder touched.
+  if (write_checkpoints) prepare_out_dir(flags);
 
   const bool classify = train.task == data::Task::classification;
   std::string csv = classify ? "step,loss,accuracy\n" : "step,loss\n";
   to.on_record = [&](const model::TrainRecord& r) {
     csv += std::to_string(r.step) + "," + fmt_value(r.loss) + (classify ? "," + fmt_value(r.accuracy) : "") + "\n";
   };
-  if (!flags.out_dir.empty()) {
-    std::error_code ec;
-    fs::create_directories(flags.out_dir, ec);
-    if (ec) throw UsageError("--out-dir: cannot create '" + flags.out_dir + "': " + ec.message());
-  }
   model::MlpEngine<T> eval_engine(ctx, net.spec);
   const model::DeviceData<T> train_dev = model::to_device<T>(ctx, train);
   const bool has_test = split.test.n > 0;

@@ -1,4 +1,5 @@
 // CUDA runtime, cuBLAS and cuSOLVER plumbing (CUDA builds only).
+#include <dlfcn.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <cusolverDn.h>
@@ -32,6 +33,18 @@ void throw_cusolver(int status, const char* call, const char* file, int line) {
 
 namespace dynascope::cuda_api {
 
+namespace {
+// Whether the driver library can be loaded at all (it is what a machine without NVIDIA's driver
+// lacks); checked only to word the reason, never kept open.
+bool driver_library_present() {
+  void* h = ::dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL | RTLD_NOLOAD);
+  if (h == nullptr) h = ::dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+  if (h == nullptr) return false;
+  ::dlclose(h);
+  return true;
+}
+}  // namespace
+
 CudaStatus status() {
   CudaStatus st;
   st.built = true;
@@ -39,7 +52,17 @@ CudaStatus status() {
   // No other CUDA call may come first: without a driver everything else fails too.
   const cudaError_t e = cudaGetDeviceCount(&n);
   if (e != cudaSuccess) {
-    st.reason = std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
+    if (e == cudaErrorInsufficientDriver && !driver_library_present())
+      st.reason = "no NVIDIA driver is installed on this machine (libcuda.so.1 not found), so no GPU can be used; "
+                  "use --backend host";
+    else if (e == cudaErrorInsufficientDriver)
+      st.reason = "the NVIDIA driver is older than this build's CUDA runtime needs (CUDA " +
+                  std::to_string(CUDART_VERSION / 1000) + "." + std::to_string(CUDART_VERSION % 1000 / 10) +
+                  "); update the driver or use --backend host";
+    else if (e == cudaErrorNoDevice)
+      st.reason = "the NVIDIA driver sees no GPU on this machine";
+    else
+      st.reason = std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
     cudaGetLastError();  // clear the sticky-free error state
     return st;
   }

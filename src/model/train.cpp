@@ -39,14 +39,20 @@ const char* to_string(OptimizerKind k) noexcept {
 OptimizerOptions OptimizerOptions::resolved() const {
   OptimizerOptions o = *this;
   const bool adam_like = kind == OptimizerKind::adam || kind == OptimizerKind::adamw;
-  if (o.lr < 0) o.lr = adam_like ? 1e-3 : 1e-2;
-  if (o.momentum < 0) o.momentum = kind == OptimizerKind::momentum ? 0.9 : 0.0;
-  if (o.weight_decay < 0) o.weight_decay = kind == OptimizerKind::adamw ? 1e-2 : 0.0;
-  if (!(o.lr > 0) || !std::isfinite(o.lr)) throw InvalidArgument("--lr: the learning rate must be positive and finite");
-  if (!(o.momentum >= 0 && o.momentum < 1)) throw InvalidArgument("--momentum: must be in [0, 1)");
-  if (!(o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1)) throw InvalidArgument("--betas: both must be in [0, 1)");
-  if (!(o.eps > 0)) throw InvalidArgument("--eps: must be positive");
-  if (!(o.weight_decay >= 0) || !std::isfinite(o.weight_decay)) throw InvalidArgument("--weight-decay: must be >= 0");
+  if (std::isnan(o.lr)) o.lr = adam_like ? 1e-3 : 1e-2;
+  if (std::isnan(o.momentum)) o.momentum = kind == OptimizerKind::momentum ? 0.9 : 0.0;
+  if (std::isnan(o.weight_decay)) o.weight_decay = kind == OptimizerKind::adamw ? 1e-2 : 0.0;
+  // PyTorch's checks (torch.optim.SGD / Adam / AdamW), plus finiteness.
+  const auto value = [](double v) { return std::to_string(v); };
+  if (!(o.lr >= 0) || !std::isfinite(o.lr))
+    throw InvalidArgument("--lr: the learning rate must be >= 0 and finite, got " + value(o.lr));
+  if (!(o.momentum >= 0) || !std::isfinite(o.momentum))
+    throw InvalidArgument("--momentum: must be >= 0 and finite, got " + value(o.momentum));
+  if (!(o.beta1 >= 0 && o.beta1 < 1)) throw InvalidArgument("--betas: beta1 must be in [0, 1), got " + value(o.beta1));
+  if (!(o.beta2 >= 0 && o.beta2 < 1)) throw InvalidArgument("--betas: beta2 must be in [0, 1), got " + value(o.beta2));
+  if (!(o.eps >= 0) || !std::isfinite(o.eps)) throw InvalidArgument("--eps: must be >= 0 and finite, got " + value(o.eps));
+  if (!(o.weight_decay >= 0) || !std::isfinite(o.weight_decay))
+    throw InvalidArgument("--weight-decay: must be >= 0 and finite, got " + value(o.weight_decay));
   return o;
 }
 

@@ -1,4 +1,4 @@
-// Spectrum alignment and kernel motion (DIAGNOSTICS.md section 1), in float64 on the host.
+// Spectrum alignment and kernel motion (docs/definitions.md, "Alignment with the targets"), float64 sums on the host.
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -31,91 +31,108 @@ Eigen<T> eigen_descending(const Context& ctx, MatrixView<const T> kernel) {
 }
 
 template <class T>
-std::vector<double> cumulative_energy(const Eigen<T>& eig, MatrixView<const double> v, const std::vector<index_t>& ks) {
-  const index_t m = static_cast<index_t>(eig.values.size());
-  if (v.rows != m) throw ShapeMismatch("cumulative_energy: targets have " + std::to_string(v.rows) + " rows, the kernel " + std::to_string(m));
-  if (eig.vectors.backend() != Backend::host || v.backend != Backend::host)
+std::vector<double> cumulative_energy(MatrixView<const T> u, MatrixView<const double> v, const std::vector<index_t>& ks) {
+  const index_t k = u.rows, m = u.cols;
+  if (v.rows != m) throw ShapeMismatch("cumulative_energy: targets have " + std::to_string(v.rows) + " rows, the eigenvectors " + std::to_string(m));
+  if (u.backend != Backend::host || v.backend != Backend::host)
     throw InvalidArgument("cumulative_energy: eigenvectors and targets must be on the host");
+  for (index_t q : ks)
+    if (q < 1 || q > k)
+      throw InvalidArgument("cumulative_energy: k = " + std::to_string(q) + " needs " + std::to_string(q) +
+                            " eigenvectors, " + std::to_string(k) + " were given");
   double total = 0;
   for (index_t i = 0; i < m; ++i)
     for (index_t c = 0; c < v.cols; ++c) total += v(i, c) * v(i, c);
   // Projections ||u_i^T V||^2, then their prefix sums.
-  std::vector<double> proj(static_cast<std::size_t>(m), 0.0);
-  const T* u = eig.vectors.data();
-  for (index_t i = 0; i < m; ++i)
+  std::vector<double> prefix(static_cast<std::size_t>(k + 1), 0.0);
+  for (index_t i = 0; i < k; ++i) {
+    double proj = 0;
     for (index_t c = 0; c < v.cols; ++c) {
       double s = 0;
-      for (index_t j = 0; j < m; ++j) s += double(u[i * m + j]) * v(j, c);
-      proj[std::size_t(i)] += s * s;
+      for (index_t j = 0; j < m; ++j) s += double(u(i, j)) * v(j, c);
+      proj += s * s;
     }
-  std::vector<double> prefix(static_cast<std::size_t>(m + 1), 0.0);
-  for (index_t i = 0; i < m; ++i) prefix[std::size_t(i + 1)] = prefix[std::size_t(i)] + proj[std::size_t(i)];
-  std::vector<double> out;
-  for (index_t k : ks) {
-    const index_t kk = std::clamp<index_t>(k, 0, m);
-    out.push_back(total > 0 ? prefix[std::size_t(kk)] / total : 0.0);
+    prefix[std::size_t(i + 1)] = prefix[std::size_t(i)] + proj;
   }
+  std::vector<double> out;
+  for (index_t q : ks) out.push_back(total > 0 ? prefix[std::size_t(q)] / total : 0.0);
   return out;
 }
 
-namespace {
-// K -> HKH and Y -> HY into fresh buffers.
-void center(MatrixView<const double> k, MatrixView<const double> y, std::vector<double>& kc, std::vector<double>& yc) {
-  const index_t m = k.rows;
-  std::vector<double> row(std::size_t(m), 0.0), col(std::size_t(m), 0.0);
-  double all = 0;
-  for (index_t i = 0; i < m; ++i)
-    for (index_t j = 0; j < m; ++j) {
-      row[std::size_t(i)] += k(i, j);
-      col[std::size_t(j)] += k(i, j);
-      all += k(i, j);
-    }
-  kc.resize(std::size_t(m * m));
-  for (index_t i = 0; i < m; ++i)
-    for (index_t j = 0; j < m; ++j)
-      kc[std::size_t(i * m + j)] = k(i, j) - row[std::size_t(i)] / double(m) - col[std::size_t(j)] / double(m) + all / double(m * m);
-  yc.resize(std::size_t(m * y.cols));
-  for (index_t c = 0; c < y.cols; ++c) {
-    double mean = 0;
-    for (index_t i = 0; i < m; ++i) mean += y(i, c);
-    mean /= double(m);
-    for (index_t i = 0; i < m; ++i) yc[std::size_t(i * y.cols + c)] = y(i, c) - mean;
-  }
+template <class T>
+std::vector<double> cumulative_energy(const Eigen<T>& eig, MatrixView<const double> v, const std::vector<index_t>& ks) {
+  const index_t m = static_cast<index_t>(eig.values.size());
+  if (v.rows != m) throw ShapeMismatch("cumulative_energy: targets have " + std::to_string(v.rows) + " rows, the kernel " + std::to_string(m));
+  if (eig.vectors.backend() != Backend::host)
+    throw InvalidArgument("cumulative_energy: eigenvectors and targets must be on the host");
+  std::vector<index_t> clipped;
+  for (index_t k : ks) clipped.push_back(std::clamp<index_t>(k, 1, m));
+  if (m == 0) return std::vector<double>(ks.size(), 0.0);
+  return cumulative_energy<T>(MatrixView<const T>{eig.vectors.data(), m, m, m}, v, clipped);
 }
 
-double alignment(MatrixView<const double> k, MatrixView<const double> y) {
+namespace {
+
+// <K, Y Y^T>_F / (||K||_F ||Y Y^T||_F) without copying K. Centred (Cortes et al.): with H = I - 11^T/m,
+// <HKH, HY (HY)^T> = <K, Yc Yc^T> for Yc = HY (H is symmetric and idempotent), and for symmetric K
+// ||HKH||_F^2 = ||K||_F^2 - (2/m) ||K 1||^2 + (1^T K 1)^2 / m^2, so one pass over K suffices.
+template <class T>
+double alignment(MatrixView<const T> k, MatrixView<const double> y, bool centered) {
   const index_t m = k.rows, c = y.cols;
-  // <K, Y Y^T> = sum_c y_c^T K y_c ;  ||Y Y^T||_F^2 = ||Y^T Y||_F^2
-  double num = 0, kf = 0;
-  for (index_t i = 0; i < m; ++i)
-    for (index_t j = 0; j < m; ++j) {
-      kf += k(i, j) * k(i, j);
-      double yy = 0;
-      for (index_t q = 0; q < c; ++q) yy += y(i, q) * y(j, q);
-      num += k(i, j) * yy;
+  std::vector<double> yc(std::size_t(m * c));
+  for (index_t q = 0; q < c; ++q) {
+    double mean = 0;
+    if (centered) {
+      for (index_t i = 0; i < m; ++i) mean += y(i, q);
+      mean /= double(m);
     }
+    for (index_t i = 0; i < m; ++i) yc[std::size_t(i * c + q)] = y(i, q) - mean;
+  }
+  double num = 0, kf = 0, all = 0, rows2 = 0;
+  for (index_t i = 0; i < m; ++i) {
+    double row = 0;
+    const double* yi = yc.data() + i * c;
+    for (index_t j = 0; j < m; ++j) {
+      const double kij = double(k(i, j));
+      kf += kij * kij;
+      row += kij;
+      const double* yj = yc.data() + j * c;
+      double yy = 0;
+      for (index_t q = 0; q < c; ++q) yy += yi[q] * yj[q];
+      num += kij * yy;
+    }
+    all += row;
+    rows2 += row * row;
+  }
+  if (centered) kf = std::max(0.0, kf - 2.0 / double(m) * rows2 + all * all / (double(m) * double(m)));
   double yf = 0;
   for (index_t p = 0; p < c; ++p)
     for (index_t q = 0; q < c; ++q) {
       double s = 0;
-      for (index_t i = 0; i < m; ++i) s += y(i, p) * y(i, q);
+      for (index_t i = 0; i < m; ++i) s += yc[std::size_t(i * c + p)] * yc[std::size_t(i * c + q)];
       yf += s * s;
     }
   const double denom = std::sqrt(kf) * std::sqrt(yf);
   return denom > 0 ? num / denom : 0.0;
 }
-}  // namespace
 
-double kernel_target_alignment(MatrixView<const double> k, MatrixView<const double> y, bool centered) {
+template <class T>
+double checked_alignment(MatrixView<const T> k, MatrixView<const double> y, bool centered) {
   if (k.backend != Backend::host || y.backend != Backend::host)
     throw InvalidArgument("kernel_target_alignment: the kernel and targets must be on the host");
   if (k.rows != k.cols) throw ShapeMismatch("kernel_target_alignment: the kernel must be square");
   if (y.rows != k.rows)
     throw ShapeMismatch("kernel_target_alignment: targets have " + std::to_string(y.rows) + " rows, the kernel " + std::to_string(k.rows));
-  if (!centered) return alignment(k, y);
-  std::vector<double> kc, yc;
-  center(k, y, kc, yc);
-  return alignment({kc.data(), k.rows, k.rows, k.rows}, {yc.data(), y.rows, y.cols, y.cols});
+  return alignment(k, y, centered);
+}
+}  // namespace
+
+double kernel_target_alignment(MatrixView<const double> k, MatrixView<const double> y, bool centered) {
+  return checked_alignment(k, y, centered);
+}
+
+double kernel_target_alignment(MatrixView<const float> k, MatrixView<const double> y, bool centered) {
+  return checked_alignment(k, y, centered);
 }
 
 double kernel_distance(MatrixView<const double> k1, MatrixView<const double> k2) {
@@ -146,5 +163,7 @@ template Eigen<float> eigen_descending<float>(const Context&, MatrixView<const f
 template Eigen<double> eigen_descending<double>(const Context&, MatrixView<const double>);
 template std::vector<double> cumulative_energy<float>(const Eigen<float>&, MatrixView<const double>, const std::vector<index_t>&);
 template std::vector<double> cumulative_energy<double>(const Eigen<double>&, MatrixView<const double>, const std::vector<index_t>&);
+template std::vector<double> cumulative_energy<float>(MatrixView<const float>, MatrixView<const double>, const std::vector<index_t>&);
+template std::vector<double> cumulative_energy<double>(MatrixView<const double>, MatrixView<const double>, const std::vector<index_t>&);
 
 }  // namespace dynascope::ntk
