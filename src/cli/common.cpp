@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -34,13 +35,25 @@ std::optional<N> parse_number(const std::string& text) {
   return v;
 }
 
+// A decimal integer, refused when out of range (CLI11's own parser saturates, and reads a
+// leading 0 as octal). Rewrites `text` to plain decimal, which is what CLI11 then reads.
+std::optional<long long> parse_integer(std::string& text) {
+  long long v = 0;
+  const char* end = text.data() + text.size();
+  const auto [ptr, ec] = std::from_chars(text.data(), end, v);
+  if (text.empty() || ec != std::errc() || ptr != end) return std::nullopt;
+  text = std::to_string(v);
+  return v;
+}
+
 }  // namespace
 
 CLI::Validator at_least(long long min) {
   return CLI::Validator(
       [min](std::string& text) -> std::string {
-        const auto v = parse_number<long long>(text);
-        if (!v) return "expected an integer, got '" + text + "'";
+        const std::string given = text;
+        const auto v = parse_integer(text);
+        if (!v) return "expected an integer in range, got '" + given + "'";
         if (*v < min) return "must be >= " + std::to_string(min) + ", got " + text;
         return {};
       },
@@ -50,8 +63,9 @@ CLI::Validator at_least(long long min) {
 CLI::Validator in_range(long long min, long long max) {
   return CLI::Validator(
       [min, max](std::string& text) -> std::string {
-        const auto v = parse_number<long long>(text);
-        if (!v) return "expected an integer, got '" + text + "'";
+        const std::string given = text;
+        const auto v = parse_integer(text);
+        if (!v) return "expected an integer in range, got '" + given + "'";
         if (*v < min || *v > max)
           return "must be in [" + std::to_string(min) + ", " + std::to_string(max) + "], got " + text;
         return {};

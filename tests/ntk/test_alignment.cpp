@@ -93,6 +93,28 @@ TEST(Alignment, KernelTargetAlignmentMatchesNaiveFormulas) {
   EXPECT_NEAR(ntk::kernel_target_alignment({ideal.data(), m, m, m}, {y.data(), m, 1, 1}, false), 1.0, 1e-14);
 }
 
+TEST(Alignment, FloatKernelsAndTopEigenvectorsGiveTheSameNumbers) {
+  // The float32 overload reads the kernel in place (no float64 copy): equal to the float64 one to
+  // float32 rounding of K. E_k from the top-k eigenvector rows equals E_k from all of them.
+  const index_t m = 12, c = 3;
+  const auto k = psd(m, 6);
+  const auto y = test::random_vector(std::size_t(m * c), 7);
+  std::vector<float> kf(k.begin(), k.end());
+  for (bool centered : {false, true}) {
+    const double d = ntk::kernel_target_alignment({k.data(), m, m, m}, {y.data(), m, c, c}, centered);
+    const double f = ntk::kernel_target_alignment(MatrixView<const float>{kf.data(), m, m, m}, {y.data(), m, c, c}, centered);
+    EXPECT_NEAR(f, d, 1e-6 * std::abs(d)) << centered;
+  }
+  const ntk::Eigen<double> eig = ntk::eigen_descending<double>(Context::host(), {k.data(), m, m, m});
+  const std::vector<index_t> ks{1, 2, 5};
+  const auto all = ntk::cumulative_energy<double>(eig, {y.data(), m, c, c}, ks);
+  const auto top = ntk::cumulative_energy<double>(MatrixView<const double>{eig.vectors.data(), 5, m, m}, {y.data(), m, c, c}, ks);
+  for (std::size_t i = 0; i < ks.size(); ++i) EXPECT_NEAR(top[i], all[i], 1e-14);
+  // Asking for more eigenvectors than were given is an error, not a silent clip.
+  EXPECT_THROW(ntk::cumulative_energy<double>(MatrixView<const double>{eig.vectors.data(), 5, m, m}, {y.data(), m, c, c}, {6}),
+               InvalidArgument);
+}
+
 TEST(Alignment, KernelDistanceIsZeroForScaledKernelsAndOneForOrthogonal) {
   const index_t m = 6;
   const auto k = psd(m, 6);
