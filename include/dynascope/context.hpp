@@ -66,9 +66,14 @@ class DYNASCOPE_API Context {
   std::size_t workspace_budget() const noexcept;
   void set_workspace_budget(std::size_t bytes);
 
+  // Applies to allocations made from now on: blocks allocated before keep the deallocator of
+  // the hook that allocated them (see allocate_owned).
   void set_allocator(Allocator allocator);
   void* allocate(std::size_t bytes) const;                  // throws OutOfMemory
   void deallocate(void* ptr, std::size_t bytes) const noexcept;
+  // A block freed by the deallocator in force when it was allocated, whatever set_allocator does
+  // later (Array storage is allocated this way). Throws OutOfMemory.
+  std::shared_ptr<void> allocate_owned(std::size_t bytes) const;
 
   void set_log_sink(LogSink sink);
   void set_progress_sink(ProgressSink sink);

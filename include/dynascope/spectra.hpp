@@ -108,6 +108,7 @@ DYNASCOPE_API Which parse_which(const std::string& text);
 DYNASCOPE_API const char* to_string(Which w) noexcept;
 
 enum class EigenMethod { automatic, lanczos, dense };
+DYNASCOPE_API const char* to_string(EigenMethod m) noexcept;  // "automatic", "lanczos", "dense"
 
 struct LanczosOptions {
   index_t k = 6;
@@ -174,7 +175,7 @@ struct EigenResult {
   index_t check_passes = 0;          // Lanczos passes the check ran
   index_t iterations = 0;            // restarts over all passes (Lanczos) or 1 (dense)
   index_t matvecs = 0;               // operator applications (vectors)
-  std::string method;                // "lanczos" or "dense"
+  EigenMethod method = EigenMethod::lanczos;  // the path taken: lanczos or dense
   std::vector<std::string> warnings; // e.g. precision-limited eigenvalues, with advice (also sent
                                      // to the context's log sink as warnings)
 };

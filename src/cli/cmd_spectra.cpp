@@ -68,7 +68,7 @@ linalg::LanczosOptions lanczos_options(const EigenFlags& f, std::uint64_t seed, 
 template <class T>
 json eigen_json(const Context& ctx, const linalg::EigenResult<T>& r, const std::string& out_vectors) {
   json j;
-  j["method"] = r.method;
+  j["method"] = linalg::to_string(r.method);
   j["eigenvalues"] = r.values;
   j["residuals"] = r.residuals;
   j["converged"] = r.converged;

@@ -86,7 +86,7 @@ json kernel_summary(const Context& host, MatrixView<const T> k, const KernelTarg
     r["energy_targets"] = request.center_energy ? "centered" : "raw";
   }
   json ej;
-  ej["method"] = e.method;
+  ej["method"] = linalg::to_string(e.method);
   ej["k"] = want;
   ej["tol"] = o.tol;
   ej["all_converged"] = e.all_converged;

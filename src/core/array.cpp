@@ -30,9 +30,8 @@ index_t shape_numel(const Shape& shape) {
 namespace detail {
 
 std::shared_ptr<void> allocate_storage(const Context& ctx, std::size_t bytes) {
-  void* p = ctx.allocate(bytes);
-  // The deleter holds the context (and through it the stream and allocator) alive.
-  return std::shared_ptr<void>(p, [ctx, bytes](void* q) { ctx.deallocate(q, bytes); });
+  // The deleter keeps the stream alive and frees through the allocator that allocated.
+  return ctx.allocate_owned(bytes);
 }
 
 void copy_rows(const Context& ctx, void* dst, std::size_t dst_pitch, Backend dst_backend,

@@ -120,6 +120,21 @@ void Context::deallocate(void* ptr, std::size_t bytes) const noexcept {
   }
 }
 
+std::shared_ptr<void> Context::allocate_owned(std::size_t bytes) const {
+  void* p = allocate(bytes);
+  if (res_->allocator.deallocate) {
+    // The hook's deallocator as it is now, with the stream; the resources stay alive for it.
+    return std::shared_ptr<void>(p, [dealloc = res_->allocator.deallocate, res = res_, bytes](void* q) {
+      dealloc(q, bytes, res->stream);
+    });
+  }
+  // The backend's default: a context copy without the hook frees through it.
+  return std::shared_ptr<void>(p, [res = res_, cuda = is_cuda()](void* q) {
+    if (cuda) cuda_api::free_async(q, res->stream);
+    else std::free(q);
+  });
+}
+
 void Context::set_log_sink(LogSink sink) { res_->log = std::move(sink); }
 void Context::set_progress_sink(ProgressSink sink) { res_->progress = std::move(sink); }
 

@@ -25,6 +25,15 @@ Which parse_which(const std::string& t) {
   if (t == "magnitude") return Which::magnitude;
   throw InvalidArgument("--which: expected largest, smallest or magnitude, got '" + t + "'");
 }
+const char* to_string(EigenMethod m) noexcept {
+  switch (m) {
+    case EigenMethod::automatic: return "automatic";
+    case EigenMethod::lanczos: return "lanczos";
+    case EigenMethod::dense: return "dense";
+  }
+  return "unknown";
+}
+
 const char* to_string(Which w) noexcept {
   switch (w) {
     case Which::largest: return "largest";
@@ -457,7 +466,7 @@ EigenResult<T> dense_eigsh(LinearOperator<T>& op, const LanczosOptions& o, doubl
   const Context& ctx = op.context();
   const index_t n = op.size(), k = o.k;
   EigenResult<T> r;
-  r.method = "dense";
+  r.method = EigenMethod::dense;
   r.iterations = 1;
   Array<T> a(ctx, {n, n});
   if (auto* dense = dynamic_cast<DenseOperator<T>*>(&op)) {
@@ -581,7 +590,7 @@ void finish(EigenResult<T>& r, LinearOperator<T>& op, const LanczosOptions& o, d
   const Context& ctx = op.context();
   const index_t k = o.k, n = op.size();
   // Honest residuals ||A u - lambda u|| (one more application).
-  if (o.true_residuals || r.method == "dense") {
+  if (o.true_residuals || r.method == EigenMethod::dense) {
     Array<T> au(ctx, {k, n});
     apply_blocks<T>(op, r.vectors.matrix(), au.matrix(), r.matvecs);
     r.residuals.assign(std::size_t(k), 0.0);
@@ -605,7 +614,7 @@ void finish(EigenResult<T>& r, LinearOperator<T>& op, const LanczosOptions& o, d
   std::vector<index_t> limited;
   for (index_t i = 0; i < k; ++i) {
     const double val = r.values[std::size_t(i)];
-    const bool ok = r.method == "dense" || r.residuals[std::size_t(i)] <= bar(val, anorm);
+    const bool ok = r.method == EigenMethod::dense || r.residuals[std::size_t(i)] <= bar(val, anorm);
     const bool floor_decides = floor > o.tol * std::max(eps23(), std::abs(val));
     r.converged[std::size_t(i)] = ok;
     r.status[std::size_t(i)] = !ok                                                     ? EigenStatus::not_converged
@@ -662,7 +671,7 @@ EigenResult<T> eigsh(LinearOperator<T>& op, const LanczosOptions& o, std::option
   if (o.method == EigenMethod::dense || too_small || (o.method == EigenMethod::automatic && n <= o.dense_below)) {
     r = dense_eigsh<T>(op, o, anorm);
   } else {
-    r.method = "lanczos";
+    r.method = EigenMethod::lanczos;
     PassSpec spec;
     spec.k = k;
     spec.block = b;

@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <memory>
+
 #include <string>
 #include <vector>
 
@@ -61,6 +63,39 @@ TEST(Context, AllocatorHookSeesEveryAllocation) {
   EXPECT_EQ(frees, 2);
   EXPECT_EQ(live, 0u);
   EXPECT_THROW(ctx.set_allocator({[](std::size_t, void*) { return nullptr; }, nullptr}), InvalidArgument);
+}
+
+TEST(Context, BlocksAreFreedByTheHookThatAllocatedThemAfterTheHookChanges) {
+  // Swapping hooks between allocations: each block goes back to its own allocator, and blocks
+  // from the default allocator are freed by the default (std::free), never by a later hook.
+  Context ctx = Context::host();
+  std::vector<void*> from_a, freed_by_a, from_b, freed_by_b;
+  const auto hook = [](std::vector<void*>& got, std::vector<void*>& freed) {
+    return Allocator{[&got](std::size_t bytes, void*) {
+                       void* p = ::operator new(bytes);
+                       got.push_back(p);
+                       return p;
+                     },
+                     [&freed](void* p, std::size_t, void*) {
+                       freed.push_back(p);
+                       ::operator delete(p);
+                     }};
+  };
+  auto plain = std::make_unique<Array<double>>(ctx, Shape{16});  // default allocator
+  ctx.set_allocator(hook(from_a, freed_by_a));
+  auto a = std::make_unique<Array<double>>(ctx, Shape{8});
+  ctx.set_allocator(hook(from_b, freed_by_b));
+  auto b = std::make_unique<Array<float>>(ctx, Shape{4});
+  ASSERT_EQ(from_a.size(), 1u);
+  ASSERT_EQ(from_b.size(), 1u);
+  a.reset();
+  EXPECT_EQ(freed_by_a, from_a);
+  EXPECT_TRUE(freed_by_b.empty());
+  plain.reset();  // aligned_alloc'd: freeing it through hook B would be undefined behaviour
+  EXPECT_TRUE(freed_by_b.empty());
+  EXPECT_EQ(freed_by_a.size(), 1u);
+  b.reset();
+  EXPECT_EQ(freed_by_b, from_b);
 }
 
 TEST(Context, FailedAllocationIsOutOfMemory) {

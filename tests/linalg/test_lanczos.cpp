@@ -106,13 +106,13 @@ TEST_P(LanczosHard, MatchesDenseSolverOnHardSpectra) {
         // would need shift-invert): the solver must say so rather than return a wrong answer.
         o.max_restarts = 20;
         const auto r = linalg::eigsh<double>(op, o);
-        if (r.method == "lanczos") {
+        if (r.method == linalg::EigenMethod::lanczos) {
           EXPECT_FALSE(r.all_converged) << n;
         }
         continue;
       }
       const auto r = linalg::eigsh<double>(op, o);
-      const std::string what = sp.name + " " + linalg::to_string(which) + " n=" + std::to_string(n) + " (" + r.method + ")";
+      const std::string what = sp.name + " " + linalg::to_string(which) + " n=" + std::to_string(n) + " (" + linalg::to_string(r.method) + ")";
       check_result(r, a, n, sorted_wanted(sp.lambda, which, o.k), o.tol, what);
     }
   }
@@ -137,7 +137,7 @@ TEST(Lanczos, KCloseToNAndTheDensePathAgree) {
   EXPECT_TRUE(r.multiplicity_checked);  // the 8-dimensional complement, solved exactly
   o.method = EigenMethod::dense;
   const auto d = linalg::eigsh<double>(op, o);
-  EXPECT_EQ(d.method, "dense");
+  EXPECT_EQ(d.method, linalg::EigenMethod::dense);
   check_result(d, a, n, sorted_wanted(l, Which::largest, o.k), 1e-12, "dense");
   o.k = n;
   o.method = EigenMethod::automatic;
