@@ -10,9 +10,19 @@
 
 #include <omp.h>
 
+#include "dynascope/config.hpp"
 #include "dynascope/context.hpp"
 #include "dynascope/error.hpp"
 #include "dynascope/view.hpp"
+
+// A file that launches kernels but is compiled by the host compiler in a CUDA build would throw
+// NotBuiltWithCuda on its first cuda launch: at run time, on a GPU only, never in CI. So in CUDA
+// builds this header must be compiled by nvcc (list the file with dynascope_kernel_sources). A
+// file that only ever launches on host contexts says so by defining DYNASCOPE_HOST_LAUNCH_ONLY
+// before the include.
+#if DYNASCOPE_WITH_CUDA && !defined(__CUDACC__) && !defined(DYNASCOPE_HOST_LAUNCH_ONLY)
+#error "kernels/launch.cuh in a CUDA build needs nvcc: add this file to DYNASCOPE_KERNEL_SOURCES (dynascope_kernel_sources), or define DYNASCOPE_HOST_LAUNCH_ONLY if it launches on host contexts only"
+#endif
 
 #include <vector>
 

@@ -15,7 +15,7 @@
 #include "dynascope/array.hpp"
 #include "dynascope/config.hpp"
 #include "dynascope/error.hpp"
-#include "kernels/launch.cuh"
+#include "core/blas_kernels.hpp"
 
 #if DYNASCOPE_WITH_CUDA
 #include <cublas_v2.h>
@@ -148,15 +148,7 @@ int device_info(const Context& ctx, const Array<int>& info) {
 }
 #endif
 
-// Mirrors the lower triangle of a square row-major matrix into the upper one.
-template <class T>
-void mirror_lower(const Context& ctx, MatrixView<T> c) {
-  const index_t n = c.rows;
-  kern::parallel_for(ctx, n * n, [c, n] DYNASCOPE_HD(index_t idx) {
-    const index_t i = idx / n, j = idx % n;
-    if (j > i) c(i, j) = c(j, i);
-  });
-}
+using blas_detail::mirror_lower;
 
 }  // namespace
 

@@ -1,5 +1,7 @@
 #include <string>
 
+// Only defines the out-of-line error helper; it launches nothing.
+#define DYNASCOPE_HOST_LAUNCH_ONLY
 #include "kernels/launch.cuh"
 
 namespace dynascope::kern {

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <vector>
 
+// Host contexts only (the cuda twins are in test_gpu_equivalence.cpp, compiled by nvcc).
+#define DYNASCOPE_HOST_LAUNCH_ONLY
 #include "kernels/launch.cuh"
 
 namespace dynascope {
