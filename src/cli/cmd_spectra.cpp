@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "cli/model_flags.hpp"
+#include "cli/ntk_summary.hpp"
 #include "dynascope/io.hpp"
 #include "dynascope/spectra.hpp"
 
@@ -67,17 +68,10 @@ linalg::LanczosOptions lanczos_options(const EigenFlags& f, std::uint64_t seed, 
 
 template <class T>
 json eigen_json(const Context& ctx, const linalg::EigenResult<T>& r, const std::string& out_vectors) {
-  json j;
-  j["method"] = linalg::to_string(r.method);
+  json j = eigen_status_json(r);
   j["eigenvalues"] = r.values;
   j["residuals"] = r.residuals;
   j["converged"] = r.converged;
-  json status = json::array();
-  for (const auto st : r.status) status.push_back(linalg::to_string(st));
-  j["status"] = status;
-  j["all_converged"] = r.all_converged;
-  j["multiplicity_checked"] = r.multiplicity_checked;
-  if (r.missed_recovered > 0) j["missed_recovered"] = r.missed_recovered;
   if (!r.warnings.empty()) j["eigen_warnings"] = r.warnings;
   j["iterations"] = r.iterations;
   j["matvecs"] = r.matvecs;

@@ -85,15 +85,9 @@ json kernel_summary(const Context& host, MatrixView<const T> k, const KernelTarg
     r["energy"] = ej;
     r["energy_targets"] = request.center_energy ? "centered" : "raw";
   }
-  json ej;
-  ej["method"] = linalg::to_string(e.method);
+  json ej = eigen_status_json(e);
   ej["k"] = want;
   ej["tol"] = o.tol;
-  ej["all_converged"] = e.all_converged;
-  ej["multiplicity_checked"] = e.multiplicity_checked;
-  json status = json::array();
-  for (const auto st : e.status) status.push_back(linalg::to_string(st));
-  ej["status"] = status;
   if (!e.warnings.empty()) ej["warnings"] = e.warnings;
   ej["max_residual"] = e.residuals.empty() ? 0.0 : *std::max_element(e.residuals.begin(), e.residuals.end());
   ej["matvecs"] = e.matvecs;

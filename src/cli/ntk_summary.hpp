@@ -7,6 +7,7 @@
 
 #include "cli/common.hpp"
 #include "dynascope/datasets.hpp"
+#include "dynascope/spectra.hpp"
 #include "dynascope/view.hpp"
 
 namespace dynascope::cli {
@@ -29,6 +30,21 @@ struct KernelTargets {
 // The targets of `d` laid out for the kernel's rows: [N, C] (one-hot for labels), or for the full
 // kernel (N*O rows) vec(Y), which needs one target column per network output (UsageError).
 KernelTargets kernel_targets(const data::Dataset& d, bool full_kernel, index_t outputs);
+
+// The eigensolver's verdict as every command reports it: method, status per eigenvalue,
+// all_converged, multiplicity_checked, and missed_recovered when the check found copies.
+template <class T>
+json eigen_status_json(const linalg::EigenResult<T>& r) {
+  json j;
+  j["method"] = linalg::to_string(r.method);
+  json status = json::array();
+  for (const auto st : r.status) status.push_back(linalg::to_string(st));
+  j["status"] = status;
+  j["all_converged"] = r.all_converged;
+  j["multiplicity_checked"] = r.multiplicity_checked;
+  if (r.missed_recovered > 0) j["missed_recovered"] = r.missed_recovered;
+  return j;
+}
 
 // Adds kta, kta_centered (with targets), eigenvalues (top_k), energy {k: E_k} with energy_targets
 // ("centered" | "raw") and the eigen solver's report under "eigen". k: the square symmetric kernel

@@ -14,18 +14,7 @@
 namespace dynascope {
 namespace {
 
-template <class E, class F>
-void expect_error(F&& f, const std::vector<std::string>& phrases) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception; expected one containing '" << phrases.front() << "'";
-  } catch (const E& e) {
-    const std::string m = e.what();
-    for (const auto& p : phrases) EXPECT_NE(m.find(p), std::string::npos) << "message lacks '" << p << "': " << m;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-  }
-}
+using test::expect_error;
 
 template <class T>
 std::string npy(const std::string& name, std::vector<T> values, Shape shape) {

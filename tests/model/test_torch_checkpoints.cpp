@@ -27,19 +27,7 @@ using test::raw_safetensors;
 using test::RawTensor;
 using test::write_raw;
 
-// Expects `f` to throw E whose message contains every phrase.
-template <class E, class F>
-void expect_error(F&& f, const std::vector<std::string>& phrases) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception; expected one containing '" << phrases.front() << "'";
-  } catch (const E& e) {
-    const std::string m = e.what();
-    for (const auto& p : phrases) EXPECT_NE(m.find(p), std::string::npos) << "message lacks '" << p << "': " << m;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-  }
-}
+using test::expect_error;
 
 // Values rounded to float, as a float32 model holds them.
 std::vector<double> as_float(std::vector<double> v) {

@@ -36,6 +36,20 @@ double max_rel_diff(const T* a, const U* b, index_t n) {
   return m;
 }
 
+// Expects `f` to throw E whose message contains every phrase.
+template <class E, class F>
+void expect_error(F&& f, const std::vector<std::string>& phrases) {
+  try {
+    f();
+    ADD_FAILURE() << "no exception; expected one containing '" << phrases.front() << "'";
+  } catch (const E& e) {
+    const std::string m = e.what();
+    for (const auto& p : phrases) EXPECT_NE(m.find(p), std::string::npos) << "message lacks '" << p << "': " << m;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "wrong exception type: " << e.what();
+  }
+}
+
 // A unique path in the test's temporary directory.
 std::string temp_path(const std::string& name);
 
