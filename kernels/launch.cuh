@@ -1,6 +1,7 @@
 #pragma once
 // The one launch primitive. parallel_for(ctx, n, body) calls body(i) for i in [0, n):
-// on host through an OpenMP loop, on cuda through a grid-stride kernel on ctx's stream.
+// on host through an OpenMP loop, on cuda through a grid-stride kernel on ctx's stream, with ctx's
+// device current for the launch (the caller's current device is restored afterwards).
 // `body` is a small __host__ __device__ functor (or extended lambda) over one work item.
 //
 // A translation unit that launches on cuda must be compiled by nvcc (list it with
@@ -30,7 +31,7 @@
 #include <cub/device/device_reduce.cuh>
 #include <cuda_runtime.h>
 
-#include "cuda/check.hpp"
+#include "kernels/cuda_check.cuh"
 #endif
 
 namespace dynascope::kern {
@@ -75,6 +76,8 @@ void parallel_for(const Context& ctx, index_t n, F body, index_t serial_below = 
   if (n <= 0) return;
   if (ctx.is_cuda()) {
 #if defined(__CUDACC__)
+    // A launch on a stream of another device than the current one fails.
+    CudaDeviceScope on_device(ctx.device());
     grid_stride_kernel<<<grid_size(n), kBlockSize, 0, static_cast<cudaStream_t>(ctx.stream())>>>(n, body);
     DYNASCOPE_CUDA_CHECK(cudaGetLastError());
 #else
@@ -132,6 +135,7 @@ double reduce_sum(const Context& ctx, index_t n, F body) {
 #if defined(__CUDACC__)
     // The values go to a buffer through our own launcher, then CUB sums plain doubles: no caller
     // code runs inside CUB's kernels, and every byte comes from the context's allocator.
+    CudaDeviceScope on_device(ctx.device());
     const auto stream = static_cast<cudaStream_t>(ctx.stream());
     std::size_t temp_bytes = 0;
     DYNASCOPE_CUDA_CHECK(cub::DeviceReduce::Sum(nullptr, temp_bytes, static_cast<const double*>(nullptr),

@@ -59,8 +59,11 @@ class DYNASCOPE_API Context {
   int device() const noexcept;
   int threads() const noexcept;     // host threads for dynascope's own loops (0 = default)
   void* stream() const noexcept;    // cudaStream_t, nullptr on host
-  void* cublas() const;             // cublasHandle_t, created on first use, bound to stream()
-  void* cusolver() const;           // cusolverDnHandle_t, created on first use, bound to stream()
+  // cublasHandle_t / cusolverDnHandle_t, created on first use on device(), bound to stream().
+  // cuBLAS and cuSOLVER are loaded then, not at start-up: when one cannot be loaded these throw
+  // Error (category cublas / cusolver) naming the library and the dynamic loader's reason.
+  void* cublas() const;
+  void* cusolver() const;
 
   // Bytes of scratch memory an algorithm may use for tiles beyond its inputs and outputs.
   std::size_t workspace_budget() const noexcept;

@@ -8,17 +8,20 @@
 
 namespace dynascope {
 
-// Transfers ownership of `array` into a DLManagedTensor; the consumer calls its deleter.
+// Transfers ownership of `array` into a DLManagedTensor; the consumer calls its deleter. The
+// tensor's device is the array's: kDLCPU, or kDLCUDA with the array's device().
 template <class T>
-DYNASCOPE_API DLManagedTensor* to_dlpack(Array<T>&& array, int device_id = 0);
+DYNASCOPE_API DLManagedTensor* to_dlpack(Array<T>&& array);
 
-// Takes ownership of `tensor` (its deleter runs when the returned array is destroyed).
+// Takes ownership of `tensor` (its deleter runs when the returned array is destroyed); a CUDA
+// tensor's device_id becomes the array's device().
 // Throws InvalidArgument when the dtype is not T, the device is neither CPU nor CUDA, or the
 // tensor is not C-contiguous (the tensor is then left to the caller).
 template <class T>
 DYNASCOPE_API Array<T> from_dlpack(DLManagedTensor* tensor);
 
-// A non-owning view of a rank-1 or rank-2 DLTensor whose last dimension is contiguous.
+// A non-owning view of a rank-1 or rank-2 DLTensor whose last dimension is contiguous (carrying
+// the tensor's device_id for CUDA memory).
 template <class T>
 DYNASCOPE_API MatrixView<T> view_dlpack(const DLTensor& tensor);
 

@@ -51,6 +51,8 @@ void copy_rows(const Context& ctx, void* dst, std::size_t dst_pitch, Backend dst
   // Device memory is ordered on a cuda context's stream; a host context has none to order on.
   if (!ctx.is_cuda())
     throw InvalidArgument("copy: device memory needs a cuda context (the one whose stream produced or will use it)");
+  // On the context's device: its stream belongs there (a copy between devices goes peer to peer).
+  cuda_api::DeviceScope on_device(ctx.device());
   cuda_api::copy_2d_async(dst, dst_pitch, src, src_pitch, row_bytes, rows, ctx.stream());
   if (dst_backend == Backend::host) cuda_api::synchronize(ctx.stream());
 }
@@ -62,10 +64,13 @@ void copy_bytes(const Context& ctx, void* dst, Backend dst_backend, const void* 
 
 void fill_zero_bytes(const Context& ctx, void* dst, Backend backend, std::size_t bytes) {
   if (bytes == 0) return;
-  if (backend == Backend::host)
+  if (backend == Backend::host) {
     std::memset(dst, 0, bytes);
-  else
-    cuda_api::memset_async(dst, 0, bytes, ctx.stream());
+    return;
+  }
+  if (!ctx.is_cuda()) throw InvalidArgument("fill_zero: device memory needs a cuda context (the one whose stream will use it)");
+  cuda_api::DeviceScope on_device(ctx.device());
+  cuda_api::memset_async(dst, 0, bytes, ctx.stream());
 }
 
 }  // namespace detail

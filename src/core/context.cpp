@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <new>
 #include <string>
+#include <utility>
 
 #include "core/resources.hpp"
 #include "cuda/cuda_api.hpp"
@@ -18,7 +19,14 @@ Resources::~Resources() {
 }
 }  // namespace detail
 
-CudaStatus cuda_status() { return cuda_api::status(); }
+CudaStatus cuda_status() {
+  cuda_api::Status s = cuda_api::status();
+  CudaStatus st;
+  st.built = s.built;
+  st.device_count = s.device_count;
+  st.reason = std::move(s.reason);
+  return st;
+}
 
 bool cuda_available() { return cuda_api::status().device_count > 0; }
 
@@ -31,7 +39,7 @@ Context Context::host(int threads) {
 }
 
 Context Context::cuda(int device, void* stream) {
-  const CudaStatus st = cuda_api::status();
+  const cuda_api::Status st = cuda_api::status();
   if (!st.built) throw NotBuiltWithCuda("Context::cuda: dynascope was built without the CUDA backend");
   if (st.device_count == 0) throw NoDevice("Context::cuda: no usable CUDA device (" + st.reason + ")");
   if (device < 0 || device >= st.device_count)

@@ -27,6 +27,9 @@ Backend backend_of(const DLDevice& d, const char* call) {
                         " is neither CPU nor CUDA");
 }
 
+// The cuda device of device memory (kDLCUDAHost memory is host memory: 0).
+int device_of(const DLDevice& d, Backend backend) { return backend == Backend::cuda ? d.device_id : 0; }
+
 template <class T>
 void check_dtype(const DLTensor& t, const char* call) {
   const DLDataType want = dl_dtype<T>();
@@ -44,13 +47,13 @@ struct Holder {
 }  // namespace
 
 template <class T>
-DLManagedTensor* to_dlpack(Array<T>&& array, int device_id) {
+DLManagedTensor* to_dlpack(Array<T>&& array) {
   auto* holder = new Holder;
   holder->shape.assign(array.shape().begin(), array.shape().end());
   auto* managed = new DLManagedTensor{};
   managed->dl_tensor.data = array.data();
   managed->dl_tensor.device = {array.backend() == Backend::cuda ? kDLCUDA : kDLCPU,
-                               array.backend() == Backend::cuda ? device_id : 0};
+                               array.backend() == Backend::cuda ? array.device() : 0};
   managed->dl_tensor.ndim = array.rank();
   managed->dl_tensor.dtype = dl_dtype<T>();
   managed->dl_tensor.shape = holder->shape.data();
@@ -91,7 +94,7 @@ Array<T> from_dlpack(DLManagedTensor* tensor) {
     auto* m = static_cast<DLManagedTensor*>(p);
     if (m->deleter) m->deleter(m);
   });
-  return Array<T>(data, std::move(shape), backend, std::move(owner));
+  return Array<T>(data, std::move(shape), backend, std::move(owner), device_of(t.device, backend));
 }
 
 template <class T>
@@ -102,7 +105,7 @@ MatrixView<T> view_dlpack(const DLTensor& t) {
   T* data = reinterpret_cast<T*>(static_cast<char*>(t.data) + t.byte_offset);
   if (t.ndim == 1) {
     if (t.strides && t.shape[0] > 1 && t.strides[0] != 1) throw InvalidArgument("view_dlpack: rank-1 tensor must be contiguous");
-    return {data, t.shape[0], 1, 1, backend};
+    return {data, t.shape[0], 1, 1, backend, device_of(t.device, backend)};
   }
   const index_t rows = t.shape[0], cols = t.shape[1];
   index_t ld = cols;
@@ -111,11 +114,11 @@ MatrixView<T> view_dlpack(const DLTensor& t) {
     if (rows > 1) ld = t.strides[0];
     if (ld < cols) throw InvalidArgument("view_dlpack: row stride " + std::to_string(ld) + " is smaller than the row length " + std::to_string(cols));
   }
-  return {data, rows, cols, std::max<index_t>(ld, 1), backend};
+  return {data, rows, cols, std::max<index_t>(ld, 1), backend, device_of(t.device, backend)};
 }
 
 #define DS_INSTANTIATE(T)                                      \
-  template DLManagedTensor* to_dlpack<T>(Array<T>&&, int);     \
+  template DLManagedTensor* to_dlpack<T>(Array<T>&&);          \
   template Array<T> from_dlpack<T>(DLManagedTensor*);          \
   template MatrixView<T> view_dlpack<T>(const DLTensor&);
 DS_INSTANTIATE(float)

@@ -1,23 +1,14 @@
 #include "dynascope/random.hpp"
 
+#include "core/checks.hpp"
 #include "kernels/launch.cuh"
 #include "kernels/math.cuh"
 #include "kernels/philox.cuh"
 
 namespace dynascope::random {
-namespace {
-template <class V>
-void check(const Context& ctx, const V& x, const char* call) {
-  if (x.size < 0 || x.stride < 1) throw InvalidArgument(std::string(call) + ": invalid vector");
-  if (x.size > 0 && x.backend != ctx.backend())
-    throw InvalidArgument(std::string(call) + ": vector lives on " + to_string(x.backend) + " but the context is " +
-                          to_string(ctx.backend()));
-}
-}  // namespace
-
 template <class T>
 void fill_uniform(const Context& ctx, Stream s, VectorView<T> x, T lo, T hi) {
-  check(ctx, x, "random::fill_uniform");
+  detail::check_vector(ctx, x, "random::fill_uniform", "x");
   if (!(lo < hi)) throw InvalidArgument("random::fill_uniform: need lo < hi");
   const T width = hi - lo;
   kern::parallel_for(ctx, x.size, [=] DYNASCOPE_HD(index_t i) {
@@ -28,7 +19,7 @@ void fill_uniform(const Context& ctx, Stream s, VectorView<T> x, T lo, T hi) {
 
 template <class T>
 void fill_normal(const Context& ctx, Stream s, VectorView<T> x, T mean, T stddev) {
-  check(ctx, x, "random::fill_normal");
+  detail::check_vector(ctx, x, "random::fill_normal", "x");
   if (!(stddev >= T(0))) throw InvalidArgument("random::fill_normal: stddev must be >= 0");
   kern::parallel_for(ctx, x.size, [=] DYNASCOPE_HD(index_t i) {
     const double z = kern::philox_normal(s.seed, s.stream, s.step, static_cast<std::uint64_t>(i));
@@ -38,7 +29,7 @@ void fill_normal(const Context& ctx, Stream s, VectorView<T> x, T mean, T stddev
 
 template <class T>
 void fill_rademacher(const Context& ctx, Stream s, VectorView<T> x) {
-  check(ctx, x, "random::fill_rademacher");
+  detail::check_vector(ctx, x, "random::fill_rademacher", "x");
   kern::parallel_for(ctx, x.size, [=] DYNASCOPE_HD(index_t i) {
     const std::uint32_t w = kern::philox_u32(s.seed, s.stream, s.step, static_cast<std::uint64_t>(i));
     x[i] = (w >> 31) ? T(1) : T(-1);
@@ -46,7 +37,7 @@ void fill_rademacher(const Context& ctx, Stream s, VectorView<T> x) {
 }
 
 void fill_integers(const Context& ctx, Stream s, VectorView<std::int64_t> x, std::int64_t n) {
-  check(ctx, x, "random::fill_integers");
+  detail::check_vector(ctx, x, "random::fill_integers", "x");
   if (n <= 0) throw InvalidArgument("random::fill_integers: range size must be positive");
   const std::uint64_t range = static_cast<std::uint64_t>(n);
   kern::parallel_for(ctx, x.size, [=] DYNASCOPE_HD(index_t i) {

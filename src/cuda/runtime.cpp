@@ -1,13 +1,13 @@
-// CUDA runtime, cuBLAS and cuSOLVER plumbing (CUDA builds only).
-#include <dlfcn.h>
-#include <cublas_v2.h>
+// CUDA runtime plumbing and the cuBLAS / cuSOLVER handles (CUDA builds only). cudart is linked
+// statically; cuBLAS and cuSOLVER are loaded on first use (cuda/libraries.hpp).
 #include <cuda_runtime.h>
-#include <cusolverDn.h>
+#include <dlfcn.h>
 
 #include <string>
 
 #include "cuda/check.hpp"
 #include "cuda/cuda_api.hpp"
+#include "cuda/libraries.hpp"
 
 namespace dynascope::cuda_detail {
 
@@ -20,8 +20,12 @@ void throw_cuda(cudaError_t status, const char* call, const char* file, int line
 
 void throw_cublas(int status, const char* call, const char* file, int line) {
   const auto s = static_cast<cublasStatus_t>(status);
+  // A status comes from a call through the loaded table, so the names are there to ask.
+  const cuda_lib::Cublas* api = cuda_lib::cublas_if_loaded();
   throw DeviceError(ErrorCategory::cublas, call, status,
-                    std::string(cublasGetStatusName(s)) + ": " + cublasGetStatusString(s), file, line);
+                    api ? std::string(api->cublasGetStatusName(s)) + ": " + api->cublasGetStatusString(s)
+                        : "cublasStatus_t " + std::to_string(status),
+                    file, line);
 }
 
 void throw_cusolver(int status, const char* call, const char* file, int line) {
@@ -45,8 +49,8 @@ bool driver_library_present() {
 }
 }  // namespace
 
-CudaStatus status() {
-  CudaStatus st;
+Status status() {
+  Status st;
   st.built = true;
   int n = 0;
   // No other CUDA call may come first: without a driver everything else fails too.
@@ -83,7 +87,8 @@ int current_device() {
 }
 
 void* create_stream(int device) {
-  set_device(device);
+  // The stream belongs to the device current at its creation; the caller's device comes back.
+  DeviceScope on_device(device);
   cudaStream_t s = nullptr;
   DYNASCOPE_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   return s;
@@ -133,23 +138,41 @@ void synchronize(void* stream) {
 }
 
 void* create_cublas(void* stream) {
+  const cuda_lib::Cublas& api = cuda_lib::cublas();
   cublasHandle_t h = nullptr;
-  DYNASCOPE_CUBLAS_CHECK(cublasCreate(&h));
-  DYNASCOPE_CUBLAS_CHECK(cublasSetStream(h, static_cast<cudaStream_t>(stream)));
-  // Scalars (alpha, beta, dot and nrm2 results) are host values throughout dynascope.
-  DYNASCOPE_CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST));
+  DYNASCOPE_CUBLAS_CHECK(api.cublasCreate(&h));
+  try {
+    DYNASCOPE_CUBLAS_CHECK(api.cublasSetStream(h, static_cast<cudaStream_t>(stream)));
+    // Scalars (alpha, beta, dot and nrm2 results) are host values throughout dynascope.
+    DYNASCOPE_CUBLAS_CHECK(api.cublasSetPointerMode(h, CUBLAS_POINTER_MODE_HOST));
+  } catch (...) {
+    api.cublasDestroy(h);
+    throw;
+  }
   return h;
 }
 
-void destroy_cublas(void* handle) noexcept { cublasDestroy(static_cast<cublasHandle_t>(handle)); }
+void destroy_cublas(void* handle) noexcept {
+  // A handle exists only if the library was loaded to create it.
+  if (const cuda_lib::Cublas* api = cuda_lib::cublas_if_loaded()) api->cublasDestroy(static_cast<cublasHandle_t>(handle));
+}
 
 void* create_cusolver(void* stream) {
+  const cuda_lib::Cusolver& api = cuda_lib::cusolver();
   cusolverDnHandle_t h = nullptr;
-  DYNASCOPE_CUSOLVER_CHECK(cusolverDnCreate(&h));
-  DYNASCOPE_CUSOLVER_CHECK(cusolverDnSetStream(h, static_cast<cudaStream_t>(stream)));
+  DYNASCOPE_CUSOLVER_CHECK(api.cusolverDnCreate(&h));
+  try {
+    DYNASCOPE_CUSOLVER_CHECK(api.cusolverDnSetStream(h, static_cast<cudaStream_t>(stream)));
+  } catch (...) {
+    api.cusolverDnDestroy(h);
+    throw;
+  }
   return h;
 }
 
-void destroy_cusolver(void* handle) noexcept { cusolverDnDestroy(static_cast<cusolverDnHandle_t>(handle)); }
+void destroy_cusolver(void* handle) noexcept {
+  if (const cuda_lib::Cusolver* api = cuda_lib::cusolver_if_loaded())
+    api->cusolverDnDestroy(static_cast<cusolverDnHandle_t>(handle));
+}
 
 }  // namespace dynascope::cuda_api

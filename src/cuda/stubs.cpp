@@ -11,8 +11,8 @@ namespace {
 }
 }  // namespace
 
-CudaStatus status() {
-  CudaStatus st;
+Status status() {
+  Status st;
   st.reason = "built without CUDA";
   return st;
 }

@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <utility>
+
 #include "dynascope/dlpack.hpp"
 
 namespace dynascope {
@@ -49,6 +51,63 @@ TEST(DLPack, WrongDtypeOrNonContiguousIsRejected) {
   t.dl_tensor.device.device_type = kDLVulkan;
   t.dl_tensor.strides = nullptr;
   EXPECT_THROW(from_dlpack<double>(&t), InvalidArgument);
+}
+
+// Views made from an array carry its device, and the device survives a DLPack round trip. The
+// "cuda" memory here is a host buffer that is never dereferenced: only the bookkeeping is under
+// test, so it runs without a GPU.
+TEST(DLPack, DeviceOfCudaTensorsSurvivesArraysViewsAndRoundTrips) {
+  static float storage[12] = {};
+  static int64_t shape[2] = {3, 4};
+  static int deleted = 0;
+  auto* t = new DLManagedTensor{};
+  t->dl_tensor = {storage, {kDLCUDA, 3}, 2, {kDLFloat, 32, 1}, shape, nullptr, 0};
+  t->deleter = [](DLManagedTensor* self) { ++deleted; delete self; };
+  {
+    Array<float> a = from_dlpack<float>(t);
+    EXPECT_EQ(a.backend(), Backend::cuda);
+    EXPECT_EQ(a.device(), 3);
+    const MatrixView<float> m = a.matrix();
+    EXPECT_EQ(m.device, 3);
+    EXPECT_EQ(m.row(1).device, 3);
+    EXPECT_EQ(m.col(2).device, 3);
+    EXPECT_EQ(m.block(1, 1, 2, 2).device, 3);
+    EXPECT_EQ(MatrixView<const float>(m).device, 3);
+    EXPECT_EQ(a.vector().device, 3);
+    EXPECT_EQ(VectorView<const float>(a.vector()).device, 3);
+    EXPECT_EQ(std::as_const(a).matrix().device, 3);
+
+    Array<float> moved = std::move(a);
+    EXPECT_EQ(moved.device(), 3);
+    DLManagedTensor* out = to_dlpack(std::move(moved));
+    EXPECT_EQ(out->dl_tensor.device.device_type, kDLCUDA);
+    EXPECT_EQ(out->dl_tensor.device.device_id, 3);
+    EXPECT_EQ(out->dl_tensor.data, storage);
+    Array<float> back = from_dlpack<float>(out);
+    EXPECT_EQ(back.device(), 3);
+    EXPECT_EQ(view_dlpack<float>(t->dl_tensor).device, 3);
+  }
+  EXPECT_EQ(deleted, 1);
+
+  // Host memory is device 0 whatever the id says (kDLCUDAHost is pinned host memory).
+  DLTensor pinned{storage, {kDLCUDAHost, 2}, 2, {kDLFloat, 32, 1}, shape, nullptr, 0};
+  EXPECT_EQ(view_dlpack<float>(pinned).backend, Backend::host);
+  EXPECT_EQ(view_dlpack<float>(pinned).device, 0);
+}
+
+TEST(DLPack, HostArraysAndTheirViewsSayDeviceZero) {
+  Context ctx = Context::host();
+  Array<double> a(ctx, {2, 3});
+  EXPECT_EQ(a.device(), 0);
+  EXPECT_EQ(a.matrix().device, 0);
+  EXPECT_EQ(a.vector().device, 0);
+  DLManagedTensor* t = to_dlpack(std::move(a));
+  EXPECT_EQ(t->dl_tensor.device.device_type, kDLCPU);
+  EXPECT_EQ(t->dl_tensor.device.device_id, 0);
+  t->deleter(t);
+  // An adopting constructor ignores a device for host memory.
+  Array<double> adopted(nullptr, {0}, Backend::host, nullptr, 5);
+  EXPECT_EQ(adopted.device(), 0);
 }
 
 TEST(DLPack, StridedViewOfRowSlice) {
