@@ -10,8 +10,10 @@
 #include <chrono>
 
 #include "bench_util.hpp"
+#include "dynascope/curvature.hpp"
+#include "dynascope/linalg.hpp"
 #include "dynascope/ntk.hpp"
-#include "dynascope/spectra.hpp"
+#include "dynascope/train.hpp"
 
 namespace {
 
@@ -90,7 +92,7 @@ void BM_ntk_top20(benchmark::State& state) {
   Net net;
   const index_t n = 4096;
   const Array<float> x = net.inputs(n);
-  linalg::NtkFunctionOperator<float> op(net.ctx, net.spec, net.params.data(), x.matrix());
+  ntk::NtkOperator<float> op(net.ctx, net.spec, net.params.data(), x.matrix());
   linalg::LanczosOptions o;
   o.k = 20;
   o.tol = 1e-5;

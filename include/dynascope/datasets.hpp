@@ -8,12 +8,16 @@
 #include <string>
 #include <vector>
 
+#include "dynascope/enum_names.hpp"
 #include "dynascope/export.h"
 #include "dynascope/types.hpp"
 
 namespace dynascope::data {
 
 enum class Task { regression, classification };
+inline constexpr auto task_names =
+    enum_names<Task>("task", {{Task::regression, "regression"}, {Task::classification, "classification"}});
+static_assert(well_formed(task_names));
 
 struct Dataset {
   std::string name;

@@ -21,7 +21,6 @@ enum class ErrorCategory {
   lapack,              // a host LAPACK call reported an error
   file_format,         // a file that cannot be read as what it claims to be
   io,                  // the operating system refused to open, read or write a file
-  did_not_converge,    // an iterative method that was required to converge did not
 };
 
 DYNASCOPE_API const char* to_string(ErrorCategory category) noexcept;
@@ -48,7 +47,6 @@ DYNASCOPE_DECLARE_ERROR(NotBuiltWithCuda, ErrorCategory::not_built_with_cuda)
 DYNASCOPE_DECLARE_ERROR(NoDevice, ErrorCategory::no_device)
 DYNASCOPE_DECLARE_ERROR(LapackError, ErrorCategory::lapack)
 DYNASCOPE_DECLARE_ERROR(IoError, ErrorCategory::io)
-DYNASCOPE_DECLARE_ERROR(DidNotConverge, ErrorCategory::did_not_converge)
 #undef DYNASCOPE_DECLARE_ERROR
 
 // A failed CUDA runtime, cuBLAS or cuSOLVER call, with the call text and where it was made.

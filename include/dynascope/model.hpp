@@ -14,10 +14,22 @@
 
 #include "dynascope/array.hpp"
 #include "dynascope/context.hpp"
+#include "dynascope/enum_names.hpp"
 
 namespace dynascope::model {
 
 enum class Activation { identity, relu, leaky_relu, abs, tanh, gelu, softplus, sigmoid };
+inline constexpr auto activation_names = enum_names<Activation>(
+    "activation", {{Activation::identity, "identity"},
+                   {Activation::identity, "linear", Spelling::alias},
+                   {Activation::relu, "relu"},
+                   {Activation::leaky_relu, "leaky_relu", Spelling::canonical, "[:slope]"},
+                   {Activation::abs, "abs"},
+                   {Activation::tanh, "tanh"},
+                   {Activation::gelu, "gelu"},
+                   {Activation::softplus, "softplus"},
+                   {Activation::sigmoid, "sigmoid"}});
+static_assert(well_formed(activation_names));
 
 struct ActivationSpec {
   Activation kind = Activation::relu;
@@ -31,6 +43,9 @@ DYNASCOPE_API ActivationSpec parse_activation(const std::string& text);
 DYNASCOPE_API std::string to_string(const ActivationSpec& activation);
 
 enum class Parameterization { standard, ntk };
+inline constexpr auto parameterization_names = enum_names<Parameterization>(
+    "parameterization", {{Parameterization::standard, "standard"}, {Parameterization::ntk, "ntk"}});
+static_assert(well_formed(parameterization_names));
 DYNASCOPE_API Parameterization parse_parameterization(const std::string& text);
 DYNASCOPE_API const char* to_string(Parameterization p) noexcept;
 
@@ -61,6 +76,15 @@ struct MlpSpec {
 };
 
 enum class Init { pytorch, kaiming_normal, lecun_normal, ntk_normal };
+inline constexpr auto init_names = enum_names<Init>(
+    "initialisation", {{Init::pytorch, "pytorch"},
+                       {Init::kaiming_normal, "kaiming_normal"},
+                       {Init::kaiming_normal, "kaiming", Spelling::alias},
+                       {Init::lecun_normal, "lecun_normal"},
+                       {Init::lecun_normal, "lecun", Spelling::alias},
+                       {Init::ntk_normal, "ntk_normal"},
+                       {Init::ntk_normal, "ntk", Spelling::alias}});
+static_assert(well_formed(init_names));
 DYNASCOPE_API Init parse_init(const std::string& text);
 DYNASCOPE_API const char* to_string(Init init) noexcept;
 
@@ -80,6 +104,9 @@ DYNASCOPE_API Array<T> init_params(const Context& ctx, const MlpSpec& spec, cons
 // Where load_mlp took a property of the network from: the file's metadata, the LoadOptions (on
 // the command line: a flag), or a default.
 enum class Origin { metadata, option, default_value };
+inline constexpr auto origin_names = enum_names<Origin>(
+    "origin", {{Origin::metadata, "metadata"}, {Origin::option, "option"}, {Origin::default_value, "default"}});
+static_assert(well_formed(origin_names));
 DYNASCOPE_API const char* to_string(Origin origin) noexcept;  // "metadata", "option", "default"
 
 // How load_mlp read a file: what it took from where, so that results can say so.

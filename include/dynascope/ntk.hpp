@@ -11,7 +11,7 @@
 //   structured  per dense layer (c_l^2 A A'^T + beta^2) .* (Delta Delta'^T), never a Jacobian;
 //               cost ~ 2 N1 N2 sum_l (a_l + O_eff b_l) plus the backward passes. The MLP fast path.
 //   jvp         columns Theta e_j = J1 (J2^T e_j), batched; also the matrix-free operator
-//               (NtkOperator) for Lanczos.
+//               (NtkOperator) for linalg's solvers.
 //   jacobian    per-sample Jacobian tiles contracted by GEMM/SYRK: the oracle, and the generic
 //               path of gram_from_jacobians.
 //   automatic   the cheapest by a flop model among those whose tiles fit the workspace budget.
@@ -19,16 +19,30 @@
 // blocks. The output may live on the host while computing on cuda (tiles are copied out), so a
 // kernel larger than device memory works, e.g. into a memory-mapped .npy (io::MappedNpy).
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "dynascope/engine.hpp"
+#include "dynascope/enum_names.hpp"
+#include "dynascope/linalg.hpp"
 
 namespace dynascope::ntk {
 
 enum class Outputs { full, diagonal, trace, sum };
+inline constexpr auto outputs_names = enum_names<Outputs>(
+    "NTK output mode",
+    {{Outputs::full, "full"}, {Outputs::diagonal, "diagonal"}, {Outputs::trace, "trace"}, {Outputs::sum, "sum"}});
+static_assert(well_formed(outputs_names));
 enum class Method { automatic, structured, jvp, jacobian };
+inline constexpr auto method_names = enum_names<Method>(
+    "NTK method", {{Method::automatic, "auto"},
+                   {Method::automatic, "automatic", Spelling::alias},
+                   {Method::structured, "structured"},
+                   {Method::jvp, "jvp"},
+                   {Method::jacobian, "jacobian"}});
+static_assert(well_formed(method_names));
 DYNASCOPE_API Outputs parse_outputs(const std::string& text);
 DYNASCOPE_API Method parse_method(const std::string& text);
 DYNASCOPE_API const char* to_string(Outputs o) noexcept;
@@ -96,17 +110,19 @@ DYNASCOPE_API NtkInfo gram_from_jacobians(const Context& ctx, const JacobianSour
                                           const JacobianSource<T>* source2, index_t n2, index_t outputs, index_t params,
                                           Outputs mode, MatrixView<T> out);
 
-// ---- The matrix-free NTK operator in function space (for Lanczos) ----
-// Theta v = J (J^T v) over the N samples of x, v of length N*O (index n*O + a).
+// ---- The matrix-free NTK operator in function space (for linalg's solvers) ----
+// Theta v = J (J^T v) over the N samples of x, v of length N*O (index n*O + a): one batched
+// backward and one batched forward-mode pass per block. x and params stay owned by the caller.
 template <class T>
-class DYNASCOPE_API NtkOperator {
+class DYNASCOPE_API NtkOperator final : public linalg::LinearOperator<T> {
  public:
   NtkOperator(const Context& ctx, const model::MlpSpec& spec, const T* params, MatrixView<const T> x);
-  ~NtkOperator();
+  ~NtkOperator() override;
   NtkOperator(NtkOperator&&) noexcept;
-  index_t size() const;  // N * O
-  // Y = Theta V for k vectors at once: V, Y are [k, N*O] on ctx's backend.
-  void apply(MatrixView<const T> v, MatrixView<T> y);
+  index_t size() const override;  // N * O
+  // Y = Theta V for k vectors at once: V, Y are [k, N*O] (contiguous) on ctx's backend.
+  void apply(MatrixView<const T> v, MatrixView<T> y) override;
+  const Context& context() const override;
   index_t applications() const;  // vectors applied so far
 
  private:
@@ -115,19 +131,15 @@ class DYNASCOPE_API NtkOperator {
 };
 
 // ---- Alignment and kernel motion ----
-// Eigenpairs of a symmetric kernel matrix K [M, M] in descending order (dense solver).
-template <class T>
-struct Eigen {
-  std::vector<double> values;  // descending
-  Array<T> vectors;            // [M, M], row i = unit eigenvector of values[i]
-};
-template <class T>
-DYNASCOPE_API Eigen<T> eigen_descending(const Context& ctx, MatrixView<const T> kernel);
+// The eigenpairs of a kernel matrix come from linalg::eigh (all of them, descending) or
+// linalg::eigsh (the top k).
 
 // Cumulative energy E_k(V) = sum_{i<=k} ||u_i^T V||^2 / ||V||_F^2 of the columns of V [M, C]
-// (a vector is C = 1) for each k in ks (1-based, clipped to M).
+// (a vector is C = 1) for each k in ks (1-based, clipped to M), from eigenpairs of an M x M
+// kernel in descending order with their vectors on the host: all M of them (linalg::eigh), or the
+// top ones (linalg::eigsh), when every k is at most their number (InvalidArgument otherwise).
 template <class T>
-DYNASCOPE_API std::vector<double> cumulative_energy(const Eigen<T>& eig, MatrixView<const double> v,
+DYNASCOPE_API std::vector<double> cumulative_energy(const linalg::EigenResult<T>& eig, MatrixView<const double> v,
                                                     const std::vector<index_t>& ks);
 
 // The same from the leading eigenvectors only: `vectors` [k, M], row i = unit eigenvector of the

@@ -1,6 +1,6 @@
 #pragma once
-// Losses with PyTorch's semantics, optimizers with PyTorch's update rules, and a small trainer
-// (a convenience for examples, benchmarks and the demo).
+// Optimizers with PyTorch's update rules and a small trainer (a convenience for examples,
+// benchmarks and the demo). The losses it trains with are in losses.hpp.
 #include <cstdint>
 #include <functional>
 #include <limits>
@@ -8,54 +8,26 @@
 
 #include "dynascope/datasets.hpp"
 #include "dynascope/engine.hpp"
+#include "dynascope/enum_names.hpp"
+#include "dynascope/losses.hpp"
 
 namespace dynascope::model {
 
-// mse  = mean over all N*O elements of (f - y)^2            (torch.nn.MSELoss())
-// xent = mean over samples of -log softmax(f)_label          (torch.nn.CrossEntropyLoss())
-// mse with integer labels uses one-hot targets.
-enum class Loss { mse, xent };
-DYNASCOPE_API Loss parse_loss(const std::string& text);
-DYNASCOPE_API const char* to_string(Loss loss) noexcept;
-
-// Targets on the context's backend: float values [N, O] or integer labels [N] (one of the two).
-template <class T>
-struct Targets {
-  MatrixView<const T> values;
-  VectorView<const std::int64_t> labels;
-  bool has_labels() const { return labels.data != nullptr; }
-  index_t rows() const { return has_labels() ? labels.size : values.rows; }
-};
-
-struct LossValue {
-  double loss = 0;
-  double accuracy = -1;  // fraction of argmax(f) == label; -1 without labels
-};
-
-// Loss of outputs [N, O] against targets; when grad is non-empty it receives dLoss/df [N, O].
-// Non-finite outputs give a non-finite loss (never an exception): callers decide.
-template <class T>
-DYNASCOPE_API LossValue loss_and_grad(const Context& ctx, Loss loss, MatrixView<const T> outputs,
-                                      const Targets<T>& targets, MatrixView<T> grad = {});
-
-// out = H_loss fdot for k blocks of output tangents fdot [k*N, O], where H_loss is the Hessian of
-// the loss with respect to the outputs f [N, O] (mse: 2 I / (N O); xent: (diag p - p p^T) / N per
-// sample, p = softmax f). Used by the Gauss-Newton and Hessian operators.
-template <class T>
-DYNASCOPE_API void loss_hessian_apply(const Context& ctx, Loss loss, MatrixView<const T> outputs,
-                                      const Targets<T>& targets, MatrixView<const T> fdot, MatrixView<T> out);
-
 enum class OptimizerKind { sgd, momentum, adam, adamw };
+inline constexpr auto optimizer_names = enum_names<OptimizerKind>(
+    "optimizer", {{OptimizerKind::sgd, "sgd"},
+                  {OptimizerKind::momentum, "momentum"},
+                  {OptimizerKind::adam, "adam"},
+                  {OptimizerKind::adamw, "adamw"}});
+static_assert(well_formed(optimizer_names));
 DYNASCOPE_API OptimizerKind parse_optimizer(const std::string& text);
 DYNASCOPE_API const char* to_string(OptimizerKind kind) noexcept;
 
-// Negative values mean "PyTorch's default for this optimizer": lr 1e-2 (sgd, momentum; torch has
-// none) or 1e-3 (adam, adamw); momentum 0.9 (the momentum optimizer); weight decay 0, or 1e-2 for
-// adamw. betas (0.9, 0.999), eps 1e-8.
-// lr, momentum and weight_decay left NaN take the kind's default (lr 1e-2 for sgd/momentum, 1e-3
-// for adam/adamw; momentum 0.9 for momentum; weight decay 1e-2 for adamw, else 0). resolved()
-// fills them in and checks every value as PyTorch's optimizers do: lr >= 0, momentum >= 0,
-// 0 <= beta1, beta2 < 1, eps >= 0, weight_decay >= 0 (and all finite), else InvalidArgument.
+// betas (0.9, 0.999) and eps 1e-8 are PyTorch's defaults. lr, momentum and weight_decay left NaN
+// take the kind's default (lr 1e-2 for sgd/momentum, 1e-3 for adam/adamw; momentum 0.9 for
+// momentum; weight decay 1e-2 for adamw, else 0). resolved() fills them in and checks every
+// value as PyTorch's optimizers do: lr >= 0, momentum >= 0, 0 <= beta1, beta2 < 1, eps >= 0,
+// weight_decay >= 0 (and all finite), else InvalidArgument.
 struct OptimizerOptions {
   static constexpr double kDefault = std::numeric_limits<double>::quiet_NaN();
   OptimizerKind kind = OptimizerKind::sgd;

@@ -6,9 +6,10 @@
 
 #include "cli/ntk_summary.hpp"
 #include "cli/training_run.hpp"
+#include "dynascope/curvature.hpp"
 #include "dynascope/io.hpp"
+#include "dynascope/linalg.hpp"
 #include "dynascope/ntk.hpp"
-#include "dynascope/spectra.hpp"
 
 namespace dynascope::cli {
 
@@ -225,7 +226,8 @@ Command register_demo(CLI::App& app) {
       ->capture_default_str();
   return {cmd, [c] {
             resolve_dtype(c->common, {c->model.model, c->data.inputs});
-            return parse_dtype(c->common.dtype) == DType::f64 ? run<double>(*c) : run<float>(*c);
+            return dispatch_float(parse_dtype(c->common.dtype),
+                                  [&](auto precision) { return run<typename decltype(precision)::type>(*c); });
           }};
 }
 

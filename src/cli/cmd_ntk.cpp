@@ -7,7 +7,6 @@
 #include "cli/ntk_summary.hpp"
 #include "dynascope/io.hpp"
 #include "dynascope/ntk.hpp"
-#include "dynascope/spectra.hpp"
 
 namespace dynascope::cli {
 
@@ -163,11 +162,13 @@ Command register_ntk(CLI::App& app) {
   cmd->add_option("--inputs2", c->inputs2, "a second input set X2 (kernel X1 x X2; omitted: the symmetric kernel of X1)")
       ->check(CLI::ExistingFile);
   cmd->add_option("--outputs", c->outputs,
-                  "full [N1,O,N2,O] | diagonal [N1,N2,O] | trace [N1,N2] (sum over outputs) | sum [N1,N2] (kernel of sum_a f_a)")
-      ->check(CLI::IsMember({"full", "diagonal", "trace", "sum"}))
+                  choices(ntk::outputs_names) +
+                      ": full [N1,O,N2,O], diagonal [N1,N2,O], trace [N1,N2] (the sum over outputs), sum [N1,N2] (the "
+                      "kernel of sum_a f_a)")
+      ->check(one_of(ntk::outputs_names))
       ->capture_default_str();
-  cmd->add_option("--method", c->method, "auto | structured | jvp | jacobian (all give the same numbers)")
-      ->check(CLI::IsMember({"auto", "structured", "jvp", "jacobian"}))
+  cmd->add_option("--method", c->method, choices(ntk::method_names) + " (all give the same numbers)")
+      ->check(one_of(ntk::method_names))
       ->capture_default_str();
   cmd->add_option("--out-matrix", c->out_matrix, "write the kernel to this .npy (memory-mapped, written tile by tile)");
   cmd->add_option("--k,--top-k", c->top_k, "report the K largest eigenvalues of the kernel (Lanczos; 0 = none)")
@@ -185,7 +186,8 @@ Command register_ntk(CLI::App& app) {
   cmd->add_flag("--per-layer", c->per_layer, "also report the trace of each layer's kernel");
   return {cmd, [c] {
             resolve_dtype(c->common, {c->model.model, c->data.inputs, c->inputs2});
-            return parse_dtype(c->common.dtype) == DType::f64 ? run<double>(*c) : run<float>(*c);
+            return dispatch_float(parse_dtype(c->common.dtype),
+                                  [&](auto precision) { return run<typename decltype(precision)::type>(*c); });
           }};
 }
 

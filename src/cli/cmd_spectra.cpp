@@ -5,8 +5,11 @@
 
 #include "cli/model_flags.hpp"
 #include "cli/ntk_summary.hpp"
+#include "dynascope/curvature.hpp"
 #include "dynascope/io.hpp"
-#include "dynascope/spectra.hpp"
+#include "dynascope/linalg.hpp"
+#include "dynascope/losses.hpp"
+#include "dynascope/ntk.hpp"
 
 namespace dynascope::cli {
 
@@ -28,16 +31,16 @@ const std::vector<std::string> kTopKFlags{"--k",     "--which",        "--tol", 
 
 void add_eigen_flags(CLI::App& cmd, EigenFlags& f) {
   cmd.add_option("--k,--top-k", f.k, "number of eigenpairs, >= 1")->check(at_least(1))->capture_default_str();
-  cmd.add_option("--which", f.which, "largest | smallest | magnitude")
-      ->check(CLI::IsMember({"largest", "smallest", "magnitude"}))
+  cmd.add_option("--which", f.which, choices(linalg::which_names))
+      ->check(one_of(linalg::which_names))
       ->capture_default_str();
   cmd.add_option("--tol", f.tol,
                  "relative residual tolerance, > 0: converged when |A u - l u| <= tol max(eps^(2/3), |l|), never below "
                  "the working precision 16 eps |A|")
       ->check(finite_at_least(0, /*open=*/true))
       ->capture_default_str();
-  cmd.add_option("--method", f.method, "auto (dense for n <= 400) | lanczos | dense")
-      ->check(CLI::IsMember({"auto", "lanczos", "dense"}))
+  cmd.add_option("--method", f.method, choices(linalg::eigen_method_names) + " (auto: dense for n <= 400)")
+      ->check(one_of(linalg::eigen_method_names))
       ->capture_default_str();
   cmd.add_option("--block", f.block, "vectors per operator application (block Lanczos), >= 1")
       ->check(at_least(1))
@@ -56,9 +59,7 @@ linalg::LanczosOptions lanczos_options(const EigenFlags& f, std::uint64_t seed, 
   o.k = f.k;
   o.which = linalg::parse_which(f.which);
   o.tol = f.tol;
-  o.method = f.method == "lanczos" ? linalg::EigenMethod::lanczos
-             : f.method == "dense" ? linalg::EigenMethod::dense
-                                   : linalg::EigenMethod::automatic;
+  o.method = linalg::parse_eigen_method(f.method);
   o.block = f.block;
   o.subspace = f.subspace;
   o.max_restarts = f.max_restarts;
@@ -178,9 +179,9 @@ int run_spectrum(const SpectrumCommand& c) {
   std::unique_ptr<linalg::LinearOperator<T>> op;
   json r;
   if (c.op == "ntk") {
-    op = std::make_unique<linalg::NtkFunctionOperator<T>>(ctx, net.spec, net.params.data(), dev.x.matrix());
+    op = std::make_unique<ntk::NtkOperator<T>>(ctx, net.spec, net.params.data(), dev.x.matrix());
   } else {
-    const auto kind = c.op == "ggn" ? linalg::Curvature::gauss_newton : linalg::Curvature::hessian;
+    const linalg::Curvature kind = linalg::parse_curvature(c.op);
     auto cop = std::make_unique<linalg::CurvatureOperator<T>>(ctx, kind, net.spec, net.params.data(), dev.x.matrix(),
                                                               dev.targets(), loss);
     r["loss"] = model::to_string(loss);
@@ -237,7 +238,8 @@ Command register_eigen(CLI::App& app) {
   add_eigen_flags(*cmd, c->eig);
   return {cmd, [c] {
             resolve_dtype(c->common, {c->matrix});
-            return parse_dtype(c->common.dtype) == DType::f64 ? run_eigen<double>(*c) : run_eigen<float>(*c);
+            return dispatch_float(parse_dtype(c->common.dtype),
+                                  [&](auto precision) { return run_eigen<typename decltype(precision)::type>(*c); });
           }};
 }
 
@@ -249,11 +251,17 @@ Command register_spectrum(CLI::App& app) {
   add_common_flags(*cmd, c->common);
   add_model_flags(*cmd, c->model, true);
   add_data_flags(*cmd, c->data, true);
-  cmd->add_option("--operator", c->op, "ntk (function space, N*O) | ggn (J^T H_loss J) | hessian (exact, parameter space)")
-      ->check(CLI::IsMember({"ntk", "ggn", "hessian"}))
+  std::vector<std::string> operators{"ntk"};
+  for (const std::string& name : canonical_names(linalg::curvature_names)) operators.push_back(name);
+  cmd->add_option("--operator", c->op,
+                  "ntk | " + choices(linalg::curvature_names) +
+                      ": the NTK J J^T in function space (size N*O), the Gauss-Newton matrix J^T H_loss J or the exact "
+                      "loss Hessian (parameter space)")
+      ->check(CLI::IsMember(operators))
       ->capture_default_str();
-  cmd->add_option("--loss", c->loss, "mse | xent for ggn/hessian (default: xent for labels, mse for float targets)")
-      ->check(CLI::IsMember({"mse", "xent"}));
+  cmd->add_option("--loss", c->loss,
+                  choices(model::loss_names) + " for ggn/hessian (default: xent for labels, mse for float targets)")
+      ->check(one_of(model::loss_names));
   add_eigen_flags(*cmd, c->eig);
   cmd->add_flag("--density", c->density, "spectral density by stochastic Lanczos quadrature instead of top-k");
   cmd->add_option("--steps", c->steps, "SLQ: Lanczos steps per probe, >= 1")->check(at_least(1))->capture_default_str();
@@ -267,7 +275,8 @@ Command register_spectrum(CLI::App& app) {
       ->check(CLI::IsMember({"hutchinson", "hutchpp"}));
   return {cmd, [c] {
             resolve_dtype(c->common, {c->model.model, c->data.inputs});
-            return parse_dtype(c->common.dtype) == DType::f64 ? run_spectrum<double>(*c) : run_spectrum<float>(*c);
+            return dispatch_float(parse_dtype(c->common.dtype),
+                                  [&](auto precision) { return run_spectrum<typename decltype(precision)::type>(*c); });
           }};
 }
 

@@ -76,7 +76,8 @@ Command register_train(CLI::App& app) {
   add_out_dir_flags(*cmd, c->train, "folder for step_XXXXXXX.safetensors and train.csv");
   return {cmd, [c] {
             resolve_dtype(c->common, {c->model.model, c->data.inputs});
-            return parse_dtype(c->common.dtype) == DType::f64 ? run<double>(*c) : run<float>(*c);
+            return dispatch_float(parse_dtype(c->common.dtype),
+                                  [&](auto precision) { return run<typename decltype(precision)::type>(*c); });
           }};
 }
 

@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "dynascope/context.hpp"
+#include "dynascope/dispatch.hpp"
+#include "dynascope/enum_names.hpp"
 #include "dynascope/types.hpp"
 
 namespace dynascope::cli {
@@ -39,6 +41,17 @@ CLI::Validator at_least(long long min);
 CLI::Validator in_range(long long min, long long max);
 CLI::Validator finite_at_least(double min, bool open = false);  // open: > min
 CLI::Validator finite_in_range(double min, double max, bool max_open = false);
+
+// A flag that names an enum value takes the canonical names of its table (CLI11 refuses anything
+// else with "X not in {a,b,c}"); help texts list them with choices(names), "a | b | c".
+template <class E, std::size_t N>
+CLI::IsMember one_of(const EnumNames<E, N>& names) {
+  return CLI::IsMember(canonical_names(names));
+}
+template <class E, std::size_t N>
+std::string choices(const EnumNames<E, N>& names) {
+  return known_names(names, " | ");
+}
 
 // Precision follows the data: an explicit --dtype wins; otherwise float64 when any of `files`
 // (weights, inputs, a matrix; not label files) holds float64 values, else float32. Sets opts.dtype

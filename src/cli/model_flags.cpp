@@ -182,18 +182,19 @@ void add_model_flags(CLI::App& cmd, ModelFlags& f, bool require_model) {
     group->require_option(1);
   }
   cmd.add_option("--activation", f.activation,
-                 "hidden activation: relu, leaky_relu[:slope], abs, tanh, gelu, softplus, sigmoid, identity; one for "
-                 "every hidden layer or one per hidden layer (relu,tanh). Overrides the file's metadata; required for a "
-                 "file without it, such as a PyTorch state dict, which does not record activations (--arch: default relu)");
+                 "hidden activation: " + known_names(model::activation_names) +
+                     "; one for every hidden layer or one per hidden layer (relu,tanh). Overrides the file's metadata; "
+                     "required for a file without it, such as a PyTorch state dict, which does not record activations "
+                     "(--arch: default relu)");
   cmd.add_option("--parameterization", f.parameterization,
-                 "standard | ntk (default: the file's metadata, else standard, PyTorch's convention)")
-      ->check(CLI::IsMember({"standard", "ntk"}));
+                 choices(model::parameterization_names) + " (default: the file's metadata, else standard, PyTorch's convention)")
+      ->check(one_of(model::parameterization_names));
   cmd.add_option("--layers", f.layers,
                  "the layer order of a --model file whose layer names carry no numbers: its tensor-name prefixes in the "
                  "order the forward pass applies them, e.g. fc_in,block,head (numbered names such as 0, 2, 4 or "
                  "layers.0, layers.1 are ordered automatically)")
       ->excludes(a);
-  cmd.add_option("--init", f.init, "initialisation of --arch: pytorch | kaiming_normal | lecun_normal | ntk_normal")
+  cmd.add_option("--init", f.init, "initialisation of --arch: " + choices(model::init_names))
       ->capture_default_str()
       ->excludes(m);
   cmd.add_option("--init-scale", f.init_scale,

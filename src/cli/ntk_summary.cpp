@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "dynascope/linalg.hpp"
 #include "dynascope/ntk.hpp"
-#include "dynascope/spectra.hpp"
 
 namespace dynascope::cli {
 

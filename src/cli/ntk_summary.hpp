@@ -7,7 +7,7 @@
 
 #include "cli/common.hpp"
 #include "dynascope/datasets.hpp"
-#include "dynascope/spectra.hpp"
+#include "dynascope/linalg.hpp"
 #include "dynascope/view.hpp"
 
 namespace dynascope::cli {

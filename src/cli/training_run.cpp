@@ -12,10 +12,10 @@
 namespace dynascope::cli {
 
 void add_train_flags(CLI::App& cmd, TrainFlags& f) {
-  cmd.add_option("--loss", f.loss, "mse | xent (default: xent for class labels, mse for float targets)")
-      ->check(CLI::IsMember({"mse", "xent"}));
-  cmd.add_option("--optimizer", f.optimizer, "sgd | momentum | adam | adamw (PyTorch's update rules)")
-      ->check(CLI::IsMember({"sgd", "momentum", "adam", "adamw"}))
+  cmd.add_option("--loss", f.loss, choices(model::loss_names) + " (default: xent for class labels, mse for float targets)")
+      ->check(one_of(model::loss_names));
+  cmd.add_option("--optimizer", f.optimizer, choices(model::optimizer_names) + " (PyTorch's update rules)")
+      ->check(one_of(model::optimizer_names))
       ->capture_default_str();
   cmd.add_option("--lr", f.lr, "learning rate, >= 0 (default 1e-2 for sgd/momentum, 1e-3 for adam/adamw)")
       ->check(finite_at_least(0));

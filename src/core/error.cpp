@@ -19,7 +19,6 @@ const char* to_string(ErrorCategory category) noexcept {
     case ErrorCategory::lapack: return "LAPACK error";
     case ErrorCategory::file_format: return "file format";
     case ErrorCategory::io: return "I/O error";
-    case ErrorCategory::did_not_converge: return "did not converge";
   }
   return "error";
 }

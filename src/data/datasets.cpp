@@ -207,7 +207,7 @@ Dataset digits(const DatasetOptions& o) {
 
 }  // namespace
 
-const char* to_string(Task task) noexcept { return task == Task::classification ? "classification" : "regression"; }
+const char* to_string(Task task) noexcept { return name_of(task_names, task); }
 
 Dataset Dataset::subset(const std::vector<index_t>& rows) const {
   Dataset s;

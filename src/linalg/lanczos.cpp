@@ -11,42 +11,25 @@
 #include <string>
 #include <type_traits>
 
+#include "core/checks.hpp"
 #include "dynascope/blas.hpp"
+#include "dynascope/linalg.hpp"
 #include "dynascope/random.hpp"
-#include "dynascope/spectra.hpp"
 
 namespace dynascope::linalg {
 
 using blas::Op;
 
-Which parse_which(const std::string& t) {
-  if (t == "largest") return Which::largest;
-  if (t == "smallest") return Which::smallest;
-  if (t == "magnitude") return Which::magnitude;
-  throw InvalidArgument("--which: expected largest, smallest or magnitude, got '" + t + "'");
-}
-const char* to_string(EigenMethod m) noexcept {
-  switch (m) {
-    case EigenMethod::automatic: return "automatic";
-    case EigenMethod::lanczos: return "lanczos";
-    case EigenMethod::dense: return "dense";
-  }
-  return "unknown";
-}
-
-const char* to_string(Which w) noexcept {
-  switch (w) {
-    case Which::largest: return "largest";
-    case Which::smallest: return "smallest";
-    case Which::magnitude: return "magnitude";
-  }
-  return "unknown";
-}
+Which parse_which(const std::string& t) { return parse_name(which_names, t); }
+const char* to_string(Which w) noexcept { return name_of(which_names, w); }
+EigenMethod parse_eigen_method(const std::string& t) { return parse_name(eigen_method_names, t); }
+const char* to_string(EigenMethod m) noexcept { return name_of(eigen_method_names, m); }
+const char* to_string(EigenStatus s) noexcept { return name_of(eigen_status_names, s); }
 
 template <class T>
 void check_symmetric(MatrixView<const T> a, double tol) {
   if (a.rows != a.cols)
-    throw ShapeMismatch("the matrix must be square, got " + std::to_string(a.rows) + "x" + std::to_string(a.cols));
+    throw ShapeMismatch("the matrix must be square, got " + detail::dims(a.rows, a.cols));
   if (a.backend != Backend::host) throw InvalidArgument("check_symmetric: needs host memory");
   double mx = 0;
   for (index_t i = 0; i < a.rows; ++i)
@@ -101,7 +84,7 @@ std::vector<double> cgs2(const Context& ctx, MatrixView<const T> v, MatrixView<T
   std::vector<double> total(static_cast<std::size_t>(nv * nw), 0.0);
   if (nv == 0) return total;
   if (scratch.size() < nv * nw) scratch = Array<T>(ctx, {nv * nw});
-  MatrixView<T> c{scratch.data(), nv, nw, nw, ctx.backend()};
+  MatrixView<T> c{scratch.data(), nv, nw, nw, ctx.backend(), ctx.device()};
   for (int pass = 0; pass < 2; ++pass) {
     blas::gemm<T>(ctx, Op::none, Op::trans, T(1), v, w, T(0), c);            // C = V W^T
     blas::gemm<T>(ctx, Op::trans, Op::none, T(-1), c, v, T(1), w);            // W -= C^T V
@@ -118,7 +101,7 @@ std::vector<double> orthonormal_block(const Context& ctx, MatrixView<const T> v,
                                       Array<T>& wcopy, const random::Stream& fallback) {
   const index_t nw = w.rows, n = w.cols;
   if (wcopy.size() < nw * n) wcopy = Array<T>(ctx, {nw * n});
-  MatrixView<T> w0{wcopy.data(), nw, n, n, ctx.backend()};
+  MatrixView<T> w0{wcopy.data(), nw, n, n, ctx.backend(), ctx.device()};
   copy(ctx, MatrixView<const T>(w), w0);
   // Rows of W that vanished (an invariant subspace was found) are replaced by random directions,
   // so that Q stays a basis; their coupling coefficients come out as ~0 below.
@@ -134,7 +117,7 @@ std::vector<double> orthonormal_block(const Context& ctx, MatrixView<const T> v,
   cgs2<T>(ctx, v, w, scratch);
   lapack::orthonormalize_rows<T>(ctx, w);
   if (scratch.size() < nw * nw) scratch = Array<T>(ctx, {std::max<index_t>(nw * nw, scratch.size())});
-  MatrixView<T> r{scratch.data(), nw, nw, nw, ctx.backend()};
+  MatrixView<T> r{scratch.data(), nw, nw, nw, ctx.backend(), ctx.device()};
   blas::gemm<T>(ctx, Op::none, Op::trans, T(1), MatrixView<const T>(w), MatrixView<const T>(w0), T(0), r);  // q_i . w_c
   return to_host_doubles<T>(ctx, r);
 }
@@ -208,10 +191,10 @@ class KrylovBasis {
   // eigenvectors.
   void start(std::optional<MatrixView<const T>> warm) {
     MatrixView<T> v0 = rows(0, b_);
-    random::fill_normal<T>(ctx_, {seed_, start_stream_, step_++}, VectorView<T>{v0.data, b_ * n_, 1, ctx_.backend()});
+    random::fill_normal<T>(ctx_, {seed_, start_stream_, step_++}, VectorView<T>{v0.data, b_ * n_, 1, ctx_.backend(), ctx_.device()});
     if (warm && warm->rows > 0) {
       if (warm->cols != n_) throw ShapeMismatch("eigsh: start vectors must have " + std::to_string(n_) + " columns");
-      blas::scal<T>(ctx_, T(1e-3), VectorView<T>{v0.data, b_ * n_, 1, ctx_.backend()});
+      blas::scal<T>(ctx_, T(1e-3), VectorView<T>{v0.data, b_ * n_, 1, ctx_.backend(), ctx_.device()});
       for (index_t i = 0; i < warm->rows; ++i) blas::axpy<T>(ctx_, T(1), warm->row(i), v0.row(i % b_));
     }
     if (nl_ == 0) {
@@ -484,7 +467,7 @@ EigenResult<T> dense_eigsh(LinearOperator<T>& op, const LanczosOptions& o, doubl
   ctx.progress("dense eigendecomposition", 0, 1);
   lapack::syevd<T>(ctx, a.matrix(), w.vector());
   ctx.progress("dense eigendecomposition", 1, 1);
-  const auto wh = to_host_doubles<T>(ctx, MatrixView<const T>{w.data(), 1, n, n, ctx.backend()});
+  const auto wh = to_host_doubles<T>(ctx, MatrixView<const T>{w.data(), 1, n, n, ctx.backend(), ctx.device()});
   for (double x : wh) anorm = std::max(anorm, std::abs(x));
   const auto order = wanted_order(wh, o.which);
   r.vectors = Array<T>(ctx, {k, n});
@@ -647,15 +630,6 @@ void finish(EigenResult<T>& r, LinearOperator<T>& op, const LanczosOptions& o, d
 
 }  // namespace
 
-const char* to_string(EigenStatus s) noexcept {
-  switch (s) {
-    case EigenStatus::converged: return "converged";
-    case EigenStatus::not_converged: return "not_converged";
-    case EigenStatus::precision_limited: return "precision_limited";
-  }
-  return "unknown";
-}
-
 template <class T>
 EigenResult<T> eigsh(LinearOperator<T>& op, const LanczosOptions& o, std::optional<MatrixView<const T>> start) {
   const index_t n = op.size(), k = o.k, b = o.block;
@@ -679,7 +653,8 @@ EigenResult<T> eigsh(LinearOperator<T>& op, const LanczosOptions& o, std::option
     spec.start_stream = kStartStream;
     spec.fallback_stream = kFallbackStream;
     spec.label = "lanczos";
-    auto first = lanczos_pass<T>(op, o, MatrixView<const T>{nullptr, 0, n, n, op.context().backend()}, spec, start, anorm, r.matvecs);
+    const MatrixView<const T> none{nullptr, 0, n, n, op.context().backend(), op.context().device()};
+    auto first = lanczos_pass<T>(op, o, none, spec, start, anorm, r.matvecs);
     r.iterations = first.restarts;
     LockedSet<T> set{first.values, first.residuals, std::vector<bool>(std::size_t(k), false), std::move(first.vectors)};
     if (o.check_multiplicity && first.nconv >= k) r.multiplicity_checked = check_missed<T>(op, o, set, anorm, r);
@@ -698,6 +673,22 @@ EigenResult<T> eigsh(LinearOperator<T>& op, const LanczosOptions& o, std::option
   return r;
 }
 
+template <class T>
+EigenResult<T> eigh(const Context& ctx, MatrixView<const T> a, Which which) {
+  DenseOperator<T> op(ctx, a);  // ShapeMismatch unless square
+  if (a.rows == 0) {
+    EigenResult<T> r;
+    r.method = EigenMethod::dense;
+    r.all_converged = r.multiplicity_checked = true;
+    return r;
+  }
+  LanczosOptions o;
+  o.k = a.rows;
+  o.which = which;
+  o.method = EigenMethod::dense;
+  return eigsh<T>(op, o);
+}
+
 // ---- stochastic Lanczos quadrature ----
 template <class T>
 SpectralDensity slq(LinearOperator<T>& op, const SlqOptions& o) {
@@ -709,8 +700,8 @@ SpectralDensity slq(LinearOperator<T>& op, const SlqOptions& o) {
   SpectralDensity out;
   // Each probe's basis, [nv, m, n]; all probes advance together (one block apply per step).
   Array<T> basis(ctx, {nv * m, n}), cur(ctx, {nv, n}), w(ctx, {nv, n}), scratch(ctx, {m});
-  random::fill_rademacher<T>(ctx, {o.seed, 0x736c71u, 0}, VectorView<T>{cur.data(), nv * n, 1, ctx.backend()});
-  blas::scal<T>(ctx, T(1.0 / std::sqrt(double(n))), VectorView<T>{cur.data(), nv * n, 1, ctx.backend()});
+  random::fill_rademacher<T>(ctx, {o.seed, 0x736c71u, 0}, VectorView<T>{cur.data(), nv * n, 1, ctx.backend(), ctx.device()});
+  blas::scal<T>(ctx, T(1.0 / std::sqrt(double(n))), VectorView<T>{cur.data(), nv * n, 1, ctx.backend(), ctx.device()});
   std::vector<std::vector<double>> alpha(static_cast<std::size_t>(nv)), beta(static_cast<std::size_t>(nv));
   std::vector<index_t> len(std::size_t(nv), m);
   for (index_t t = 0; t < m; ++t) {
@@ -821,7 +812,7 @@ TraceEstimate hutchpp_split(LinearOperator<T>& op, index_t sketch, index_t probe
   auto report = [&](index_t) { ctx.progress(task, t.matvecs, total); };
   ctx.progress(task, 0, total);
   Array<T> sk(ctx, {s, n}), q(ctx, {s, n});
-  random::fill_rademacher<T>(ctx, {seed, 0x68707031u, 0}, VectorView<T>{sk.data(), s * n, 1, ctx.backend()});
+  random::fill_rademacher<T>(ctx, {seed, 0x68707031u, 0}, VectorView<T>{sk.data(), s * n, 1, ctx.backend(), ctx.device()});
   apply_blocks<T>(op, sk.matrix(), q.matrix(), t.matvecs, report);
   lapack::orthonormalize_rows<T>(ctx, q.matrix());
   Array<T>& aq = sk;  // S is not needed any more
@@ -834,7 +825,7 @@ TraceEstimate hutchpp_split(LinearOperator<T>& op, index_t sketch, index_t probe
     return t;
   }
   Array<T> gk(ctx, {g, n}), ag(ctx, {g, n}), cs(ctx, {s * g});
-  random::fill_rademacher<T>(ctx, {seed, 0x68707032u, 0}, VectorView<T>{gk.data(), g * n, 1, ctx.backend()});
+  random::fill_rademacher<T>(ctx, {seed, 0x68707032u, 0}, VectorView<T>{gk.data(), g * n, 1, ctx.backend(), ctx.device()});
   cgs2<T>(ctx, MatrixView<const T>(q.matrix()), gk.matrix(), cs);  // G <- (I - QQ^T) G
   apply_blocks<T>(op, gk.matrix(), ag.matrix(), t.matvecs, report);
   double rest = 0;
@@ -851,7 +842,7 @@ TraceEstimate hutchinson(LinearOperator<T>& op, index_t probes, std::uint64_t se
   const Context& ctx = op.context();
   const index_t n = op.size();
   Array<T> z(ctx, {probes, n}), az(ctx, {probes, n});
-  random::fill_rademacher<T>(ctx, {seed, 0x68757463u, 0}, VectorView<T>{z.data(), probes * n, 1, ctx.backend()});
+  random::fill_rademacher<T>(ctx, {seed, 0x68757463u, 0}, VectorView<T>{z.data(), probes * n, 1, ctx.backend(), ctx.device()});
   TraceEstimate t;
   ctx.progress("hutchinson: probes", 0, probes);
   apply_blocks<T>(op, z.matrix(), az.matrix(), t.matvecs, [&](index_t done) { ctx.progress("hutchinson: probes", done, probes); });
@@ -911,6 +902,7 @@ PowerResult power_iteration(LinearOperator<T>& op, double tol, index_t max_itera
 #define DS_INSTANTIATE(T)                                                                                      \
   template void check_symmetric<T>(MatrixView<const T>, double);                                               \
   template EigenResult<T> eigsh<T>(LinearOperator<T>&, const LanczosOptions&, std::optional<MatrixView<const T>>); \
+  template EigenResult<T> eigh<T>(const Context&, MatrixView<const T>, Which);                                 \
   template SpectralDensity slq<T>(LinearOperator<T>&, const SlqOptions&);                                      \
   template TraceEstimate hutchinson<T>(LinearOperator<T>&, index_t, std::uint64_t);                            \
   template TraceEstimate hutchpp<T>(LinearOperator<T>&, index_t, std::uint64_t);                               \

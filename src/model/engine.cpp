@@ -5,14 +5,17 @@
 #include <algorithm>
 #include <string>
 
+#include "core/buffer.hpp"
+#include "core/checks.hpp"
 #include "dynascope/blas.hpp"
 #include "kernels/activation.cuh"
 #include "kernels/launch.cuh"
-#include "model/buffers.hpp"
 
 namespace dynascope::model {
 
 using blas::Op;
+using detail::Buffer;
+using detail::check_matrix;
 
 namespace {
 
@@ -34,18 +37,6 @@ kern::Act kernel_activation(Activation a) {
 }
 
 kern::ActParams act_params(const ActivationSpec& a) { return {kernel_activation(a.kind), a.slope}; }
-
-std::string dims(index_t r, index_t c) { return std::to_string(r) + "x" + std::to_string(c); }
-
-template <class M>
-void check_matrix(const Context& ctx, const M& m, index_t rows, index_t cols, const char* call, const char* name) {
-  if (m.rows != rows || m.cols != cols)
-    throw ShapeMismatch(std::string(call) + ": " + name + " must be " + dims(rows, cols) + ", got " + dims(m.rows, m.cols));
-  if (m.ld < std::max<index_t>(cols, 1)) throw InvalidArgument(std::string(call) + ": " + name + " has ld < cols");
-  if (m.size() > 0 && m.backend != ctx.backend())
-    throw InvalidArgument(std::string(call) + ": " + name + " lives on " + to_string(m.backend) + " but the context is " +
-                          to_string(ctx.backend()));
-}
 
 }  // namespace
 
@@ -82,7 +73,7 @@ struct MlpEngine<T>::Impl {
   bool has_bias(index_t l) const { return spec.bias[std::size_t(l - 1)]; }
   // W_l as [out, in] and b_l inside the flat parameter vector.
   MatrixView<const T> weight(const T* p, index_t l) const {
-    return {p + spec.weight_offset(l - 1), width(l), width(l - 1), width(l - 1), ctx.backend()};
+    return {p + spec.weight_offset(l - 1), width(l), width(l - 1), width(l - 1), ctx.backend(), ctx.device()};
   }
   const T* bias_ptr(const T* p, index_t l) const { return p + spec.bias_offset(l - 1); }
   // A zero bias vector for layers without bias, so the forward kernel has no branch.
@@ -221,8 +212,8 @@ void MlpEngine<T>::param_grads(MatrixView<T> grads) {
   for (index_t l = 1; l <= s.L; ++l) {
     const index_t out = s.width(l), in = s.width(l - 1);
     MatrixView<const T> d = s.delta[std::size_t(l)].view(s.k * n, out);
-    MatrixView<T> gw{grads.data + s.spec.weight_offset(l - 1), out, in, in, grads.backend};
-    MatrixView<const T> d0{d.data, n, out, out, d.backend};
+    MatrixView<T> gw{grads.data + s.spec.weight_offset(l - 1), out, in, in, grads.backend, grads.device};
+    MatrixView<const T> d0{d.data, n, out, out, d.backend, d.device};
     if (s.k == 1)
       blas::gemm<T>(s.ctx, Op::trans, Op::none, s.scale(l), d0, s.act_in(l), T(0), gw);
     else
@@ -230,9 +221,9 @@ void MlpEngine<T>::param_grads(MatrixView<T> grads) {
                                     grads.ld, s.k);
     if (!s.has_bias(l)) continue;
     for (index_t b = 0; b < s.k; ++b) {
-      MatrixView<const T> db{d.data + b * n * out, n, out, out, d.backend};
-      VectorView<T> gb{grads.data + b * grads.ld + s.spec.bias_offset(l - 1), out, 1, grads.backend};
-      blas::gemv<T>(s.ctx, Op::trans, s.beta(), db, VectorView<const T>{ones.data, n, 1, ones.backend}, T(0), gb);
+      MatrixView<const T> db{d.data + b * n * out, n, out, out, d.backend, d.device};
+      VectorView<T> gb{grads.data + b * grads.ld + s.spec.bias_offset(l - 1), out, 1, grads.backend, grads.device};
+      blas::gemv<T>(s.ctx, Op::trans, s.beta(), db, VectorView<const T>{ones.data, n, 1, ones.backend, ones.device}, T(0), gb);
     }
   }
 }
@@ -291,8 +282,8 @@ void tangent_sweep(Impl& s, const T* params, MatrixView<const T> tangents, Matri
     T beta_acc = T(0);
     if (param_mode) {
       MatrixView<const T> wdot{tangents.data + s.spec.weight_offset(l - 1), o, s.width(l - 1), s.width(l - 1),
-                               tangents.backend};
-      MatrixView<T> z0{zdot.data, n, o, zdot.ld, zdot.backend};
+                               tangents.backend, tangents.device};
+      MatrixView<T> z0{zdot.data, n, o, zdot.ld, zdot.backend, zdot.device};
       blas::gemm_strided_batched<T>(s.ctx, Op::none, Op::trans, s.scale(l), s.act_in(l), 0, wdot, tangents.ld, T(0),
                                     z0, n * zdot.ld, t);
       beta_acc = T(1);
@@ -357,7 +348,7 @@ MatrixView<const T> MlpEngine<T>::hvp_forward(const T* params, MatrixView<const 
   for (index_t l = 1; l <= s.L; ++l) {
     const index_t o = s.width(l), in = s.width(l - 1);
     MatrixView<T> zd = s.zdot[std::size_t(l)].reserve(s.ctx, rows, o);
-    MatrixView<const T> wdot{tangents.data + s.spec.weight_offset(l - 1), o, in, in, tangents.backend};
+    MatrixView<const T> wdot{tangents.data + s.spec.weight_offset(l - 1), o, in, in, tangents.backend, tangents.device};
     blas::gemm_strided_batched<T>(s.ctx, Op::none, Op::trans, s.scale(l), s.act_in(l), 0, wdot, tangents.ld, T(0),
                                   zd.block(0, 0, n, o), n * o, k);
     if (l > 1)
@@ -406,7 +397,7 @@ void MlpEngine<T>::hvp_backward(const T* params, MatrixView<const T> g, MatrixVi
     const index_t o = s.width(l), in = s.width(l - 1);
     const T c = s.scale(l);
     MatrixView<const T> d = s.delta[std::size_t(l)].view(n, o);
-    MatrixView<T> gw{out.data + s.spec.weight_offset(l - 1), o, in, in, out.backend};
+    MatrixView<T> gw{out.data + s.spec.weight_offset(l - 1), o, in, in, out.backend, out.device};
     blas::gemm_strided_batched<T>(s.ctx, Op::trans, Op::none, c, MatrixView<const T>(dd.block(0, 0, n, o)), n * o,
                                   s.act_in(l), 0, T(0), gw, out.ld, k);
     if (l > 1)
@@ -415,12 +406,12 @@ void MlpEngine<T>::hvp_backward(const T* params, MatrixView<const T> g, MatrixVi
     if (s.has_bias(l))
       for (index_t b = 0; b < k; ++b)
         blas::gemv<T>(s.ctx, Op::trans, s.beta(), MatrixView<const T>(dd.block(b * n, 0, n, o)),
-                      VectorView<const T>{ones.data, n, 1, ones.backend}, T(0),
-                      VectorView<T>{out.data + b * out.ld + s.spec.bias_offset(l - 1), o, 1, out.backend});
+                      VectorView<const T>{ones.data, n, 1, ones.backend, ones.device}, T(0),
+                      VectorView<T>{out.data + b * out.ld + s.spec.bias_offset(l - 1), o, 1, out.backend, out.device});
     if (l == 1) break;
     MatrixView<T> below = s.ddelta[(l - 1) % 2].reserve(s.ctx, rows, in);
     blas::gemm<T>(s.ctx, Op::none, Op::none, c, MatrixView<const T>(dd), s.weight(params, l), T(0), below);
-    MatrixView<const T> wdot{tangents.data + s.spec.weight_offset(l - 1), o, in, in, tangents.backend};
+    MatrixView<const T> wdot{tangents.data + s.spec.weight_offset(l - 1), o, in, in, tangents.backend, tangents.device};
     blas::gemm_strided_batched<T>(s.ctx, Op::none, Op::none, c, d, 0, wdot, tangents.ld, T(1), below.block(0, 0, n, in),
                                   n * in, k);
     MatrixView<T> u = s.pre_delta.reserve(s.ctx, n, in);

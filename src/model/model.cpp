@@ -17,7 +17,6 @@
 namespace dynascope::model {
 
 namespace {
-const char* kActivationNames = "identity, relu, leaky_relu[:slope], abs, tanh, gelu, softplus, sigmoid";
 
 std::vector<std::string> split(const std::string& s, char sep) {
   std::vector<std::string> out;
@@ -41,15 +40,9 @@ ActivationSpec parse_activation(const std::string& text) {
   const auto colon = t.find(':');
   const std::string name = t.substr(0, colon);
   ActivationSpec a;
-  if (name == "identity" || name == "linear") a.kind = Activation::identity;
-  else if (name == "relu") a.kind = Activation::relu;
-  else if (name == "leaky_relu") a.kind = Activation::leaky_relu;
-  else if (name == "abs") a.kind = Activation::abs;
-  else if (name == "tanh") a.kind = Activation::tanh;
-  else if (name == "gelu") a.kind = Activation::gelu;
-  else if (name == "softplus") a.kind = Activation::softplus;
-  else if (name == "sigmoid") a.kind = Activation::sigmoid;
-  else throw InvalidArgument("unknown activation '" + text + "' (known: " + kActivationNames + ")");
+  const auto kind = find_name(activation_names, name);
+  if (!kind) throw InvalidArgument("unknown activation '" + text + "' (known: " + known_names(activation_names) + ")");
+  a.kind = *kind;
   if (colon != std::string::npos) {
     if (a.kind != Activation::leaky_relu)
       throw InvalidArgument("activation '" + text + "': only leaky_relu takes a parameter");
@@ -63,48 +56,17 @@ ActivationSpec parse_activation(const std::string& text) {
 }
 
 std::string to_string(const ActivationSpec& a) {
-  switch (a.kind) {
-    case Activation::identity: return "identity";
-    case Activation::relu: return "relu";
-    case Activation::leaky_relu: {
-      std::ostringstream s;
-      s << "leaky_relu:" << a.slope;
-      return s.str();
-    }
-    case Activation::abs: return "abs";
-    case Activation::tanh: return "tanh";
-    case Activation::gelu: return "gelu";
-    case Activation::softplus: return "softplus";
-    case Activation::sigmoid: return "sigmoid";
-  }
-  return "unknown";
+  if (a.kind != Activation::leaky_relu) return name_of(activation_names, a.kind);
+  std::ostringstream s;
+  s << name_of(activation_names, a.kind) << ":" << a.slope;
+  return s.str();
 }
 
-Parameterization parse_parameterization(const std::string& text) {
-  if (text == "standard") return Parameterization::standard;
-  if (text == "ntk") return Parameterization::ntk;
-  throw InvalidArgument("unknown parameterization '" + text + "' (known: standard, ntk)");
-}
+Parameterization parse_parameterization(const std::string& text) { return parse_name(parameterization_names, text); }
+const char* to_string(Parameterization p) noexcept { return name_of(parameterization_names, p); }
 
-const char* to_string(Parameterization p) noexcept { return p == Parameterization::ntk ? "ntk" : "standard"; }
-
-Init parse_init(const std::string& text) {
-  if (text == "pytorch") return Init::pytorch;
-  if (text == "kaiming" || text == "kaiming_normal") return Init::kaiming_normal;
-  if (text == "lecun" || text == "lecun_normal") return Init::lecun_normal;
-  if (text == "ntk" || text == "ntk_normal") return Init::ntk_normal;
-  throw InvalidArgument("unknown initialisation '" + text + "' (known: pytorch, kaiming_normal, lecun_normal, ntk_normal)");
-}
-
-const char* to_string(Init init) noexcept {
-  switch (init) {
-    case Init::pytorch: return "pytorch";
-    case Init::kaiming_normal: return "kaiming_normal";
-    case Init::lecun_normal: return "lecun_normal";
-    case Init::ntk_normal: return "ntk_normal";
-  }
-  return "unknown";
-}
+Init parse_init(const std::string& text) { return parse_name(init_names, text); }
+const char* to_string(Init init) noexcept { return name_of(init_names, init); }
 
 MlpSpec MlpSpec::from_arch(const std::string& arch, ActivationSpec activation, Parameterization p) {
   MlpSpec s;
@@ -172,8 +134,8 @@ Array<T> init_params(const Context& ctx, const MlpSpec& spec, const InitOptions&
   for (index_t l = 0; l < spec.layers(); ++l) {
     const double in = double(spec.fan_in(l));
     const index_t nw = spec.fan_in(l) * spec.fan_out(l), nb = spec.fan_out(l);
-    VectorView<T> w{p.data() + spec.weight_offset(l), nw, 1, p.backend()};
-    VectorView<T> b{spec.bias[std::size_t(l)] ? p.data() + spec.bias_offset(l) : nullptr, nb, 1, p.backend()};
+    VectorView<T> w{p.data() + spec.weight_offset(l), nw, 1, p.backend(), p.device()};
+    VectorView<T> b{spec.bias[std::size_t(l)] ? p.data() + spec.bias_offset(l) : nullptr, nb, 1, p.backend(), p.device()};
     // Separate Philox streams for each layer's weights (2l) and bias (2l + 1).
     const random::Stream sw{o.seed, static_cast<std::uint32_t>(2 * l), 0}, sb{o.seed, static_cast<std::uint32_t>(2 * l + 1), 0};
     if (a == 0.0) continue;
@@ -195,14 +157,7 @@ Array<T> init_params(const Context& ctx, const MlpSpec& spec, const InitOptions&
   return p;
 }
 
-const char* to_string(Origin origin) noexcept {
-  switch (origin) {
-    case Origin::metadata: return "metadata";
-    case Origin::option: return "option";
-    case Origin::default_value: return "default";
-  }
-  return "unknown";
-}
+const char* to_string(Origin origin) noexcept { return name_of(origin_names, origin); }
 
 namespace {
 

@@ -1,40 +1,19 @@
-// Losses, optimizers and the trainer. Each loss is one fused per-sample kernel that writes the
-// gradient row and returns the sample's loss to a deterministic reduction.
+// Optimizers and the trainer (the losses are in losses.cpp).
 #include "dynascope/train.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 
+#include "core/checks.hpp"
 #include "dynascope/random.hpp"
 #include "kernels/launch.cuh"
 #include "kernels/math.cuh"
 
 namespace dynascope::model {
 
-Loss parse_loss(const std::string& text) {
-  if (text == "mse") return Loss::mse;
-  if (text == "xent" || text == "cross_entropy") return Loss::xent;
-  throw InvalidArgument("unknown loss '" + text + "' (known: mse, xent)");
-}
-const char* to_string(Loss loss) noexcept { return loss == Loss::xent ? "xent" : "mse"; }
-
-OptimizerKind parse_optimizer(const std::string& text) {
-  if (text == "sgd") return OptimizerKind::sgd;
-  if (text == "momentum") return OptimizerKind::momentum;
-  if (text == "adam") return OptimizerKind::adam;
-  if (text == "adamw") return OptimizerKind::adamw;
-  throw InvalidArgument("unknown optimizer '" + text + "' (known: sgd, momentum, adam, adamw)");
-}
-const char* to_string(OptimizerKind k) noexcept {
-  switch (k) {
-    case OptimizerKind::sgd: return "sgd";
-    case OptimizerKind::momentum: return "momentum";
-    case OptimizerKind::adam: return "adam";
-    case OptimizerKind::adamw: return "adamw";
-  }
-  return "unknown";
-}
+OptimizerKind parse_optimizer(const std::string& text) { return parse_name(optimizer_names, text); }
+const char* to_string(OptimizerKind k) noexcept { return name_of(optimizer_names, k); }
 
 OptimizerOptions OptimizerOptions::resolved() const {
   OptimizerOptions o = *this;
@@ -54,133 +33,6 @@ OptimizerOptions OptimizerOptions::resolved() const {
   if (!(o.weight_decay >= 0) || !std::isfinite(o.weight_decay))
     throw InvalidArgument("--weight-decay: must be >= 0 and finite, got " + value(o.weight_decay));
   return o;
-}
-
-namespace {
-
-template <class T>
-void check_outputs(const Context& ctx, MatrixView<const T> f, const Targets<T>& t, MatrixView<T> grad) {
-  if (t.rows() != f.rows)
-    throw ShapeMismatch("loss: " + std::to_string(f.rows) + " outputs but " + std::to_string(t.rows()) + " targets");
-  if (!t.has_labels() && t.values.cols != f.cols)
-    throw ShapeMismatch("loss: outputs have " + std::to_string(f.cols) + " columns, targets " + std::to_string(t.values.cols));
-  if (grad.data && (grad.rows != f.rows || grad.cols != f.cols))
-    throw ShapeMismatch("loss: the gradient must have the shape of the outputs");
-  const auto on = [&](Backend b, index_t size, const char* what) {
-    if (size > 0 && b != ctx.backend())
-      throw InvalidArgument(std::string("loss: ") + what + " lives on " + to_string(b) + " but the context is " +
-                            to_string(ctx.backend()));
-  };
-  on(f.backend, f.size(), "the outputs");
-  if (grad.data) on(grad.backend, grad.size(), "the gradient");
-  if (t.has_labels()) {
-    on(t.labels.backend, t.labels.size, "the labels");
-    if (t.labels.stride < 1) throw InvalidArgument("loss: the labels' stride must be >= 1");
-  } else {
-    on(t.values.backend, t.values.size(), "the targets");
-  }
-}
-
-}  // namespace
-
-template <class T>
-LossValue loss_and_grad(const Context& ctx, Loss loss, MatrixView<const T> f, const Targets<T>& t, MatrixView<T> grad) {
-  check_outputs(ctx, f, t, grad);
-  const index_t n = f.rows, o = f.cols;
-  LossValue r;
-  if (n == 0) return r;
-  const bool labels = t.has_labels();
-  const std::int64_t* lab = t.labels.data;
-  const index_t lab_stride = t.labels.stride;
-  MatrixView<const T> y = t.values;
-  T* g = grad.data;
-  const index_t gld = grad.ld;
-  if (loss == Loss::mse) {
-    // L = 1/(N O) sum (f - y)^2 ;  dL/df = 2 (f - y) / (N O)
-    const T gscale = T(2) / static_cast<T>(double(n) * double(o));
-    r.loss = kern::reduce_sum(ctx, n, [=] DYNASCOPE_HD(index_t i) {
-               double s = 0;
-               for (index_t j = 0; j < o; ++j) {
-                 const T target = labels ? (lab[i * lab_stride] == j ? T(1) : T(0)) : y(i, j);
-                 const T d = f(i, j) - target;
-                 s += double(d) * double(d);
-                 if (g) g[i * gld + j] = gscale * d;
-               }
-               return s;
-             }) /
-             (double(n) * double(o));
-  } else {
-    if (!labels) throw InvalidArgument("loss xent: needs integer class labels as targets");
-    // L = 1/N sum_i (logsumexp f_i - f_{i, y_i}) ;  dL/df = (softmax f_i - onehot y_i) / N
-    const T inv_n = T(1) / static_cast<T>(n);
-    r.loss = kern::reduce_sum(ctx, n, [=] DYNASCOPE_HD(index_t i) {
-               T mx = f(i, 0);
-               for (index_t j = 1; j < o; ++j) mx = f(i, j) > mx ? f(i, j) : mx;
-               double se = 0;
-               for (index_t j = 0; j < o; ++j) se += kern::exp(double(f(i, j) - mx));
-               const std::int64_t c = lab[i * lab_stride];
-               const bool valid = c >= 0 && c < o;
-               if (g)
-                 for (index_t j = 0; j < o; ++j)
-                   g[i * gld + j] = inv_n * static_cast<T>(kern::exp(double(f(i, j) - mx)) / se - (j == c ? 1.0 : 0.0));
-               return valid ? double(mx) + kern::log(se) - double(f(i, valid ? c : 0)) : NAN;
-             }) /
-             double(n);
-  }
-  if (labels) {
-    const double correct = kern::reduce_sum(ctx, n, [=] DYNASCOPE_HD(index_t i) {
-      index_t best = 0;
-      for (index_t j = 1; j < o; ++j)
-        if (f(i, j) > f(i, best)) best = j;
-      return lab[i * lab_stride] == best ? 1.0 : 0.0;
-    });
-    r.accuracy = correct / double(n);
-  }
-  return r;
-}
-
-template <class T>
-void loss_hessian_apply(const Context& ctx, Loss loss, MatrixView<const T> f, const Targets<T>& t, MatrixView<const T> fdot,
-                        MatrixView<T> out) {
-  check_outputs(ctx, f, t, MatrixView<T>{});
-  const index_t n = f.rows, o = f.cols;
-  if (fdot.cols != o || fdot.rows % std::max<index_t>(n, 1) != 0 || out.rows != fdot.rows || out.cols != o)
-    throw ShapeMismatch("loss_hessian_apply: fdot and out must be [k*N, O] with N = " + std::to_string(n) + ", O = " +
-                        std::to_string(o));
-  const index_t rows = fdot.rows;
-  if ((fdot.size() > 0 && fdot.backend != ctx.backend()) || (out.size() > 0 && out.backend != ctx.backend()))
-    throw InvalidArgument("loss_hessian_apply: fdot and out must live on the context's backend");
-  if (n == 0 || rows == 0) {
-    if (rows != 0) throw ShapeMismatch("loss_hessian_apply: output tangents for an empty batch");
-    return;
-  }
-  if (loss == Loss::mse) {
-    const T scale = T(2) / static_cast<T>(double(n) * double(o));
-    kern::parallel_for(ctx, rows * o, [=] DYNASCOPE_HD(index_t idx) {
-      const index_t r = idx / o, j = idx % o;
-      out(r, j) = scale * fdot(r, j);
-    });
-    return;
-  }
-  if (!t.has_labels()) throw InvalidArgument("loss xent: needs integer class labels as targets");
-  // (diag p - p p^T) v / N = p .* (v - <p, v>) / N, one row per (block, sample).
-  const T inv_n = T(1) / static_cast<T>(n);
-  kern::parallel_for(ctx, rows, [=] DYNASCOPE_HD(index_t r) {
-    const index_t i = r % n;
-    T mx = f(i, 0);
-    for (index_t j = 1; j < o; ++j) mx = f(i, j) > mx ? f(i, j) : mx;
-    double se = 0, pv = 0;
-    for (index_t j = 0; j < o; ++j) {
-      const double e = kern::exp(double(f(i, j) - mx));
-      se += e;
-      pv += e * double(fdot(r, j));
-    }
-    pv /= se;
-    for (index_t j = 0; j < o; ++j) {
-      const double p = kern::exp(double(f(i, j) - mx)) / se;
-      out(r, j) = inv_n * static_cast<T>(p * (double(fdot(r, j)) - pv));
-    }
-  });
 }
 
 template <class T>
@@ -243,10 +95,10 @@ Targets<T> DeviceData<T>::targets() const {
 template <class T>
 Targets<T> DeviceData<T>::targets(index_t row0, index_t rows) const {
   Targets<T> t;
-  if (!labels.empty()) t.labels = {labels.data() + row0, rows, 1, labels.backend()};
+  if (!labels.empty()) t.labels = {labels.data() + row0, rows, 1, labels.backend(), labels.device()};
   else {
     const index_t o = y.empty() ? 0 : y.size() / n;
-    t.values = {y.data() + row0 * o, rows, o, o, y.backend()};
+    t.values = {y.data() + row0 * o, rows, o, o, y.backend(), y.device()};
   }
   return t;
 }
@@ -281,7 +133,7 @@ LossValue evaluate(const Context& ctx, MlpEngine<T>& engine, const T* params, co
   bool labels = false;
   for (index_t r0 = 0; r0 < data.n; r0 += tile) {
     const index_t m = std::min(tile, data.n - r0);
-    MatrixView<const T> x{data.x.data() + r0 * spec.inputs(), m, spec.inputs(), spec.inputs(), data.x.backend()};
+    MatrixView<const T> x{data.x.data() + r0 * spec.inputs(), m, spec.inputs(), spec.inputs(), data.x.backend(), data.x.device()};
     MatrixView<const T> f = engine.forward(params, x);
     const LossValue v = loss_and_grad<T>(ctx, loss, f, data.targets(r0, m));
     loss_sum += v.loss * double(m);
@@ -309,9 +161,7 @@ TrainResult train(const Context& ctx, Mlp<T>& net, const data::Dataset& ds, cons
   if (options.loss == Loss::xent && ds.task != data::Task::classification)
     throw InvalidArgument("train: loss xent needs a classification dataset ('" + ds.name + "' is regression)");
   if (net.params.size() != spec.num_params()) throw ShapeMismatch("train: parameter vector does not fit the spec");
-  if (net.params.backend() != ctx.backend())
-    throw InvalidArgument(std::string("train: the parameters live on ") + to_string(net.params.backend()) +
-                          " but the context is " + to_string(ctx.backend()));
+  detail::require_on_context(ctx, net.params.vector(), "train", "the parameter vector");
   if (options.steps < 0 || options.batch < 0 || options.checkpoint_every < 0)
     throw InvalidArgument("train: steps, batch and checkpoint interval must be >= 0");
 
@@ -357,23 +207,23 @@ TrainResult train(const Context& ctx, Mlp<T>& net, const data::Dataset& ds, cons
       const T* src = full.x.data();
       T* dst = xb.data();
       kern::parallel_for(ctx, rows * d, [=] DYNASCOPE_HD(index_t e) { dst[e] = src[idx[e / d] * d + e % d]; });
-      x = {xb.data(), rows, d, d, xb.backend()};
+      x = {xb.data(), rows, d, d, xb.backend(), xb.device()};
       if (!full.labels.empty()) {
         const std::int64_t* ls = full.labels.data();
         std::int64_t* ld = lb.data();
         kern::parallel_for(ctx, rows, [=] DYNASCOPE_HD(index_t e) { ld[e] = ls[idx[e]]; });
         tg = Targets<T>{};
-        tg.labels = {lb.data(), rows, 1, lb.backend()};
+        tg.labels = {lb.data(), rows, 1, lb.backend(), lb.device()};
       } else {
         const T* ys = full.y.data();
         T* ydst = yb.data();
         kern::parallel_for(ctx, rows * o, [=] DYNASCOPE_HD(index_t e) { ydst[e] = ys[idx[e / o] * o + e % o]; });
         tg = Targets<T>{};
-        tg.values = {yb.data(), rows, o, o, yb.backend()};
+        tg.values = {yb.data(), rows, o, o, yb.backend(), yb.device()};
       }
     }
     MatrixView<const T> f = engine.forward(net.params.data(), x);
-    MatrixView<T> g{cot.data(), rows, o, o, cot.backend()};
+    MatrixView<T> g{cot.data(), rows, o, o, cot.backend(), cot.device()};
     const LossValue lv = loss_and_grad<T>(ctx, options.loss, f, tg, g);
     if (options.on_record) options.on_record({step, lv.loss, lv.accuracy});
     if (!std::isfinite(lv.loss)) {
@@ -402,9 +252,6 @@ TrainResult train(const Context& ctx, Mlp<T>& net, const data::Dataset& ds, cons
 }
 
 #define DS_INSTANTIATE(T)                                                                                          \
-  template LossValue loss_and_grad<T>(const Context&, Loss, MatrixView<const T>, const Targets<T>&, MatrixView<T>); \
-  template void loss_hessian_apply<T>(const Context&, Loss, MatrixView<const T>, const Targets<T>&, MatrixView<const T>, \
-                                      MatrixView<T>);                                                              \
   template class Optimizer<T>;                                                                                     \
   template struct DeviceData<T>;                                                                                   \
   template DeviceData<T> to_device<T>(const Context&, const data::Dataset&);                                       \

@@ -3,32 +3,10 @@
 #include <cmath>
 #include <string>
 
-#include "dynascope/blas.hpp"
+#include "dynascope/linalg.hpp"
 #include "dynascope/ntk.hpp"
 
 namespace dynascope::ntk {
-
-template <class T>
-Eigen<T> eigen_descending(const Context& ctx, MatrixView<const T> kernel) {
-  if (kernel.rows != kernel.cols)
-    throw ShapeMismatch("eigen_descending: the kernel must be square, got " + std::to_string(kernel.rows) + "x" +
-                        std::to_string(kernel.cols));
-  const index_t m = kernel.rows;
-  Array<T> a(ctx, {m, m});
-  copy(ctx, kernel, a.matrix());
-  Array<T> w(ctx, {m});
-  lapack::syevd<T>(ctx, a.matrix(), w.vector());
-  std::vector<T> wh(static_cast<std::size_t>(m));
-  detail::copy_bytes(ctx, wh.data(), Backend::host, w.data(), w.backend(), w.bytes());
-  Eigen<T> e;
-  e.values.resize(static_cast<std::size_t>(m));
-  for (index_t i = 0; i < m; ++i) e.values[std::size_t(i)] = double(wh[std::size_t(m - 1 - i)]);
-  // Rows of `a` are eigenvectors in ascending order: reverse them.
-  e.vectors = Array<T>(ctx, {m, m});
-  for (index_t i = 0; i < m; ++i)
-    copy(ctx, MatrixView<const T>(a.matrix().block(m - 1 - i, 0, 1, m)), e.vectors.matrix().block(i, 0, 1, m));
-  return e;
-}
 
 template <class T>
 std::vector<double> cumulative_energy(MatrixView<const T> u, MatrixView<const double> v, const std::vector<index_t>& ks) {
@@ -60,15 +38,19 @@ std::vector<double> cumulative_energy(MatrixView<const T> u, MatrixView<const do
 }
 
 template <class T>
-std::vector<double> cumulative_energy(const Eigen<T>& eig, MatrixView<const double> v, const std::vector<index_t>& ks) {
-  const index_t m = static_cast<index_t>(eig.values.size());
-  if (v.rows != m) throw ShapeMismatch("cumulative_energy: targets have " + std::to_string(v.rows) + " rows, the kernel " + std::to_string(m));
-  if (eig.vectors.backend() != Backend::host)
-    throw InvalidArgument("cumulative_energy: eigenvectors and targets must be on the host");
+std::vector<double> cumulative_energy(const linalg::EigenResult<T>& eig, MatrixView<const double> v, const std::vector<index_t>& ks) {
+  const MatrixView<const T> u = eig.vectors.matrix();
+  const index_t m = v.rows;
+  if (u.rows != static_cast<index_t>(eig.values.size()))
+    throw ShapeMismatch("cumulative_energy: the eigen result holds " + std::to_string(eig.values.size()) + " values but " +
+                        std::to_string(u.rows) + " eigenvectors");
+  if (m == 0 && u.rows == 0) return std::vector<double>(ks.size(), 0.0);
+  if (u.cols != m)
+    throw ShapeMismatch("cumulative_energy: targets have " + std::to_string(m) + " rows, the eigenvectors " + std::to_string(u.cols));
+  if (u.backend != Backend::host) throw InvalidArgument("cumulative_energy: eigenvectors and targets must be on the host");
   std::vector<index_t> clipped;
   for (index_t k : ks) clipped.push_back(std::clamp<index_t>(k, 1, m));
-  if (m == 0) return std::vector<double>(ks.size(), 0.0);
-  return cumulative_energy<T>(MatrixView<const T>{eig.vectors.data(), m, m, m}, v, clipped);
+  return cumulative_energy<T>(u, v, clipped);
 }
 
 namespace {
@@ -159,10 +141,8 @@ std::vector<index_t> energy_ks(index_t m) {
   return ks;
 }
 
-template Eigen<float> eigen_descending<float>(const Context&, MatrixView<const float>);
-template Eigen<double> eigen_descending<double>(const Context&, MatrixView<const double>);
-template std::vector<double> cumulative_energy<float>(const Eigen<float>&, MatrixView<const double>, const std::vector<index_t>&);
-template std::vector<double> cumulative_energy<double>(const Eigen<double>&, MatrixView<const double>, const std::vector<index_t>&);
+template std::vector<double> cumulative_energy<float>(const linalg::EigenResult<float>&, MatrixView<const double>, const std::vector<index_t>&);
+template std::vector<double> cumulative_energy<double>(const linalg::EigenResult<double>&, MatrixView<const double>, const std::vector<index_t>&);
 template std::vector<double> cumulative_energy<float>(MatrixView<const float>, MatrixView<const double>, const std::vector<index_t>&);
 template std::vector<double> cumulative_energy<double>(MatrixView<const double>, MatrixView<const double>, const std::vector<index_t>&);
 

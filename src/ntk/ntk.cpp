@@ -9,49 +9,24 @@
 #include <cmath>
 #include <string>
 
+#include "core/buffer.hpp"
+#include "core/checks.hpp"
 #include "dynascope/blas.hpp"
 #include "kernels/launch.cuh"
-#include "model/buffers.hpp"
 
 namespace dynascope::ntk {
 
 using blas::Op;
-using model::Buffer;
+using detail::Buffer;
+using detail::check_matrix;
+using detail::dims;
 using model::MlpEngine;
 using model::MlpSpec;
 
-Outputs parse_outputs(const std::string& t) {
-  if (t == "full") return Outputs::full;
-  if (t == "diagonal") return Outputs::diagonal;
-  if (t == "trace") return Outputs::trace;
-  if (t == "sum") return Outputs::sum;
-  throw InvalidArgument("unknown NTK output mode '" + t + "' (known: full, diagonal, trace, sum)");
-}
-Method parse_method(const std::string& t) {
-  if (t == "auto" || t == "automatic") return Method::automatic;
-  if (t == "structured") return Method::structured;
-  if (t == "jvp") return Method::jvp;
-  if (t == "jacobian") return Method::jacobian;
-  throw InvalidArgument("unknown NTK method '" + t + "' (known: auto, structured, jvp, jacobian)");
-}
-const char* to_string(Outputs o) noexcept {
-  switch (o) {
-    case Outputs::full: return "full";
-    case Outputs::diagonal: return "diagonal";
-    case Outputs::trace: return "trace";
-    case Outputs::sum: return "sum";
-  }
-  return "unknown";
-}
-const char* to_string(Method m) noexcept {
-  switch (m) {
-    case Method::automatic: return "auto";
-    case Method::structured: return "structured";
-    case Method::jvp: return "jvp";
-    case Method::jacobian: return "jacobian";
-  }
-  return "unknown";
-}
+Outputs parse_outputs(const std::string& t) { return parse_name(outputs_names, t); }
+Method parse_method(const std::string& t) { return parse_name(method_names, t); }
+const char* to_string(Outputs o) noexcept { return name_of(outputs_names, o); }
+const char* to_string(Method m) noexcept { return name_of(method_names, m); }
 
 KernelShape kernel_shape(Outputs mode, index_t n1, index_t n2, index_t o) {
   switch (mode) {
@@ -145,13 +120,6 @@ struct Blocks {
     return symmetric ? t1 * (t1 + 1) / 2 : t1 * t2;
   }
 };
-
-template <class V>
-void check_on(const Context& ctx, const V& v, const char* what) {
-  if (v.size() > 0 && v.backend != ctx.backend())
-    throw InvalidArgument(std::string("empirical_ntk: ") + what + " lives on " + to_string(v.backend) +
-                          " but the context is " + to_string(ctx.backend()));
-}
 
 // ---------------------------------------------------------------------------------------------
 // structured: Theta_l = (c_l^2 A A'^T + beta^2 [bias]) .* (Delta Delta'^T), summed over layers
@@ -421,7 +389,7 @@ JacobianSource<T> mlp_jacobian_source(const Context& ctx, MlpEngine<T>& engine, 
     for (index_t a = 0; a < o; ++a) {
       kern::parallel_for(ctx, rows * o, [=] DYNASCOPE_HD(index_t idx) { c.data[idx] = idx % o == a ? T(1) : T(0); });
       engine.backprop(params, c);
-      engine.per_sample_grads({j.data + a * j.ld, rows, j.cols, o * j.ld, j.backend});
+      engine.per_sample_grads({j.data + a * j.ld, rows, j.cols, o * j.ld, j.backend, j.device});
     }
   };
 }
@@ -499,14 +467,13 @@ NtkInfo empirical_ntk_into(const Context& ctx, const MlpSpec& spec, const T* par
   if (x1.cols != spec.inputs() || x2.cols != spec.inputs())
     throw ShapeMismatch("empirical_ntk: inputs have " + std::to_string(x1.cols) + (symmetric ? "" : " and " + std::to_string(x2.cols)) +
                         " columns but the network " + spec.arch_string() + " takes " + std::to_string(spec.inputs()));
-  check_on(ctx, x1, "x1");
-  check_on(ctx, x2, "x2");
+  check_matrix(ctx, x1, "empirical_ntk", "x1");
+  check_matrix(ctx, x2, "empirical_ntk", "x2");
   const Outputs mode = options.outputs;
   const KernelShape shape = kernel_shape(mode, x1.rows, x2.rows, o);
   if (out.rows != shape.rows || out.cols != shape.cols)
-    throw ShapeMismatch("empirical_ntk: the output must be " + std::to_string(shape.rows) + "x" + std::to_string(shape.cols) +
-                        " (" + to_string(mode) + " " + shape_string(shape.tensor) + "), got " + std::to_string(out.rows) +
-                        "x" + std::to_string(out.cols));
+    throw ShapeMismatch("empirical_ntk: the output must be " + dims(shape.rows, shape.cols) + " (" + to_string(mode) + " " +
+                        shape_string(shape.tensor) + "), got " + dims(out.rows, out.cols));
   if (out.backend != ctx.backend() && out.backend != Backend::host)
     throw InvalidArgument("empirical_ntk: the output must be on the context's backend or on the host");
   if (!per_layer.empty()) {
@@ -585,10 +552,10 @@ NtkResult<T> empirical_ntk(const Context& ctx, const MlpSpec& spec, const T* par
   if (options.per_layer)
     for (index_t l = 0; l < spec.layers(); ++l) {
       r.per_layer.emplace_back(ctx, shape.tensor);
-      views.push_back({r.per_layer.back().data(), shape.rows, shape.cols, shape.cols, ctx.backend()});
+      views.push_back({r.per_layer.back().data(), shape.rows, shape.cols, shape.cols, ctx.backend(), ctx.device()});
     }
   r.info = empirical_ntk_into<T>(ctx, spec, params, x1, x2, options,
-                                 {r.kernel.data(), shape.rows, shape.cols, shape.cols, ctx.backend()}, views);
+                                 {r.kernel.data(), shape.rows, shape.cols, shape.cols, ctx.backend(), ctx.device()}, views);
   return r;
 }
 
@@ -601,7 +568,8 @@ NtkInfo gram_from_jacobians(const Context& ctx, const JacobianSource<T>& source1
     throw InvalidArgument("gram_from_jacobians: samples, outputs and parameters must be positive");
   const KernelShape shape = kernel_shape(mode, n1, n2, outputs);
   if (out.rows != shape.rows || out.cols != shape.cols)
-    throw ShapeMismatch("gram_from_jacobians: the output must be " + std::to_string(shape.rows) + "x" + std::to_string(shape.cols));
+    throw ShapeMismatch("gram_from_jacobians: the output must be " + dims(shape.rows, shape.cols) + ", got " +
+                        dims(out.rows, out.cols));
   if (out.backend != ctx.backend() && out.backend != Backend::host)
     throw InvalidArgument("gram_from_jacobians: the output must be on the context's backend or on the host");
   const index_t b = fit_block(std::max(n1, n2), [&](index_t bb) { return jacobian_bytes<T>(outputs, params, mode, bb, false); },
@@ -642,6 +610,8 @@ NtkOperator<T>::NtkOperator(NtkOperator&&) noexcept = default;
 template <class T>
 index_t NtkOperator<T>::size() const { return impl_->x.rows * impl_->engine.spec().outputs(); }
 template <class T>
+const Context& NtkOperator<T>::context() const { return impl_->ctx; }
+template <class T>
 index_t NtkOperator<T>::applications() const { return impl_->applied; }
 
 template <class T>
@@ -649,14 +619,17 @@ void NtkOperator<T>::apply(MatrixView<const T> v, MatrixView<T> y) {
   Impl& s = *impl_;
   const index_t n = s.x.rows, o = s.engine.spec().outputs(), m = n * o, k = v.rows, p = s.engine.spec().num_params();
   if (v.cols != m || y.cols != m || y.rows != k)
-    throw ShapeMismatch("NtkOperator::apply: V and Y must be [k, " + std::to_string(m) + "]");
+    throw ShapeMismatch("NtkOperator::apply: V and Y must be [k, " + std::to_string(m) + "], got " + dims(v.rows, v.cols) +
+                        " and " + dims(y.rows, y.cols));
   if (!v.contiguous() || !y.contiguous()) throw InvalidArgument("NtkOperator::apply: V and Y must be contiguous");
+  check_matrix(s.ctx, v, "NtkOperator::apply", "V");
+  check_matrix(s.ctx, y, "NtkOperator::apply", "Y");
   if (k == 0) return;
   // The engine keeps the forward pass of x; backprop and jvp only need it.
-  s.engine.backprop(s.params, {v.data, k * n, o, o, v.backend}, k);
+  s.engine.backprop(s.params, {v.data, k * n, o, o, v.backend, v.device}, k);
   MatrixView<T> g = s.grads.reserve(s.ctx, k, p);
   s.engine.param_grads(g);
-  s.engine.jvp(s.params, g, {y.data, k * n, o, o, y.backend});
+  s.engine.jvp(s.params, g, {y.data, k * n, o, o, y.backend, y.device});
   s.applied += k;
 }
 

@@ -15,7 +15,13 @@
 #include <thread>
 
 #include "cli/cli_test_util.hpp"
+#include "dynascope/curvature.hpp"
 #include "dynascope/io.hpp"
+#include "dynascope/linalg.hpp"
+#include "dynascope/losses.hpp"
+#include "dynascope/model.hpp"
+#include "dynascope/ntk.hpp"
+#include "dynascope/train.hpp"
 
 namespace dynascope {
 namespace {
@@ -84,6 +90,43 @@ TEST_F(CliFlags, ConflictingOptionsNameBothFlags) {
   expect_usage_error(with({"ntk", "--outputs", "diagonal", "--energy", "2"}), {"--outputs diagonal", "--energy"});
   expect_usage_error(with({"ntk", "--energy-targets", "raw"}), {"--energy-targets", "--energy"});
   expect_usage_error(with({"train", "--max-memory", "1G", "--steps", "1", "--out-dir", path("run")}), {"--max-memory"});
+}
+
+// The command line offers what the library parses: each enum flag lists its table's canonical
+// names (refusing anything else, exit 2) and shows them in --help, so the two cannot drift apart.
+TEST_F(CliFlags, EnumFlagsOfferTheNamesOfTheLibrarysTables) {
+  const auto braces = [](const std::vector<std::string>& names) {
+    std::string s = "{";
+    for (const std::string& n : names) s += (s.size() > 1 ? "," : "") + n;
+    return s + "}";
+  };
+  std::vector<std::string> operators{"ntk"};
+  for (const std::string& n : canonical_names(linalg::curvature_names)) operators.push_back(n);
+  const struct {
+    std::string command, flag;
+    std::vector<std::string> names;
+    std::string help;
+  } flags[] = {
+      {"train", "--loss", canonical_names(model::loss_names), known_names(model::loss_names, " | ")},
+      {"train", "--optimizer", canonical_names(model::optimizer_names), known_names(model::optimizer_names, " | ")},
+      {"train", "--parameterization", canonical_names(model::parameterization_names),
+       known_names(model::parameterization_names, " | ")},
+      {"ntk", "--outputs", canonical_names(ntk::outputs_names), known_names(ntk::outputs_names, " | ")},
+      {"ntk", "--method", canonical_names(ntk::method_names), known_names(ntk::method_names, " | ")},
+      {"eigen", "--which", canonical_names(linalg::which_names), known_names(linalg::which_names, " | ")},
+      {"eigen", "--method", canonical_names(linalg::eigen_method_names), known_names(linalg::eigen_method_names, " | ")},
+      {"spectrum", "--operator", operators, known_names(linalg::curvature_names, " | ")},
+      {"spectrum", "--loss", canonical_names(model::loss_names), known_names(model::loss_names, " | ")},
+  };
+  for (const auto& f : flags) {
+    SCOPED_TRACE(f.command + " " + f.flag);
+    expect_usage_error({f.command, f.flag, "bogus", "--quiet"}, {f.flag, "bogus", braces(f.names)});
+    const test::CliResult help = test::run({f.command, "--help"});
+    EXPECT_NE(help.out.find(f.help), std::string::npos) << help.out;
+  }
+  // Aliases are the library's, not the command line's: --init takes them (it has no fixed list).
+  EXPECT_NE(test::run({"train", "--help"}).out.find(known_names(model::init_names, " | ")), std::string::npos);
+  EXPECT_NE(test::run({"train", "--help"}).out.find(known_names(model::activation_names)), std::string::npos);
 }
 
 TEST_F(CliFlags, RangeMessagesAreReadable) {

@@ -5,8 +5,9 @@
 
 #include <cmath>
 
+#include "dynascope/curvature.hpp"
+#include "dynascope/linalg.hpp"
 #include "dynascope/ntk.hpp"
-#include "dynascope/spectra.hpp"
 #include "model/model_test_util.hpp"
 
 namespace dynascope {
@@ -156,8 +157,8 @@ TEST(Curvature, NtkOperatorTopEigenpairsMatchTheDenseKernel) {
   const auto w = test::random_vector(std::size_t(s.num_params()), 31, 0.4), x = test::random_vector(std::size_t(n * D), 32);
   Context ctx = Context::host();
   const auto full = ntk::empirical_ntk<double>(ctx, s, w.data(), {x.data(), n, D, D}, std::nullopt, {ntk::Outputs::full});
-  const auto dense = ntk::eigen_descending<double>(ctx, {full.kernel.data(), m, m, m});
-  linalg::NtkFunctionOperator<double> op(ctx, s, w.data(), {x.data(), n, D, D});
+  const auto dense = linalg::eigh<double>(ctx, {full.kernel.data(), m, m, m});
+  ntk::NtkOperator<double> op(ctx, s, w.data(), {x.data(), n, D, D});
   linalg::LanczosOptions o;
   o.k = 8;
   o.tol = 1e-10;

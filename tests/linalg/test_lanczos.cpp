@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "dynascope/spectra.hpp"
+#include "dynascope/linalg.hpp"
 #include "linalg/spectra_test_util.hpp"
 
 namespace dynascope {
@@ -248,6 +248,66 @@ TEST(Lanczos, BadInputIsRejected) {
   o.tol = 0;
   EXPECT_THROW(linalg::eigsh<double>(op, o), InvalidArgument);
   EXPECT_THROW(linalg::parse_which("biggest"), InvalidArgument);
+}
+
+// eigh is eigsh's dense path for the whole spectrum: the prescribed eigenvalues in the order asked
+// for, orthonormal vectors that reconstruct A, naive residuals at rounding level, and the same
+// result type and statuses as eigsh.
+TEST(Eigh, WholeSpectrumOfAPrescribedMatrixInTheOrderAskedFor) {
+  const index_t n = 24;
+  std::vector<double> lambda(static_cast<std::size_t>(n));
+  for (index_t i = 0; i < n; ++i) lambda[std::size_t(i)] = (i % 3 == 0 ? -1.0 : 1.0) * (0.5 + double(i));
+  lambda[5] = lambda[6] = 3.25;  // a repeated pair
+  const auto a = test::with_spectrum(lambda, 11);
+  Context ctx = Context::host();
+  for (Which which : {Which::largest, Which::smallest, Which::magnitude}) {
+    SCOPED_TRACE(linalg::to_string(which));
+    const auto r = linalg::eigh<double>(ctx, {a.data(), n, n, n}, which);
+    const auto want = sorted_wanted(lambda, which, n);
+    ASSERT_EQ(r.values.size(), std::size_t(n));
+    ASSERT_EQ(r.vectors.shape(), (Shape{n, n}));
+    EXPECT_EQ(r.method, EigenMethod::dense);
+    EXPECT_TRUE(r.all_converged);
+    EXPECT_TRUE(r.multiplicity_checked);
+    EXPECT_EQ(r.iterations, 1);
+    for (index_t i = 0; i < n; ++i) {
+      EXPECT_NEAR(r.values[std::size_t(i)], want[std::size_t(i)], 1e-12 * double(n));
+      EXPECT_EQ(r.status[std::size_t(i)], linalg::EigenStatus::converged);
+      EXPECT_LT(naive_residual(a, n, r, i), 1e-11 * double(n));
+      EXPECT_NEAR(r.residuals[std::size_t(i)], naive_residual(a, n, r, i), 1e-11 * double(n));
+    }
+    // A = sum_i lambda_i u_i u_i^T, by a naive float64 loop.
+    double worst = 0;
+    for (index_t p = 0; p < n; ++p)
+      for (index_t q = 0; q < n; ++q) {
+        double s = 0;
+        for (index_t i = 0; i < n; ++i) s += r.values[std::size_t(i)] * r.vectors.data()[i * n + p] * r.vectors.data()[i * n + q];
+        worst = std::max(worst, std::abs(s - a[std::size_t(p * n + q)]));
+      }
+    EXPECT_LT(worst, 1e-11 * double(n));
+  }
+  // The same numbers as eigsh's dense path for the top k.
+  linalg::DenseOperator<double> op(ctx, {a.data(), n, n, n});
+  linalg::LanczosOptions o;
+  o.k = 5;
+  o.method = EigenMethod::dense;
+  const auto top = linalg::eigsh<double>(op, o);
+  const auto all = linalg::eigh<double>(ctx, {a.data(), n, n, n});
+  for (index_t i = 0; i < o.k; ++i) EXPECT_EQ(top.values[std::size_t(i)], all.values[std::size_t(i)]);
+  // float32 agrees with the float64 spectrum to float32 rounding of ||A||.
+  std::vector<float> af(a.begin(), a.end());
+  const auto rf = linalg::eigh<float>(ctx, {af.data(), n, n, n});
+  for (index_t i = 0; i < n; ++i) EXPECT_NEAR(rf.values[std::size_t(i)], all.values[std::size_t(i)], 1e-5 * double(n));
+}
+
+TEST(Eigh, EmptyAndNonSquareMatrices) {
+  Context ctx = Context::host();
+  const auto r = linalg::eigh<double>(ctx, MatrixView<const double>{nullptr, 0, 0, 1});
+  EXPECT_TRUE(r.values.empty());
+  EXPECT_EQ(r.vectors.size(), 0);
+  EXPECT_TRUE(r.all_converged);
+  std::vector<double> rect(6, 1.0);
+  EXPECT_THROW(linalg::eigh<double>(ctx, {rect.data(), 2, 3, 3}), ShapeMismatch);
 }
 
 }  // namespace

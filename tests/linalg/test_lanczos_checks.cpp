@@ -9,7 +9,7 @@
 #include <map>
 #include <string>
 
-#include "dynascope/spectra.hpp"
+#include "dynascope/linalg.hpp"
 #include "linalg/spectra_test_util.hpp"
 
 namespace dynascope {

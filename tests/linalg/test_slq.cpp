@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "dynascope/spectra.hpp"
+#include "dynascope/linalg.hpp"
 #include "linalg/spectra_test_util.hpp"
 
 namespace dynascope {

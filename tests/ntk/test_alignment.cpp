@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "dynascope/linalg.hpp"
 #include "dynascope/ntk.hpp"
 #include "model/model_test_util.hpp"
 
@@ -23,7 +24,7 @@ TEST(Alignment, EigenpairsAreDescendingAndReconstructTheKernel) {
   const index_t m = 12;
   const auto k = psd(m, 1);
   Context ctx = Context::host();
-  const auto e = ntk::eigen_descending<double>(ctx, {k.data(), m, m, m});
+  const auto e = linalg::eigh<double>(ctx, {k.data(), m, m, m});
   for (index_t i = 1; i < m; ++i) EXPECT_GE(e.values[std::size_t(i - 1)], e.values[std::size_t(i)]);
   for (index_t i = 0; i < m; ++i)
     for (index_t j = 0; j < m; ++j) {
@@ -37,7 +38,7 @@ TEST(Alignment, CumulativeEnergyOfAnEigenvectorAndItsEnd) {
   const index_t m = 10;
   const auto k = psd(m, 2);
   Context ctx = Context::host();
-  const auto e = ntk::eigen_descending<double>(ctx, {k.data(), m, m, m});
+  const auto e = linalg::eigh<double>(ctx, {k.data(), m, m, m});
   // v = 3 u_2 + 4 u_5: E_1 = 0, E_2 = 9/25, E_5 = 1.
   std::vector<double> v(static_cast<std::size_t>(m));
   for (index_t j = 0; j < m; ++j) v[std::size_t(j)] = 3 * e.vectors.data()[1 * m + j] + 4 * e.vectors.data()[4 * m + j];
@@ -105,7 +106,7 @@ TEST(Alignment, FloatKernelsAndTopEigenvectorsGiveTheSameNumbers) {
     const double f = ntk::kernel_target_alignment(MatrixView<const float>{kf.data(), m, m, m}, {y.data(), m, c, c}, centered);
     EXPECT_NEAR(f, d, 1e-6 * std::abs(d)) << centered;
   }
-  const ntk::Eigen<double> eig = ntk::eigen_descending<double>(Context::host(), {k.data(), m, m, m});
+  const linalg::EigenResult<double> eig = linalg::eigh<double>(Context::host(), {k.data(), m, m, m});
   const std::vector<index_t> ks{1, 2, 5};
   const auto all = ntk::cumulative_energy<double>(eig, {y.data(), m, c, c}, ks);
   const auto top = ntk::cumulative_energy<double>(MatrixView<const double>{eig.vectors.data(), 5, m, m}, {y.data(), m, c, c}, ks);
@@ -113,6 +114,17 @@ TEST(Alignment, FloatKernelsAndTopEigenvectorsGiveTheSameNumbers) {
   // Asking for more eigenvectors than were given is an error, not a silent clip.
   EXPECT_THROW(ntk::cumulative_energy<double>(MatrixView<const double>{eig.vectors.data(), 5, m, m}, {y.data(), m, c, c}, {6}),
                InvalidArgument);
+  // The top 5 by Lanczos-or-dense (eigsh) give the same energies as the whole decomposition, and
+  // the same refusal beyond what they hold (k above M is clipped to M first, as for eigh's result).
+  linalg::DenseOperator<double> op(Context::host(), {k.data(), m, m, m});
+  linalg::LanczosOptions o;
+  o.k = 5;
+  const linalg::EigenResult<double> top5 = linalg::eigsh<double>(op, o);
+  const auto from_top5 = ntk::cumulative_energy<double>(top5, {y.data(), m, c, c}, ks);
+  for (std::size_t i = 0; i < ks.size(); ++i) EXPECT_NEAR(from_top5[i], all[i], 1e-12);
+  EXPECT_THROW(ntk::cumulative_energy<double>(top5, {y.data(), m, c, c}, {6}), InvalidArgument);
+  EXPECT_NEAR(ntk::cumulative_energy<double>(eig, {y.data(), m, c, c}, {m + 5}).back(), 1.0, 1e-12);
+  EXPECT_THROW(ntk::cumulative_energy<double>(eig, {y.data(), m - 1, c, c}, {1}), ShapeMismatch);
 }
 
 TEST(Alignment, KernelDistanceIsZeroForScaledKernelsAndOneForOrthogonal) {

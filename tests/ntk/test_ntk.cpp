@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "dynascope/blas.hpp"
+#include "dynascope/linalg.hpp"
 #include "dynascope/ntk.hpp"
 #include "model/model_test_util.hpp"
 
@@ -288,6 +289,16 @@ TEST(Ntk, OperatorAppliesTheFullKernel) {
   std::vector<double> y(static_cast<std::size_t>(k * m));
   op.apply({v.data(), k, m, m}, {y.data(), k, m, m});
   EXPECT_EQ(op.applications(), k);
+  // One NTK operator: it is the linalg::LinearOperator the solvers take.
+  linalg::LinearOperator<double>& base = op;
+  EXPECT_EQ(base.size(), m);
+  EXPECT_EQ(base.context().backend(), Backend::host);
+  EXPECT_EQ(base.max_block(), 0);
+  std::vector<double> wrong(static_cast<std::size_t>(k * (m + 1)));
+  EXPECT_THROW(base.apply({v.data(), k, m, m}, {wrong.data(), k, m + 1, m + 1}), ShapeMismatch);
+  EXPECT_THROW(base.apply({v.data(), k, m, m}, {y.data(), k - 1, m, m}), ShapeMismatch);
+  EXPECT_THROW(base.apply({v.data(), k, m, m, Backend::cuda}, {y.data(), k, m, m}), InvalidArgument);
+  EXPECT_EQ(op.applications(), k);  // refused blocks are not applications
   for (index_t t = 0; t < k; ++t)
     for (index_t i = 0; i < m; ++i) {
       double ref = 0;

@@ -1,0 +1,44 @@
+#pragma once
+// Curvature of a network's loss in parameter space as linear operators (docs/definitions.md): the
+// Gauss-Newton matrix G = J^T H_loss J and the exact loss Hessian, for the solvers of linalg.hpp
+// (eigsh, slq, hutchinson, hutchpp).
+#include <memory>
+#include <string>
+
+#include "dynascope/enum_names.hpp"
+#include "dynascope/linalg.hpp"
+#include "dynascope/losses.hpp"
+#include "dynascope/model.hpp"
+
+namespace dynascope::linalg {
+
+// Curvature of L(w) = loss(f(X; w), Y) in parameter space (size P): the Gauss-Newton matrix
+// G = J^T H_loss J, or the exact Hessian (forward-over-reverse, no finite differences).
+enum class Curvature { gauss_newton, hessian };
+inline constexpr auto curvature_names = enum_names<Curvature>(
+    "curvature operator", {{Curvature::gauss_newton, "ggn"},
+                           {Curvature::gauss_newton, "gauss_newton", Spelling::alias},
+                           {Curvature::hessian, "hessian"}});
+static_assert(well_formed(curvature_names));
+DYNASCOPE_API Curvature parse_curvature(const std::string& text);  // "ggn" (or "gauss_newton"), "hessian"
+DYNASCOPE_API const char* to_string(Curvature c) noexcept;         // "ggn", "hessian"
+
+template <class T>
+class DYNASCOPE_API CurvatureOperator final : public LinearOperator<T> {
+ public:
+  // x [N, D] and the targets stay owned by the caller.
+  CurvatureOperator(const Context& ctx, Curvature kind, const model::MlpSpec& spec, const T* params,
+                    MatrixView<const T> x, const model::Targets<T>& targets, model::Loss loss);
+  ~CurvatureOperator() override;
+  index_t size() const override;
+  void apply(MatrixView<const T> v, MatrixView<T> y) override;
+  const Context& context() const override { return ctx_; }
+  double loss_value() const;  // L(w) at the parameters
+
+ private:
+  Context ctx_;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace dynascope::linalg
