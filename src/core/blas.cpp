@@ -16,37 +16,20 @@
 #include "dynascope/config.hpp"
 #include "dynascope/error.hpp"
 #include "core/blas_kernels.hpp"
+#include "core/checks.hpp"
 
 #if DYNASCOPE_WITH_CUDA
-#include <cublas_v2.h>
-#include <cusolverDn.h>
-
 #include "cuda/check.hpp"
+#include "cuda/cuda_api.hpp"
+#include "cuda/libraries.hpp"
 #endif
 
 namespace dynascope {
 namespace {
 
-std::string dims(index_t r, index_t c) { return std::to_string(r) + "x" + std::to_string(c); }
-
-template <class M>
-void check_view(const Context& ctx, const M& m, const char* call, const char* name) {
-  if (m.rows < 0 || m.cols < 0 || m.ld < std::max<index_t>(m.cols, 1))
-    throw InvalidArgument(std::string(call) + ": " + name + " has an invalid shape or leading dimension (" +
-                          dims(m.rows, m.cols) + ", ld " + std::to_string(m.ld) + ")");
-  if (m.size() > 0 && m.backend != ctx.backend())
-    throw InvalidArgument(std::string(call) + ": " + name + " lives on " + to_string(m.backend) +
-                          " but the context is " + to_string(ctx.backend()));
-}
-
-template <class V>
-void check_vector(const Context& ctx, const V& v, const char* call, const char* name) {
-  if (v.size < 0 || v.stride < 1)
-    throw InvalidArgument(std::string(call) + ": " + name + " has an invalid size or stride");
-  if (v.size > 0 && v.backend != ctx.backend())
-    throw InvalidArgument(std::string(call) + ": " + name + " lives on " + to_string(v.backend) +
-                          " but the context is " + to_string(ctx.backend()));
-}
+using detail::check_matrix;
+using detail::check_vector;
+using detail::dims;
 
 int to_int(index_t v, const char* call) {
   if (v > INT_MAX) throw InvalidArgument(std::string(call) + ": dimension " + std::to_string(v) + " exceeds the 32-bit BLAS interface");
@@ -115,9 +98,11 @@ cublasHandle_t cublas(const Context& ctx) { return static_cast<cublasHandle_t>(c
 cusolverDnHandle_t cusolver(const Context& ctx) { return static_cast<cusolverDnHandle_t>(ctx.cusolver()); }
 cublasOperation_t cu_op(blas::Op op) { return op == blas::Op::none ? CUBLAS_OP_N : CUBLAS_OP_T; }
 
-#define DS_CU_PAIR(name, sfun, dfun)                                                  \
-  template <class... A> cublasStatus_t name(float*, A... args) { return sfun(args...); } \
-  template <class... A> cublasStatus_t name(double*, A... args) { return dfun(args...); }
+// Typed overloads over the loaded tables (cuda/libraries.hpp); the first argument only selects the
+// precision. The handle argument is evaluated first and loads the library if needed.
+#define DS_CU_PAIR(name, sfun, dfun)                                                                      \
+  template <class... A> cublasStatus_t name(float*, A... args) { return cuda_lib::cublas().sfun(args...); } \
+  template <class... A> cublasStatus_t name(double*, A... args) { return cuda_lib::cublas().dfun(args...); }
 DS_CU_PAIR(cu_gemm, cublasSgemm, cublasDgemm)
 DS_CU_PAIR(cu_gemm_batched, cublasSgemmStridedBatched, cublasDgemmStridedBatched)
 DS_CU_PAIR(cu_syrk, cublasSsyrk, cublasDsyrk)
@@ -127,9 +112,13 @@ DS_CU_PAIR(cu_nrm2, cublasSnrm2, cublasDnrm2)
 DS_CU_PAIR(cu_axpy, cublasSaxpy, cublasDaxpy)
 DS_CU_PAIR(cu_scal, cublasSscal, cublasDscal)
 #undef DS_CU_PAIR
-#define DS_CUSOLVER_PAIR(name, sfun, dfun)                                                  \
-  template <class... A> cusolverStatus_t name(float*, A... args) { return sfun(args...); } \
-  template <class... A> cusolverStatus_t name(double*, A... args) { return dfun(args...); }
+#define DS_CUSOLVER_PAIR(name, sfun, dfun)                                  \
+  template <class... A> cusolverStatus_t name(float*, A... args) {           \
+    return cuda_lib::cusolver().sfun(args...);                               \
+  }                                                                          \
+  template <class... A> cusolverStatus_t name(double*, A... args) {          \
+    return cuda_lib::cusolver().dfun(args...);                               \
+  }
 DS_CUSOLVER_PAIR(cu_syevd_buffer, cusolverDnSsyevd_bufferSize, cusolverDnDsyevd_bufferSize)
 DS_CUSOLVER_PAIR(cu_syevd, cusolverDnSsyevd, cusolverDnDsyevd)
 DS_CUSOLVER_PAIR(cu_syevdx_buffer, cusolverDnSsyevdx_bufferSize, cusolverDnDsyevdx_bufferSize)
@@ -157,9 +146,9 @@ namespace blas {
 template <class T>
 void gemm(const Context& ctx, Op op_a, Op op_b, T alpha, MatrixView<const T> a, MatrixView<const T> b, T beta,
           MatrixView<T> c) {
-  check_view(ctx, a, "blas::gemm", "A");
-  check_view(ctx, b, "blas::gemm", "B");
-  check_view(ctx, c, "blas::gemm", "C");
+  check_matrix(ctx, a, "blas::gemm", "A");
+  check_matrix(ctx, b, "blas::gemm", "B");
+  check_matrix(ctx, c, "blas::gemm", "C");
   const index_t m = op_rows(op_a, a.rows, a.cols), k = op_cols(op_a, a.rows, a.cols);
   const index_t kb = op_rows(op_b, b.rows, b.cols), n = op_cols(op_b, b.rows, b.cols);
   if (k != kb || c.rows != m || c.cols != n)
@@ -173,6 +162,7 @@ void gemm(const Context& ctx, Op op_a, Op op_b, T alpha, MatrixView<const T> a, 
     return;
   }
 #if DYNASCOPE_WITH_CUDA
+  cuda_api::DeviceScope on_device(ctx.device());
   DYNASCOPE_CUBLAS_CHECK(cu_gemm(c.data, cublas(ctx), cu_op(op_b), cu_op(op_a), to_int(n, "gemm"), to_int(m, "gemm"),
                                  to_int(k, "gemm"), &alpha, b.data, to_int(b.ld, "gemm"), a.data,
                                  to_int(a.ld, "gemm"), &beta, c.data, to_int(c.ld, "gemm")));
@@ -183,27 +173,35 @@ template <class T>
 void gemm_strided_batched(const Context& ctx, Op op_a, Op op_b, T alpha, MatrixView<const T> a, index_t stride_a,
                           MatrixView<const T> b, index_t stride_b, T beta, MatrixView<T> c, index_t stride_c,
                           index_t batch) {
+  constexpr const char* name = "blas::gemm_strided_batched";
   if (batch < 0) throw InvalidArgument("blas::gemm_strided_batched: negative batch count");
-  if (batch == 0) return;
-  if (ctx.is_host()) {
-    // OpenBLAS 0.3.21 has no strided-batched gemm; each product is large enough to thread.
-    for (index_t i = 0; i < batch; ++i) {
-      MatrixView<const T> ai{a.data + i * stride_a, a.rows, a.cols, a.ld, a.backend};
-      MatrixView<const T> bi{b.data + i * stride_b, b.rows, b.cols, b.ld, b.backend};
-      MatrixView<T> ci{c.data + i * stride_c, c.rows, c.cols, c.ld, c.backend};
-      gemm(ctx, op_a, op_b, alpha, ai, bi, beta, ci);
-    }
-    return;
-  }
-  check_view(ctx, a, "blas::gemm_strided_batched", "A");
-  check_view(ctx, b, "blas::gemm_strided_batched", "B");
-  check_view(ctx, c, "blas::gemm_strided_batched", "C");
+  // The whole call is checked on both backends, before anything runs, with this call's name.
+  check_matrix(ctx, a, name, "A");
+  check_matrix(ctx, b, name, "B");
+  check_matrix(ctx, c, name, "C");
   const index_t m = op_rows(op_a, a.rows, a.cols), k = op_cols(op_a, a.rows, a.cols);
   const index_t kb = op_rows(op_b, b.rows, b.cols), n = op_cols(op_b, b.rows, b.cols);
   if (k != kb || c.rows != m || c.cols != n)
     throw ShapeMismatch("blas::gemm_strided_batched: op(A) is " + dims(m, k) + ", op(B) " + dims(kb, n) +
                         ", C " + dims(c.rows, c.cols));
+  // Inputs may be shared (stride 0); outputs must not overlap, or the products would race.
+  if (stride_a < 0 || stride_b < 0 || (batch > 1 && m > 0 && n > 0 && stride_c < (m - 1) * c.ld + n))
+    throw InvalidArgument("blas::gemm_strided_batched: strides must be >= 0 and the C_i must not overlap (stride_c >= "
+                          "(m - 1) ldc + n = " + std::to_string((m - 1) * c.ld + n) + ", got " +
+                          std::to_string(stride_c) + ")");
+  if (batch == 0 || m == 0 || n == 0) return;
+  if (ctx.is_host()) {
+    // OpenBLAS 0.3.21 has no strided-batched gemm; each product is large enough to thread.
+    for (index_t i = 0; i < batch; ++i) {
+      MatrixView<const T> ai{a.data + i * stride_a, a.rows, a.cols, a.ld, a.backend, a.device};
+      MatrixView<const T> bi{b.data + i * stride_b, b.rows, b.cols, b.ld, b.backend, b.device};
+      MatrixView<T> ci{c.data + i * stride_c, c.rows, c.cols, c.ld, c.backend, c.device};
+      gemm(ctx, op_a, op_b, alpha, ai, bi, beta, ci);
+    }
+    return;
+  }
 #if DYNASCOPE_WITH_CUDA
+  cuda_api::DeviceScope on_device(ctx.device());
   const char* call = "gemm_strided_batched";
   DYNASCOPE_CUBLAS_CHECK(cu_gemm_batched(c.data, cublas(ctx), cu_op(op_b), cu_op(op_a), to_int(n, call),
                                          to_int(m, call), to_int(k, call), &alpha, b.data, to_int(b.ld, call),
@@ -215,8 +213,8 @@ void gemm_strided_batched(const Context& ctx, Op op_a, Op op_b, T alpha, MatrixV
 
 template <class T>
 void syrk(const Context& ctx, Op op, T alpha, MatrixView<const T> a, T beta, MatrixView<T> c) {
-  check_view(ctx, a, "blas::syrk", "A");
-  check_view(ctx, c, "blas::syrk", "C");
+  check_matrix(ctx, a, "blas::syrk", "A");
+  check_matrix(ctx, c, "blas::syrk", "C");
   const index_t n = op_rows(op, a.rows, a.cols), k = op_cols(op, a.rows, a.cols);
   if (c.rows != n || c.cols != n)
     throw ShapeMismatch("blas::syrk: op(A) is " + dims(n, k) + " so C must be " + dims(n, n) + ", got " +
@@ -228,6 +226,7 @@ void syrk(const Context& ctx, Op op, T alpha, MatrixView<const T> a, T beta, Mat
               to_int(c.ld, "syrk"));
   } else {
 #if DYNASCOPE_WITH_CUDA
+    cuda_api::DeviceScope on_device(ctx.device());
     // Row-major lower = column-major upper; the column-major view of A is A^T.
     DYNASCOPE_CUBLAS_CHECK(cu_syrk(c.data, cublas(ctx), CUBLAS_FILL_MODE_UPPER,
                                    op == Op::none ? CUBLAS_OP_T : CUBLAS_OP_N, to_int(n, "syrk"), to_int(k, "syrk"),
@@ -239,7 +238,7 @@ void syrk(const Context& ctx, Op op, T alpha, MatrixView<const T> a, T beta, Mat
 
 template <class T>
 void gemv(const Context& ctx, Op op, T alpha, MatrixView<const T> a, VectorView<const T> x, T beta, VectorView<T> y) {
-  check_view(ctx, a, "blas::gemv", "A");
+  check_matrix(ctx, a, "blas::gemv", "A");
   check_vector(ctx, x, "blas::gemv", "x");
   check_vector(ctx, y, "blas::gemv", "y");
   const index_t m = op_rows(op, a.rows, a.cols), n = op_cols(op, a.rows, a.cols);
@@ -247,6 +246,18 @@ void gemv(const Context& ctx, Op op, T alpha, MatrixView<const T> a, VectorView<
     throw ShapeMismatch("blas::gemv: op(A) is " + dims(m, n) + ", x has " + std::to_string(x.size) + ", y has " +
                         std::to_string(y.size) + " elements");
   if (m == 0) return;
+  if (n == 0) {
+    // op(A) has no columns: y = beta y. The BLAS (reference, OpenBLAS, cuBLAS) return before
+    // touching y when a dimension is 0; beta = 0 writes zeros without reading y.
+    if (beta != T(0)) {
+      scal<T>(ctx, beta, y);
+    } else if (y.stride == 1) {
+      detail::fill_zero_bytes(ctx, y.data, y.backend, static_cast<std::size_t>(m) * sizeof(T));
+    } else {
+      for (index_t i = 0; i < m; ++i) detail::fill_zero_bytes(ctx, y.data + i * y.stride, y.backend, sizeof(T));
+    }
+    return;
+  }
   if (ctx.is_host()) {
     BlasThreads threads(ctx, 2.0 * double(m) * double(n));
     host_gemv(cblas_op(op), to_int(a.rows, "gemv"), to_int(a.cols, "gemv"), alpha, a.data, to_int(a.ld, "gemv"),
@@ -254,6 +265,7 @@ void gemv(const Context& ctx, Op op, T alpha, MatrixView<const T> a, VectorView<
     return;
   }
 #if DYNASCOPE_WITH_CUDA
+  cuda_api::DeviceScope on_device(ctx.device());
   DYNASCOPE_CUBLAS_CHECK(cu_gemv(y.data, cublas(ctx), op == Op::none ? CUBLAS_OP_T : CUBLAS_OP_N,
                                  to_int(a.cols, "gemv"), to_int(a.rows, "gemv"), &alpha, a.data, to_int(a.ld, "gemv"),
                                  x.data, to_int(x.stride, "gemv"), &beta, y.data, to_int(y.stride, "gemv")));
@@ -273,6 +285,7 @@ T dot(const Context& ctx, VectorView<const T> x, VectorView<const T> y) {
   }
   T r = T(0);
 #if DYNASCOPE_WITH_CUDA
+  cuda_api::DeviceScope on_device(ctx.device());
   DYNASCOPE_CUBLAS_CHECK(cu_dot(&r, cublas(ctx), to_int(x.size, "dot"), x.data, to_int(x.stride, "dot"), y.data,
                                 to_int(y.stride, "dot"), &r));
 #endif
@@ -289,6 +302,7 @@ T nrm2(const Context& ctx, VectorView<const T> x) {
   }
   T r = T(0);
 #if DYNASCOPE_WITH_CUDA
+  cuda_api::DeviceScope on_device(ctx.device());
   DYNASCOPE_CUBLAS_CHECK(cu_nrm2(&r, cublas(ctx), to_int(x.size, "nrm2"), x.data, to_int(x.stride, "nrm2"), &r));
 #endif
   return r;
@@ -307,6 +321,7 @@ void axpy(const Context& ctx, T alpha, VectorView<const T> x, VectorView<T> y) {
     return;
   }
 #if DYNASCOPE_WITH_CUDA
+  cuda_api::DeviceScope on_device(ctx.device());
   DYNASCOPE_CUBLAS_CHECK(cu_axpy(y.data, cublas(ctx), to_int(x.size, "axpy"), &alpha, x.data,
                                  to_int(x.stride, "axpy"), y.data, to_int(y.stride, "axpy")));
 #endif
@@ -322,6 +337,7 @@ void scal(const Context& ctx, T alpha, VectorView<T> x) {
     return;
   }
 #if DYNASCOPE_WITH_CUDA
+  cuda_api::DeviceScope on_device(ctx.device());
   DYNASCOPE_CUBLAS_CHECK(cu_scal(x.data, cublas(ctx), to_int(x.size, "scal"), &alpha, x.data, to_int(x.stride, "scal")));
 #endif
 }
@@ -400,7 +416,7 @@ void check_info(int info, const char* call) {
 // LAPACK's upper one, and column i of the column-major eigenvector matrix is row i here.
 template <class T>
 void syevd(const Context& ctx, MatrixView<T> a, VectorView<T> w) {
-  check_view(ctx, a, "lapack::syevd", "A");
+  check_matrix(ctx, a, "lapack::syevd", "A");
   check_vector(ctx, w, "lapack::syevd", "w");
   if (a.rows != a.cols) throw ShapeMismatch("lapack::syevd: A must be square, got " + dims(a.rows, a.cols));
   if (w.size != a.rows || w.stride != 1)
@@ -412,6 +428,7 @@ void syevd(const Context& ctx, MatrixView<T> a, VectorView<T> w) {
     return;
   }
 #if DYNASCOPE_WITH_CUDA
+  cuda_api::DeviceScope on_device(ctx.device());
   int lwork = 0;
   DYNASCOPE_CUSOLVER_CHECK(cu_syevd_buffer(a.data, cusolver(ctx), CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER,
                                            static_cast<int>(n), a.data, static_cast<int>(a.ld), w.data, &lwork));
@@ -426,8 +443,8 @@ void syevd(const Context& ctx, MatrixView<T> a, VectorView<T> w) {
 
 template <class T>
 void syevdx(const Context& ctx, MatrixView<T> a, index_t first, index_t last, VectorView<T> w, MatrixView<T> z) {
-  check_view(ctx, a, "lapack::syevdx", "A");
-  check_view(ctx, z, "lapack::syevdx", "Z");
+  check_matrix(ctx, a, "lapack::syevdx", "A");
+  check_matrix(ctx, z, "lapack::syevdx", "Z");
   check_vector(ctx, w, "lapack::syevdx", "w");
   if (a.rows != a.cols) throw ShapeMismatch("lapack::syevdx: A must be square, got " + dims(a.rows, a.cols));
   const index_t n = a.rows;
@@ -447,6 +464,7 @@ void syevdx(const Context& ctx, MatrixView<T> a, index_t first, index_t last, Ve
     return;
   }
 #if DYNASCOPE_WITH_CUDA
+  cuda_api::DeviceScope on_device(ctx.device());
   int lwork = 0, found = 0;
   Array<T> wall(ctx, {n});
   DYNASCOPE_CUSOLVER_CHECK(cu_syevdx_buffer(a.data, cusolver(ctx), CUSOLVER_EIG_MODE_VECTOR, CUSOLVER_EIG_RANGE_I,
@@ -461,8 +479,9 @@ void syevdx(const Context& ctx, MatrixView<T> a, index_t first, index_t last, Ve
                                      work.data(), lwork, info.data()));
   check_info(device_info(ctx, info), "lapack::syevdx (cuSOLVER)");
   if (found != m) throw LapackError("lapack::syevdx: found " + std::to_string(found) + " of " + std::to_string(m) + " eigenpairs");
-  copy(ctx, MatrixView<const T>{wall.data(), 1, m, m, Backend::cuda}, MatrixView<T>{w.data, 1, m, m, Backend::cuda});
-  copy(ctx, MatrixView<const T>{a.data, m, n, a.ld, Backend::cuda}, z.block(0, 0, m, n));
+  copy(ctx, MatrixView<const T>{wall.data(), 1, m, m, Backend::cuda, wall.device()},
+       MatrixView<T>{w.data, 1, m, m, Backend::cuda, w.device});
+  copy(ctx, MatrixView<const T>{a.data, m, n, a.ld, Backend::cuda, a.device}, z.block(0, 0, m, n));
 #endif
 }
 
@@ -484,7 +503,7 @@ void stev(VectorView<double> d, VectorView<double> e, MatrixView<double> z) {
 
 template <class T>
 void orthonormalize_rows(const Context& ctx, MatrixView<T> a) {
-  check_view(ctx, a, "lapack::orthonormalize_rows", "A");
+  check_matrix(ctx, a, "lapack::orthonormalize_rows", "A");
   const index_t k = a.rows, n = a.cols;
   if (k > n) throw ShapeMismatch("lapack::orthonormalize_rows: " + std::to_string(k) + " rows cannot be orthonormal in dimension " + std::to_string(n));
   if (k == 0) return;
@@ -497,6 +516,7 @@ void orthonormalize_rows(const Context& ctx, MatrixView<T> a) {
     return;
   }
 #if DYNASCOPE_WITH_CUDA
+  cuda_api::DeviceScope on_device(ctx.device());
   Array<T> tau(ctx, {k});
   Array<int> info(ctx, {1});
   int lwork_qr = 0, lwork_q = 0;
