@@ -1,5 +1,7 @@
 #include "support/test_support.hpp"
 
+#include "support/backend_test.hpp"
+
 #include <atomic>
 #include <filesystem>
 #include <random>
@@ -12,6 +14,17 @@ void GpuTest::SetUp() {
 }
 
 Context GpuTest::cuda() const { return Context::cuda(0); }
+
+void BackendTest::SetUp() {
+  if (backend() == Backend::cuda && !cuda_available())
+    GTEST_SKIP() << "no usable CUDA device: " << cuda_status().reason;
+  ctx_ = new_context();
+}
+
+// Two host threads, so that the OpenMP paths run even where ctest sets OMP_NUM_THREADS=1.
+Context BackendTest::new_context() const { return backend() == Backend::cuda ? Context::cuda(0) : Context::host(2); }
+
+std::string backend_case_name(const ::testing::TestParamInfo<Backend>& info) { return to_string(info.param); }
 
 template <class T>
 Array<T> random_array(const Context& host, Shape shape, unsigned seed) {

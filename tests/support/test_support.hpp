@@ -1,6 +1,7 @@
 #pragma once
 // Shared helpers for the test suites: contexts for each backend, a fixture that skips GPU cases
-// when no device is usable, and naive float64 references.
+// when no device is usable, and naive float64 references. One test source for both backends:
+// backend_test.hpp (fixture), naive_mlp.hpp and reference.hpp (oracles).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -12,8 +13,9 @@
 
 namespace dynascope::test {
 
-// GPU test cases derive from this fixture: SetUp skips (reported as SKIPPED by ctest) when no
-// CUDA device is usable, so a GPU test never passes without having run.
+// Cuda-only test cases derive from this fixture: SetUp skips (reported as SKIPPED by ctest) when
+// no CUDA device is usable, so a GPU test never passes without having run. A test that should run
+// on both backends uses BackendTest (backend_test.hpp) instead.
 class GpuTest : public ::testing::Test {
  protected:
   void SetUp() override;
@@ -25,12 +27,15 @@ class GpuTest : public ::testing::Test {
 template <class T>
 Array<T> random_array(const Context& host, Shape shape, unsigned seed);
 
-// Largest |a_i - b_i| / max(1, |b_i|).
+// Largest |a_i - b_i| / max(1, |b_i|); NaN as soon as one difference is NaN (a NaN in either, or
+// infinities of one sign), so that EXPECT_LT(max_rel_diff(...), tol) fails on it: std::max would
+// silently drop a NaN given as its second argument.
 template <class T, class U>
 double max_rel_diff(const T* a, const U* b, index_t n) {
   double m = 0;
   for (index_t i = 0; i < n; ++i) {
     const double d = std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i]));
+    if (std::isnan(d)) return d;
     m = std::max(m, d / std::max(1.0, std::abs(static_cast<double>(b[i]))));
   }
   return m;
