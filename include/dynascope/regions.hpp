@@ -1,0 +1,116 @@
+#pragma once
+// Linear regions of a network's input space (docs/definitions.md, "Linear regions"): the local
+// complexity of Humayun, Balestriero & Baraniuk — how many neurons change their activation sign
+// inside a small cross-polytope around each sample — and its exact first-layer form.
+//
+// The neighbourhood of x is spanned by P orthonormal directions v_1..v_P of input space and a
+// radius r; its 2P vertices are x + r v_p and x - r v_p (vertex 2p and 2p + 1, so vertex 0 is
+// x + r v_1). Every vertex goes through the network, and layer l counts the neurons whose
+// pre-activation sign (z > 0 or not) is not the same at all 2P vertices; deeper layers thus test
+// the embedded vertices, the paper's coarse approximation. A neuron changes sign where its
+// pre-activation crosses 0 whatever the activation, so the count is defined for every network;
+// only for piecewise-linear activations (relu, leaky_relu, abs, identity) do the sign changes
+// mark boundaries of linear regions.
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#include "dynascope/array.hpp"
+#include "dynascope/model.hpp"
+
+namespace dynascope::regions {
+
+// Where the P directions come from.
+enum class Frame {
+  shared,      // one random frame for all samples (the reference code's choice)
+  per_sample,  // an independent random frame for every sample
+  given,       // the caller's [P, D] frame, used for every sample
+};
+
+struct LcOptions {
+  index_t dims = 25;          // P, 1 <= P <= D (ignored for Frame::given: the frame's rows)
+  double radius = 0;          // r > 0, no default: it depends on the data's scale
+  Frame frame = Frame::shared;
+  std::uint64_t seed = 0;     // random frames: Gaussian [P, D] per frame, orthonormalized rows
+};
+
+struct LcResult {
+  // counts(n, l) for sample n and linear layer l = 0..L-1 (the output layer last), on the
+  // context's backend.
+  Array<std::int32_t> counts;
+  std::vector<double> per_layer_mean;  // L: mean over samples of counts(:, l)
+  double total_mean = 0;               // mean over samples of the sum over hidden layers
+  double all_layers_mean = 0;          // the same, output layer included
+  index_t dims = 0;                    // P used
+  double radius = 0;
+};
+
+// Local complexity of every row of x [N, D] (on ctx's backend, like params). The vertices of a
+// tile of samples go through the network as one batch (vertices x samples rows); tiles are sized
+// to ctx.workspace_budget(). Results do not depend on tiling or thread count: the counts are
+// integers, and a random frame is a function of (seed, sample index) only.
+// frame: the caller's [P, D] orthonormal rows, read only for Frame::given (on ctx's backend).
+// Throws InvalidArgument for r <= 0, P outside [1, D], a frame of the wrong width or whose rows are
+// not orthonormal (max |F F^T - I| above 10 sqrt(eps of T)), and ShapeMismatch for x.
+template <class T>
+DYNASCOPE_API LcResult local_complexity(const Context& ctx, const model::MlpSpec& spec, const T* params,
+                                        MatrixView<const T> x, const LcOptions& options,
+                                        MatrixView<const T> frame = {});
+
+// The exact first-layer count for a shared frame [P, D]: neuron j counts at x iff
+// |z_j(x)| < r max_p |c w_j . v_p|, with z_j the pre-activation and c the layer's weight scale
+// (the vertex test agrees except where a vertex lands exactly on a neuron's hyperplane).
+// Returns [N] counts on ctx's backend.
+template <class T>
+DYNASCOPE_API Array<std::int32_t> first_layer_counts(const Context& ctx, const model::MlpSpec& spec,
+                                                     const T* params, MatrixView<const T> x,
+                                                     MatrixView<const T> frame, double radius);
+
+// The random orthonormal frame local_complexity uses for `sample` (Frame::per_sample) or for all
+// samples (Frame::shared, sample ignored): [P, D] on ctx's backend. For tests and for callers
+// who want to see or reuse the directions.
+template <class T>
+DYNASCOPE_API Array<T> random_frame(const Context& ctx, index_t inputs, index_t dims, std::uint64_t seed,
+                                    Frame kind = Frame::shared, index_t sample = 0);
+
+// ---- Exact regions in low dimension (float64; piecewise-linear activations only) ----------------
+// On a segment or a plane every layer is affine on each region of the layers before it, so the
+// regions can be computed exactly: each region is split by the zero sets of the next layer's
+// neurons pulled back through the region's affine map (lines on a plane, points on a segment).
+// The regions are the activation regions of the hidden layers (the output layer splits nothing).
+// Only relu, leaky_relu, abs and identity activations are piecewise linear; others are refused.
+// Parameters may live on either backend (they are copied to the host once).
+
+struct SegmentRegions {
+  index_t regions = 0;               // intervals of the segment, one per activation region crossed
+  std::vector<double> breakpoints;   // interior interval ends as fractions t in (0, 1), ascending
+};
+
+// The segment x(t) = x0 + t (x1 - x0), t in [0, 1]; x0, x1 are host arrays of D values.
+// Throws InvalidArgument past max_regions intervals.
+template <class T>
+DYNASCOPE_API SegmentRegions segment_regions(const Context& ctx, const model::MlpSpec& spec, const T* params,
+                                             const double* x0, const double* x1, index_t max_regions = 1000000);
+
+struct PlanePolygon {
+  std::vector<std::array<double, 2>> vertices;  // (s, t), counter-clockwise, convex
+  bool boundary = false;                        // the decision boundary crosses it
+  int label = 0;                                // argmax class at the centroid (0 for one output)
+};
+
+struct PlaneRegions {
+  std::vector<PlanePolygon> polygons;  // one per linear region of the hidden layers
+  index_t boundary_regions = 0;        // polygons the decision boundary crosses
+  // Pieces of the decision boundary, each from (s0, t0) to (s1, t1): where the top two logits
+  // tie (several outputs) or where the one output is 0.
+  std::vector<std::array<double, 4>> boundary_segments;
+};
+
+// The parallelogram {A + s(B - A) + t(C - A) : s, t in [0, 1]} of the plane through the rows of
+// points [3, D] (host, float64). Throws InvalidArgument when A, B, C are collinear (or equal) and
+// past max_regions polygons (naming the cap).
+template <class T>
+DYNASCOPE_API PlaneRegions plane_regions(const Context& ctx, const model::MlpSpec& spec, const T* params,
+                                         MatrixView<const double> points, index_t max_regions = 200000);
+
+}  // namespace dynascope::regions

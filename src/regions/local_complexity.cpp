@@ -1,0 +1,247 @@
+// Local complexity: cross-polytope vertices through the network, sign changes per neuron.
+//
+// Cost for N samples, P directions and a network of widths d_0..d_L: the forward pass of the 2PN
+// vertices, 2 * 2PN * sum_l d_{l-1} d_l flops in GEMMs (the whole cost for any real network), and
+// 2PN * sum_l d_l sign comparisons. Memory per sample in a tile: the vertices and every layer's
+// z and a (2P (d_0 + 2 sum_l d_l) values), the flags of the widest layer, and a per-sample frame.
+#include "dynascope/regions.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "core/checks.hpp"
+#include "dynascope/blas.hpp"
+#include "dynascope/engine.hpp"
+#include "dynascope/error.hpp"
+#include "kernels/launch.cuh"
+#include "kernels/regions.cuh"
+
+namespace dynascope::regions {
+namespace {
+
+constexpr const char* kCall = "local_complexity";
+
+// Random frames for samples [first, first + count) (per-sample) or the one shared frame, packed
+// [count * P, D] in double on ctx's backend.
+Array<double> draw_frames(const Context& ctx, index_t inputs, index_t p, std::uint64_t seed, bool per_sample,
+                          index_t first, index_t count, const char* call) {
+  Array<double> frames(ctx, {count * p, inputs});
+  kern::parallel_for(ctx, count * p * inputs,
+                     kern::DrawFrameEntries{frames.data(), p * inputs, seed, first, per_sample});
+  Array<int> deficient = Array<int>::zeros(ctx, {1});
+  kern::parallel_for(ctx, count, kern::OrthonormalizeFrame{frames.data(), p, inputs, deficient.data()}, 2);
+  int flag = 0;
+  detail::copy_bytes(ctx, &flag, Backend::host, deficient.data(), deficient.backend(), sizeof(int));
+  if (flag)
+    throw InvalidArgument(std::string(call) + ": a random frame came out rank deficient (seed " + std::to_string(seed) +
+                          "); choose another --seed");
+  return frames;
+}
+
+// The caller's frame, checked for width and orthonormality, as double [P, D] on ctx's backend.
+template <class T>
+Array<double> given_frame(const Context& ctx, MatrixView<const T> frame, index_t inputs, const char* call) {
+  detail::check_matrix(ctx, frame, call, "frame");
+  if (frame.cols != inputs)
+    throw InvalidArgument(std::string(call) + ": the frame has " + std::to_string(frame.cols) +
+                          " columns but the network takes " + std::to_string(inputs) + " inputs");
+  if (frame.rows < 1 || frame.rows > inputs)
+    throw InvalidArgument(std::string(call) + ": the frame must have between 1 and " + std::to_string(inputs) +
+                          " rows (directions), got " + std::to_string(frame.rows));
+  const index_t p = frame.rows;
+  Array<double> out(ctx, {p, inputs});
+  kern::parallel_for(ctx, p * inputs, kern::FrameToDouble<T>{frame, out.data()});
+  const Array<double> host = out.to_host(ctx);
+  const double* f = host.data();
+  const double tol = 10 * std::sqrt(static_cast<double>(std::numeric_limits<T>::epsilon()));
+  for (index_t i = 0; i < p; ++i)
+    for (index_t k = 0; k <= i; ++k) {
+      double dot = 0;
+      for (index_t c = 0; c < inputs; ++c) dot += f[i * inputs + c] * f[k * inputs + c];
+      const double want = i == k ? 1.0 : 0.0;
+      if (!(std::abs(dot - want) <= tol))
+        throw InvalidArgument(std::string(call) + ": the frame's rows must be orthonormal: row " + std::to_string(i) +
+                              (i == k ? " has squared norm " : " . row " + std::to_string(k) + " = ") +
+                              std::to_string(dot) + " (tolerance " + std::to_string(tol) + ")");
+    }
+  return out;
+}
+
+void throw_non_finite(const Array<std::int32_t>& host_counts, index_t layers, const char* call) {
+  for (index_t i = 0; i < host_counts.size(); ++i)
+    if (host_counts.data()[i] < 0)
+      throw InvalidArgument(std::string(call) + ": sample " + std::to_string(i / layers) +
+                            " gives a NaN or infinite pre-activation in layer " + std::to_string(i % layers + 1) +
+                            " (non-finite inputs or parameters, or an overflow)");
+}
+
+}  // namespace
+
+template <class T>
+Array<T> random_frame(const Context& ctx, index_t inputs, index_t dims, std::uint64_t seed, Frame kind, index_t sample) {
+  if (kind == Frame::given) throw InvalidArgument("random_frame: Frame::given is the caller's frame, not a random one");
+  if (dims < 1 || dims > inputs)
+    throw InvalidArgument("random_frame: dims (P) must be between 1 and the input width " + std::to_string(inputs) +
+                          ", got " + std::to_string(dims));
+  if (sample < 0) throw InvalidArgument("random_frame: sample must be >= 0");
+  const bool per_sample = kind == Frame::per_sample;
+  Array<double> f = draw_frames(ctx, inputs, dims, seed, per_sample, per_sample ? sample : 0, 1, "random_frame");
+  Array<T> out(ctx, {dims, inputs});
+  const double* src = f.data();
+  T* dst = out.data();
+  kern::parallel_for(ctx, dims * inputs, [=] DYNASCOPE_HD(index_t i) { dst[i] = static_cast<T>(src[i]); });
+  return out;
+}
+
+template <class T>
+LcResult local_complexity(const Context& ctx, const model::MlpSpec& spec, const T* params, MatrixView<const T> x,
+                          const LcOptions& options, MatrixView<const T> frame) {
+  spec.validate();
+  const index_t n = x.rows;
+  const index_t d = spec.inputs();
+  const index_t layers = spec.layers();
+  detail::check_matrix(ctx, x, n, d, kCall, "x");
+  if (!(options.radius > 0) || !std::isfinite(options.radius))
+    throw InvalidArgument(std::string(kCall) + ": the radius must be a positive finite number, got " +
+                          std::to_string(options.radius));
+  const bool per_sample = options.frame == Frame::per_sample;
+  Array<double> shared;
+  index_t p = options.dims;
+  if (options.frame == Frame::given) {
+    shared = given_frame(ctx, frame, d, kCall);
+    p = frame.rows;
+  } else {
+    if (p < 1 || p > d)
+      throw InvalidArgument(std::string(kCall) + ": the number of directions P must be between 1 and the input width " +
+                            std::to_string(d) + ", got " + std::to_string(p));
+    if (frame.data)
+      throw InvalidArgument(std::string(kCall) + ": a frame was given but the frame option is not Frame::given");
+    if (!per_sample) shared = draw_frames(ctx, d, p, options.seed, false, 0, 1, kCall);
+  }
+
+  LcResult result;
+  result.dims = p;
+  result.radius = options.radius;
+  result.counts = Array<std::int32_t>(ctx, {n, layers});
+  const index_t vertices = 2 * p;
+
+  // Tile so that a tile's vertices, engine buffers, flags and frames fit the workspace budget.
+  index_t widths_sum = 0, widest = 0;
+  for (index_t l = 1; l <= layers; ++l) {
+    widths_sum += spec.widths[std::size_t(l)];
+    widest = std::max(widest, spec.widths[std::size_t(l)]);
+  }
+  const std::size_t per_sample_bytes = std::size_t(vertices) * std::size_t(d + 2 * widths_sum) * sizeof(T) +
+                                       std::size_t(widest) * sizeof(std::int32_t) +
+                                       (per_sample ? std::size_t(p * d) * sizeof(double) : 0);
+  const std::size_t budget = ctx.workspace_budget();
+  if (n > 0 && budget < per_sample_bytes)
+    throw OutOfMemory(std::string(kCall) + ": the workspace budget of " + std::to_string(budget) +
+                      " bytes cannot hold the vertices and activations of one sample (" +
+                      std::to_string(per_sample_bytes) + " bytes); raise it or lower P");
+  const index_t tile = std::max<index_t>(1, std::min<index_t>(n, static_cast<index_t>(budget / per_sample_bytes)));
+
+  model::MlpEngine<T> engine(ctx, spec);
+  Array<T> verts;
+  Array<std::int32_t> flags;
+  MatrixView<std::int32_t> counts = result.counts.matrix();
+  for (index_t s0 = 0; s0 < n; s0 += tile) {
+    const index_t m = std::min(tile, n - s0);
+    Array<double> own;
+    const double* frames = shared.data();
+    if (per_sample) {
+      own = draw_frames(ctx, d, p, options.seed, true, s0, m, kCall);
+      frames = own.data();
+    }
+    if (verts.size() < m * vertices * d) verts = Array<T>(ctx, {m * vertices, d});
+    MatrixView<T> v{verts.data(), m * vertices, d, d, verts.backend()};
+    kern::parallel_for_2d(ctx, m * vertices, d,
+                          kern::CrossPolytopeVertices<T>{x.block(s0, 0, m, d), frames, p, options.radius, per_sample, v});
+    engine.forward(params, v);
+    if (flags.size() < m * widest) flags = Array<std::int32_t>(ctx, {m * widest});
+    for (index_t l = 1; l <= layers; ++l) {
+      const index_t w = spec.widths[std::size_t(l)];
+      MatrixView<std::int32_t> fl{flags.data(), m, w, w, flags.backend()};
+      kern::parallel_for_2d(ctx, m, w, kern::SignChangeFlags<T>{engine.preactivation(l), vertices, fl});
+      kern::parallel_for(ctx, m, kern::CountFlags{fl, counts, s0, l - 1}, 64);
+    }
+    ctx.progress("local complexity", s0 + m, n);
+  }
+
+  const Array<std::int32_t> host = result.counts.to_host(ctx);
+  throw_non_finite(host, layers, kCall);
+  result.per_layer_mean.assign(std::size_t(layers), 0.0);
+  double hidden = 0, all = 0;
+  for (index_t i = 0; i < n; ++i)
+    for (index_t l = 0; l < layers; ++l) {
+      const double c = host.data()[i * layers + l];
+      result.per_layer_mean[std::size_t(l)] += c;
+      all += c;
+      if (l + 1 < layers) hidden += c;
+    }
+  if (n > 0) {
+    for (double& v : result.per_layer_mean) v /= double(n);
+    result.total_mean = hidden / double(n);
+    result.all_layers_mean = all / double(n);
+  }
+  return result;
+}
+
+template <class T>
+Array<std::int32_t> first_layer_counts(const Context& ctx, const model::MlpSpec& spec, const T* params,
+                                       MatrixView<const T> x, MatrixView<const T> frame, double radius) {
+  constexpr const char* call = "first_layer_counts";
+  spec.validate();
+  const index_t n = x.rows;
+  const index_t d = spec.inputs();
+  const index_t w = spec.fan_out(0);
+  detail::check_matrix(ctx, x, n, d, call, "x");
+  if (!(radius > 0) || !std::isfinite(radius))
+    throw InvalidArgument(std::string(call) + ": the radius must be a positive finite number, got " +
+                          std::to_string(radius));
+  (void)given_frame(ctx, frame, d, call);
+  const index_t p = frame.rows;
+  // a = c * frame W_1^T [P, w]: every direction through the first layer's weights.
+  Array<T> a(ctx, {p, w});
+  const MatrixView<const T> weights{params + spec.weight_offset(0), w, d, d, ctx.backend()};
+  blas::gemm<T>(ctx, blas::Op::none, blas::Op::trans, static_cast<T>(spec.weight_scale(0)), frame, weights, T(0),
+                a.matrix());
+  Array<double> reach(ctx, {w});
+  kern::parallel_for(ctx, w, kern::ColumnMaxAbs<T>{a.matrix(), reach.data()}, 64);
+  Array<std::int32_t> counts(ctx, {n, 1});
+  if (n == 0) return counts;
+  // z_1 of the samples, tiled like the engine's own per-sample helpers.
+  const std::size_t per_row = std::size_t(2 * d + 2 * w) * sizeof(T) + std::size_t(w) * sizeof(std::int32_t);
+  const index_t tile = std::max<index_t>(1, std::min<index_t>(n, static_cast<index_t>(ctx.workspace_budget() / per_row)));
+  model::MlpSpec first = spec;
+  first.widths.resize(2);
+  first.bias.resize(1);
+  first.activations.clear();
+  model::MlpEngine<T> engine(ctx, first);
+  Array<std::int32_t> flags(ctx, {tile * w});
+  MatrixView<std::int32_t> cm = counts.matrix();
+  for (index_t s0 = 0; s0 < n; s0 += tile) {
+    const index_t m = std::min(tile, n - s0);
+    engine.forward(params, x.block(s0, 0, m, d));
+    MatrixView<std::int32_t> fl{flags.data(), m, w, w, flags.backend()};
+    kern::parallel_for_2d(ctx, m, w, kern::FirstLayerFlags<T>{engine.preactivation(1), reach.data(), radius, fl});
+    kern::parallel_for(ctx, m, kern::CountFlags{fl, cm, s0, 0}, 64);
+  }
+  throw_non_finite(counts.to_host(ctx), 1, call);
+  counts.reshape({n});
+  return counts;
+}
+
+#define DYNASCOPE_INSTANTIATE(T)                                                                                   \
+  template LcResult local_complexity<T>(const Context&, const model::MlpSpec&, const T*, MatrixView<const T>,     \
+                                        const LcOptions&, MatrixView<const T>);                                   \
+  template Array<std::int32_t> first_layer_counts<T>(const Context&, const model::MlpSpec&, const T*,            \
+                                                     MatrixView<const T>, MatrixView<const T>, double);           \
+  template Array<T> random_frame<T>(const Context&, index_t, index_t, std::uint64_t, Frame, index_t);
+DYNASCOPE_INSTANTIATE(float)
+DYNASCOPE_INSTANTIATE(double)
+#undef DYNASCOPE_INSTANTIATE
+
+}  // namespace dynascope::regions
