@@ -109,5 +109,6 @@ Command register_demo(CLI::App& app);
 Command register_ntk(CLI::App& app);
 Command register_eigen(CLI::App& app);
 Command register_spectrum(CLI::App& app);
+Command register_lc(CLI::App& app);
 
 }  // namespace dynascope::cli
