@@ -10,6 +10,8 @@
 
 namespace dynascope::kern {
 
+using std::pow;
+
 // Gaussian entries of random frames, in double: element e = p * D + d of frame f is
 // philox_normal(seed, stream, step, e) with (stream, step) = (first_frame + f, 1) for per-sample
 // frames and (0, 0) for the one shared frame. Item i = f * frame_size + e.
@@ -177,6 +179,82 @@ struct FrameToDouble {
   MatrixView<const T> in;
   double* out;
   DYNASCOPE_HD void operator()(index_t i) const { out[i] = static_cast<double>(in(i / in.cols, i % in.cols)); }
+};
+
+// Bit-packed sign patterns: word w of sample s holds bit b = 1 iff z(s, 64 w + b) > 0, for the
+// neurons of one layer; bits past the layer's width are 0. A NaN pre-activation sets *nonfinite
+// (every writer stores the same value). Body of parallel_for_2d over (n, words).
+template <class T>
+struct PackSigns {
+  MatrixView<const T> z;               // [n, width]
+  MatrixView<std::uint64_t> packed;    // [n, words], the layer's column block
+  int* nonfinite;
+  DYNASCOPE_HD void operator()(index_t s, index_t w) const {
+    std::uint64_t word = 0;
+    const index_t first = 64 * w;
+    const index_t last = first + 64 < z.cols ? first + 64 : z.cols;
+    for (index_t k = first; k < last; ++k) {
+      const T v = z(s, k);
+      if (v != v) *nonfinite = 1;
+      if (v > T(0)) word |= std::uint64_t{1} << (k - first);
+    }
+    packed(s, w) = word;
+  }
+};
+
+// Grid samples of the parallelogram A + s (B - A) + t (C - A): row i * R + j at
+// s = (j + 1/2) / R, t = (i + 1/2) / R, so rows of the result are image rows of increasing t.
+// Body of parallel_for_2d over (R * R, D); the map m is [D, 3] (B - A, C - A, A) in double.
+template <class T>
+struct PlaneGridPoints {
+  const double* m;
+  index_t resolution;
+  MatrixView<T> out;
+  DYNASCOPE_HD void operator()(index_t row, index_t c) const {
+    const double s = (static_cast<double>(row % resolution) + 0.5) / static_cast<double>(resolution);
+    const double t = (static_cast<double>(row / resolution) + 0.5) / static_cast<double>(resolution);
+    out(row, c) = static_cast<T>(m[3 * c] * s + m[3 * c + 1] * t + m[3 * c + 2]);
+  }
+};
+
+// Points x0 + t (x1 - x0) at t = i / (count - 1) (t = 0 for count 1); ends = [x0, x1 - x0] in
+// double. Body of parallel_for_2d over (count, D).
+template <class T>
+struct SegmentPoints {
+  const double* ends;  // [2, D]
+  index_t count;
+  MatrixView<T> out;
+  DYNASCOPE_HD void operator()(index_t i, index_t c) const {
+    const double t = count > 1 ? static_cast<double>(i) / static_cast<double>(count - 1) : 0.0;
+    out(i, c) = static_cast<T>(ends[c] + t * ends[out.cols + c]);
+  }
+};
+
+// Uniform points in the ball of radius r around each anchor: row a * count + i. Direction: D
+// normals (Philox stream = row, step 2) normalised; radius r u^(1/D) with u uniform (step 3).
+// Body of parallel_for over rows (each item writes its whole row).
+template <class T>
+struct BallPoints {
+  MatrixView<const T> anchors;
+  index_t count;
+  double radius;
+  std::uint64_t seed;
+  MatrixView<T> out;
+  DYNASCOPE_HD void operator()(index_t row) const {
+    const index_t a = row / count;
+    const index_t d = out.cols;
+    double norm2 = 0;
+    for (index_t c = 0; c < d; ++c) {
+      const double g = philox_normal(seed, static_cast<std::uint32_t>(row), 2u, static_cast<std::uint64_t>(c));
+      norm2 += g * g;
+    }
+    const double u = philox_uniform<double>(seed, static_cast<std::uint32_t>(row), 3u, 0u);
+    const double scale = norm2 > 0 ? radius * pow(u, 1.0 / static_cast<double>(d)) / sqrt(norm2) : 0.0;
+    for (index_t c = 0; c < d; ++c) {
+      const double g = philox_normal(seed, static_cast<std::uint32_t>(row), 2u, static_cast<std::uint64_t>(c));
+      out(row, c) = static_cast<T>(static_cast<double>(anchors(a, c)) + scale * g);
+    }
+  }
 };
 
 }  // namespace dynascope::kern

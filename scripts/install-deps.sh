@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config git
   libopenblas-openmp-dev liblapacke-dev librandom123-dev nlohmann-json3-dev libcli11-dev
-  libspdlog-dev libfmt-dev libdlpack-dev zlib1g-dev libthrust-dev
+  libspdlog-dev libfmt-dev libdlpack-dev zlib1g-dev libthrust-dev libpng-dev
   libgtest-dev libgmock-dev libbenchmark-dev libeigen3-dev
   clang libclang-rt-14-dev
   dataset-fashion-mnist python3-sklearn python3-numpy

@@ -73,6 +73,47 @@ template <class T>
 DYNASCOPE_API Array<T> random_frame(const Context& ctx, index_t inputs, index_t dims, std::uint64_t seed,
                                     Frame kind = Frame::shared, index_t sample = 0);
 
+// ---- Activation patterns -----------------------------------------------------------------------
+// The pattern of a sample is the sign (z > 0) of every hidden neuron. Samples with the same
+// pattern lie in the same linear region (for piecewise-linear activations), so the number of
+// distinct patterns among M samples counts the regions they hit. Counting is exact: patterns
+// are bit-packed and compared word by word after a sort (primitives::distinct_rows).
+
+struct PatternOptions {
+  bool ids = false;  // also return the region id of every sample
+};
+
+struct PatternResult {
+  index_t samples = 0;
+  index_t distinct = 0;                     // distinct patterns of all hidden layers together
+  std::vector<index_t> distinct_per_layer;  // distinct patterns of each hidden layer alone
+  // [M] region id per sample (options.ids), on ctx's backend: ids number the distinct patterns
+  // 0..distinct-1 in order of first appearance (sample 0 is in region 0), on every backend.
+  Array<std::int64_t> ids;
+};
+
+// Patterns of the rows of samples [M, D] (on ctx's backend), tiled over samples under
+// ctx.workspace_budget(). Throws InvalidArgument when a pre-activation is NaN.
+template <class T>
+DYNASCOPE_API PatternResult count_patterns(const Context& ctx, const model::MlpSpec& spec, const T* params,
+                                           MatrixView<const T> samples, const PatternOptions& options = {});
+
+// Samplers, each returning [M, D] on ctx's backend.
+// A resolution x resolution grid of cell centres of the parallelogram through points [3, D]
+// (host): row i * resolution + j at s = (j + 1/2) / resolution, t = (i + 1/2) / resolution.
+template <class T>
+DYNASCOPE_API Array<T> plane_grid(const Context& ctx, MatrixView<const double> points, index_t resolution);
+// count evenly spaced points from x0 to x1 (both included; host arrays of D values).
+template <class T>
+DYNASCOPE_API Array<T> segment_points(const Context& ctx, const double* x0, const double* x1, index_t inputs,
+                                      index_t count);
+// count uniform points in the ball of radius r around every anchor [A, D] (on ctx's backend):
+// row a * count + i belongs to anchor a. Seeded (Philox: the same on every backend up to libm's
+// last-place differences in pow).
+template <class T>
+DYNASCOPE_API Array<T> ball_points(const Context& ctx, MatrixView<const T> anchors, double radius, index_t count,
+                                   std::uint64_t seed);
+
 // ---- Exact regions in low dimension (float64; piecewise-linear activations only) ----------------
 // On a segment or a plane every layer is affine on each region of the layers before it, so the
 // regions can be computed exactly: each region is split by the zero sets of the next layer's

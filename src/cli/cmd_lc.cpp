@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "cli/model_flags.hpp"
+#include "dynascope/dispatch.hpp"
 #include "dynascope/io.hpp"
 #include "dynascope/random.hpp"
 #include "dynascope/regions.hpp"
@@ -109,6 +110,8 @@ template <class T>
 int run(const LcCommand& c) {
   const auto start = std::chrono::steady_clock::now();
   validate(c);
+  std::vector<std::pair<index_t, std::string>> steps;
+  if (!c.checkpoints.empty()) steps = list_checkpoints(c.checkpoints);
   const Context ctx = make_context(c.common);
   const data::Split split = load_data(c.data, c.common.seed);
   regions::LcOptions o;
@@ -152,7 +155,6 @@ int run(const LcCommand& c) {
   }
 
   // Along training: every checkpoint, on train, test and random points.
-  const auto steps = list_checkpoints(c.checkpoints);
   struct PointSet {
     std::string name;
     Array<T> x;
@@ -227,7 +229,8 @@ Command register_lc(CLI::App& app) {
       ->check(at_least(0));
   return {cmd, [c] {
             resolve_dtype(c->common, {c->model.model, c->data.inputs, c->frame});
-            return parse_dtype(c->common.dtype) == DType::f64 ? run<double>(*c) : run<float>(*c);
+            return dispatch_float(parse_dtype(c->common.dtype),
+                                  [&](auto precision) { return run<typename decltype(precision)::type>(*c); });
           }};
 }
 

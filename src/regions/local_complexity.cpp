@@ -156,14 +156,14 @@ LcResult local_complexity(const Context& ctx, const model::MlpSpec& spec, const 
       frames = own.data();
     }
     if (verts.size() < m * vertices * d) verts = Array<T>(ctx, {m * vertices, d});
-    MatrixView<T> v{verts.data(), m * vertices, d, d, verts.backend()};
+    MatrixView<T> v{verts.data(), m * vertices, d, d, verts.backend(), verts.device()};
     kern::parallel_for_2d(ctx, m * vertices, d,
                           kern::CrossPolytopeVertices<T>{x.block(s0, 0, m, d), frames, p, options.radius, per_sample, v});
     engine.forward(params, v);
     if (flags.size() < m * widest) flags = Array<std::int32_t>(ctx, {m * widest});
     for (index_t l = 1; l <= layers; ++l) {
       const index_t w = spec.widths[std::size_t(l)];
-      MatrixView<std::int32_t> fl{flags.data(), m, w, w, flags.backend()};
+      MatrixView<std::int32_t> fl{flags.data(), m, w, w, flags.backend(), flags.device()};
       kern::parallel_for_2d(ctx, m, w, kern::SignChangeFlags<T>{engine.preactivation(l), vertices, fl});
       kern::parallel_for(ctx, m, kern::CountFlags{fl, counts, s0, l - 1}, 64);
     }
@@ -205,7 +205,7 @@ Array<std::int32_t> first_layer_counts(const Context& ctx, const model::MlpSpec&
   const index_t p = frame.rows;
   // a = c * frame W_1^T [P, w]: every direction through the first layer's weights.
   Array<T> a(ctx, {p, w});
-  const MatrixView<const T> weights{params + spec.weight_offset(0), w, d, d, ctx.backend()};
+  const MatrixView<const T> weights{params + spec.weight_offset(0), w, d, d, ctx.backend(), ctx.is_cuda() ? ctx.device() : 0};
   blas::gemm<T>(ctx, blas::Op::none, blas::Op::trans, static_cast<T>(spec.weight_scale(0)), frame, weights, T(0),
                 a.matrix());
   Array<double> reach(ctx, {w});
@@ -225,7 +225,7 @@ Array<std::int32_t> first_layer_counts(const Context& ctx, const model::MlpSpec&
   for (index_t s0 = 0; s0 < n; s0 += tile) {
     const index_t m = std::min(tile, n - s0);
     engine.forward(params, x.block(s0, 0, m, d));
-    MatrixView<std::int32_t> fl{flags.data(), m, w, w, flags.backend()};
+    MatrixView<std::int32_t> fl{flags.data(), m, w, w, flags.backend(), flags.device()};
     kern::parallel_for_2d(ctx, m, w, kern::FirstLayerFlags<T>{engine.preactivation(1), reach.data(), radius, fl});
     kern::parallel_for(ctx, m, kern::CountFlags{fl, cm, s0, 0}, 64);
   }
