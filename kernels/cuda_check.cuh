@@ -32,7 +32,8 @@ class CudaDeviceScope {
   }
   ~CudaDeviceScope() {
     int now = previous_;
-    if (cudaGetDevice(&now) == cudaSuccess && now != previous_) cudaSetDevice(previous_);
+    if (cudaGetDevice(&now) == cudaSuccess && now != previous_ && cudaSetDevice(previous_) != cudaSuccess)
+      (void)cudaGetLastError();  // not reported by the next launch check as its own
   }
   CudaDeviceScope(const CudaDeviceScope&) = delete;
   CudaDeviceScope& operator=(const CudaDeviceScope&) = delete;

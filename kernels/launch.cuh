@@ -153,7 +153,7 @@ double reduce_sum(const Context& ctx, index_t n, F body) {
     double* sum = reinterpret_cast<double*>(static_cast<char*>(scratch.p) + values_bytes);
     void* temp = static_cast<char*>(scratch.p) + values_bytes + kAlign;
     parallel_for(ctx, n, StoreValue<F>{values, body});
-    DYNASCOPE_CUDA_CHECK(cub::DeviceReduce::Sum(temp, temp_bytes, values, sum, n, stream));
+    DYNASCOPE_CUDA_CHECK(cub::DeviceReduce::Sum(temp, temp_bytes, static_cast<const double*>(values), sum, n, stream));
     double result = 0;
     DYNASCOPE_CUDA_CHECK(cudaMemcpyAsync(&result, sum, sizeof(double), cudaMemcpyDeviceToHost, stream));
     DYNASCOPE_CUDA_CHECK(cudaStreamSynchronize(stream));

@@ -111,7 +111,8 @@ class Array {
   }
 
   // A copy on `ctx`'s backend (host <-> device as needed). When either side is device memory,
-  // ctx must be the cuda context whose stream orders it.
+  // ctx must be the cuda context whose stream orders it; the copy is ordered on ctx's stream
+  // only, so when the source was written on another stream, synchronize that one first.
   Array to(const Context& ctx) const {
     Array out(ctx, shape_);
     detail::copy_bytes(ctx, out.data_, out.backend_, data_, backend_, bytes());

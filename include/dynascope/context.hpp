@@ -18,7 +18,9 @@
 namespace dynascope {
 
 // Memory hook. `stream` is the context's cudaStream_t (nullptr on host). Both functions must be
-// set together; allocate returns nullptr (or throws) on failure.
+// set together; allocate returns nullptr (or throws) on failure. On cuda both run with the
+// context's device current, and deallocate must be stream-ordered (as cudaFreeAsync(ptr, stream)
+// is): work already queued on `stream` may still read the block when deallocate is called.
 struct Allocator {
   std::function<void*(std::size_t bytes, void* stream)> allocate;
   std::function<void(void* ptr, std::size_t bytes, void* stream)> deallocate;

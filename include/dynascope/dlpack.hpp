@@ -9,7 +9,10 @@
 namespace dynascope {
 
 // Transfers ownership of `array` into a DLManagedTensor; the consumer calls its deleter. The
-// tensor's device is the array's: kDLCPU, or kDLCUDA with the array's device().
+// tensor's device is the array's: kDLCPU, or kDLCUDA with the array's device(). On cuda there is
+// no stream handshake: synchronize the producing context before the consumer reads the data, and
+// let the consumer's own stream finish its work on it before calling the deleter (which frees in
+// the producing context's stream order).
 template <class T>
 DYNASCOPE_API DLManagedTensor* to_dlpack(Array<T>&& array);
 

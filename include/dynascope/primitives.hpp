@@ -50,7 +50,7 @@ DYNASCOPE_API void row_squared_distances(const Context& ctx, MatrixView<const do
 // of the K first rows when ids or counts are asked for (Thrust on both backends: its OpenMP
 // system on host, CUDA on device); W more sorts in the rare case that two different rows share a
 // 64-bit hash. Scratch: 24 N bytes on ctx and the sort's own (about 16 N bytes). On cuda the
-// call waits for the stream once, to learn K.
+// call waits for the stream once to learn K, and once more when the hash collision check fires.
 struct DistinctRowsOptions {
   bool ids = false;     // return the class of every row
   bool counts = false;  // return the number of rows of every class and its first row

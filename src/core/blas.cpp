@@ -431,11 +431,11 @@ void syevd(const Context& ctx, MatrixView<T> a, VectorView<T> w) {
   cuda_api::DeviceScope on_device(ctx.device());
   int lwork = 0;
   DYNASCOPE_CUSOLVER_CHECK(cu_syevd_buffer(a.data, cusolver(ctx), CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER,
-                                           static_cast<int>(n), a.data, static_cast<int>(a.ld), w.data, &lwork));
+                                           to_int(n, "syevd"), a.data, to_int(a.ld, "syevd"), w.data, &lwork));
   Array<T> work(ctx, {std::max(lwork, 1)});
   Array<int> info(ctx, {1});
   DYNASCOPE_CUSOLVER_CHECK(cu_syevd(a.data, cusolver(ctx), CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_UPPER,
-                                    static_cast<int>(n), a.data, static_cast<int>(a.ld), w.data, work.data(), lwork,
+                                    to_int(n, "syevd"), a.data, to_int(a.ld, "syevd"), w.data, work.data(), lwork,
                                     info.data()));
   check_info(device_info(ctx, info), "lapack::syevd (cuSOLVER)");
 #endif
@@ -468,13 +468,13 @@ void syevdx(const Context& ctx, MatrixView<T> a, index_t first, index_t last, Ve
   int lwork = 0, found = 0;
   Array<T> wall(ctx, {n});
   DYNASCOPE_CUSOLVER_CHECK(cu_syevdx_buffer(a.data, cusolver(ctx), CUSOLVER_EIG_MODE_VECTOR, CUSOLVER_EIG_RANGE_I,
-                                            CUBLAS_FILL_MODE_UPPER, static_cast<int>(n), a.data, static_cast<int>(a.ld),
+                                            CUBLAS_FILL_MODE_UPPER, to_int(n, "syevdx"), a.data, to_int(a.ld, "syevdx"),
                                             T(0), T(0), static_cast<int>(first + 1), static_cast<int>(last), &found,
                                             wall.data(), &lwork));
   Array<T> work(ctx, {std::max(lwork, 1)});
   Array<int> info(ctx, {1});
   DYNASCOPE_CUSOLVER_CHECK(cu_syevdx(a.data, cusolver(ctx), CUSOLVER_EIG_MODE_VECTOR, CUSOLVER_EIG_RANGE_I,
-                                     CUBLAS_FILL_MODE_UPPER, static_cast<int>(n), a.data, static_cast<int>(a.ld), T(0),
+                                     CUBLAS_FILL_MODE_UPPER, to_int(n, "syevdx"), a.data, to_int(a.ld, "syevdx"), T(0),
                                      T(0), static_cast<int>(first + 1), static_cast<int>(last), &found, wall.data(),
                                      work.data(), lwork, info.data()));
   check_info(device_info(ctx, info), "lapack::syevdx (cuSOLVER)");

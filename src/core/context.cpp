@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <new>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -13,9 +14,16 @@ namespace dynascope {
 
 namespace detail {
 Resources::~Resources() {
-  if (cublas) cuda_api::destroy_cublas(cublas);
-  if (cusolver) cuda_api::destroy_cusolver(cusolver);
-  if (owns_stream && stream) cuda_api::destroy_stream(stream);
+  if (backend != Backend::cuda) return;
+  // Handles and streams belong to the context's device (cublasDestroy synchronizes the current
+  // device): tear them down there. A destructor cannot report failure; it leaves things as they are.
+  try {
+    cuda_api::DeviceScope scope(device);
+    if (cublas) cuda_api::destroy_cublas(cublas);
+    if (cusolver) cuda_api::destroy_cusolver(cusolver);
+    if (owns_stream && stream) cuda_api::destroy_stream(stream);
+  } catch (...) {
+  }
 }
 }  // namespace detail
 
@@ -99,13 +107,31 @@ namespace {
 constexpr std::size_t kHostAlignment = 64;
 }
 
+namespace {
+// Runs f with the context's device current on cuda (a hook's cudaMalloc, a free, a handle), for
+// paths that must not throw: if the device cannot even be selected, nothing can be freed on it.
+template <class F>
+void on_device_noexcept(const detail::Resources& res, F&& f) noexcept {
+  if (res.backend != Backend::cuda) {
+    f();
+    return;
+  }
+  try {
+    cuda_api::DeviceScope scope(res.device);
+    f();
+  } catch (...) {
+  }
+}
+}  // namespace
+
 void* Context::allocate(std::size_t bytes) const {
   if (bytes == 0) bytes = 1;
   void* p = nullptr;
+  std::optional<cuda_api::DeviceScope> scope;
+  if (is_cuda()) scope.emplace(res_->device);
   if (res_->allocator.allocate) {
     p = res_->allocator.allocate(bytes, res_->stream);
   } else if (is_cuda()) {
-    cuda_api::DeviceScope scope(res_->device);
     p = cuda_api::malloc_async(bytes, res_->stream);
   } else {
     const std::size_t rounded = (bytes + kHostAlignment - 1) / kHostAlignment * kHostAlignment;
@@ -119,13 +145,11 @@ void* Context::allocate(std::size_t bytes) const {
 
 void Context::deallocate(void* ptr, std::size_t bytes) const noexcept {
   if (!ptr) return;
-  if (res_->allocator.deallocate) {
-    res_->allocator.deallocate(ptr, bytes, res_->stream);
-  } else if (is_cuda()) {
-    cuda_api::free_async(ptr, res_->stream);
-  } else {
-    std::free(ptr);
-  }
+  on_device_noexcept(*res_, [&] {
+    if (res_->allocator.deallocate) res_->allocator.deallocate(ptr, bytes, res_->stream);
+    else if (is_cuda()) cuda_api::free_async(ptr, res_->stream);
+    else std::free(ptr);
+  });
 }
 
 std::shared_ptr<void> Context::allocate_owned(std::size_t bytes) const {
@@ -133,12 +157,12 @@ std::shared_ptr<void> Context::allocate_owned(std::size_t bytes) const {
   if (res_->allocator.deallocate) {
     // The hook's deallocator as it is now, with the stream; the resources stay alive for it.
     return std::shared_ptr<void>(p, [dealloc = res_->allocator.deallocate, res = res_, bytes](void* q) {
-      dealloc(q, bytes, res->stream);
+      on_device_noexcept(*res, [&] { dealloc(q, bytes, res->stream); });
     });
   }
   // The backend's default: a context copy without the hook frees through it.
   return std::shared_ptr<void>(p, [res = res_, cuda = is_cuda()](void* q) {
-    if (cuda) cuda_api::free_async(q, res->stream);
+    if (cuda) on_device_noexcept(*res, [&] { cuda_api::free_async(q, res->stream); });
     else std::free(q);
   });
 }

@@ -94,7 +94,11 @@ void* create_stream(int device) {
   return s;
 }
 
-void destroy_stream(void* stream) noexcept { cudaStreamDestroy(static_cast<cudaStream_t>(stream)); }
+// Failures of these noexcept calls are cleared from the thread's last-error state, so that the
+// next launch check does not report them as its own.
+void destroy_stream(void* stream) noexcept {
+  if (cudaStreamDestroy(static_cast<cudaStream_t>(stream)) != cudaSuccess) (void)cudaGetLastError();
+}
 
 void* malloc_async(std::size_t bytes, void* stream) {
   void* p = nullptr;
@@ -107,7 +111,9 @@ void* malloc_async(std::size_t bytes, void* stream) {
   return p;
 }
 
-void free_async(void* ptr, void* stream) noexcept { cudaFreeAsync(ptr, static_cast<cudaStream_t>(stream)); }
+void free_async(void* ptr, void* stream) noexcept {
+  if (cudaFreeAsync(ptr, static_cast<cudaStream_t>(stream)) != cudaSuccess) (void)cudaGetLastError();
+}
 
 void copy_2d_async(void* dst, std::size_t dst_pitch, const void* src, std::size_t src_pitch,
                    std::size_t width_bytes, std::size_t rows, void* stream) {

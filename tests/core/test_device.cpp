@@ -150,7 +150,9 @@ TEST_F(OtherDeviceTest, ViewOnAnotherDeviceThanTheContextIsRefused) {
                                  "the context computes on cuda device 0"});
   expect_error<InvalidArgument>([&] { blas::axpy<double>(dl, 1.0, x.vector(), y.vector()); },
                                 {"blas::axpy: y lives on cuda device 0", "cuda device " + std::to_string(last)});
-  // Copies between devices are allowed (peer to peer through the context's stream).
+  // Copies between devices are allowed (peer to peer through the context's stream). The upload
+  // ran on dl's stream, which d0's stream does not wait for: the caller orders the two.
+  dl.synchronize();
   Array<double> moved = x.to(d0);
   EXPECT_EQ(moved.device(), 0);
   EXPECT_EQ(moved.to_vector(d0), (std::vector<double>{1, 2, 3, 4}));

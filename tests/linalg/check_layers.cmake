@@ -5,7 +5,7 @@
 #   2 linalg     linalg                       (operators, eigsh, SLQ, traces: core only)
 #   3 model      model, engine;   3 data: datasets
 #   4 losses     losses                       (neither the trainer nor the datasets)
-#   5 curvature  curvature;       5 ntk: ntk  (neither includes the other)
+#   5 curvature  curvature;       5 ntk: ntk;   5 regions: regions  (none includes another)
 #   6 train      train
 #   7 umbrella   spectra                      (linalg + curvature + ntk, for users only)
 # A header missing from this table is an error, so that a new header gets a layer. Nothing under
@@ -23,6 +23,7 @@ set(layer_data 3)
 set(layer_losses 4)
 set(layer_curvature 5)
 set(layer_ntk 5)
+set(layer_regions 5)
 set(layer_train 6)
 set(layer_umbrella 7)
 foreach(h types view context array blas error random dlpack enum_names dispatch primitives export config)
@@ -36,6 +37,7 @@ set(group_datasets data)
 set(group_losses losses)
 set(group_curvature curvature)
 set(group_ntk ntk)
+set(group_regions regions)
 set(group_train train)
 set(group_spectra umbrella)
 
