@@ -257,4 +257,35 @@ struct BallPoints {
   }
 };
 
+// Uniform points in the cross-polytope {x_a + r sum_p c_p v_p : sum_p |c_p| <= 1} spanned by the
+// P orthonormal rows v_p of a frame [P, D] (double), around each anchor: row a * count + i. The
+// weights (|c_1|, ..., |c_P|, slack) are Dirichlet(1, ..., 1) - exponentials over their sum -
+// with random signs: uniform in the L1 ball. Draws: exponential of element p from Philox
+// (stream = row, step 4), signs from step 5. Body of parallel_for over rows.
+template <class T>
+struct CrossPolytopePoints {
+  MatrixView<const T> anchors;
+  const double* frame;
+  index_t p;
+  index_t count;
+  double radius;
+  std::uint64_t seed;
+  MatrixView<T> out;
+  DYNASCOPE_HD double weight(index_t row, index_t q) const {
+    const double u = philox_uniform<double>(seed, static_cast<std::uint32_t>(row), 4u, static_cast<std::uint64_t>(q));
+    return -log(1.0 - u);  // Exp(1); u < 1 so the log is finite
+  }
+  DYNASCOPE_HD void operator()(index_t row) const {
+    const index_t a = row / count;
+    const index_t d = out.cols;
+    double total = 0;
+    for (index_t q = 0; q <= p; ++q) total += weight(row, q);
+    for (index_t c = 0; c < d; ++c) out(row, c) = anchors(a, c);
+    for (index_t q = 0; q < p; ++q) {
+      const std::uint32_t bits = philox_u32(seed, static_cast<std::uint32_t>(row), 5u, static_cast<std::uint64_t>(q));
+      const double cq = ((bits >> 31) ? -1.0 : 1.0) * weight(row, q) / total * radius;
+      for (index_t c = 0; c < d; ++c) out(row, c) = static_cast<T>(static_cast<double>(out(row, c)) + cq * frame[q * d + c]);
+    }
+  }
+};
 }  // namespace dynascope::kern

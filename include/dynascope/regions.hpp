@@ -113,6 +113,12 @@ DYNASCOPE_API Array<T> segment_points(const Context& ctx, const double* x0, cons
 template <class T>
 DYNASCOPE_API Array<T> ball_points(const Context& ctx, MatrixView<const T> anchors, double radius, index_t count,
                                    std::uint64_t seed);
+// count uniform points in the cross-polytope {x_a + r sum_p c_p v_p : sum |c_p| <= 1} around every
+// anchor, spanned by the shared random frame of local_complexity (random_frame(ctx, D, dims,
+// seed)): the neighbourhood whose vertices the local complexity tests. Row a * count + i.
+template <class T>
+DYNASCOPE_API Array<T> cross_polytope_points(const Context& ctx, MatrixView<const T> anchors, double radius,
+                                             index_t dims, index_t count, std::uint64_t seed);
 
 // ---- Exact regions in low dimension (float64; piecewise-linear activations only) ----------------
 // On a segment or a plane every layer is affine on each region of the layers before it, so the

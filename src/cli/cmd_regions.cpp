@@ -22,6 +22,8 @@ struct RegionsCommand {
   std::string around;
   double radius = 0;
   index_t count = 0;
+  std::string shape = "ball";
+  index_t dims = 0;
   std::string segment;
   std::string plane;
   index_t resolution = 512;
@@ -43,6 +45,8 @@ void validate(const RegionsCommand& c) {
   if (c.model.model.empty() && c.model.arch.empty()) throw UsageError("regions needs --model FILE (or --arch)");
   if (!c.around.empty() && !(c.radius > 0)) throw UsageError("--around needs --radius R > 0");
   if (c.around.empty()) refuse_ignored(cmd, "--radius", "it is the radius of the balls of --around");
+  if (c.around.empty()) refuse_ignored(cmd, "--shape", "it is the neighbourhood of --around");
+  if (c.shape != "cross-polytope") refuse_ignored(cmd, "--dims", "it is the dimension of --shape cross-polytope");
   if (c.around.empty() && c.segment.empty()) refuse_ignored(cmd, "--count", "it is the number of points of --around or --segment");
   if (!c.around.empty() && c.count < 1) throw UsageError("--around needs --count M >= 1 (points per anchor)");
   if (c.exact && c.segment.empty()) throw UsageError("--exact walks a segment: it needs --segment S.npy");
@@ -102,8 +106,16 @@ int run(const RegionsCommand& c) {
     const auto anchors = read_points("--around", c.around, 0, d);
     const index_t a = static_cast<index_t>(anchors.size()) / d;
     const Array<T> av = upload<T>(ctx, anchors, a, d);
-    samples = regions::ball_points<T>(ctx, av.matrix(), c.radius, c.count, c.common.seed);
-    r["sampler"] = "ball";
+    if (c.shape == "ball") {
+      samples = regions::ball_points<T>(ctx, av.matrix(), c.radius, c.count, c.common.seed);
+    } else {
+      const index_t p = c.dims > 0 ? c.dims : std::min<index_t>(25, d);
+      if (p > d)
+        throw UsageError("--dims " + std::to_string(p) + " exceeds the input width " + std::to_string(d));
+      samples = regions::cross_polytope_points<T>(ctx, av.matrix(), c.radius, p, c.count, c.common.seed);
+      r["dims"] = p;
+    }
+    r["sampler"] = c.shape;
     r["anchors"] = a;
     r["radius"] = c.radius;
   } else if (!c.segment.empty()) {
@@ -233,7 +245,14 @@ Command register_regions(CLI::App& app) {
   cmd->add_option("--samples", c->samples, "count the distinct patterns of these points [M, D] (.npy)")->check(CLI::ExistingFile);
   cmd->add_option("--around", c->around, "anchors [A, D] (.npy): sample --count points uniformly in the ball of --radius around each")
       ->check(CLI::ExistingFile);
-  cmd->add_option("--radius", c->radius, "radius of the balls of --around, > 0")->check(finite_at_least(0, true));
+  cmd->add_option("--radius", c->radius, "radius of the neighbourhoods of --around, > 0")->check(finite_at_least(0, true));
+  cmd->add_option("--shape", c->shape,
+                  "neighbourhood of --around: ball (uniform in the Euclidean ball) | cross-polytope (uniform in the L1 ball "
+                  "spanned by lc's shared random frame of --dims directions and --seed: the neighbourhood lc tests)")
+      ->check(CLI::IsMember({"ball", "cross-polytope"}))
+      ->capture_default_str();
+  cmd->add_option("--dims", c->dims, "directions of --shape cross-polytope, 1 <= P <= input width (default min(25, D))")
+      ->check(at_least(1));
   cmd->add_option("--count", c->count, "points per anchor (--around) or along the segment (--segment; default 10000)")
       ->check(at_least(1));
   cmd->add_option("--segment", c->segment, "end points [2, D] (.npy): evenly spaced points from the first to the second")

@@ -111,12 +111,28 @@ Array<T> ball_points(const Context& ctx, MatrixView<const T> anchors, double rad
   return out;
 }
 
+template <class T>
+Array<T> cross_polytope_points(const Context& ctx, MatrixView<const T> anchors, double radius, index_t dims, index_t count,
+                               std::uint64_t seed) {
+  detail::check_matrix(ctx, anchors, "cross_polytope_points", "anchors");
+  if (!(radius > 0) || !std::isfinite(radius))
+    throw InvalidArgument("cross_polytope_points: the radius must be a positive finite number, got " + std::to_string(radius));
+  if (count < 1) throw InvalidArgument("cross_polytope_points: count must be >= 1, got " + std::to_string(count));
+  const Array<double> frame = random_frame<double>(ctx, anchors.cols, dims, seed);
+  Array<T> out(ctx, {anchors.rows * count, anchors.cols});
+  kern::parallel_for(ctx, anchors.rows * count,
+                     kern::CrossPolytopePoints<T>{anchors, frame.data(), dims, count, radius, seed, out.matrix()}, 64);
+  return out;
+}
+
 #define DYNASCOPE_INSTANTIATE(T)                                                                                     \
   template PatternResult count_patterns<T>(const Context&, const model::MlpSpec&, const T*, MatrixView<const T>,    \
                                            const PatternOptions&);                                                   \
   template Array<T> plane_grid<T>(const Context&, MatrixView<const double>, index_t);                               \
   template Array<T> segment_points<T>(const Context&, const double*, const double*, index_t, index_t);              \
-  template Array<T> ball_points<T>(const Context&, MatrixView<const T>, double, index_t, std::uint64_t);
+  template Array<T> ball_points<T>(const Context&, MatrixView<const T>, double, index_t, std::uint64_t);        \
+  template Array<T> cross_polytope_points<T>(const Context&, MatrixView<const T>, double, index_t, index_t,        \
+                                             std::uint64_t);
 DYNASCOPE_INSTANTIATE(float)
 DYNASCOPE_INSTANTIATE(double)
 #undef DYNASCOPE_INSTANTIATE

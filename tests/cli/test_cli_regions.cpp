@@ -126,6 +126,12 @@ TEST(CliRegions, DistinctPatternsExactRegionsAndTheMap) {
   ASSERT_EQ(b.exit_code, 0) << b;
   // Around (0.5, 0.5) the ball stays in one cell; around the origin it meets 4 cells.
   EXPECT_EQ(b.json()["distinct"].get<int>(), 4);
+  // The cross-polytope (a rotated diamond inside the same balls) meets the same cells.
+  const CliResult cp = run({"regions", "--model", net, "--activation", "relu", "--around", anchors, "--radius", "0.4",
+                            "--count", "2000", "--shape", "cross-polytope", "--dims", "2", "--quiet"});
+  ASSERT_EQ(cp.exit_code, 0) << cp;
+  EXPECT_EQ(cp.json()["distinct"].get<int>(), 4);
+  EXPECT_EQ(cp.json()["sampler"].get<std::string>(), "cross-polytope");
 }
 
 TEST(CliRegions, BadUsageIsRefusedBeforeAnyWork) {
@@ -143,6 +149,9 @@ TEST(CliRegions, BadUsageIsRefusedBeforeAnyWork) {
   expect_usage_error(with({"regions", "--plane", plane, "--exact"}), {"--exact", "--segment"});
   expect_usage_error(with({"regions", "--segment", seg, "--image", temp_path("m.png")}), {"--image", "--plane"});
   expect_usage_error(with({"regions", "--segment", seg, "--resolution", "64"}), {"--resolution"});
+  expect_usage_error(with({"regions", "--segment", seg, "--shape", "ball"}), {"--shape"});
+  expect_usage_error(with({"regions", "--around", x, "--radius", "1", "--count", "5", "--dims", "2"}), {"--dims"});
+  expect_usage_error(with({"regions", "--around", x, "--radius", "1", "--count", "5", "--shape", "cube"}), {"--shape"});
   expect_usage_error(with({"regions", "--plane", npy<double>("bad.npy", {0, 0, 1, 1}, {2, 2})}), {"--plane", "[3, 2]"});
   expect_usage_error(with({"regions", "--plane", npy<double>("col.npy", {0, 0, 1, 1, 2, 2}, {3, 2}), "--exact-2d"}),
                      {"collinear"});

@@ -189,6 +189,30 @@ TEST_P(Regions, SamplersFollowTheirFormulas) {
     }
     EXPECT_LE(std::sqrt(r2), 0.5 + 1e-12);
   }
+  // The cross-polytope of LC's shared frame: each point is anchor + frame^T c with sum |c_p| <= r,
+  // and uniform in that L1 ball (half of its volume lies within r / 2^(1/P)).
+  const index_t p = 3, m = 4000;
+  const auto cp = regions::cross_polytope_points<double>(ctx(), anchors.matrix(), 0.5, p, m, 3).to_vector(ctx());
+  const auto frame = regions::random_frame<double>(ctx(), 4, p, 3).to_vector(ctx());
+  ASSERT_EQ(cp.size(), std::size_t(2 * m * 4));
+  index_t inner = 0;
+  for (index_t row = 0; row < 2 * m; ++row) {
+    std::vector<double> v(4);
+    for (index_t c = 0; c < 4; ++c) v[std::size_t(c)] = cp[std::size_t(row * 4 + c)] - (row < m ? 0.0 : 5.0);
+    double l1 = 0, rest = 0;
+    std::vector<double> back(4, 0.0);
+    for (index_t q = 0; q < p; ++q) {
+      double coef = 0;
+      for (index_t c = 0; c < 4; ++c) coef += frame[std::size_t(q * 4 + c)] * v[std::size_t(c)];
+      l1 += std::abs(coef);
+      for (index_t c = 0; c < 4; ++c) back[std::size_t(c)] += coef * frame[std::size_t(q * 4 + c)];
+    }
+    for (index_t c = 0; c < 4; ++c) rest = std::max(rest, std::abs(back[std::size_t(c)] - v[std::size_t(c)]));
+    EXPECT_LE(l1, 0.5 + 1e-12);
+    EXPECT_LT(rest, 1e-12);  // inside the frame's span
+    inner += l1 < 0.5 / std::cbrt(2.0);
+  }
+  EXPECT_NEAR(double(inner) / double(2 * m), 0.5, 0.025);
 }
 
 TEST_P(Regions, EmptySetsAndNanSamples) {
