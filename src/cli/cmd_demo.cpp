@@ -1,19 +1,37 @@
 // dynascope demo: the main job on an embedded default. Trains a small network on a built-in
 // dataset and measures it along training, writing a report folder (checkpoints, train.csv,
-// report.json) and a summary table on stdout.
+// report.json, lc.csv, region maps) and a summary table on stdout.
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 
 #include "cli/ntk_summary.hpp"
+#include "cli/region_map.hpp"
 #include "cli/training_run.hpp"
 #include "dynascope/curvature.hpp"
+#include "dynascope/error.hpp"
 #include "dynascope/io.hpp"
 #include "dynascope/linalg.hpp"
 #include "dynascope/ntk.hpp"
+#include "dynascope/regions.hpp"
 
 namespace dynascope::cli {
 
 namespace {
+
+// The linear-regions section's switches and settings.
+struct RegionFlags {
+  bool no_lc = false;
+  double lc_radius = 0;  // 0: kLcRadiusFraction of the training inputs' bounding-box diagonal
+  index_t lc_dims = 0;   // 0: min(25, input width)
+  bool no_map = false;
+  index_t map_resolution = 512;
+  index_t map_max_regions = 50000;
+};
+constexpr double kLcRadiusFraction = 0.01;
+constexpr double kMapMargin = 0.05;  // of the box's longer side, on every side
 
 struct DemoCommand {
   CommonOptions common;
@@ -21,6 +39,8 @@ struct DemoCommand {
   DataFlags data;
   TrainFlags train;
   index_t ntk_samples = 128;
+  RegionFlags regions;
+  CLI::App* app = nullptr;
 };
 
 // The NTK section: at each checkpoint, the trace kernel on a fixed subset of the training set,
@@ -114,6 +134,161 @@ class CurvatureTracker {
   Array<T> previous_;
 };
 
+// The linear-regions section, part 1: the local complexity at every checkpoint of the training,
+// test and random points, exactly as `dynascope lc --checkpoints` computes it (the same point
+// sets, shared random frame, seed and CSV columns).
+struct LcSettings {
+  double radius = 0;
+  std::string radius_source;
+  index_t dims = 0;
+  BoundingBox box;
+};
+
+template <class T>
+class LcTracker {
+ public:
+  LcTracker(const Context& ctx, const model::MlpSpec& spec, const data::Split& split, const LcSettings& s, std::uint64_t seed)
+      : ctx_(ctx), spec_(spec), sets_(lc_point_sets<T>(ctx, split, 0, seed)), csv_(lc_csv_header(spec.layers())) {
+    options_.radius = s.radius;
+    options_.dims = s.dims;
+    options_.seed = seed;
+    options_.frame = regions::Frame::shared;
+  }
+  // Appends one row per point set; returns their total means (the summary table's columns).
+  std::vector<double> measure(index_t step, const Array<T>& params) {
+    std::vector<double> totals;
+    for (const LcPointSet<T>& set : sets_) {
+      const auto r = regions::local_complexity<T>(ctx_, spec_, params.data(), set.x.matrix(), options_);
+      csv_ += lc_csv_row(step, set.name, set.x.dim(0), r);
+      rows_.push_back(lc_row_json(step, set.name, set.x.dim(0), r));
+      totals.push_back(r.total_mean);
+    }
+    return totals;
+  }
+  const std::vector<LcPointSet<T>>& sets() const { return sets_; }
+  const std::string& csv() const { return csv_; }
+  const json& rows() const { return rows_; }
+
+ private:
+  Context ctx_;
+  model::MlpSpec spec_;
+  regions::LcOptions options_;
+  std::vector<LcPointSet<T>> sets_;
+  std::string csv_;
+  json rows_ = json::array();
+};
+
+// Part 2 (2-D inputs): the region map of a checkpoint over a square around the training inputs'
+// bounding box, as `dynascope regions --plane P.npy --resolution R --exact-2d --image` draws it,
+// with the training points. The exact partition is used while it stays under the cap; past it (or
+// for activations that are not piecewise linear) the edges come from the grid's patterns and
+// report.json says why.
+struct MapPlane {
+  std::vector<double> points;  // A, B, C [3, 2]: A + s (B - A) + t (C - A), s, t in [0, 1]
+  double side = 1;
+};
+
+MapPlane map_plane(const BoundingBox& box) {
+  const double w = box.hi[0] - box.lo[0], h = box.hi[1] - box.lo[1];
+  double side = std::max(w, h) * (1 + 2 * kMapMargin);
+  if (!(side > 0)) side = 1;  // every training input at one point
+  const double x0 = 0.5 * (box.lo[0] + box.hi[0]) - 0.5 * side, y0 = 0.5 * (box.lo[1] + box.hi[1]) - 0.5 * side;
+  return {{x0, y0, x0 + side, y0, x0, y0 + side}, side};
+}
+
+bool piecewise_linear(const model::MlpSpec& spec) {
+  for (const auto& a : spec.activations)
+    if (a.kind != model::Activation::relu && a.kind != model::Activation::leaky_relu && a.kind != model::Activation::abs &&
+        a.kind != model::Activation::identity)
+      return false;
+  return true;
+}
+
+template <class T>
+json draw_region_map(const Context& ctx, const model::MlpSpec& spec, const Array<T>& params, index_t step,
+                     const MapPlane& plane, const data::Dataset& train, const RegionFlags& f, const std::string& path) {
+  json info;
+  info["step"] = step;
+  const std::vector<T> host = params.to_vector(ctx);
+  if (!std::all_of(host.begin(), host.end(), [](T v) { return std::isfinite(v); })) {
+    info["skipped"] = "the parameters hold NaN or infinite values (the run diverged)";
+    return info;
+  }
+  const MatrixView<const double> pts{plane.points.data(), 3, 2, 2};
+  const Array<T> grid = regions::plane_grid<T>(ctx, pts, f.map_resolution);
+  regions::PatternOptions po;
+  po.ids = true;
+  const regions::PatternResult pr = regions::count_patterns<T>(ctx, spec, params.data(), grid.matrix(), po);
+  RegionMap map;
+  map.resolution = f.map_resolution;
+  const Array<std::int64_t> ids = pr.ids.to_host(ctx);
+  map.region.assign(ids.data(), ids.data() + ids.size());
+  map.label = predicted_classes<T>(ctx, spec, params.data(), grid.matrix());
+  regions::PlaneRegions exact;
+  if (!piecewise_linear(spec)) {
+    info["exact"] = false;
+    info["exact_skipped"] = "the exact partition needs piecewise-linear activations (relu, leaky_relu, abs, identity); "
+                            "edges drawn where the grid's activation pattern changes";
+  } else {
+    try {
+      exact = regions::plane_regions<T>(ctx, spec, params.data(), pts, f.map_max_regions);
+      map.exact = &exact;
+      info["exact"] = true;
+      info["regions"] = exact.polygons.size();
+      info["boundary_regions"] = exact.boundary_regions;
+    } catch (const InvalidArgument& e) {  // past --map-max-regions
+      info["exact"] = false;
+      info["exact_skipped"] = "--map-max-regions " + std::to_string(f.map_max_regions) + ": " + e.what() +
+                              "; edges drawn where the grid's activation pattern changes";
+    }
+  }
+  info["distinct_on_grid"] = pr.distinct;
+  for (index_t i = 0; i < train.n; ++i) {
+    map.points.push_back({(train.x[std::size_t(2 * i)] - plane.points[0]) / plane.side,
+                          (train.x[std::size_t(2 * i + 1)] - plane.points[1]) / plane.side});
+    if (train.task == data::Task::classification) map.point_labels.push_back(int(train.labels[std::size_t(i)]));
+  }
+  write_region_map(path, map);
+  info["file"] = path;
+  return info;
+}
+
+// Checks the section's flags against each other and the data before any work; the settings.
+LcSettings lc_settings(const DemoCommand& c, const data::Split& split) {
+  const CLI::App& cmd = *c.app;
+  const RegionFlags& f = c.regions;
+  const index_t d = split.train.d;
+  LcSettings s;
+  s.box = bounding_box(split.train.x, split.train.n, d);
+  if (f.no_lc) {
+    refuse_ignored(cmd, "--lc-radius", "--no-lc switches the local complexity off");
+    refuse_ignored(cmd, "--lc-dims", "--no-lc switches the local complexity off");
+  } else {
+    if (f.lc_dims > d)
+      throw UsageError("--lc-dims " + std::to_string(f.lc_dims) + " exceeds the input width " + std::to_string(d) +
+                       " (the directions must be orthonormal)");
+    s.dims = f.lc_dims > 0 ? f.lc_dims : std::min<index_t>(25, d);
+    if (given(cmd, "--lc-radius")) {
+      s.radius = f.lc_radius;
+      s.radius_source = "--lc-radius";
+    } else {
+      s.radius = kLcRadiusFraction * s.box.diagonal();
+      s.radius_source = "1% of the diagonal of the training inputs' bounding box (--lc-radius to choose)";
+      if (!(s.radius > 0))
+        throw UsageError("--lc-radius: the training inputs all lie at one point, so the default radius (1% of their "
+                         "bounding box's diagonal) is 0; give --lc-radius R > 0 or --no-lc");
+    }
+  }
+  if (f.no_map) {
+    refuse_ignored(cmd, "--map-resolution", "--no-region-map switches the region maps off");
+    refuse_ignored(cmd, "--map-max-regions", "--no-region-map switches the region maps off");
+  } else if (d != 2) {
+    refuse_ignored(cmd, "--map-resolution", "region maps are drawn for 2-D inputs only and these have " + std::to_string(d));
+    refuse_ignored(cmd, "--map-max-regions", "region maps are drawn for 2-D inputs only and these have " + std::to_string(d));
+  }
+  return s;
+}
+
 template <class T>
 int run(const DemoCommand& c) {
   const auto start = std::chrono::steady_clock::now();
@@ -126,15 +301,87 @@ int run(const DemoCommand& c) {
                              split.train.name + " (" + std::to_string(split.train.n) + " train / " +
                              std::to_string(split.test.n) + " test samples), " + std::to_string(c.train.steps) + " steps of " +
                              c.train.optimizer + "; report in " + c.train.out_dir + "/");
+  const LcSettings lc = lc_settings(c, split);
+  const bool do_lc = !c.regions.no_lc, do_map = !c.regions.no_map && split.train.d == 2;
   NtkTracker<T> tracker(ctx, host, net.spec, split.train, c.ntk_samples, c.common.seed);
   const model::Loss loss = c.train.loss.empty() ? default_loss(split.train) : model::parse_loss(c.train.loss);
   CurvatureTracker<T> curvature(ctx, net.spec, split, loss);
+  std::optional<LcTracker<T>> lc_tracker;
+  if (do_lc) lc_tracker.emplace(ctx, net.spec, split, lc, c.common.seed);
   std::vector<NtkRow> ntk_rows;
   std::vector<CurvatureRow> curvature_rows;
-  const auto outcome = run_training<T>(ctx, c.common, c.train, net, split, true, [&](index_t, const Array<T>& params) {
+  std::vector<std::vector<double>> lc_totals;
+  // The maps are drawn after training, from the parameters of the first and the latest checkpoint.
+  Array<T> first_params, last_params;
+  index_t first_step = -1, last_step = -1;
+  const auto outcome = run_training<T>(ctx, c.common, c.train, net, split, true, [&](index_t step, const Array<T>& params) {
     ntk_rows.push_back(tracker.measure(params));
     curvature_rows.push_back(curvature.measure(params, c.common.seed));
+    if (lc_tracker) lc_totals.push_back(lc_tracker->measure(step, params));
+    if (do_map) {
+      if (first_step < 0) {
+        first_params = params.to(ctx);
+        first_step = step;
+      } else {
+        last_params = params.to(ctx);
+        last_step = step;
+      }
+    }
   });
+  const std::filesystem::path out_dir(c.train.out_dir);
+  json lc_json, maps_json;
+  if (lc_tracker) {
+    const std::string csv_file = (out_dir / "lc.csv").string();
+    io::write_text_atomic(csv_file, lc_tracker->csv());
+    json samples;
+    for (const auto& set : lc_tracker->sets()) samples[set.name] = set.x.dim(0);
+    lc_json = {{"radius", lc.radius},
+               {"radius_source", lc.radius_source},
+               {"bounding_box", {{"lo", lc.box.lo}, {"hi", lc.box.hi}, {"diagonal", lc.box.diagonal()}}},
+               {"dims", lc.dims},
+               {"frame", "shared"},
+               {"seed", c.common.seed},
+               {"samples", samples},
+               {"csv_file", csv_file},
+               {"note", "local complexity (Humayun, Balestriero & Baraniuk): at each point x, the neurons whose "
+                        "pre-activation sign is not the same at all 2P vertices x +- r v_p of a cross-polytope spanned by "
+                        "one random orthonormal frame of P = dims directions shared by all points (seeded); total_mean = "
+                        "mean over the points of the count summed over hidden layers, all_layers_mean with the output "
+                        "layer, per_layer_mean per linear layer (the output layer last). Point sets: the training "
+                        "inputs, the test inputs and as many uniform random points in the training inputs' bounding box "
+                        "as training points. The same rows as `dynascope lc --checkpoints DIR --radius R --dims P "
+                        "--out-csv F` with the demo's data flags and seed."},
+               {"rows", lc_tracker->rows()}};
+  } else {
+    lc_json = {{"skipped", "--no-lc"}};
+  }
+  if (c.regions.no_map) {
+    maps_json = {{"skipped", "--no-region-map"}};
+  } else if (!do_map) {
+    maps_json = {{"skipped", "the inputs have " + std::to_string(split.train.d) +
+                                 " dimensions; region maps are drawn for 2-D inputs only (for a 2-D slice of a checkpoint "
+                                 "use dynascope regions --plane P.npy --image map.png)"}};
+  } else {
+    if (last_step < 0) {  // one checkpoint: it is the first and the last
+      last_params = first_params.to(ctx);
+      last_step = first_step;
+    }
+    print_status(c.common, "demo: region maps of steps " + std::to_string(first_step) + " and " + std::to_string(last_step));
+    const MapPlane plane = map_plane(lc.box);
+    maps_json["plane"] = {{"A", {plane.points[0], plane.points[1]}},
+                          {"B", {plane.points[2], plane.points[3]}},
+                          {"C", {plane.points[4], plane.points[5]}}};
+    maps_json["resolution"] = c.regions.map_resolution;
+    maps_json["max_regions"] = c.regions.map_max_regions;
+    maps_json["note"] = "the square x = A + s (B - A) + t (C - A), s, t in [0, 1], around the training inputs' bounding "
+                        "box (5% margin), drawn as `dynascope regions --plane P.npy --exact-2d --image` does: linear "
+                        "regions in shades of their predicted class, their edges (the exact partition unless past "
+                        "max_regions), the decision boundary in black, the training points coloured by class";
+    maps_json["first"] = draw_region_map<T>(ctx, net.spec, first_params, first_step, plane, split.train, c.regions,
+                                            (out_dir / "region_map_first.png").string());
+    maps_json["last"] = draw_region_map<T>(ctx, net.spec, last_params, last_step, plane, split.train, c.regions,
+                                           (out_dir / "region_map_last.png").string());
+  }
 
   json rows = json::array();
   for (std::size_t i = 0; i < outcome.rows.size(); ++i) {
@@ -177,11 +424,18 @@ int run(const DemoCommand& c) {
                             "1,2,5,10,20` does: eigenvalues = the top eigenvalues; energy[k] = E_k(y), the share of the "
                             "centred targets' energy (one-hot for classes) in the top-k eigenvectors; kta = uncentred "
                             "and kta_centered = centred kernel-target alignment; distance_to_init = 1 - <K0,K>/(|K0||K|)"}};
+  report["local_complexity"] = lc_json;
+  report["region_maps"] = maps_json;
   report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   io::write_text_atomic((std::filesystem::path(c.train.out_dir) / "report.json").string(), report.dump(2) + "\n");
 
-  std::printf("%7s  %10s  %9s  %10s  %9s  %10s  %7s  %7s  %6s  %7s  %9s  %9s\n", "step", "train loss", "train acc",
+  std::printf("%7s  %10s  %9s  %10s  %9s  %10s  %7s  %7s  %6s  %7s  %9s  %9s", "step", "train loss", "train acc",
               "test loss", "test acc", "NTK l1", "l1/l2", "E_5(y)", "cKTA", "S(K0,K)", "Hess l1", "Hess tr");
+  // The local complexity's total mean of each point set (train, test when there is one, random).
+  if (lc_tracker)
+    for (const auto& set : lc_tracker->sets())
+      std::printf("  %8s", set.name == "random" ? "LC rand" : ("LC " + set.name).c_str());
+  std::printf("\n");
   for (std::size_t i = 0; i < outcome.rows.size(); ++i) {
     const auto& r = outcome.rows[i];
     const NtkRow& nr = ntk_rows[i];
@@ -189,13 +443,21 @@ int run(const DemoCommand& c) {
     const std::vector<double> top = nr.summary["eigenvalues"].get<std::vector<double>>();
     const json& energy = nr.summary["energy"];
     const double e5 = energy.contains("5") ? energy["5"].get<double>() : energy.back().get<double>();
-    std::printf("%7lld  %10.6f  %9.4f  %10.6f  %9.4f  %10.4g  %7.2f  %7.4f  %6.3f  %7.4f  %9.4g  %9.4g\n",
+    std::printf("%7lld  %10.6f  %9.4f  %10.6f  %9.4f  %10.4g  %7.2f  %7.4f  %6.3f  %7.4f  %9.4g  %9.4g",
                 static_cast<long long>(r.step), r.train.loss, r.train.accuracy, r.test.loss, r.test.accuracy, top[0],
                 top.size() > 1 ? top[0] / top[1] : 0.0, e5, nr.summary["kta_centered"].get<double>(),
                 nr.distance_to_init, cr.top[0], cr.trace);
+    if (i < lc_totals.size())
+      for (double v : lc_totals[i]) std::printf("  %8.3f", v);
+    std::printf("\n");
   }
-  std::printf("report: %s/report.json, %s/train.csv, %zu checkpoints (%.1f s)\n", c.train.out_dir.c_str(),
-              c.train.out_dir.c_str(), outcome.rows.size(), report["seconds"].get<double>());
+  std::string files = c.train.out_dir + "/report.json, " + c.train.out_dir + "/train.csv";
+  if (lc_tracker) files += ", " + c.train.out_dir + "/lc.csv";
+  if (maps_json.contains("first") && maps_json["first"].contains("file"))
+    files += ", " + c.train.out_dir + "/region_map_first.png";
+  if (maps_json.contains("last") && maps_json["last"].contains("file"))
+    files += ", " + c.train.out_dir + "/region_map_last.png";
+  std::printf("report: %s, %zu checkpoints (%.1f s)\n", files.c_str(), outcome.rows.size(), report["seconds"].get<double>());
   if (!c.common.out.empty()) emit_result("demo", c.common, ctx, report, start);
   return outcome.result.diverged ? 1 : 0;
 }
@@ -206,6 +468,7 @@ Command register_demo(CLI::App& app) {
   auto* cmd = app.add_subcommand("demo", "The main job: train a small network on a built-in dataset and track the "
                                          "diagnostics along training (report folder + summary table)");
   auto c = std::make_shared<DemoCommand>();
+  c->app = cmd;
   // The embedded default: two spirals, a 2-64-64-2 ReLU network, full-batch Adam.
   c->data.dataset = "spirals";
   c->data.samples = 512;
@@ -220,8 +483,31 @@ Command register_demo(CLI::App& app) {
   add_model_flags(*cmd, c->model, false);
   add_data_flags(*cmd, c->data, true);
   add_train_flags(*cmd, c->train);
-  add_out_dir_flags(*cmd, c->train, "run folder (checkpoints, train.csv, report.json)");
+  add_out_dir_flags(*cmd, c->train, "run folder (checkpoints, train.csv, report.json, lc.csv, region_map_first.png, "
+                                     "region_map_last.png)");
   cmd->add_option("--ntk-samples", c->ntk_samples, "training samples the NTK section uses, >= 1")
+      ->check(at_least(1))
+      ->capture_default_str();
+  RegionFlags& rf = c->regions;
+  cmd->add_flag("--no-lc", rf.no_lc,
+                "no local complexity (the linear-regions section's lc.csv, report rows and LC columns)");
+  cmd->add_option("--lc-radius", rf.lc_radius,
+                  "radius r of the local complexity's cross-polytopes, > 0, in input units (default: 1% of the "
+                  "diagonal of the training inputs' bounding box)")
+      ->check(finite_at_least(0, /*open=*/true));
+  cmd->add_option("--lc-dims", rf.lc_dims,
+                  "directions P of the local complexity's cross-polytopes, 1 <= P <= input width (default: min(25, "
+                  "input width))")
+      ->check(at_least(1));
+  cmd->add_flag("--no-region-map", rf.no_map,
+                "no region maps (2-D inputs: region_map_first.png and region_map_last.png)");
+  cmd->add_option("--map-resolution", rf.map_resolution,
+                  "region maps: pixels per side, one grid point each, 16..4096")
+      ->check(in_range(16, 4096))
+      ->capture_default_str();
+  cmd->add_option("--map-max-regions", rf.map_max_regions,
+                  "region maps: draw the exact partition when it has at most this many regions, else the grid's "
+                  "edges, >= 1")
       ->check(at_least(1))
       ->capture_default_str();
   return {cmd, [c] {

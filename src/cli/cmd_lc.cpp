@@ -3,12 +3,11 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 
 #include "cli/model_flags.hpp"
+#include "cli/training_run.hpp"
 #include "dynascope/dispatch.hpp"
 #include "dynascope/io.hpp"
-#include "dynascope/random.hpp"
 #include "dynascope/regions.hpp"
 
 namespace dynascope::cli {
@@ -67,26 +66,6 @@ std::vector<std::pair<index_t, std::string>> list_checkpoints(const std::string&
   if (out.empty())
     throw UsageError("--checkpoints: '" + dir + "' holds no step_*.safetensors (write them with dynascope train --out-dir)");
   std::sort(out.begin(), out.end());
-  return out;
-}
-
-// Uniform points in the bounding box of x [n, d], seeded.
-std::vector<double> random_in_box(const std::vector<double>& x, index_t n, index_t d, index_t m, std::uint64_t seed) {
-  std::vector<double> lo(std::size_t(d), 0.0), hi(std::size_t(d), 0.0);
-  for (index_t j = 0; j < d; ++j) {
-    lo[std::size_t(j)] = hi[std::size_t(j)] = x[std::size_t(j)];
-    for (index_t i = 1; i < n; ++i) {
-      lo[std::size_t(j)] = std::min(lo[std::size_t(j)], x[std::size_t(i * d + j)]);
-      hi[std::size_t(j)] = std::max(hi[std::size_t(j)], x[std::size_t(i * d + j)]);
-    }
-  }
-  const Context host = Context::host();
-  Array<double> u(host, {m, d});
-  random::fill_uniform<double>(host, {seed, 0x1c, 0}, u.vector());
-  std::vector<double> out(std::size_t(m * d));
-  for (index_t i = 0; i < m; ++i)
-    for (index_t j = 0; j < d; ++j)
-      out[std::size_t(i * d + j)] = lo[std::size_t(j)] + u.data()[i * d + j] * (hi[std::size_t(j)] - lo[std::size_t(j)]);
   return out;
 }
 
@@ -154,19 +133,10 @@ int run(const LcCommand& c) {
     return 0;
   }
 
-  // Along training: every checkpoint, on train, test and random points.
-  struct PointSet {
-    std::string name;
-    Array<T> x;
-  };
-  std::vector<PointSet> sets;
-  sets.push_back({"train", model::to_device<T>(ctx, split.train).x});
-  if (split.test.n > 0) sets.push_back({"test", model::to_device<T>(ctx, split.test).x});
-  const index_t m = c.random_points > 0 ? c.random_points : split.train.n;
-  sets.push_back({"random", upload<T>(ctx, random_in_box(split.train.x, split.train.n, split.train.d, m, c.common.seed),
-                                      m, split.train.d)});
-  std::ostringstream csv;
-  csv << "step,points,samples,total_mean,all_layers_mean";
+  // Along training: every checkpoint, on train, test and random points (the demo's point sets,
+  // CSV and rows: training_run.hpp).
+  const std::vector<LcPointSet<T>> sets = lc_point_sets<T>(ctx, split, c.random_points, c.common.seed);
+  std::string csv;
   std::size_t layers = 0;
   json rows = json::array();
   for (std::size_t q = 0; q < steps.size(); ++q) {
@@ -175,26 +145,20 @@ int run(const LcCommand& c) {
     model::Mlp<T> net = load_network<T>(ctx, mf, c.common.seed, split, TargetUse::alignment);
     if (q == 0) {
       layers = std::size_t(net.spec.layers());
-      for (std::size_t l = 0; l < layers; ++l) csv << ",layer" << (l + 1);
-      csv << "\n";
+      csv = lc_csv_header(net.spec.layers());
       r["network"] = spec_json(net);
     } else if (std::size_t(net.spec.layers()) != layers) {
       throw UsageError("--checkpoints: '" + steps[q].second + "' has another architecture than the first checkpoint");
     }
-    for (const PointSet& s : sets) {
+    for (const LcPointSet<T>& s : sets) {
       const auto res = regions::local_complexity<T>(ctx, net.spec, net.params.data(), s.x.matrix(), o, frame.matrix());
-      csv << steps[q].first << "," << s.name << "," << s.x.dim(0) << "," << res.total_mean << "," << res.all_layers_mean;
-      for (double v : res.per_layer_mean) csv << "," << v;
-      csv << "\n";
-      json row = lc_json<T>(res);
-      row["step"] = steps[q].first;
-      row["points"] = s.name;
-      rows.push_back(row);
+      csv += lc_csv_row(steps[q].first, s.name, s.x.dim(0), res);
+      rows.push_back(lc_row_json(steps[q].first, s.name, s.x.dim(0), res));
     }
     print_status(c.common, "lc: checkpoint " + std::to_string(q + 1) + "/" + std::to_string(steps.size()) + " (step " +
                                std::to_string(steps[q].first) + ")");
   }
-  io::write_text_atomic(c.out_csv, csv.str());
+  io::write_text_atomic(c.out_csv, csv);
   r["checkpoints"] = steps.size();
   r["csv_file"] = c.out_csv;
   r["rows"] = rows;

@@ -5,6 +5,7 @@
 
 #include "cli/model_flags.hpp"
 #include "cli/region_map.hpp"
+#include "cli/training_run.hpp"
 #include "dynascope/engine.hpp"
 #include "dynascope/dispatch.hpp"
 #include "dynascope/io.hpp"
@@ -171,20 +172,7 @@ int run(const RegionsCommand& c) {
     const Array<std::int64_t> ids = pr.ids.to_host(ctx);
     map.region.assign(ids.data(), ids.data() + ids.size());
     // The predicted class at every grid point.
-    model::MlpEngine<T> engine(ctx, net.spec);
-    const index_t o = net.spec.outputs(), n = samples.dim(0);
-    map.label.assign(std::size_t(n), 0);
-    const index_t tile = 65536;
-    for (index_t s0 = 0; s0 < n; s0 += tile) {
-      const index_t m = std::min(tile, n - s0);
-      const MatrixView<const T> out = engine.forward(net.params.data(), MatrixView<const T>(samples.matrix().block(s0, 0, m, d)));
-      std::vector<T> host(std::size_t(m * o));
-      copy(ctx, out, MatrixView<T>{host.data(), m, o, o, Backend::host});
-      for (index_t i = 0; i < m; ++i) {
-        const T* row = host.data() + i * o;
-        map.label[std::size_t(s0 + i)] = o == 1 ? (row[0] > 0 ? 1 : 0) : int(std::max_element(row, row + o) - row);
-      }
-    }
+    map.label = predicted_classes<T>(ctx, net.spec, net.params.data(), samples.matrix());
     if (c.exact_2d) map.exact = &exact2d;
     if (!c.data.inputs.empty() || !c.data.dataset.empty()) {
       const data::Split split = load_data(c.data, c.common.seed);

@@ -1,13 +1,16 @@
 #include "cli/training_run.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
 
 #include "dynascope/config.hpp"
+#include "dynascope/engine.hpp"
 #include "dynascope/error.hpp"
 #include "dynascope/io.hpp"
+#include "dynascope/random.hpp"
 
 namespace dynascope::cli {
 
@@ -36,8 +39,8 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
 void add_out_dir_flags(CLI::App& cmd, TrainFlags& f, const std::string& what) {
   cmd.add_option("--out-dir", f.out_dir, what)->capture_default_str();
   cmd.add_flag("--overwrite", f.overwrite,
-               "replace an earlier run in --out-dir (its step_*.safetensors, train.csv and report.json are removed "
-               "first); without it such a folder is refused");
+               "replace an earlier run in --out-dir (its step_*.safetensors, train.csv, report.json and the demo's "
+               "lc.csv and region_map_{first,last}.png are removed first); without it such a folder is refused");
 }
 
 void prepare_out_dir(const TrainFlags& f) {
@@ -47,19 +50,25 @@ void prepare_out_dir(const TrainFlags& f) {
   const fs::path dir(f.out_dir);
   if (fs::exists(dir, ec) && !fs::is_directory(dir, ec))
     throw UsageError("--out-dir: '" + f.out_dir + "' exists and is not a folder");
+  // The files a run writes: train's, and the demo's report and linear-regions section.
+  const std::vector<std::string> run_files{"train.csv", "report.json", "lc.csv", "region_map_first.png",
+                                           "region_map_last.png"};
   std::vector<fs::path> earlier;
+  std::vector<std::string> others;  // the run files found that are not checkpoints, for the message
   if (fs::is_directory(dir, ec)) {
     for (const auto& entry : fs::directory_iterator(dir, ec)) {
       const std::string name = entry.path().filename().string();
       const bool checkpoint = name.rfind("step_", 0) == 0 && entry.path().extension() == ".safetensors";
-      if (checkpoint || name == "train.csv" || name == "report.json") earlier.push_back(entry.path());
+      const bool other = std::find(run_files.begin(), run_files.end(), name) != run_files.end();
+      if (checkpoint || other) earlier.push_back(entry.path());
+      if (other) others.push_back(name);
     }
   }
   if (!earlier.empty() && !f.overwrite) {
-    std::size_t checkpoints = 0;
-    for (const auto& p : earlier) checkpoints += p.extension() == ".safetensors";
-    throw UsageError("--out-dir: '" + f.out_dir + "' holds an earlier run (" + std::to_string(checkpoints) +
-                     " checkpoints" + (earlier.size() > checkpoints ? ", train.csv or report.json" : "") +
+    std::sort(others.begin(), others.end());
+    std::string found = std::to_string(earlier.size() - others.size()) + " checkpoints";
+    for (const std::string& name : others) found += ", " + name;
+    throw UsageError("--out-dir: '" + f.out_dir + "' holds an earlier run (" + found +
                      "); choose another folder, or pass --overwrite to remove them first");
   }
   for (const auto& p : earlier) {
@@ -209,6 +218,109 @@ RunOutcome<T> run_training(const Context& ctx, const CommonOptions& common, cons
   if (!flags.out_dir.empty()) io::write_text_atomic((fs::path(flags.out_dir) / "train.csv").string(), csv);
   return out;
 }
+
+double BoundingBox::diagonal() const {
+  double s = 0;
+  for (std::size_t j = 0; j < lo.size(); ++j) s += (hi[j] - lo[j]) * (hi[j] - lo[j]);
+  return std::sqrt(s);
+}
+
+BoundingBox bounding_box(const std::vector<double>& x, index_t n, index_t d) {
+  BoundingBox b{std::vector<double>(std::size_t(d), 0.0), std::vector<double>(std::size_t(d), 0.0)};
+  if (n < 1) return b;
+  for (index_t j = 0; j < d; ++j) {
+    double& lo = b.lo[std::size_t(j)];
+    double& hi = b.hi[std::size_t(j)];
+    lo = hi = x[std::size_t(j)];
+    for (index_t i = 1; i < n; ++i) {
+      lo = std::min(lo, x[std::size_t(i * d + j)]);
+      hi = std::max(hi, x[std::size_t(i * d + j)]);
+    }
+  }
+  return b;
+}
+
+std::vector<double> random_in_box(const std::vector<double>& x, index_t n, index_t d, index_t m, std::uint64_t seed) {
+  const BoundingBox b = bounding_box(x, n, d);
+  const Context host = Context::host();
+  Array<double> u(host, {m, d});
+  random::fill_uniform<double>(host, {seed, 0x1c, 0}, u.vector());
+  std::vector<double> out(std::size_t(m * d));
+  for (index_t i = 0; i < m; ++i)
+    for (index_t j = 0; j < d; ++j)
+      out[std::size_t(i * d + j)] =
+          b.lo[std::size_t(j)] + u.data()[i * d + j] * (b.hi[std::size_t(j)] - b.lo[std::size_t(j)]);
+  return out;
+}
+
+template <class T>
+std::vector<LcPointSet<T>> lc_point_sets(const Context& ctx, const data::Split& split, index_t random_points,
+                                         std::uint64_t seed) {
+  std::vector<LcPointSet<T>> sets;
+  sets.push_back({"train", model::to_device<T>(ctx, split.train).x});
+  if (split.test.n > 0) sets.push_back({"test", model::to_device<T>(ctx, split.test).x});
+  const index_t m = random_points > 0 ? random_points : split.train.n, d = split.train.d;
+  const std::vector<double> r = random_in_box(split.train.x, split.train.n, d, m, seed);
+  Array<T> h(Context::host(), {m, d});
+  std::copy(r.begin(), r.end(), h.data());
+  sets.push_back({"random", h.to(ctx)});
+  return sets;
+}
+
+std::string lc_csv_header(index_t layers) {
+  std::string s = "step,points,samples,total_mean,all_layers_mean";
+  for (index_t l = 0; l < layers; ++l) s += ",layer" + std::to_string(l + 1);
+  return s + "\n";
+}
+
+std::string lc_csv_row(index_t step, const std::string& points, index_t samples, const regions::LcResult& r) {
+  // Means of integer counts: 10 significant digits keep them exact for any realistic sample count.
+  std::ostringstream s;
+  s.precision(10);
+  s << step << "," << points << "," << samples << "," << r.total_mean << "," << r.all_layers_mean;
+  for (double v : r.per_layer_mean) s << "," << v;
+  s << "\n";
+  return s.str();
+}
+
+json lc_row_json(index_t step, const std::string& points, index_t samples, const regions::LcResult& r) {
+  json j;
+  j["step"] = step;
+  j["points"] = points;
+  j["samples"] = samples;
+  j["total_mean"] = r.total_mean;
+  j["all_layers_mean"] = r.all_layers_mean;
+  j["per_layer_mean"] = r.per_layer_mean;
+  return j;
+}
+
+template <class T>
+std::vector<int> predicted_classes(const Context& ctx, const model::MlpSpec& spec, const T* params, MatrixView<const T> x) {
+  model::MlpEngine<T> engine(ctx, spec);
+  const index_t o = spec.outputs(), n = x.rows, d = x.cols;
+  std::vector<int> label(std::size_t(n), 0);
+  std::vector<T> host;
+  // Tiles of 8192 rows keep the engine's buffers small (and in cache for narrow networks) whatever
+  // the grid.
+  const index_t tile = 8192;
+  for (index_t s0 = 0; s0 < n; s0 += tile) {
+    const index_t m = std::min(tile, n - s0);
+    const MatrixView<const T> out = engine.forward(params, MatrixView<const T>(x.block(s0, 0, m, d)));
+    host.resize(std::size_t(m * o));
+    copy(ctx, out, MatrixView<T>{host.data(), m, o, o, Backend::host});
+    for (index_t i = 0; i < m; ++i) {
+      const T* row = host.data() + i * o;
+      label[std::size_t(s0 + i)] = o == 1 ? (row[0] > 0 ? 1 : 0) : int(std::max_element(row, row + o) - row);
+    }
+  }
+  return label;
+}
+
+template std::vector<LcPointSet<float>> lc_point_sets<float>(const Context&, const data::Split&, index_t, std::uint64_t);
+template std::vector<LcPointSet<double>> lc_point_sets<double>(const Context&, const data::Split&, index_t, std::uint64_t);
+template std::vector<int> predicted_classes<float>(const Context&, const model::MlpSpec&, const float*, MatrixView<const float>);
+template std::vector<int> predicted_classes<double>(const Context&, const model::MlpSpec&, const double*,
+                                                    MatrixView<const double>);
 
 template RunOutcome<float> run_training<float>(const Context&, const CommonOptions&, const TrainFlags&, model::Mlp<float>&,
                                                const data::Split&, bool,

@@ -2,9 +2,11 @@
 // One training run as the train and demo commands do it: checkpoints, train.csv, evaluation of
 // the train and test sets at each checkpoint, progress on stderr.
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "cli/model_flags.hpp"
+#include "dynascope/regions.hpp"
 
 namespace dynascope::cli {
 
@@ -27,8 +29,9 @@ void add_out_dir_flags(CLI::App& cmd, TrainFlags& f, const std::string& what);
 model::OptimizerOptions optimizer_options(const TrainFlags& f);
 
 // Makes the run folder ready before any work: created if missing; a folder that holds an earlier
-// run (step_*.safetensors, train.csv, report.json) is refused unless --overwrite, which removes
-// exactly those files first, so two runs never mix.
+// run (step_*.safetensors, train.csv, report.json, and the demo's lc.csv, region_map_first.png and
+// region_map_last.png) is refused unless --overwrite, which removes exactly those files first, so
+// two runs never mix.
 void prepare_out_dir(const TrainFlags& f);
 
 // The whole configuration of a run, for report.json and the train result: command line, version,
@@ -57,5 +60,43 @@ template <class T>
 RunOutcome<T> run_training(const Context& ctx, const CommonOptions& common, const TrainFlags& flags, model::Mlp<T>& net,
                            const data::Split& split, bool write_checkpoints,
                            const std::function<void(index_t step, const Array<T>& params)>& at_checkpoint = {});
+
+// ---- Local complexity along training: shared by `lc --checkpoints` and the demo ------------------
+// The same point sets, CSV columns and JSON rows in both, so that the demo's lc.csv is what
+// `dynascope lc --checkpoints` writes for the same run, data flags, radius, dims and seed.
+
+// The per-column bounds of x [n, d] (row-major, n >= 1).
+struct BoundingBox {
+  std::vector<double> lo, hi;
+  double diagonal() const;  // |hi - lo|
+};
+BoundingBox bounding_box(const std::vector<double>& x, index_t n, index_t d);
+
+// m uniform points [m, d] in the bounding box of x [n, d], a function of seed only.
+std::vector<double> random_in_box(const std::vector<double>& x, index_t n, index_t d, index_t m, std::uint64_t seed);
+
+template <class T>
+struct LcPointSet {
+  std::string name;  // "train", "test" or "random"
+  Array<T> x;        // [samples, D] on the context's backend
+};
+// The point sets of the curve: the training inputs, the test inputs (when the split has any) and
+// random_points uniform points in the training inputs' bounding box (0: as many as training
+// points), seeded.
+template <class T>
+std::vector<LcPointSet<T>> lc_point_sets(const Context& ctx, const data::Split& split, index_t random_points,
+                                         std::uint64_t seed);
+
+// CSV of the curve: "step,points,samples,total_mean,all_layers_mean,layer1,...,layerL" and one row
+// per checkpoint and point set (each ending in a newline).
+std::string lc_csv_header(index_t layers);
+std::string lc_csv_row(index_t step, const std::string& points, index_t samples, const regions::LcResult& r);
+// The same row as JSON: step, points, samples, total_mean, all_layers_mean, per_layer_mean.
+json lc_row_json(index_t step, const std::string& points, index_t samples, const regions::LcResult& r);
+
+// The predicted class of every row of x [N, D] (on ctx's backend): the argmax output, or for one
+// output 1 where it is > 0 and 0 elsewhere. Tiled over rows, for region maps of large grids.
+template <class T>
+std::vector<int> predicted_classes(const Context& ctx, const model::MlpSpec& spec, const T* params, MatrixView<const T> x);
 
 }  // namespace dynascope::cli

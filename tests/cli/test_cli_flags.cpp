@@ -175,7 +175,7 @@ TEST_F(CliFlags, OutputsAreCheckedBeforeAnyWork) {
 
 TEST_F(CliFlags, DemoRefusesAFolderWithAnEarlierRunAndOverwriteReplacesIt) {
   const std::vector<std::string> demo{"demo", "--steps", "20", "--save-every", "10", "--samples", "64", "--ntk-samples", "16",
-                                      "--quiet", "--out-dir", path("run")};
+                                      "--quiet", "--out-dir", path("run"), "--map-resolution", "64"};
   auto r = test::run(demo);
   ASSERT_EQ(r.exit_code, 0) << r;
   EXPECT_TRUE(fs::exists(path("run/step_0000020.safetensors")));
@@ -229,7 +229,7 @@ TEST_F(CliFlags, PrecisionFollowsTheMatrixFile) {
 TEST_F(CliFlags, NtkAndDemoReportTheSameAlignmentNumbers) {
   // The demo's NTK section on all 48 training samples equals `ntk` on the step-0 checkpoint.
   auto r = test::run({"demo", "--steps", "0", "--samples", "64", "--ntk-samples", "48", "--quiet", "--dtype", "float64",
-                          "--out-dir", path("run")});
+                          "--no-region-map", "--out-dir", path("run")});
   ASSERT_EQ(r.exit_code, 0) << r;
   std::ifstream f(path("run/report.json"));
   const json demo = json::parse(f).at("checkpoints")[0].at("ntk");

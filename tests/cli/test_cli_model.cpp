@@ -211,7 +211,7 @@ TEST(CliModel, APresetSampleCountIsACapAndInputsReplaceAPresetDataset) {
   for (std::size_t i = 0; i < labels.size(); ++i) labels[i] = std::int64_t(i % 2);
   const std::string x = npy("x.npy", random_vector(80, 71), {40, 2}), y = npy("y.npy", labels, {40});
   const std::string dir = temp_path("demo");
-  const CliResult r = run({"demo", "--inputs", x, "--targets", y, "--steps", "1", "--ntk-samples", "8", "--out-dir", dir, "--quiet"});
+  const CliResult r = run({"demo", "--inputs", x, "--targets", y, "--steps", "1", "--ntk-samples", "8", "--no-region-map", "--out-dir", dir, "--quiet"});
   ASSERT_EQ(r.exit_code, 0) << r;
   const auto report = nlohmann::json::parse(slurp(dir + "/report.json"), nullptr, false);
   ASSERT_FALSE(report.is_discarded()) << slurp(dir + "/report.json");

@@ -1,0 +1,388 @@
+// The demo's linear-regions section against the commands it summarises, run as separate
+// processes: its local-complexity rows equal `dynascope lc` on the same checkpoint, points,
+// radius, dims and seed; its region maps are valid PNGs equal to what `dynascope regions --plane
+// --exact-2d --image` draws for the same checkpoint, plane and training points. Plus lc.csv, the
+// stdout table, the switches, runs that never mix and bad flags.
+#include <gtest/gtest.h>
+#include <png.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "cli/cli_test_util.hpp"
+#include "dynascope/datasets.hpp"
+#include "dynascope/io.hpp"
+
+namespace dynascope {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using test::CliResult;
+
+// One small demo run shared by the read-only checks: 160 spirals samples (120 train / 40 test),
+// checkpoints at steps 0, 20 and 40, 96-pixel maps.
+constexpr int kSamples = 160, kTrain = 120, kTest = 40, kResolution = 96;
+const std::vector<std::string> kSmall{"--samples", "160", "--steps", "40", "--save-every", "20", "--ntk-samples", "16",
+                                      "--quiet"};
+
+std::vector<std::string> demo_args(const std::string& out_dir, std::vector<std::string> extra) {
+  std::vector<std::string> a{"demo", "--out-dir", out_dir};
+  a.insert(a.end(), kSmall.begin(), kSmall.end());
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
+json read_json(const std::string& path) {
+  std::ifstream f(path);
+  return json::parse(f);
+}
+
+std::vector<std::string> lines(const std::string& path) {
+  std::ifstream f(path);
+  std::vector<std::string> out;
+  for (std::string line; std::getline(f, line);) out.push_back(line);
+  return out;
+}
+
+std::vector<std::string> fields(const std::string& line) {
+  std::vector<std::string> out;
+  std::stringstream s(line);
+  for (std::string f; std::getline(s, f, ',');) out.push_back(f);
+  return out;
+}
+
+std::string exact_number(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+
+// A PNG decoded by libpng (which checks the signature, the chunks' CRCs and the compressed data).
+struct Png {
+  bool ok = false;
+  std::string error;
+  unsigned width = 0, height = 0;
+  std::vector<unsigned char> rgb;  // [height, width, 3]
+};
+
+Png read_png(const std::string& path) {
+  Png p;
+  png_image image{};
+  image.version = PNG_IMAGE_VERSION;
+  if (!png_image_begin_read_from_file(&image, path.c_str())) {
+    p.error = image.message;
+    return p;
+  }
+  image.format = PNG_FORMAT_RGB;
+  p.rgb.resize(PNG_IMAGE_SIZE(image));
+  if (!png_image_finish_read(&image, nullptr, p.rgb.data(), 0, nullptr)) {
+    p.error = image.message;
+    png_image_free(&image);
+    return p;
+  }
+  p.ok = true;
+  p.width = image.width;
+  p.height = image.height;
+  return p;
+}
+
+class CliDemo : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new fs::path(fs::temp_directory_path() / ("dynascope_cli_demo_" + std::to_string(::getpid())));
+    fs::remove_all(*dir_);
+    fs::create_directories(*dir_);
+    run_ = new CliResult(test::run(demo_args(path("run"), {"--map-resolution", std::to_string(kResolution)})));
+  }
+  static void TearDownTestSuite() {
+    std::error_code ec;
+    fs::remove_all(*dir_, ec);
+    delete dir_;
+    delete run_;
+  }
+  static std::string path(const std::string& name) { return (*dir_ / name).string(); }
+  static const CliResult& shared_run() { return *run_; }
+
+ private:
+  static fs::path* dir_;
+  static CliResult* run_;
+};
+fs::path* CliDemo::dir_ = nullptr;
+CliResult* CliDemo::run_ = nullptr;
+
+TEST_F(CliDemo, LocalComplexityRowsEqualLcOnTheLastCheckpoint) {
+  ASSERT_EQ(shared_run().exit_code, 0) << shared_run();
+  const json report = read_json(path("run/report.json"));
+  const json& lc = report.at("local_complexity");
+  // The default radius is 1% of the diagonal of the training inputs' bounding box: the box of the
+  // same split computed here through the library.
+  const data::Dataset all = data::load_dataset("spirals", {.samples = kSamples});
+  const data::Split split = data::train_test_split(all, 0.25, 0);
+  ASSERT_EQ(split.train.n, kTrain);
+  double lo[2] = {INFINITY, INFINITY}, hi[2] = {-INFINITY, -INFINITY};
+  for (index_t i = 0; i < split.train.n; ++i)
+    for (int j = 0; j < 2; ++j) {
+      lo[j] = std::min(lo[j], split.train.x[std::size_t(2 * i + j)]);
+      hi[j] = std::max(hi[j], split.train.x[std::size_t(2 * i + j)]);
+    }
+  const double radius = lc.at("radius").get<double>();
+  EXPECT_NEAR(radius, 0.01 * std::hypot(hi[0] - lo[0], hi[1] - lo[1]), 1e-15);
+  EXPECT_EQ(lc.at("dims"), 2);
+  EXPECT_EQ(lc.at("frame"), "shared");
+  EXPECT_EQ(lc.at("samples"), json({{"train", kTrain}, {"test", kTest}, {"random", kTrain}}));
+
+  // One row per checkpoint and point set, in the report and in lc.csv.
+  const json& rows = lc.at("rows");
+  ASSERT_EQ(rows.size(), 9u);
+  const std::vector<std::string> csv = lines(path("run/lc.csv"));
+  ASSERT_EQ(csv.size(), 10u);
+  EXPECT_EQ(csv[0], "step,points,samples,total_mean,all_layers_mean,layer1,layer2,layer3");
+  const char* sets[] = {"train", "test", "random"};
+  for (std::size_t k = 0; k < 9; ++k) {
+    const json& row = rows[k];
+    EXPECT_EQ(row.at("step"), 20 * int(k / 3));
+    EXPECT_EQ(row.at("points"), sets[k % 3]);
+    const std::vector<std::string> f = fields(csv[k + 1]);
+    ASSERT_EQ(f.size(), 8u) << csv[k + 1];
+    EXPECT_EQ(f[0], std::to_string(20 * (k / 3)));
+    EXPECT_EQ(f[1], sets[k % 3]);
+    EXPECT_EQ(std::stoll(f[2]), row.at("samples").get<long long>());
+    EXPECT_NEAR(std::stod(f[3]), row.at("total_mean").get<double>(), 1e-9);
+    EXPECT_NEAR(std::stod(f[4]), row.at("all_layers_mean").get<double>(), 1e-9);
+    for (int l = 0; l < 3; ++l) EXPECT_NEAR(std::stod(f[std::size_t(5 + l)]), row.at("per_layer_mean")[std::size_t(l)].get<double>(), 1e-9);
+  }
+  // Regions move: the curve is not flat, and points do sit near neurons' sign changes.
+  EXPECT_GT(rows[0].at("total_mean").get<double>(), 0.5);
+  EXPECT_NE(rows[0].at("total_mean"), rows[6].at("total_mean"));
+
+  // `dynascope lc --checkpoints` on a folder holding only the last checkpoint, with the demo's data
+  // flags, radius, dims and seed: the same three rows, the same counts.
+  fs::create_directories(path("last"));
+  fs::copy_file(path("run/step_0000040.safetensors"), path("last/step_0000040.safetensors"));
+  const std::vector<std::string> data{"--dataset", "spirals", "--samples", std::to_string(kSamples), "--test-fraction", "0.25"};
+  std::vector<std::string> args{"lc", "--checkpoints", path("last"), "--radius", exact_number(radius), "--dims", "2",
+                                "--out-csv", path("lc_last.csv"), "--quiet"};
+  args.insert(args.end(), data.begin(), data.end());
+  CliResult r = test::run(args);
+  ASSERT_EQ(r.exit_code, 0) << r;
+  const json theirs = r.json().at("rows");
+  ASSERT_EQ(theirs.size(), 3u);
+  for (std::size_t k = 0; k < 3; ++k) {
+    const json& mine = rows[6 + k];
+    EXPECT_EQ(theirs[k].at("step"), 40);
+    EXPECT_EQ(theirs[k].at("points"), mine.at("points"));
+    EXPECT_EQ(theirs[k].at("total_mean").get<double>(), mine.at("total_mean").get<double>()) << mine;
+    EXPECT_EQ(theirs[k].at("all_layers_mean").get<double>(), mine.at("all_layers_mean").get<double>()) << mine;
+    EXPECT_EQ(theirs[k].at("per_layer_mean"), mine.at("per_layer_mean")) << mine;
+  }
+  // lc's CSV has the same columns; its numbers agree to the digits it prints.
+  const std::vector<std::string> their_csv = lines(path("lc_last.csv"));
+  ASSERT_EQ(their_csv.size(), 4u);
+  EXPECT_EQ(their_csv[0], csv[0]);
+  for (std::size_t k = 0; k < 3; ++k) {
+    const auto a = fields(their_csv[k + 1]), b = fields(csv[7 + k]);
+    ASSERT_EQ(a.size(), b.size());
+    for (std::size_t i = 0; i < 3; ++i) EXPECT_EQ(a[i], b[i]);
+    for (std::size_t i = 3; i < a.size(); ++i) EXPECT_NEAR(std::stod(a[i]), std::stod(b[i]), 1e-5 * std::stod(b[i]) + 1e-12);
+  }
+  // And `lc --model` on the checkpoint (the one-network path) gives the training points' row.
+  args = {"lc", "--model", path("run/step_0000040.safetensors"), "--radius", exact_number(radius), "--dims", "2", "--quiet"};
+  args.insert(args.end(), data.begin(), data.end());
+  r = test::run(args);
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_EQ(r.json().at("total_mean").get<double>(), rows[6].at("total_mean").get<double>());
+  EXPECT_EQ(r.json().at("per_layer_mean"), rows[6].at("per_layer_mean"));
+
+  // The summary table has the LC columns, with the report's total means of the last checkpoint.
+  const std::string& out = shared_run().out;
+  EXPECT_NE(out.find("LC train"), std::string::npos) << out;
+  EXPECT_NE(out.find("LC test"), std::string::npos) << out;
+  EXPECT_NE(out.find("LC rand"), std::string::npos) << out;
+  std::istringstream table(out);
+  std::string last_row;
+  for (std::string line; std::getline(table, line);)
+    if (line.rfind("     40  ", 0) == 0) last_row = line;
+  ASSERT_FALSE(last_row.empty()) << out;
+  std::istringstream cells(last_row);
+  std::vector<double> v;
+  for (std::string cell; cells >> cell;) v.push_back(std::stod(cell));
+  ASSERT_EQ(v.size(), 15u) << last_row;
+  for (std::size_t k = 0; k < 3; ++k) EXPECT_NEAR(v[12 + k], rows[6 + k].at("total_mean").get<double>(), 5e-4);
+}
+
+TEST_F(CliDemo, RegionMapsArePngsEqualToTheRegionsCommand) {
+  ASSERT_EQ(shared_run().exit_code, 0) << shared_run();
+  const json report = read_json(path("run/report.json"));
+  const json& maps = report.at("region_maps");
+  EXPECT_EQ(maps.at("resolution"), kResolution);
+  EXPECT_EQ(maps.at("first").at("step"), 0);
+  EXPECT_EQ(maps.at("last").at("step"), 40);
+  EXPECT_EQ(maps.at("first").at("file"), path("run/region_map_first.png"));
+  EXPECT_EQ(maps.at("last").at("file"), path("run/region_map_last.png"));
+  EXPECT_TRUE(maps.at("last").at("exact").get<bool>());
+  EXPECT_GT(maps.at("last").at("regions").get<int>(), 10);
+  // Every pixel is a grid point inside one region, so the grid sees at most the exact regions.
+  EXPECT_LE(maps.at("last").at("distinct_on_grid").get<int>(), maps.at("last").at("regions").get<int>());
+
+  // The plane: a square around the training inputs' bounding box, which it holds with a margin.
+  const json& plane = maps.at("plane");
+  const auto a = plane.at("A").get<std::vector<double>>(), b = plane.at("B").get<std::vector<double>>(),
+             c = plane.at("C").get<std::vector<double>>();
+  const double side = b[0] - a[0];
+  EXPECT_EQ(b[1], a[1]);
+  EXPECT_EQ(c[0], a[0]);
+  EXPECT_NEAR(c[1] - a[1], side, 1e-12);
+  const json& box = report.at("local_complexity").at("bounding_box");
+  for (int j = 0; j < 2; ++j) {
+    EXPECT_LT(a[std::size_t(j)], box.at("lo")[std::size_t(j)].get<double>());
+    EXPECT_GT(a[std::size_t(j)] + side, box.at("hi")[std::size_t(j)].get<double>());
+  }
+
+  for (const char* which : {"first", "last"}) {
+    const std::string file = path(std::string("run/region_map_") + which + ".png");
+    const std::string bytes = test::slurp(file);
+    ASSERT_GT(bytes.size(), 8u) << file;
+    EXPECT_EQ(bytes.substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
+    const Png png = read_png(file);
+    ASSERT_TRUE(png.ok) << file << ": " << png.error;
+    EXPECT_EQ(png.width, unsigned(kResolution));
+    EXPECT_EQ(png.height, unsigned(kResolution));
+  }
+  // The two maps differ: training moved the regions.
+  EXPECT_NE(read_png(path("run/region_map_first.png")).rgb, read_png(path("run/region_map_last.png")).rgb);
+
+  // `dynascope regions` on the last checkpoint with the same plane, resolution, precision and the
+  // training points (the split computed here through the library) draws the same picture.
+  const std::vector<double> pts{a[0], a[1], b[0], b[1], c[0], c[1]};
+  const std::string plane_file = path("plane.npy");
+  io::write_npy(plane_file, io::Tensor::from(pts.data(), {3, 2}));
+  const data::Split split = data::train_test_split(data::load_dataset("spirals", {.samples = kSamples}), 0.25, 0);
+  io::write_npy(path("xtrain.npy"), io::Tensor::from(split.train.x.data(), {split.train.n, 2}));
+  io::write_npy(path("ytrain.npy"), io::Tensor::from(split.train.labels.data(), {split.train.n}));
+  const CliResult r = test::run({"regions", "--model", path("run/step_0000040.safetensors"), "--plane", plane_file,
+                                 "--resolution", std::to_string(kResolution), "--exact-2d", "--dtype", "float32",
+                                 "--image", path("theirs.png"), "--inputs", path("xtrain.npy"), "--targets",
+                                 path("ytrain.npy"), "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  const json j = r.json();
+  EXPECT_EQ(j.at("regions"), maps.at("last").at("regions"));
+  EXPECT_EQ(j.at("boundary_regions"), maps.at("last").at("boundary_regions"));
+  EXPECT_EQ(j.at("distinct"), maps.at("last").at("distinct_on_grid"));
+  EXPECT_EQ(j.at("points_drawn"), kTrain);
+  const Png mine = read_png(path("run/region_map_last.png")), theirs = read_png(path("theirs.png"));
+  ASSERT_TRUE(theirs.ok) << theirs.error;
+  ASSERT_EQ(mine.rgb.size(), theirs.rgb.size());
+  // regions places the points by least squares, the demo by (x - A) / side: the same positions up
+  // to rounding, which may move an anti-aliased edge pixel of a dot by one level.
+  std::size_t differ = 0;
+  int worst = 0;
+  for (std::size_t i = 0; i < mine.rgb.size(); ++i) {
+    const int d = std::abs(int(mine.rgb[i]) - int(theirs.rgb[i]));
+    differ += d != 0;
+    worst = std::max(worst, d);
+  }
+  EXPECT_LE(worst, 1);
+  EXPECT_LE(differ, 20u);
+}
+
+TEST_F(CliDemo, SwitchesRadiusAndDims) {
+  // --no-lc: no lc.csv, no LC columns, the report says why; the maps are still drawn.
+  CliResult r = test::run(demo_args(path("nolc"), {"--no-lc", "--map-resolution", "32"}));
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_FALSE(fs::exists(path("nolc/lc.csv")));
+  EXPECT_TRUE(fs::exists(path("nolc/region_map_last.png")));
+  EXPECT_EQ(r.out.find("LC train"), std::string::npos) << r.out;
+  json report = read_json(path("nolc/report.json"));
+  EXPECT_EQ(report.at("local_complexity"), json({{"skipped", "--no-lc"}}));
+  EXPECT_EQ(read_png(path("nolc/region_map_last.png")).width, 32u);
+
+  // --no-region-map: no PNGs; the rows are still written.
+  r = test::run(demo_args(path("nomap"), {"--no-region-map"}));
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_FALSE(fs::exists(path("nomap/region_map_first.png")));
+  EXPECT_FALSE(fs::exists(path("nomap/region_map_last.png")));
+  EXPECT_EQ(lines(path("nomap/lc.csv")).size(), 10u);
+  report = read_json(path("nomap/report.json"));
+  EXPECT_EQ(report.at("region_maps"), json({{"skipped", "--no-region-map"}}));
+
+  // A radius and dims of one's own; no test set: rows for train and random only; a cap below the
+  // partition's size: the map's edges come from the grid and the report says why.
+  r = test::run(demo_args(path("tuned"), {"--lc-radius", "0.05", "--lc-dims", "1", "--test-fraction", "0",
+                                          "--map-max-regions", "10", "--map-resolution", "40"}));
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_EQ(r.out.find("LC test"), std::string::npos) << r.out;
+  report = read_json(path("tuned/report.json"));
+  const json& lc = report.at("local_complexity");
+  EXPECT_EQ(lc.at("radius").get<double>(), 0.05);
+  EXPECT_EQ(lc.at("radius_source"), "--lc-radius");
+  EXPECT_EQ(lc.at("dims"), 1);
+  EXPECT_EQ(lc.at("samples"), json({{"train", kSamples}, {"random", kSamples}}));
+  EXPECT_EQ(lc.at("rows").size(), 6u);
+  EXPECT_EQ(lines(path("tuned/lc.csv")).size(), 7u);
+  const json& last = report.at("region_maps").at("last");
+  EXPECT_FALSE(last.at("exact").get<bool>());
+  EXPECT_NE(last.at("exact_skipped").get<std::string>().find("more than 10 regions"), std::string::npos) << last;
+  EXPECT_EQ(read_png(path("tuned/region_map_last.png")).width, 40u);
+  // The same radius and dims through `lc`.
+  r = test::run({"lc", "--model", path("tuned/step_0000040.safetensors"), "--dataset", "spirals", "--samples",
+                 std::to_string(kSamples), "--radius", "0.05", "--dims", "1", "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_EQ(r.json().at("total_mean").get<double>(), lc.at("rows")[4].at("total_mean").get<double>());
+
+  // Inputs of another width: no map, and why; P = min(25, D).
+  r = test::run({"demo", "--dataset", "gaussians", "--samples", "96", "--arch", "-16-", "--steps", "10", "--ntk-samples",
+                 "8", "--out-dir", path("gauss"), "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  report = read_json(path("gauss/report.json"));
+  EXPECT_NE(report.at("region_maps").at("skipped").get<std::string>().find("2-D inputs only"), std::string::npos);
+  EXPECT_EQ(report.at("local_complexity").at("dims"), 8);
+  EXPECT_FALSE(fs::exists(path("gauss/region_map_first.png")));
+}
+
+TEST_F(CliDemo, RunsNeverMixAndBadFlagsAreRefused) {
+  // A folder holding an earlier demo's lc.csv or map is an earlier run; --overwrite removes them,
+  // so a run without the section leaves none behind.
+  fs::create_directories(path("old"));
+  std::ofstream(path("old/lc.csv")) << "step\n";
+  std::ofstream(path("old/region_map_last.png")) << "x";
+  test::expect_usage_error(test::run(demo_args(path("old"), {"--no-lc", "--no-region-map"})),
+                           {"--out-dir", "earlier run", "lc.csv", "region_map_last.png", "--overwrite"});
+  EXPECT_TRUE(fs::exists(path("old/lc.csv")));
+  const CliResult r = test::run(demo_args(path("old"), {"--no-lc", "--no-region-map", "--overwrite"}));
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_FALSE(fs::exists(path("old/lc.csv")));
+  EXPECT_FALSE(fs::exists(path("old/region_map_last.png")));
+
+  // Every bad flag is refused before the folder is touched.
+  const std::string out = path("never");
+  auto refused = [&](std::vector<std::string> extra, const std::vector<std::string>& phrases) {
+    test::expect_usage_error(test::run(demo_args(out, std::move(extra))), phrases);
+    EXPECT_FALSE(fs::exists(out));
+  };
+  refused({"--lc-radius", "0"}, {"--lc-radius", "> 0"});
+  refused({"--lc-radius", "-1"}, {"--lc-radius"});
+  refused({"--lc-radius", "nan"}, {"--lc-radius"});
+  refused({"--lc-dims", "0"}, {"--lc-dims", ">= 1"});
+  refused({"--lc-dims", "3"}, {"--lc-dims 3", "input width 2"});
+  refused({"--no-lc", "--lc-radius", "0.1"}, {"--lc-radius", "--no-lc"});
+  refused({"--no-lc", "--lc-dims", "1"}, {"--lc-dims", "--no-lc"});
+  refused({"--map-resolution", "8"}, {"--map-resolution", "16"});
+  refused({"--map-resolution", "5000"}, {"--map-resolution", "4096"});
+  refused({"--map-max-regions", "0"}, {"--map-max-regions", ">= 1"});
+  refused({"--no-region-map", "--map-resolution", "64"}, {"--map-resolution", "--no-region-map"});
+  refused({"--no-region-map", "--map-max-regions", "64"}, {"--map-max-regions", "--no-region-map"});
+  test::expect_usage_error(test::run({"demo", "--dataset", "gaussians", "--samples", "96", "--arch", "-16-",
+                                      "--map-resolution", "64", "--out-dir", out, "--quiet"}),
+                           {"--map-resolution", "2-D inputs only", "8"});
+  EXPECT_FALSE(fs::exists(out));
+}
+
+}  // namespace
+}  // namespace dynascope
