@@ -119,6 +119,47 @@ struct SignChangeFlags {
   DYNASCOPE_HD static bool isfinite(T v) { return v == v && v - v == T(0); }
 };
 
+// Host twin of SignChangeFlags + CountFlags for one sample: sweeps the sample's [2P, width] block
+// of z row by row, so the inner loop runs over contiguous neurons and vectorizes (the (s, j)
+// layout above, one neuron's 2P vertices strided by the width, is the coalesced one on a GPU but
+// neither vectorizes nor streams on a CPU), and writes the count directly: counts(first + s,
+// layer) = neurons whose sign is not the same at all vertices, or -1 when any z is NaN or
+// infinite. Host only: launch with host_parallel_for over the samples of a tile.
+template <class T>
+struct SignChangeCountsRows {
+  MatrixView<const T> z;  // [n * 2P, width]
+  index_t vertices;       // 2P
+  MatrixView<std::int32_t> counts;
+  index_t first;
+  index_t layer;
+  void operator()(index_t s) const {
+    constexpr index_t kChunk = 256;  // neurons per sweep: the flags stay in L1
+    std::int32_t total = 0;
+    bool nonfinite = false;
+    for (index_t j0 = 0; j0 < z.cols; j0 += kChunk) {
+      const index_t m = z.cols - j0 < kChunk ? z.cols - j0 : kChunk;
+      unsigned char changed[kChunk], bad[kChunk];
+      const T* z0 = &z(s * vertices, j0);
+      for (index_t j = 0; j < m; ++j) {
+        changed[j] = 0;
+        bad[j] = !(z0[j] - z0[j] == T(0));
+      }
+      for (index_t v = 1; v < vertices; ++v) {
+        const T* zv = &z(s * vertices + v, j0);
+        for (index_t j = 0; j < m; ++j) {
+          changed[j] |= (zv[j] > T(0)) != (z0[j] > T(0));
+          bad[j] |= !(zv[j] - zv[j] == T(0));
+        }
+      }
+      for (index_t j = 0; j < m; ++j) {
+        total += changed[j];
+        nonfinite |= bad[j] != 0;
+      }
+    }
+    counts(first + s, layer) = nonfinite ? -1 : total;
+  }
+};
+
 // The exact first-layer test: flags(s, j) = 1 iff |z(s, j)| < radius * reach[j], with
 // reach[j] = max_p |c w_j . v_p|; 2 when z is not finite.
 template <class T>

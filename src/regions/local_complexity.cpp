@@ -22,6 +22,7 @@ namespace dynascope::regions {
 namespace {
 
 constexpr const char* kCall = "local_complexity";
+constexpr index_t kHostTileRows = 8192;
 
 // Random frames for samples [first, first + count) (per-sample) or the one shared frame, packed
 // [count * P, D] in double on ctx's backend.
@@ -141,7 +142,12 @@ LcResult local_complexity(const Context& ctx, const model::MlpSpec& spec, const 
     throw OutOfMemory(std::string(kCall) + ": the workspace budget of " + std::to_string(budget) +
                       " bytes cannot hold the vertices and activations of one sample (" +
                       std::to_string(per_sample_bytes) + " bytes); raise it or lower P");
-  const index_t tile = std::max<index_t>(1, std::min<index_t>(n, static_cast<index_t>(budget / per_sample_bytes)));
+  index_t tile = std::max<index_t>(1, std::min<index_t>(n, static_cast<index_t>(budget / per_sample_bytes)));
+  // On the host, at most kHostTileRows vertex rows per tile: the buffers (allocated by the first
+  // tile, reused by the others) then take tens of MB instead of the whole budget, so a call does
+  // not first-touch (page-fault and zero) hundreds of MB, and the sign test reads z from cache.
+  // GEMMs of this many rows already run at the BLAS's full rate.
+  if (ctx.is_host()) tile = std::min(tile, std::max<index_t>(1, kHostTileRows / vertices));
 
   model::MlpEngine<T> engine(ctx, spec);
   Array<T> verts;
@@ -160,8 +166,13 @@ LcResult local_complexity(const Context& ctx, const model::MlpSpec& spec, const 
     kern::parallel_for_2d(ctx, m * vertices, d,
                           kern::CrossPolytopeVertices<T>{x.block(s0, 0, m, d), frames, p, options.radius, per_sample, v});
     engine.forward(params, v);
-    if (flags.size() < m * widest) flags = Array<std::int32_t>(ctx, {m * widest});
+    if (!ctx.is_host() && flags.size() < m * widest) flags = Array<std::int32_t>(ctx, {m * widest});
     for (index_t l = 1; l <= layers; ++l) {
+      if (ctx.is_host()) {
+        kern::host_parallel_for(ctx, m, kern::SignChangeCountsRows<T>{engine.preactivation(l), vertices, counts, s0, l - 1},
+                                16);
+        continue;
+      }
       const index_t w = spec.widths[std::size_t(l)];
       MatrixView<std::int32_t> fl{flags.data(), m, w, w, flags.backend(), flags.device()};
       kern::parallel_for_2d(ctx, m, w, kern::SignChangeFlags<T>{engine.preactivation(l), vertices, fl});
