@@ -70,13 +70,6 @@ std::vector<std::pair<index_t, std::string>> list_checkpoints(const std::string&
 }
 
 template <class T>
-Array<T> upload(const Context& ctx, const std::vector<double>& v, index_t rows, index_t cols) {
-  Array<T> h(Context::host(), {rows, cols});
-  std::copy(v.begin(), v.end(), h.data());
-  return h.to(ctx);
-}
-
-template <class T>
 json lc_json(const regions::LcResult& r) {
   json j;
   j["per_layer_mean"] = r.per_layer_mean;
@@ -105,8 +98,7 @@ int run(const LcCommand& c) {
     if (t.shape.size() != 2 || t.shape[1] != split.train.d)
       throw UsageError("--frame: '" + c.frame + "' must be [P, " + std::to_string(split.train.d) + "] (one direction per row), got " +
                        shape_string(t.shape));
-    const std::vector<double> v = t.to_vector<double>();
-    frame = upload<T>(ctx, v, t.shape[0], t.shape[1]);
+    frame = Array<T>::from_host(ctx, t.shape, t.to_vector<T>());
   } else if (c.dims > split.train.d) {
     throw UsageError("--dims " + std::to_string(c.dims) + " exceeds the input width " + std::to_string(split.train.d) +
                      " (the directions must be orthonormal)");

@@ -79,13 +79,6 @@ std::vector<double> read_points(const std::string& flag, const std::string& path
 }
 
 template <class T>
-Array<T> upload(const Context& ctx, const std::vector<double>& v, index_t rows, index_t cols) {
-  Array<T> h(Context::host(), {rows, cols});
-  std::copy(v.begin(), v.end(), h.data());
-  return h.to(ctx);
-}
-
-template <class T>
 int run(const RegionsCommand& c) {
   const auto start = std::chrono::steady_clock::now();
   validate(c);
@@ -101,12 +94,12 @@ int run(const RegionsCommand& c) {
     const io::Tensor t = io::read_array(c.samples);
     if (t.shape.size() != 2 || t.shape[1] != d)
       throw UsageError("--samples: '" + c.samples + "' must be [M, " + std::to_string(d) + "], got " + shape_string(t.shape));
-    samples = upload<T>(ctx, t.to_vector<double>(), t.shape[0], d);
+    samples = Array<T>::from_host(ctx, t.shape, t.to_vector<T>());
     r["sampler"] = "samples";
   } else if (!c.around.empty()) {
     const auto anchors = read_points("--around", c.around, 0, d);
     const index_t a = static_cast<index_t>(anchors.size()) / d;
-    const Array<T> av = upload<T>(ctx, anchors, a, d);
+    const Array<T> av = Array<T>::from_host(ctx, {a, d}, std::vector<T>(anchors.begin(), anchors.end()));
     if (c.shape == "ball") {
       samples = regions::ball_points<T>(ctx, av.matrix(), c.radius, c.count, c.common.seed);
     } else {

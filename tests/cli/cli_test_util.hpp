@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "dynascope/io.hpp"
 #include "support/test_support.hpp"
 
 namespace dynascope::test {
@@ -64,6 +65,14 @@ inline CliResult run(const std::vector<std::string>& args) {
   r.out = slurp(out);
   r.err = slurp(err);
   return r;
+}
+
+// Writes values as a .npy of the given shape in the test's temporary directory; returns its path.
+template <class T>
+std::string npy(const std::string& name, std::vector<T> values, Shape shape) {
+  const std::string path = temp_path(name);
+  io::write_npy(path, io::Tensor::from(values.data(), std::move(shape)));
+  return path;
 }
 
 // Expects exit code 2 (bad usage or input) and every phrase in stderr.

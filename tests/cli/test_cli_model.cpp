@@ -16,13 +16,6 @@
 namespace dynascope::test {
 namespace {
 
-template <class T>
-std::string npy(const std::string& name, std::vector<T> values, Shape shape) {
-  const std::string path = temp_path(name);
-  io::write_npy(path, io::Tensor::from(values.data(), std::move(shape)));
-  return path;
-}
-
 std::vector<double> as_float(std::vector<double> v) {
   for (double& x : v) x = double(float(x));
   return v;

@@ -15,13 +15,6 @@
 namespace dynascope::test {
 namespace {
 
-template <class T>
-std::string npy(const std::string& name, std::vector<T> values, Shape shape) {
-  const std::string path = temp_path(name);
-  io::write_npy(path, io::Tensor::from(values.data(), std::move(shape)));
-  return path;
-}
-
 // nn.Sequential(Linear(2, 10), ReLU(), Linear(10, 2)) as a PyTorch state dict: neurons x - k and
 // y - k; the two outputs are the sums of the x and the y neurons.
 std::string grid_network() {

@@ -7,6 +7,10 @@
 #include <vector>
 
 #include "dynascope/regions.hpp"
+// The kernel bodies run here on host contexts only.
+#define DYNASCOPE_HOST_LAUNCH_ONLY
+#include "kernels/launch.cuh"
+#include "kernels/regions.cuh"
 #include "model/model_test_util.hpp"
 #include "support/test_support.hpp"
 
@@ -280,6 +284,42 @@ TEST(LocalComplexity, StridedInputsAndEmptySets) {
                                                       MatrixView<const double>{nullptr, 0, 3, 3}, o);
   EXPECT_EQ(none.counts.shape(), (Shape{0, 2}));
   EXPECT_EQ(none.total_mean, 0.0);
+}
+
+// The cuda path's sign-change kernels (SignChangeFlags + CountFlags) against the host path's
+// row-wise count, run here on host, on pre-activations with ties at 0, widths past the row sweep's
+// 256-neuron chunk, and a NaN in one sample.
+TEST(LocalComplexity, CudaSignKernelsEqualTheHostRowCount) {
+  const Context ctx = Context::host(2);
+  const index_t n = 9, vertices = 6, width = 300;
+  std::vector<double> z = test::random_vector(std::size_t(n * vertices * width), 17);
+  for (std::size_t i = 0; i < z.size(); i += 7) z[i] = 0.0;         // ties: 0 counts as not positive
+  for (index_t j = 0; j < width; j += 3)                            // sample 4: all vertices positive
+    for (index_t v = 0; v < vertices; ++v) z[std::size_t((4 * vertices + v) * width + j)] = 1.0 + double(v);
+  z[std::size_t((6 * vertices + 2) * width + 11)] = std::numeric_limits<double>::quiet_NaN();
+  const MatrixView<const double> zv{z.data(), n * vertices, width, width};
+  std::vector<std::int32_t> flags(std::size_t(n * width)), a(std::size_t(n), -5), b(std::size_t(n), -5);
+  const MatrixView<std::int32_t> fl{flags.data(), n, width, width}, ca{a.data(), n, 1, 1}, cb{b.data(), n, 1, 1};
+  kern::parallel_for_2d(ctx, n, width, kern::SignChangeFlags<double>{zv, vertices, fl});
+  kern::parallel_for(ctx, n, kern::CountFlags{fl, ca, 0, 0});
+  kern::host_parallel_for(ctx, n, kern::SignChangeCountsRows<double>{zv, vertices, cb, 0, 0}, 1);
+  EXPECT_EQ(a, b);
+  // And both against the definition, written out.
+  for (index_t s = 0; s < n; ++s) {
+    std::int32_t want = 0;
+    bool bad = false;
+    for (index_t j = 0; j < width; ++j) {
+      bool changed = false;
+      for (index_t v = 0; v < vertices; ++v) {
+        const double x = z[std::size_t((s * vertices + v) * width + j)];
+        bad = bad || std::isnan(x);
+        changed = changed || ((x > 0) != (z[std::size_t(s * vertices * width + j)] > 0));
+      }
+      want += changed;
+    }
+    EXPECT_EQ(a[std::size_t(s)], bad ? -1 : want) << "sample " << s;
+  }
+  EXPECT_EQ(a[6], -1);
 }
 
 TEST(LocalComplexity, BadInputGetsClearErrors) {
