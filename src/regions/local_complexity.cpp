@@ -25,20 +25,23 @@ constexpr const char* kCall = "local_complexity";
 constexpr index_t kHostTileRows = 8192;
 
 // Random frames for samples [first, first + count) (per-sample) or the one shared frame, packed
-// [count * P, D] in double on ctx's backend.
+// [count * P, D] in double on ctx's backend. A rank-deficient draw sets *deficient (device memory
+// of ctx), which the caller reads once, after all its tiles: no host round trip per tile.
 Array<double> draw_frames(const Context& ctx, index_t inputs, index_t p, std::uint64_t seed, bool per_sample,
-                          index_t first, index_t count, const char* call) {
+                          index_t first, index_t count, int* deficient) {
   Array<double> frames(ctx, {count * p, inputs});
   kern::parallel_for(ctx, count * p * inputs,
                      kern::DrawFrameEntries{frames.data(), p * inputs, seed, first, per_sample});
-  Array<int> deficient = Array<int>::zeros(ctx, {1});
-  kern::parallel_for(ctx, count, kern::OrthonormalizeFrame{frames.data(), p, inputs, deficient.data()}, 2);
+  kern::parallel_for(ctx, count, kern::OrthonormalizeFrame{frames.data(), p, inputs, deficient}, 2);
+  return frames;
+}
+
+void check_frames(const Context& ctx, const Array<int>& deficient, std::uint64_t seed, const char* call) {
   int flag = 0;
   detail::copy_bytes(ctx, &flag, Backend::host, deficient.data(), deficient.backend(), sizeof(int));
   if (flag)
     throw InvalidArgument(std::string(call) + ": a random frame came out rank deficient (seed " + std::to_string(seed) +
                           "); choose another --seed");
-  return frames;
 }
 
 // The caller's frame, checked for width and orthonormality, as double [P, D] on ctx's backend.
@@ -88,7 +91,9 @@ Array<T> random_frame(const Context& ctx, index_t inputs, index_t dims, std::uin
                           ", got " + std::to_string(dims));
   if (sample < 0) throw InvalidArgument("random_frame: sample must be >= 0");
   const bool per_sample = kind == Frame::per_sample;
-  Array<double> f = draw_frames(ctx, inputs, dims, seed, per_sample, per_sample ? sample : 0, 1, "random_frame");
+  Array<int> deficient = Array<int>::zeros(ctx, {1});
+  Array<double> f = draw_frames(ctx, inputs, dims, seed, per_sample, per_sample ? sample : 0, 1, deficient.data());
+  check_frames(ctx, deficient, seed, "random_frame");
   Array<T> out(ctx, {dims, inputs});
   const double* src = f.data();
   T* dst = out.data();
@@ -108,6 +113,7 @@ LcResult local_complexity(const Context& ctx, const model::MlpSpec& spec, const 
     throw InvalidArgument(std::string(kCall) + ": the radius must be a positive finite number, got " +
                           std::to_string(options.radius));
   const bool per_sample = options.frame == Frame::per_sample;
+  Array<int> deficient = Array<int>::zeros(ctx, {1});
   Array<double> shared;
   index_t p = options.dims;
   if (options.frame == Frame::given) {
@@ -119,7 +125,7 @@ LcResult local_complexity(const Context& ctx, const model::MlpSpec& spec, const 
                             std::to_string(d) + ", got " + std::to_string(p));
     if (frame.data)
       throw InvalidArgument(std::string(kCall) + ": a frame was given but the frame option is not Frame::given");
-    if (!per_sample) shared = draw_frames(ctx, d, p, options.seed, false, 0, 1, kCall);
+    if (!per_sample) shared = draw_frames(ctx, d, p, options.seed, false, 0, 1, deficient.data());
   }
 
   LcResult result;
@@ -158,7 +164,7 @@ LcResult local_complexity(const Context& ctx, const model::MlpSpec& spec, const 
     Array<double> own;
     const double* frames = shared.data();
     if (per_sample) {
-      own = draw_frames(ctx, d, p, options.seed, true, s0, m, kCall);
+      own = draw_frames(ctx, d, p, options.seed, true, s0, m, deficient.data());
       frames = own.data();
     }
     if (verts.size() < m * vertices * d) verts = Array<T>(ctx, {m * vertices, d});
@@ -181,6 +187,7 @@ LcResult local_complexity(const Context& ctx, const model::MlpSpec& spec, const 
     ctx.progress("local complexity", s0 + m, n);
   }
 
+  if (options.frame != Frame::given) check_frames(ctx, deficient, options.seed, kCall);
   const Array<std::int32_t> host = result.counts.to_host(ctx);
   throw_non_finite(host, layers, kCall);
   result.per_layer_mean.assign(std::size_t(layers), 0.0);
