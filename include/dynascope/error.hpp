@@ -21,6 +21,7 @@ enum class ErrorCategory {
   lapack,              // a host LAPACK call reported an error
   file_format,         // a file that cannot be read as what it claims to be
   io,                  // the operating system refused to open, read or write a file
+  cancelled,           // the caller's progress callback asked to stop
 };
 
 DYNASCOPE_API const char* to_string(ErrorCategory category) noexcept;
@@ -47,6 +48,7 @@ DYNASCOPE_DECLARE_ERROR(NotBuiltWithCuda, ErrorCategory::not_built_with_cuda)
 DYNASCOPE_DECLARE_ERROR(NoDevice, ErrorCategory::no_device)
 DYNASCOPE_DECLARE_ERROR(LapackError, ErrorCategory::lapack)
 DYNASCOPE_DECLARE_ERROR(IoError, ErrorCategory::io)
+DYNASCOPE_DECLARE_ERROR(Cancelled, ErrorCategory::cancelled)
 #undef DYNASCOPE_DECLARE_ERROR
 
 // A failed CUDA runtime, cuBLAS or cuSOLVER call, with the call text and where it was made.

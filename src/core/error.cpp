@@ -19,6 +19,7 @@ const char* to_string(ErrorCategory category) noexcept {
     case ErrorCategory::lapack: return "LAPACK error";
     case ErrorCategory::file_format: return "file format";
     case ErrorCategory::io: return "I/O error";
+    case ErrorCategory::cancelled: return "cancelled";
   }
   return "error";
 }

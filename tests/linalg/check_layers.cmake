@@ -2,10 +2,11 @@
 #   0 core       types, view, context, array, blas, error, random, dlpack, enum_names, dispatch,
 #                primitives (and the generated export.h, config.hpp)
 #   1 io         io
-#   2 linalg     linalg                       (operators, eigsh, SLQ, traces: core only)
+#   2 linalg     linalg, chain_stats          (operators, eigsh, SLQ, traces, MCMC statistics: core only)
 #   3 model      model, engine;   3 data: datasets
-#   4 losses     losses                       (neither the trainer nor the datasets)
-#   5 curvature  curvature;       5 ntk: ntk;   5 regions: regions  (none includes another)
+#   4 losses     losses, batched_engine       (neither the trainer nor the datasets)
+#   5 curvature  curvature;       5 ntk: ntk;   5 regions: regions;  5 sgld: sgld, llc_theory
+#                (none includes another)
 #   6 train      train
 #   7 umbrella   spectra                      (linalg + curvature + ntk, for users only)
 # A header missing from this table is an error, so that a new header gets a layer. Nothing under
@@ -24,6 +25,7 @@ set(layer_losses 4)
 set(layer_curvature 5)
 set(layer_ntk 5)
 set(layer_regions 5)
+set(layer_sgld 5)
 set(layer_train 6)
 set(layer_umbrella 7)
 foreach(h types view context array blas error random dlpack enum_names dispatch primitives export config)
@@ -31,13 +33,17 @@ foreach(h types view context array blas error random dlpack enum_names dispatch 
 endforeach()
 set(group_io io)
 set(group_linalg linalg)
+set(group_chain_stats linalg)
 set(group_model model)
 set(group_engine model)
 set(group_datasets data)
 set(group_losses losses)
+set(group_batched_engine losses)
 set(group_curvature curvature)
 set(group_ntk ntk)
 set(group_regions regions)
+set(group_sgld sgld)
+set(group_llc_theory sgld)
 set(group_train train)
 set(group_spectra umbrella)
 
