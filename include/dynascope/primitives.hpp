@@ -38,6 +38,20 @@ DYNASCOPE_API void row_squared_distances(const Context& ctx, MatrixView<const fl
 DYNASCOPE_API void row_squared_distances(const Context& ctx, MatrixView<const double> a, VectorView<const double> x,
                                          VectorView<double> out);
 
+// Gathers: out row i = src row rows[i] (e.g. every chain's minibatch [C*m, d] from the dataset
+// [n, d]), and out[i] = src[idx[i]] (their labels). Any leading dimension and stride; out must not
+// overlap src. Indices may repeat. One launch on ctx's stream, no host synchronisation.
+// Indices outside [0, n): on host the call throws InvalidArgument naming the first one (its
+// position and value) before writing anything; on cuda they are not checked (that would wait for
+// the stream) and an out-of-range index never reads outside src: its output row is NaN, and its
+// gathered int64 is -1 (an invalid class label, so that a cross-entropy loss of it is NaN).
+// Throws ShapeMismatch when out is not [k, d] / [k] for k indices.
+template <class T>
+DYNASCOPE_API void gather_rows(const Context& ctx, MatrixView<const T> src, VectorView<const std::int64_t> rows,
+                               MatrixView<T> out);
+DYNASCOPE_API void gather(const Context& ctx, VectorView<const std::int64_t> src, VectorView<const std::int64_t> idx,
+                          VectorView<std::int64_t> out);
+
 // Distinct rows of a matrix of 64-bit words [N, W] (any leading dimension): each row is one
 // bit-packed pattern, e.g. the activation pattern of a sample. Two rows are in one class when all
 // W words are equal: the count is exact (a hash orders the rows, the words decide equality).

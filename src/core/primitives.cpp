@@ -7,6 +7,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <string>
 #include <utility>
@@ -149,7 +150,73 @@ DistinctRows distinct_rows_with(const Context& ctx, const Policy& policy, Scan s
   return result;
 }
 
+// out(i, j) = src(rows[i], j); NaN for an index outside [0, n) (never read).
+template <class T>
+struct GatherRow {
+  MatrixView<const T> src;
+  const std::int64_t* rows;
+  index_t stride;
+  MatrixView<T> out;
+  DYNASCOPE_HD void operator()(index_t i, index_t j) const {
+    const std::int64_t r = rows[i * stride];
+    out(i, j) = (r >= 0 && r < src.rows) ? src(r, j) : static_cast<T>(NAN);
+  }
+};
+
+// out[i] = src[idx[i]]; -1 for an index outside [0, n).
+struct GatherInt64 {
+  VectorView<const std::int64_t> src, idx;
+  VectorView<std::int64_t> out;
+  DYNASCOPE_HD void operator()(index_t i) const {
+    const std::int64_t k = idx[i];
+    out[i] = (k >= 0 && k < src.size) ? src[k] : std::int64_t(-1);
+  }
+};
+
+// Host only: the first index outside [0, n) is an error, found before anything is written.
+void check_indices(const Context& ctx, VectorView<const std::int64_t> idx, index_t n, const char* call,
+                   const char* name, const char* what) {
+  if (!ctx.is_host()) return;
+  for (index_t i = 0; i < idx.size; ++i) {
+    const std::int64_t v = idx[i];
+    if (v < 0 || v >= n)
+      throw InvalidArgument(std::string(call) + ": " + name + "[" + std::to_string(i) + "] = " + std::to_string(v) +
+                            " is outside [0, " + std::to_string(n) + ") (the " + what + ")");
+  }
+}
+
 }  // namespace
+
+template <class T>
+void gather_rows(const Context& ctx, MatrixView<const T> src, VectorView<const std::int64_t> rows, MatrixView<T> out) {
+  constexpr const char* call = "primitives::gather_rows";
+  detail::check_matrix(ctx, src, call, "src");
+  detail::check_vector(ctx, rows, call, "rows");
+  detail::check_matrix(ctx, out, call, "out");
+  if (out.rows != rows.size || out.cols != src.cols)
+    throw ShapeMismatch(std::string(call) + ": out must be " + detail::dims(rows.size, src.cols) +
+                        " (one row per index, src's columns), got " + detail::dims(out.rows, out.cols));
+  check_indices(ctx, rows, src.rows, call, "rows", "rows of src");
+  kern::parallel_for_2d(ctx, out.rows, out.cols, GatherRow<T>{src, rows.data, rows.stride, out});
+}
+
+void gather(const Context& ctx, VectorView<const std::int64_t> src, VectorView<const std::int64_t> idx,
+            VectorView<std::int64_t> out) {
+  constexpr const char* call = "primitives::gather";
+  detail::check_vector(ctx, src, call, "src");
+  detail::check_vector(ctx, idx, call, "idx");
+  detail::check_vector(ctx, out, call, "out");
+  if (out.size != idx.size)
+    throw ShapeMismatch(std::string(call) + ": out must have one element per index (" + std::to_string(idx.size) +
+                        "), got " + std::to_string(out.size));
+  check_indices(ctx, idx, src.size, call, "idx", "elements of src");
+  kern::parallel_for(ctx, out.size, GatherInt64{src, idx, out});
+}
+
+template void gather_rows<float>(const Context&, MatrixView<const float>, VectorView<const std::int64_t>,
+                                 MatrixView<float>);
+template void gather_rows<double>(const Context&, MatrixView<const double>, VectorView<const std::int64_t>,
+                                  MatrixView<double>);
 
 #define DS_ROW_REDUCTIONS(T, Out)                                                                             \
   void row_sums(const Context& ctx, MatrixView<const T> a, VectorView<Out> out) {                            \

@@ -16,6 +16,7 @@
 
 #include "dynascope/blas.hpp"
 #include "dynascope/primitives.hpp"
+#include "support/backend_test.hpp"
 #include "support/test_support.hpp"
 
 // The tests call kern::segmented_sum with bodies of their own, on host contexts only.
@@ -518,6 +519,108 @@ TEST(GemmStridedBatched, NegativeBatchIsRefused) {
       },
       {"gemm_strided_batched", "batch"});
 }
+
+// ---------------------------------------------------------------------------------------------
+// Gathers (host and cuda cases)
+// ---------------------------------------------------------------------------------------------
+
+class Gather : public test::BackendTest {};
+
+template <class T>
+void check_gather_rows(const Context& ctx) {
+  // src [9, 5] with ld 7 (NaN padding: never read), indices with stride 2 (repeats, first and last
+  // row), out [5, 5] with ld 6 (sentinel padding: never written).
+  const index_t n = 9, d = 5, lds = 7, ldo = 6;
+  const std::vector<std::int64_t> rows = {3, -99, 0, -99, 8, -99, 3, -99, 5};  // every other one is used
+  const index_t k = 5;
+  const auto src_host = test::with_ld(test::random_values<T>(n * d, 61), n, d, lds);
+  const auto src = Array<T>::from_host(ctx, {n, lds}, src_host);
+  const auto idx = Array<std::int64_t>::from_host(ctx, {index_t(rows.size())}, rows);
+  auto out = Array<T>::from_host(ctx, {k, ldo}, std::vector<T>(std::size_t(k * ldo), test::kSentinel<T>));
+  primitives::gather_rows<T>(ctx, test::strided(src, d), {idx.data(), k, 2, idx.backend(), idx.device()},
+                             test::strided(out, d));
+  const auto got = out.to_vector(ctx);
+  EXPECT_EQ(test::padding_changed(got, k, d, ldo), 0);
+  for (index_t i = 0; i < k; ++i)
+    for (index_t j = 0; j < d; ++j)
+      EXPECT_EQ(got[std::size_t(i * ldo + j)], src_host[std::size_t(rows[std::size_t(2 * i)] * lds + j)]) << i << ", " << j;
+  // No indices: nothing written.
+  primitives::gather_rows<T>(ctx, test::strided(src, d), {idx.data(), 0, 1, idx.backend(), idx.device()},
+                             test::strided(out, d).block(0, 0, 0, d));
+  EXPECT_EQ(out.to_vector(ctx), got);
+}
+
+TEST_P(Gather, RowsAreCopiedExactlyFromStridedViews) {
+  check_gather_rows<float>(ctx());
+  check_gather_rows<double>(ctx());
+}
+
+TEST_P(Gather, Int64ElementsAreCopiedExactly) {
+  std::vector<std::int64_t> src(11);
+  for (std::size_t i = 0; i < src.size(); ++i) src[i] = std::int64_t(1000 + 7 * i) * (i % 2 ? -1 : 1);
+  const std::vector<std::int64_t> idx = {10, 0, 0, 4, 9, 1};
+  const auto dsrc = Array<std::int64_t>::from_host(ctx(), {11}, src);
+  const auto didx = Array<std::int64_t>::from_host(ctx(), {6}, idx);
+  // out with stride 3: the elements between stay untouched.
+  auto out = Array<std::int64_t>::from_host(ctx(), {18}, std::vector<std::int64_t>(18, -777));
+  primitives::gather(ctx(), dsrc.vector(), didx.vector(), {out.data(), 6, 3, out.backend(), out.device()});
+  const auto got = out.to_vector(ctx());
+  for (std::size_t e = 0; e < got.size(); ++e)
+    EXPECT_EQ(got[e], e % 3 ? std::int64_t(-777) : src[std::size_t(idx[e / 3])]) << "element " << e;
+}
+
+TEST_P(Gather, OutOfRangeIndicesThrowOnHostAndNeverReadOutsideOnCuda) {
+  const index_t n = 4, d = 3;
+  const auto src_host = test::random_values<double>(n * d, 62);
+  const auto src = Array<double>::from_host(ctx(), {n, d}, src_host);
+  const auto idx = Array<std::int64_t>::from_host(ctx(), {3}, std::vector<std::int64_t>{1, 4, 0});
+  auto out = Array<double>::from_host(ctx(), {3, d}, std::vector<double>(std::size_t(3 * d), test::kSentinel<double>));
+  const auto lsrc = Array<std::int64_t>::from_host(ctx(), {4}, std::vector<std::int64_t>{5, 6, 7, 8});
+  const auto lidx = Array<std::int64_t>::from_host(ctx(), {2}, std::vector<std::int64_t>{-1, 2});
+  auto lout = Array<std::int64_t>::from_host(ctx(), {2}, std::vector<std::int64_t>{-777, -777});
+  if (ctx().is_host()) {
+    expect_error<InvalidArgument>([&] { primitives::gather_rows<double>(ctx(), src.matrix(), idx.vector(), out.matrix()); },
+                                  {"primitives::gather_rows", "rows[1] = 4", "outside [0, 4)"});
+    EXPECT_EQ(out.to_vector(ctx()), std::vector<double>(std::size_t(3 * d), test::kSentinel<double>)) << "written before the check";
+    expect_error<InvalidArgument>([&] { primitives::gather(ctx(), lsrc.vector(), lidx.vector(), lout.vector()); },
+                                  {"primitives::gather", "idx[0] = -1", "outside [0, 4)"});
+    EXPECT_EQ(lout.to_vector(ctx()), (std::vector<std::int64_t>{-777, -777}));
+    return;
+  }
+  // cuda: not checked; the bad index's row is NaN and its label -1, the others exact.
+  primitives::gather_rows<double>(ctx(), src.matrix(), idx.vector(), out.matrix());
+  primitives::gather(ctx(), lsrc.vector(), lidx.vector(), lout.vector());
+  const auto got = out.to_vector(ctx());
+  for (index_t j = 0; j < d; ++j) {
+    EXPECT_EQ(got[std::size_t(j)], src_host[std::size_t(d + j)]);
+    EXPECT_TRUE(std::isnan(got[std::size_t(d + j)]));
+    EXPECT_EQ(got[std::size_t(2 * d + j)], src_host[std::size_t(j)]);
+  }
+  EXPECT_EQ(lout.to_vector(ctx()), (std::vector<std::int64_t>{-1, 7}));
+}
+
+TEST_P(Gather, BadShapesThrowNamingTheArgument) {
+  const auto src = Array<float>::from_host(ctx(), {4, 3}, std::vector<float>(12, 1.0f));
+  const auto idx = Array<std::int64_t>::from_host(ctx(), {2}, std::vector<std::int64_t>{0, 1});
+  Array<float> out_rows(ctx(), {3, 3}), out_cols(ctx(), {2, 2});
+  expect_error<ShapeMismatch>([&] { primitives::gather_rows<float>(ctx(), src.matrix(), idx.vector(), out_rows.matrix()); },
+                              {"primitives::gather_rows", "out must be 2x3", "got 3x3"});
+  expect_error<ShapeMismatch>([&] { primitives::gather_rows<float>(ctx(), src.matrix(), idx.vector(), out_cols.matrix()); },
+                              {"out must be 2x3", "got 2x2"});
+  Array<std::int64_t> lout(ctx(), {3});
+  expect_error<ShapeMismatch>([&] { primitives::gather(ctx(), idx.vector(), idx.vector(), lout.vector()); },
+                              {"primitives::gather", "out must have one element per index (2)"});
+  // Host memory given to a cuda context (or the reverse) is named too.
+  if (ctx().is_cuda()) {
+    std::vector<std::int64_t> host_idx = {0, 1};
+    Array<float> out(ctx(), {2, 3});
+    expect_error<InvalidArgument>(
+        [&] { primitives::gather_rows<float>(ctx(), src.matrix(), vector_view<const std::int64_t>(host_idx.data(), 2), out.matrix()); },
+        {"rows lives on host"});
+  }
+}
+
+DYNASCOPE_BACKEND_TESTS(Gather);
 
 }  // namespace
 }  // namespace dynascope
