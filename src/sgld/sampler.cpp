@@ -24,6 +24,7 @@
 #include "kernels/launch.cuh"
 #include "kernels/philox.cuh"
 #include "kernels/sgld.cuh"
+#include "sgld/host_update.hpp"
 
 #if defined(__CUDACC__)
 #include <cuda_runtime.h>
@@ -106,9 +107,10 @@ __global__ void sgld_update_kernel(kern::SgldUpdate<T> u, index_t slices, double
 // The fused update over every (chain, slice) item; partials [C * slices * 3].
 template <class T>
 void launch_update(const Context& ctx, const kern::SgldUpdate<T>& u, index_t chains, index_t slices, double* partials) {
-  const index_t items = chains * slices;
   if (ctx.is_cuda()) {
 #if defined(__CUDACC__)
+    const index_t items = chains * slices;  // one block each; gridDim.x allows 2^31 - 1
+    if (items >= (index_t{1} << 31)) throw InvalidArgument("estimate_llc: chains x parameter slices exceed a CUDA grid");
     kern::CudaDeviceScope on_device(ctx.device());
     sgld_update_kernel<T><<<static_cast<unsigned>(items), kUpdateBlock, 0, static_cast<cudaStream_t>(ctx.stream())>>>(
         u, slices, partials);
@@ -118,17 +120,9 @@ void launch_update(const Context& ctx, const kern::SgldUpdate<T>& u, index_t cha
 #endif
     return;
   }
-  // Each item is thousands of elements: worth a thread from 2 items on.
-  kern::host_parallel_for(
-      ctx, items,
-      [=](index_t item) {
-        const index_t c = item / slices, s = item % slices;
-        const index_t begin = s * kern::kSgldSlice, end = std::min(u.P, begin + kern::kSgldSlice);
-        double sums[kern::kSgldSums] = {0, 0, 0};
-        u.run(c, begin, end, sums);
-        for (int q = 0; q < kern::kSgldSums; ++q) partials[item * kern::kSgldSums + q] = sums[q];
-      },
-      2);
+  // Each item is thousands of elements: worth a thread from 2 items on (host_update.cpp, which
+  // picks an FMA build of the loop where the CPU has one).
+  detail::host_update(u, chains, slices, partials, kern::host_threads(ctx));
 }
 
 template <class T>
@@ -378,7 +372,7 @@ LlcResult run_chains(const Chains<T>& job) {
 template <class T>
 LlcResult estimate_llc(const Context& ctx, const BatchedLossGrad<T>& fn, VectorView<const T> w_star, index_t n,
                        const LlcOptions& options) {
-  detail::check_vector(ctx, w_star, "estimate_llc", "w_star");
+  dynascope::detail::check_vector(ctx, w_star, "estimate_llc", "w_star");
   if (w_star.stride != 1) throw InvalidArgument("estimate_llc: w_star must be contiguous (stride 1)");
   if (!fn) throw InvalidArgument("estimate_llc: the loss-and-gradient callback is empty");
   const index_t P = w_star.size;
@@ -540,17 +534,17 @@ struct MlpLossGrad {
 template <class T>
 void check_data(const Context& ctx, const model::MlpSpec& spec, MatrixView<const T> x, const model::Targets<T>& t,
                 model::Loss loss) {
-  detail::check_matrix(ctx, x, "estimate_llc", "x");
+  dynascope::detail::check_matrix(ctx, x, "estimate_llc", "x");
   if (x.cols != spec.inputs())
     throw ShapeMismatch("estimate_llc: x has " + std::to_string(x.cols) + " columns, the network " +
                         std::to_string(spec.inputs()) + " inputs");
   if (t.has_labels()) {
-    detail::check_vector(ctx, t.labels, "estimate_llc", "labels");
+    dynascope::detail::check_vector(ctx, t.labels, "estimate_llc", "labels");
     if (t.labels.size != x.rows)
       throw ShapeMismatch("estimate_llc: " + std::to_string(t.labels.size) + " labels for " + std::to_string(x.rows) +
                           " samples");
   } else {
-    detail::check_matrix(ctx, t.values, "estimate_llc", "targets");
+    dynascope::detail::check_matrix(ctx, t.values, "estimate_llc", "targets");
     if (t.values.rows != x.rows || t.values.cols != spec.outputs())
       throw ShapeMismatch("estimate_llc: targets are " + std::to_string(t.values.rows) + "x" +
                           std::to_string(t.values.cols) + ", expected " + std::to_string(x.rows) + "x" +
