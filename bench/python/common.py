@@ -57,3 +57,36 @@ def need_torch():
     except ImportError:
         print("torch is not importable here (apt-get install python3-torch, run with /usr/bin/python3)", file=sys.stderr)
         sys.exit(0)
+
+
+def has_command(name):
+    """True when the dynascope binary exists and knows the subcommand `name` (scripts that compare a
+    command that is still being written skip its half with a message instead of failing)."""
+    exe = dynascope_exe()
+    if not os.path.exists(exe):
+        return False
+    r = subprocess.run([exe, name, "--help"], capture_output=True, text=True)
+    return r.returncode == 0
+
+
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist (as src/data/datasets.cpp)
+
+
+def load_fashion_mnist(n=None):
+    """(images [n, 784] float32 in [0, 1], labels [n] int64) from the training set, or None when
+    the package is not installed."""
+    import gzip
+    images = os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz")
+    labels = os.path.join(FASHION_DIR, "train-labels-idx1-ubyte.gz")
+    if not (os.path.exists(images) and os.path.exists(labels)):
+        return None
+    with gzip.open(images, "rb") as f:
+        magic, count, rows, cols = struct.unpack(">IIII", f.read(16))
+        assert magic == 2051, f"{images}: not an IDX image file"
+        x = np.frombuffer(f.read(), dtype=np.uint8).reshape(count, rows * cols)
+    with gzip.open(labels, "rb") as f:
+        magic, count_l = struct.unpack(">II", f.read(8))
+        assert magic == 2049 and count_l == count, f"{labels}: not the label file of {images}"
+        y = np.frombuffer(f.read(), dtype=np.uint8)
+    n = count if n is None else min(n, count)
+    return (x[:n].astype(np.float32) / 255.0), y[:n].astype(np.int64)
