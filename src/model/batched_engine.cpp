@@ -82,10 +82,18 @@ class OneBlasThread {
 // body(c) for every set c, the sets handed out one at a time to the context's threads, each body
 // on one thread with one-thread BLAS (a thread that loses its core to another process delays only
 // the sets it holds; which thread runs a set changes none of its bits). The bodies must not throw.
+// Below kSetParallelFlops of work in one call (about a millisecond on one core) the sets run one
+// after another on the calling thread: a parallel region costs a fork/join, and far more when
+// another process holds a core — the barrier then waits for a descheduled thread, up to a
+// scheduler time slice of several milliseconds per region. An SGLD run of 16 small chains with
+// 4000 steps and 5 regions per step took 75 s instead of 10 s next to one other busy process
+// at a 4 MFLOP threshold. Which thread runs a set changes none of its bits.
+inline constexpr double kSetParallelFlops = double(1 << 25);
+
 template <class F>
-void for_each_set(const Context& ctx, index_t sets, const F& body) {
+void for_each_set(const Context& ctx, index_t sets, double flops, const F& body) {
   const int threads = kern::host_threads(ctx);
-  if (threads <= 1 || sets <= 1) {
+  if (threads <= 1 || sets <= 1 || flops < kSetParallelFlops) {
     OneBlasThread one;
     for (index_t c = 0; c < sets; ++c) body(c);
     return;
@@ -237,6 +245,12 @@ struct BatchedMlpEngine<T>::Impl {
   }
   // The per-set schedule: host, and at least as many sets as threads.
   bool per_set() const { return ctx.is_host() && c >= kern::host_threads(ctx); }
+  // The GEMM flops of one forward over all sets (backprop and gradients are of the same order).
+  double call_flops() const {
+    double per_row = 0;
+    for (index_t l = 1; l <= L; ++l) per_row += double(width(l - 1)) * double(width(l));
+    return 2.0 * double(c) * double(n) * per_row;
+  }
 
   // a_{l-1} of set `set`: its first element and leading dimension.
   const T* input_of(index_t set, index_t l, index_t& ld) const {
@@ -309,7 +323,7 @@ MatrixView<const T> BatchedMlpEngine<T>::Impl::forward(MatrixView<const T> param
   const index_t pld = params.ld;
 
   if (per_set()) {
-    for_each_set(ctx, c, [&](index_t set) {
+    for_each_set(ctx, c, call_flops(), [&](index_t set) {
       const T* p = params.data + set * pld;
       for (index_t l = 1; l <= L; ++l) {
         const index_t in = width(l - 1), o = width(l);
@@ -422,7 +436,7 @@ void BatchedMlpEngine<T>::backprop(MatrixView<const T> params, MatrixView<const 
   const index_t pld = params.ld;
 
   if (s.per_set()) {
-    for_each_set(s.ctx, sets, [&](index_t set) {
+    for_each_set(s.ctx, sets, s.call_flops(), [&](index_t set) {
       T* top = s.delta[std::size_t(s.L)].data();
       for (index_t r = set * n; r < (set + 1) * n; ++r)
         std::copy(cotangents.data + r * cotangents.ld, cotangents.data + r * cotangents.ld + out, top + r * out);
@@ -472,7 +486,7 @@ void BatchedMlpEngine<T>::param_grads(MatrixView<T> grads) {
   const T bscale = s.beta();
 
   if (s.per_set()) {
-    for_each_set(s.ctx, sets, [&](index_t set) {
+    for_each_set(s.ctx, sets, s.call_flops(), [&](index_t set) {
       T* g = grads.data + set * gld;
       for (index_t l = 1; l <= s.L; ++l) {
         const index_t in = s.width(l - 1), o = s.width(l);

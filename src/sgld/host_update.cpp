@@ -10,28 +10,53 @@
 #include "sgld/host_update.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
 
 #include "kernels/sgld.cuh"
 
 namespace dynascope::sgld::detail {
 namespace {
 
+// The normals of elements [begin, end) of chain c (begin even): one Philox block per pair, the
+// draws kern::SgldUpdate::run makes on the device.
+[[gnu::always_inline]] inline void slice_normals(std::uint64_t seed, std::uint32_t chain, std::uint32_t step,
+                                                 index_t begin, index_t end, double* out) {
+  const index_t pairs = (end - begin + 1) / 2;
+  for (index_t p = 0; p < pairs; ++p) {
+    const kern::PhiloxBlock b = kern::philox_block(seed, chain, step, static_cast<std::uint64_t>(begin / 2 + p));
+    const double u1 = 1.0 - kern::u64_to_unit_double(b.v[0], b.v[1]);
+    const double u2 = kern::u64_to_unit_double(b.v[2], b.v[3]);
+    const double radius = std::sqrt(-2.0 * kern::portable_log(u1));
+    double sn, cs;
+    kern::portable_sincospi(std::fma(2.0, u2, -1.0), &sn, &cs);
+    out[2 * p] = radius * cs;
+    out[2 * p + 1] = radius * sn;
+  }
+}
+
+// One (chain, slice) item: its normals first (a loop of its own), then the update in element
+// order, so the sums add in the same order as kern::SgldUpdate::run.
 template <class T>
-inline void run_item(const kern::SgldUpdate<T>& u, index_t item, index_t slices, double* partials) {
+[[gnu::always_inline]] inline void run_item(const kern::SgldUpdate<T>& u, index_t item, index_t slices,
+                                            double* partials, double* noise) {
   const index_t c = item / slices, s = item % slices;
   const index_t begin = s * kern::kSgldSlice, end = std::min(u.P, begin + kern::kSgldSlice);
+  slice_normals(u.seed, static_cast<std::uint32_t>(c), u.step, begin, end, noise);
   double sums[kern::kSgldSums] = {0, 0, 0};
-  u.run(c, begin, end, sums);
+  for (index_t i = begin; i < end; ++i) u.element(c, i, noise[i - begin], sums);
   for (int q = 0; q < kern::kSgldSums; ++q) partials[item * kern::kSgldSums + q] = sums[q];
 }
 
+// The item, built for the CPU's features. No OpenMP inside: an outlined parallel region would not
+// inherit the target attribute.
 #if defined(__x86_64__) && defined(__GNUC__)
 #define DYNASCOPE_HAVE_FMA_CLONE 1
 template <class T>
-__attribute__((target("avx2,fma"))) void items_fma(const kern::SgldUpdate<T>& u, index_t items, index_t slices,
-                                                    double* partials, int threads) {
-#pragma omp parallel for schedule(static) num_threads(threads) if (items > 1)
-  for (index_t item = 0; item < items; ++item) run_item(u, item, slices, partials);
+__attribute__((target("avx2,fma"))) void item_fma(const kern::SgldUpdate<T>& u, index_t item, index_t slices,
+                                                   double* partials, double* noise) {
+  run_item(u, item, slices, partials, noise);
 }
 bool cpu_has_fma() {
   static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -40,9 +65,8 @@ bool cpu_has_fma() {
 #endif
 
 template <class T>
-void items_baseline(const kern::SgldUpdate<T>& u, index_t items, index_t slices, double* partials, int threads) {
-#pragma omp parallel for schedule(static) num_threads(threads) if (items > 1)
-  for (index_t item = 0; item < items; ++item) run_item(u, item, slices, partials);
+void item_baseline(const kern::SgldUpdate<T>& u, index_t item, index_t slices, double* partials, double* noise) {
+  run_item(u, item, slices, partials, noise);
 }
 
 }  // namespace
@@ -50,13 +74,19 @@ void items_baseline(const kern::SgldUpdate<T>& u, index_t items, index_t slices,
 template <class T>
 void host_update(const kern::SgldUpdate<T>& u, index_t chains, index_t slices, double* partials, int threads) {
   const index_t items = chains * slices;
+  // Below 2^16 parameters in all (about a millisecond of work) one thread does it: a parallel
+  // region would cost more on a busy machine (see batched_engine.cpp). The sums do not depend on it.
+  if (chains * u.P < (index_t{1} << 16)) threads = 1;
+  auto item = &item_baseline<T>;
 #if defined(DYNASCOPE_HAVE_FMA_CLONE)
-  if (cpu_has_fma()) {
-    items_fma(u, items, slices, partials, threads);
-    return;
-  }
+  if (cpu_has_fma()) item = &item_fma<T>;
 #endif
-  items_baseline(u, items, slices, partials, threads);
+#pragma omp parallel num_threads(threads) if (items > 1 && threads > 1)
+  {
+    std::vector<double> noise(static_cast<std::size_t>(kern::kSgldSlice));
+#pragma omp for schedule(static)
+    for (index_t i = 0; i < items; ++i) item(u, i, slices, partials, noise.data());
+  }
 }
 
 template void host_update<float>(const kern::SgldUpdate<float>&, index_t, index_t, double*, int);
