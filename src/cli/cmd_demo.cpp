@@ -16,6 +16,7 @@
 #include "dynascope/linalg.hpp"
 #include "dynascope/ntk.hpp"
 #include "dynascope/regions.hpp"
+#include "dynascope/sgld.hpp"
 
 namespace dynascope::cli {
 
@@ -33,6 +34,16 @@ struct RegionFlags {
 constexpr double kLcRadiusFraction = 0.01;
 constexpr double kMapMargin = 0.05;  // of the box's longer side, on every side
 
+// The LLC section's switches: how many checkpoints (evenly spaced, the first and the last among
+// them) and how many chains and draws; every other sampler setting is the library's default.
+struct LlcFlags {
+  bool no_llc = false;
+  index_t checkpoints = 3;
+  index_t chains = 4;
+  index_t draws = 100;
+  index_t burnin = 100;
+};
+
 struct DemoCommand {
   CommonOptions common;
   ModelFlags model;
@@ -40,6 +51,7 @@ struct DemoCommand {
   TrainFlags train;
   index_t ntk_samples = 128;
   RegionFlags regions;
+  LlcFlags llc;
   CLI::App* app = nullptr;
 };
 
@@ -253,6 +265,72 @@ json draw_region_map(const Context& ctx, const model::MlpSpec& spec, const Array
   return info;
 }
 
+// The LLC section: after training, the local learning coefficient at --llc-checkpoints evenly
+// spaced over the run (the first and the last among them; checkpoints whose training loss is not
+// finite are skipped), each read back from its file exactly as `dynascope llc --model FILE` reads
+// it, with the run's training data and loss and the same sampler options and seed, so that each
+// row is what that command reports.
+template <class T>
+json llc_section(const Context& ctx, const DemoCommand& c, const std::vector<CheckpointRow>& rows,
+                 const data::Split& split, model::Loss loss, std::vector<std::optional<sgld::LlcResult>>& per_row) {
+  const auto start = std::chrono::steady_clock::now();
+  per_row.assign(rows.size(), std::nullopt);
+  std::vector<std::size_t> usable;
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    if (std::isfinite(rows[i].train.loss) && !rows[i].file.empty()) usable.push_back(i);
+  std::vector<std::size_t> chosen;
+  const std::size_t m = usable.size(), k = std::min<std::size_t>(std::size_t(c.llc.checkpoints), m);
+  for (std::size_t j = 0; j < k; ++j) {
+    const std::size_t at = k == 1 ? m - 1 : (j * (m - 1) + (k - 1) / 2) / (k - 1);
+    if (chosen.empty() || chosen.back() != usable[at]) chosen.push_back(usable[at]);
+  }
+  sgld::LlcOptions o;
+  o.chains = c.llc.chains;
+  o.draws = c.llc.draws;
+  o.burnin = c.llc.burnin;
+  o.seed = c.common.seed;
+  const model::DeviceData<T> dev = model::to_device<T>(ctx, split.train);
+  std::string csv = llc_csv_header("step");
+  json out_rows = json::array();
+  for (std::size_t q = 0; q < chosen.size(); ++q) {
+    const CheckpointRow& row = rows[chosen[q]];
+    const std::string task = "demo: llc at step " + std::to_string(row.step) + " (" + std::to_string(q + 1) + "/" +
+                             std::to_string(chosen.size()) + ")";
+    o.on_progress = [&](const sgld::LlcProgress& p) {
+      ctx.progress(task, p.step, p.total_steps);
+      return true;
+    };
+    ModelFlags mf = c.model;
+    mf.model = row.file;
+    mf.arch.clear();
+    const model::Mlp<T> net = load_network<T>(ctx, mf, c.common.seed, split);
+    const sgld::LlcResult r = sgld::estimate_llc<T>(ctx, net.spec, net.params.data(), dev.x.matrix(), dev.targets(), loss, o);
+    csv += llc_csv_row(std::to_string(row.step), r);
+    json j;
+    j["step"] = row.step;
+    j["checkpoint"] = row.file;
+    const json est = llc_json(r);
+    for (auto it = est.begin(); it != est.end(); ++it) j[it.key()] = it.value();
+    out_rows.push_back(j);
+    per_row[chosen[q]] = r;
+  }
+  const std::string csv_file = (std::filesystem::path(c.train.out_dir) / "llc.csv").string();
+  io::write_text_atomic(csv_file, csv);
+  json section;
+  o.on_progress = nullptr;
+  section["options"] = llc_options_json(o);
+  section["samples"] = split.train.n;
+  section["csv_file"] = csv_file;
+  section["note"] = "local learning coefficient (Lau, Furman, Wang, Murfet, Wei): lambda = n*beta (E[L_B(w)] - L_n(w*)) "
+                    "over SGLD chains localized at the checkpoint's weights w* (library defaults: epsilon 1e-4, gamma "
+                    "100, n*beta = n / ln n with n the training samples, full batch), on the training set with the run's "
+                    "loss; llc_stderr = std over chains / sqrt(chains). The same numbers as `dynascope llc --model "
+                    "CHECKPOINT --chains C --draws D --burnin B --seed S` with the demo's data flags.";
+  section["rows"] = out_rows;
+  section["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return section;
+}
+
 // Checks the section's flags against each other and the data before any work; the settings.
 LcSettings lc_settings(const DemoCommand& c, const data::Split& split) {
   const CLI::App& cmd = *c.app;
@@ -279,6 +357,9 @@ LcSettings lc_settings(const DemoCommand& c, const data::Split& split) {
                          "bounding box's diagonal) is 0; give --lc-radius R > 0 or --no-lc");
     }
   }
+  if (c.llc.no_llc)
+    for (const char* flag : {"--llc-checkpoints", "--llc-chains", "--llc-draws", "--llc-burnin"})
+      refuse_ignored(cmd, flag, "--no-llc switches the local learning coefficient off");
   if (f.no_map) {
     refuse_ignored(cmd, "--map-resolution", "--no-region-map switches the region maps off");
     refuse_ignored(cmd, "--map-max-regions", "--no-region-map switches the region maps off");
@@ -383,6 +464,18 @@ int run(const DemoCommand& c) {
                                            (out_dir / "region_map_last.png").string());
   }
 
+  json llc_report;
+  std::vector<std::optional<sgld::LlcResult>> llc_rows(outcome.rows.size());
+  if (c.llc.no_llc) {
+    llc_report = {{"skipped", "--no-llc"}};
+  } else {
+    print_status(c.common, "demo: local learning coefficient at " +
+                               std::to_string(std::min<std::size_t>(std::size_t(c.llc.checkpoints), outcome.rows.size())) +
+                               " checkpoints (" + std::to_string(c.llc.chains) + " chains x " +
+                               std::to_string(c.llc.draws) + " draws)");
+    llc_report = llc_section<T>(ctx, c, outcome.rows, split, outcome.loss, llc_rows);
+  }
+
   json rows = json::array();
   for (std::size_t i = 0; i < outcome.rows.size(); ++i) {
     const auto& r = outcome.rows[i];
@@ -426,6 +519,7 @@ int run(const DemoCommand& c) {
                             "and kta_centered = centred kernel-target alignment; distance_to_init = 1 - <K0,K>/(|K0||K|)"}};
   report["local_complexity"] = lc_json;
   report["region_maps"] = maps_json;
+  report["llc"] = llc_report;
   report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   io::write_text_atomic((std::filesystem::path(c.train.out_dir) / "report.json").string(), report.dump(2) + "\n");
 
@@ -435,6 +529,7 @@ int run(const DemoCommand& c) {
   if (lc_tracker)
     for (const auto& set : lc_tracker->sets())
       std::printf("  %8s", set.name == "random" ? "LC rand" : ("LC " + set.name).c_str());
+  if (!c.llc.no_llc) std::printf("  %10s  %7s", "LLC", "LLC SE");
   std::printf("\n");
   for (std::size_t i = 0; i < outcome.rows.size(); ++i) {
     const auto& r = outcome.rows[i];
@@ -449,10 +544,21 @@ int run(const DemoCommand& c) {
                 nr.distance_to_init, cr.top[0], cr.trace);
     if (i < lc_totals.size())
       for (double v : lc_totals[i]) std::printf("  %8.3f", v);
+    // The LLC where it was measured (with its standard error over the chains), "-" elsewhere.
+    if (!c.llc.no_llc) {
+      if (llc_rows[i]) std::printf("  %10.4g  %7.2g", llc_rows[i]->llc_mean, llc_rows[i]->llc_stderr);
+      else std::printf("  %10s  %7s", "-", "-");
+    }
     std::printf("\n");
   }
+  // What the LLC's chains looked like when they looked unhealthy.
+  for (std::size_t i = 0; i < outcome.rows.size(); ++i)
+    if (llc_rows[i])
+      for (const std::string& w : llc_rows[i]->warnings)
+        std::printf("LLC at step %lld: %s\n", static_cast<long long>(outcome.rows[i].step), w.c_str());
   std::string files = c.train.out_dir + "/report.json, " + c.train.out_dir + "/train.csv";
   if (lc_tracker) files += ", " + c.train.out_dir + "/lc.csv";
+  if (llc_report.contains("csv_file")) files += ", " + c.train.out_dir + "/llc.csv";
   if (maps_json.contains("first") && maps_json["first"].contains("file"))
     files += ", " + c.train.out_dir + "/region_map_first.png";
   if (maps_json.contains("last") && maps_json["last"].contains("file"))
@@ -483,8 +589,8 @@ Command register_demo(CLI::App& app) {
   add_model_flags(*cmd, c->model, false);
   add_data_flags(*cmd, c->data, true);
   add_train_flags(*cmd, c->train);
-  add_out_dir_flags(*cmd, c->train, "run folder (checkpoints, train.csv, report.json, lc.csv, region_map_first.png, "
-                                     "region_map_last.png)");
+  add_out_dir_flags(*cmd, c->train, "run folder (checkpoints, train.csv, report.json, lc.csv, llc.csv, "
+                                     "region_map_first.png, region_map_last.png)");
   cmd->add_option("--ntk-samples", c->ntk_samples, "training samples the NTK section uses, >= 1")
       ->check(at_least(1))
       ->capture_default_str();
@@ -509,6 +615,19 @@ Command register_demo(CLI::App& app) {
                   "region maps: draw the exact partition when it has at most this many regions, else the grid's "
                   "edges, >= 1")
       ->check(at_least(1))
+      ->capture_default_str();
+  LlcFlags& lf = c->llc;
+  cmd->add_flag("--no-llc", lf.no_llc, "no local learning coefficient (llc.csv, the report's llc section, the LLC columns)");
+  cmd->add_option("--llc-checkpoints", lf.checkpoints,
+                  "the LLC at this many checkpoints, evenly spaced with the first and the last among them, >= 1")
+      ->check(at_least(1))
+      ->capture_default_str();
+  cmd->add_option("--llc-chains", lf.chains, "SGLD chains per LLC estimate, >= 2 (the error bar is their spread)")
+      ->check(at_least(2))
+      ->capture_default_str();
+  cmd->add_option("--llc-draws", lf.draws, "recorded draws per chain, >= 1")->check(at_least(1))->capture_default_str();
+  cmd->add_option("--llc-burnin", lf.burnin, "SGLD steps before the first draw, >= 0")
+      ->check(at_least(0))
       ->capture_default_str();
   return {cmd, [c] {
             resolve_dtype(c->common, {c->model.model, c->data.inputs});

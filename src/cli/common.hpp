@@ -110,6 +110,7 @@ Command register_ntk(CLI::App& app);
 Command register_eigen(CLI::App& app);
 Command register_spectrum(CLI::App& app);
 Command register_lc(CLI::App& app);
+Command register_llc(CLI::App& app);
 Command register_regions(CLI::App& app);
 
 }  // namespace dynascope::cli

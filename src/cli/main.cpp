@@ -36,6 +36,7 @@ int main(int argc, char** argv) {
   commands.push_back(register_eigen(app));
   commands.push_back(register_spectrum(app));
   commands.push_back(register_lc(app));
+  commands.push_back(register_llc(app));
   commands.push_back(register_regions(app));
   std::string names;
   for (const Command& c : commands) names += (names.empty() ? "" : ", ") + c.app->get_name();

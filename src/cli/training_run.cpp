@@ -40,7 +40,8 @@ void add_out_dir_flags(CLI::App& cmd, TrainFlags& f, const std::string& what) {
   cmd.add_option("--out-dir", f.out_dir, what)->capture_default_str();
   cmd.add_flag("--overwrite", f.overwrite,
                "replace an earlier run in --out-dir (its step_*.safetensors, train.csv, report.json and the demo's "
-               "lc.csv and region_map_{first,last}.png are removed first); without it such a folder is refused");
+               "lc.csv, llc.csv and region_map_{first,last}.png are removed first); without it such a folder is "
+               "refused");
 }
 
 void prepare_out_dir(const TrainFlags& f) {
@@ -51,7 +52,7 @@ void prepare_out_dir(const TrainFlags& f) {
   if (fs::exists(dir, ec) && !fs::is_directory(dir, ec))
     throw UsageError("--out-dir: '" + f.out_dir + "' exists and is not a folder");
   // The files a run writes: train's, and the demo's report and linear-regions section.
-  const std::vector<std::string> run_files{"train.csv", "report.json", "lc.csv", "region_map_first.png",
+  const std::vector<std::string> run_files{"train.csv", "report.json", "lc.csv", "llc.csv", "region_map_first.png",
                                            "region_map_last.png"};
   std::vector<fs::path> earlier;
   std::vector<std::string> others;  // the run files found that are not checkpoints, for the message
@@ -219,6 +220,26 @@ RunOutcome<T> run_training(const Context& ctx, const CommonOptions& common, cons
   return out;
 }
 
+std::vector<std::pair<index_t, std::string>> run_checkpoints(const std::string& flag, const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) throw UsageError(flag + ": '" + dir + "' is not a folder");
+  std::vector<std::pair<index_t, std::string>> out;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("step_", 0) != 0 || entry.path().extension() != ".safetensors") continue;
+    const std::string digits = name.substr(5, name.size() - 5 - std::string(".safetensors").size());
+    if (digits.empty() || digits.size() > 15 ||
+        !std::all_of(digits.begin(), digits.end(), [](char ch) { return ch >= '0' && ch <= '9'; }))
+      continue;
+    out.emplace_back(std::stoll(digits), entry.path().string());
+  }
+  if (out.empty())
+    throw UsageError(flag + ": '" + dir + "' holds no step_*.safetensors (write them with dynascope train --out-dir)");
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 double BoundingBox::diagonal() const {
   double s = 0;
   for (std::size_t j = 0; j < lo.size(); ++j) s += (hi[j] - lo[j]) * (hi[j] - lo[j]);
@@ -292,6 +313,102 @@ json lc_row_json(index_t step, const std::string& points, index_t samples, const
   j["all_layers_mean"] = r.all_layers_mean;
   j["per_layer_mean"] = r.per_layer_mean;
   return j;
+}
+
+namespace {
+// A finite number as JSON, else null (the reason is in the result's warnings or fields).
+json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
+std::string csv_number(double v) {
+  if (!std::isfinite(v)) return "";
+  std::ostringstream s;
+  s.precision(10);
+  s << v;
+  return s.str();
+}
+}  // namespace
+
+json llc_json(const sgld::LlcResult& r) {
+  json j;
+  j["llc_mean"] = number_or_null(r.llc_mean);
+  j["llc_std"] = number_or_null(r.llc_std);
+  j["llc_stderr"] = number_or_null(r.llc_stderr);
+  json per_chain = json::array();
+  for (double v : r.llc_per_chain) per_chain.push_back(number_or_null(v));
+  j["llc_per_chain"] = per_chain;
+  j["init_loss"] = number_or_null(r.init_loss);
+  j["nbeta"] = r.nbeta;
+  j["n"] = r.n;
+  j["chains"] = r.chains;
+  j["draws"] = r.draws;
+  j["r_hat"] = number_or_null(r.r_hat);
+  j["ess"] = number_or_null(r.ess);
+  j["mala_acceptance"] = number_or_null(r.mala_acceptance);
+  json diverged = json::object();
+  for (const auto& [chain, draw] : r.diverged) diverged[std::to_string(chain)] = draw;
+  j["diverged"] = diverged;
+  j["warnings"] = r.warnings;
+  j["gradient_evaluations"] = r.gradient_evaluations;
+  j["sampling_seconds"] = r.seconds;
+  return j;
+}
+
+json llc_options_json(const sgld::LlcOptions& o) {
+  json j;
+  j["chains"] = o.chains;
+  j["draws"] = o.draws;
+  j["burnin"] = o.burnin;
+  j["thin"] = o.thin;
+  j["epsilon"] = o.epsilon;
+  j["gamma"] = o.gamma;
+  j["nbeta_rule"] = name_of(sgld::nbeta_names, o.nbeta_rule);
+  if (o.nbeta_rule == sgld::NBeta::value) j["nbeta"] = o.nbeta;
+  j["batch"] = o.batch;
+  j["sampler"] = name_of(sgld::sampler_names, o.sampler);
+  if (o.sampler == sgld::Sampler::rmsprop_sgld) {
+    j["rmsprop_alpha"] = o.rmsprop_alpha;
+    j["rmsprop_eps"] = o.rmsprop_eps;
+  }
+  j["bounding_box"] = o.bounding_box;
+  j["init_loss"] = name_of(sgld::init_loss_names, o.init_loss);
+  j["mala"] = o.mala;
+  j["seed"] = o.seed;
+  if (!o.mask.empty()) {
+    index_t free = 0;
+    for (std::uint8_t m : o.mask) free += m != 0;
+    j["free_parameters"] = free;
+  }
+  return j;
+}
+
+std::string llc_csv_header(const std::string& first_column) {
+  return first_column +
+         ",llc_mean,llc_stderr,r_hat,llc_std,ess,mala_acceptance,init_loss,nbeta,chains,diverged_chains,warnings\n";
+}
+
+std::string llc_csv_row(const std::string& first_value, const sgld::LlcResult& r) {
+  std::string warnings;
+  for (const std::string& w : r.warnings) warnings += (warnings.empty() ? "" : "; ") + w;
+  std::string quoted = "\"";
+  for (char ch : warnings) quoted += ch == '"' ? std::string("\"\"") : std::string(1, ch == '\n' ? ' ' : ch);
+  quoted += "\"";
+  std::ostringstream s;
+  s << first_value << "," << csv_number(r.llc_mean) << "," << csv_number(r.llc_stderr) << "," << csv_number(r.r_hat) << ","
+    << csv_number(r.llc_std) << "," << csv_number(r.ess) << "," << csv_number(r.mala_acceptance) << ","
+    << csv_number(r.init_loss) << "," << csv_number(r.nbeta) << "," << r.chains << "," << r.diverged.size() << ","
+    << (warnings.empty() ? "" : quoted) << "\n";
+  return s.str();
+}
+
+std::string llc_summary(const sgld::LlcResult& r) {
+  char buf[160];
+  const index_t healthy = r.chains - index_t(r.diverged.size());
+  if (healthy == 0) return "llc: every chain diverged (" + std::to_string(r.chains) + " chains); try a smaller --epsilon";
+  std::snprintf(buf, sizeof buf, "llc = %.4g \u00b1 %.2g (SE, %lld chain%s)", r.llc_mean, r.llc_stderr,
+                static_cast<long long>(healthy), healthy == 1 ? "" : "s");
+  std::string line = buf;
+  if (!r.diverged.empty())
+    line += "; " + std::to_string(r.diverged.size()) + " of " + std::to_string(r.chains) + " chains diverged";
+  return line;
 }
 
 template <class T>

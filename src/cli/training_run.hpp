@@ -7,6 +7,7 @@
 
 #include "cli/model_flags.hpp"
 #include "dynascope/regions.hpp"
+#include "dynascope/sgld.hpp"
 
 namespace dynascope::cli {
 
@@ -61,6 +62,10 @@ RunOutcome<T> run_training(const Context& ctx, const CommonOptions& common, cons
                            const data::Split& split, bool write_checkpoints,
                            const std::function<void(index_t step, const Array<T>& params)>& at_checkpoint = {});
 
+// The step_*.safetensors of a run folder in step order, with their steps; UsageError naming
+// `flag` when the folder is missing or holds none.
+std::vector<std::pair<index_t, std::string>> run_checkpoints(const std::string& flag, const std::string& dir);
+
 // ---- Local complexity along training: shared by `lc --checkpoints` and the demo ------------------
 // The same point sets, CSV columns and JSON rows in both, so that the demo's lc.csv is what
 // `dynascope lc --checkpoints` writes for the same run, data flags, radius, dims and seed.
@@ -93,6 +98,25 @@ std::string lc_csv_header(index_t layers);
 std::string lc_csv_row(index_t step, const std::string& points, index_t samples, const regions::LcResult& r);
 // The same row as JSON: step, points, samples, total_mean, all_layers_mean, per_layer_mean.
 json lc_row_json(index_t step, const std::string& points, index_t samples, const regions::LcResult& r);
+
+// ---- The local learning coefficient along training: shared by `llc` and the demo --------------
+// The same JSON keys and CSV columns in both, so that the demo's llc.csv is what `dynascope llc
+// --checkpoints` writes for the same run, data, sampler options and seed.
+
+// The estimate as JSON: llc_mean, llc_std, llc_stderr, llc_per_chain (null for a diverged chain),
+// init_loss, nbeta, n, r_hat, ess, mala_acceptance (null when not estimated), diverged {chain:
+// first bad draw}, warnings, gradient_evaluations, sampling_seconds.
+json llc_json(const sgld::LlcResult& r);
+// The sampler options as JSON (chains, draws, burnin, thin, epsilon, gamma, nbeta_rule, nbeta when
+// given, batch, sampler, its RMSprop constants, bounding_box, init_loss, mala, seed, masked).
+json llc_options_json(const sgld::LlcOptions& o);
+// CSV: `first_column` (e.g. "step") then llc_mean, llc_stderr, r_hat, llc_std, ess,
+// mala_acceptance, init_loss, nbeta, chains, diverged_chains, warnings (quoted, joined by "; ");
+// a non-finite value is empty. Each line ends in a newline.
+std::string llc_csv_header(const std::string& first_column);
+std::string llc_csv_row(const std::string& first_value, const sgld::LlcResult& r);
+// One line for people: "llc = 12.3 ± 0.4 (SE, 8 chains)", with the diverged chains when any.
+std::string llc_summary(const sgld::LlcResult& r);
 
 // The predicted class of every row of x [N, D] (on ctx's backend): the argmax output, or for one
 // output 1 where it is > 0 and 0 elsewhere. Tiled over rows, for region maps of large grids.

@@ -27,10 +27,14 @@ using nlohmann::json;
 using test::CliResult;
 
 // One small demo run shared by the read-only checks: 160 spirals samples (120 train / 40 test),
-// checkpoints at steps 0, 20 and 40, 96-pixel maps.
+// checkpoints at steps 0, 20 and 40, 96-pixel maps, the LLC from 3 chains of 10 + 30 steps.
 constexpr int kSamples = 160, kTrain = 120, kTest = 40, kResolution = 96;
-const std::vector<std::string> kSmall{"--samples", "160", "--steps", "40", "--save-every", "20", "--ntk-samples", "16",
-                                      "--quiet"};
+const std::vector<std::string> kLlc{"--llc-chains", "3", "--llc-draws", "30", "--llc-burnin", "10"};
+const std::vector<std::string> kSmall = [] {
+  std::vector<std::string> a{"--samples", "160", "--steps", "40", "--save-every", "20", "--ntk-samples", "16", "--quiet"};
+  a.insert(a.end(), kLlc.begin(), kLlc.end());  // last: a run with --no-llc leaves them out
+  return a;
+}();
 
 std::vector<std::string> demo_args(const std::string& out_dir, std::vector<std::string> extra) {
   std::vector<std::string> a{"demo", "--out-dir", out_dir};
@@ -213,8 +217,85 @@ TEST_F(CliDemo, LocalComplexityRowsEqualLcOnTheLastCheckpoint) {
   std::istringstream cells(last_row);
   std::vector<double> v;
   for (std::string cell; cells >> cell;) v.push_back(std::stod(cell));
-  ASSERT_EQ(v.size(), 15u) << last_row;
+  ASSERT_EQ(v.size(), 17u) << last_row;  // 12 columns, 3 LC, then LLC and its standard error
   for (std::size_t k = 0; k < 3; ++k) EXPECT_NEAR(v[12 + k], rows[6 + k].at("total_mean").get<double>(), 5e-4);
+}
+
+TEST_F(CliDemo, LlcRowsEqualTheLlcCommand) {
+  ASSERT_EQ(shared_run().exit_code, 0) << shared_run();
+  const json report = read_json(path("run/report.json"));
+  const json& llc = report.at("llc");
+  // The default: three checkpoints (the first, the middle and the last), the chains and draws asked for.
+  const json& opt = llc.at("options");
+  EXPECT_EQ(opt.at("chains"), 3);
+  EXPECT_EQ(opt.at("draws"), 30);
+  EXPECT_EQ(opt.at("burnin"), 10);
+  EXPECT_EQ(opt.at("seed"), 0);
+  EXPECT_EQ(llc.at("samples"), kTrain);
+  const json& rows = llc.at("rows");
+  ASSERT_EQ(rows.size(), 3u);
+  for (std::size_t q = 0; q < 3; ++q) {
+    EXPECT_EQ(rows[q].at("step"), 20 * int(q));
+    EXPECT_EQ(rows[q].at("llc_per_chain").size(), 3u);
+    EXPECT_TRUE(rows[q].at("diverged").empty()) << rows[q];
+    EXPECT_GT(rows[q].at("llc_stderr").get<double>(), 0.0);
+    EXPECT_NEAR(rows[q].at("nbeta").get<double>(), kTrain / std::log(double(kTrain)), 1e-9);
+  }
+  const std::vector<std::string> csv = lines(path("run/llc.csv"));
+  ASSERT_EQ(csv.size(), 4u);
+  EXPECT_EQ(csv[0], "step,llc_mean,llc_stderr,r_hat,llc_std,ess,mala_acceptance,init_loss,nbeta,chains,diverged_chains,warnings");
+  for (std::size_t q = 0; q < 3; ++q) {
+    const std::vector<std::string> f = fields(csv[q + 1]);
+    ASSERT_GE(f.size(), 3u);
+    EXPECT_EQ(f[0], std::to_string(20 * q));
+    EXPECT_NEAR(std::stod(f[1]), rows[q].at("llc_mean").get<double>(), 1e-9 * std::abs(rows[q].at("llc_mean").get<double>()));
+    EXPECT_NEAR(std::stod(f[2]), rows[q].at("llc_stderr").get<double>(), 1e-9 * rows[q].at("llc_stderr").get<double>());
+  }
+
+  // `dynascope llc --model` on the last checkpoint with the demo's data flags, chains, draws,
+  // burn-in and seed: the same estimate, number for number.
+  const std::vector<std::string> data{"--dataset", "spirals", "--samples", std::to_string(kSamples), "--test-fraction", "0.25"};
+  std::vector<std::string> args{"llc", "--model", path("run/step_0000040.safetensors"), "--chains", "3", "--draws", "30",
+                                "--burnin", "10", "--quiet"};
+  args.insert(args.end(), data.begin(), data.end());
+  CliResult r = test::run(args);
+  ASSERT_EQ(r.exit_code, 0) << r;
+  const json one = r.json();
+  for (const char* key : {"llc_mean", "llc_std", "llc_stderr", "llc_per_chain", "init_loss", "nbeta", "r_hat", "ess",
+                          "mala_acceptance", "diverged", "warnings", "gradient_evaluations"})
+    EXPECT_EQ(one.at(key), rows[2].at(key)) << key;
+  // The init loss is the training loss the demo reports for that checkpoint.
+  EXPECT_NEAR(one.at("init_loss").get<double>(), report.at("checkpoints")[2].at("train_loss").get<double>(),
+              1e-5 * report.at("checkpoints")[2].at("train_loss").get<double>());
+
+  // `dynascope llc --checkpoints` on the run folder takes the data from report.json: the same rows
+  // and the same CSV.
+  r = test::run({"llc", "--checkpoints", path("run"), "--chains", "3", "--draws", "30", "--burnin", "10", "--out-csv",
+                 path("llc_theirs.csv"), "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  const json theirs = r.json();
+  EXPECT_EQ(theirs.at("data").at("from"), path("run/report.json"));
+  EXPECT_EQ(theirs.at("data").at("train_samples"), kTrain);
+  ASSERT_EQ(theirs.at("rows").size(), 3u);
+  for (std::size_t q = 0; q < 3; ++q)
+    for (const char* key : {"step", "llc_mean", "llc_stderr", "llc_per_chain", "r_hat", "init_loss"})
+      EXPECT_EQ(theirs.at("rows")[q].at(key), rows[q].at(key)) << key << " at row " << q;
+  EXPECT_EQ(lines(path("llc_theirs.csv")), csv);
+
+  // The summary table's LLC columns: the last row's estimate and error bar.
+  std::istringstream table(shared_run().out);
+  std::string header, last_row;
+  std::getline(table, header);
+  EXPECT_NE(header.find("LLC"), std::string::npos) << header;
+  for (std::string line; std::getline(table, line);)
+    if (line.rfind("     40  ", 0) == 0) last_row = line;
+  std::istringstream cells(last_row);
+  std::vector<double> v;
+  for (std::string cell; cells >> cell;) v.push_back(std::stod(cell));
+  ASSERT_EQ(v.size(), 17u) << last_row;
+  EXPECT_NEAR(v[15], rows[2].at("llc_mean").get<double>(), 5e-4 * std::abs(rows[2].at("llc_mean").get<double>()));
+  EXPECT_NEAR(v[16], rows[2].at("llc_stderr").get<double>(), 5e-2 * rows[2].at("llc_stderr").get<double>());
+  EXPECT_NE(shared_run().out.find("llc.csv"), std::string::npos);
 }
 
 TEST_F(CliDemo, RegionMapsArePngsEqualToTheRegionsCommand) {
@@ -303,14 +384,36 @@ TEST_F(CliDemo, SwitchesRadiusAndDims) {
   EXPECT_EQ(report.at("local_complexity"), json({{"skipped", "--no-lc"}}));
   EXPECT_EQ(read_png(path("nolc/region_map_last.png")).width, 32u);
 
-  // --no-region-map: no PNGs; the rows are still written.
-  r = test::run(demo_args(path("nomap"), {"--no-region-map"}));
+  // --no-region-map: no PNGs; the rows are still written. The LLC at 2 checkpoints: the first and
+  // the last, "-" in the table for the one between.
+  r = test::run(demo_args(path("nomap"), {"--no-region-map", "--llc-checkpoints", "2"}));
   ASSERT_EQ(r.exit_code, 0) << r;
   EXPECT_FALSE(fs::exists(path("nomap/region_map_first.png")));
   EXPECT_FALSE(fs::exists(path("nomap/region_map_last.png")));
   EXPECT_EQ(lines(path("nomap/lc.csv")).size(), 10u);
   report = read_json(path("nomap/report.json"));
   EXPECT_EQ(report.at("region_maps"), json({{"skipped", "--no-region-map"}}));
+  ASSERT_EQ(report.at("llc").at("rows").size(), 2u);
+  EXPECT_EQ(report.at("llc").at("rows")[0].at("step"), 0);
+  EXPECT_EQ(report.at("llc").at("rows")[1].at("step"), 40);
+  EXPECT_EQ(lines(path("nomap/llc.csv")).size(), 3u);
+  {
+    std::istringstream table(r.out);
+    std::string middle;
+    for (std::string line; std::getline(table, line);)
+      if (line.rfind("     20  ", 0) == 0) middle = line;
+    ASSERT_GE(middle.size(), 4u) << r.out;
+    EXPECT_EQ(middle.substr(middle.size() - 4), "   -") << middle;
+  }
+
+  // --no-llc: no llc.csv, no LLC columns, the report says why.
+  std::vector<std::string> no_llc{"demo", "--out-dir", path("nollc"), "--no-llc", "--no-lc", "--no-region-map"};
+  no_llc.insert(no_llc.end(), kSmall.begin(), kSmall.end() - std::ptrdiff_t(kLlc.size()));
+  r = test::run(no_llc);
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_FALSE(fs::exists(path("nollc/llc.csv")));
+  EXPECT_EQ(r.out.find("LLC"), std::string::npos) << r.out;
+  EXPECT_EQ(read_json(path("nollc/report.json")).at("llc"), json({{"skipped", "--no-llc"}}));
 
   // A radius and dims of one's own; no test set: rows for train and random only; a cap below the
   // partition's size: the map's edges come from the grid and the report says why.
@@ -378,6 +481,11 @@ TEST_F(CliDemo, RunsNeverMixAndBadFlagsAreRefused) {
   refused({"--map-max-regions", "0"}, {"--map-max-regions", ">= 1"});
   refused({"--no-region-map", "--map-resolution", "64"}, {"--map-resolution", "--no-region-map"});
   refused({"--no-region-map", "--map-max-regions", "64"}, {"--map-max-regions", "--no-region-map"});
+  refused({"--no-llc"}, {"--llc-chains", "--no-llc"});  // kSmall sets the LLC's chains and draws
+  refused({"--llc-chains", "1"}, {"--llc-chains", ">= 2"});
+  refused({"--llc-draws", "0"}, {"--llc-draws", ">= 1"});
+  refused({"--llc-checkpoints", "0"}, {"--llc-checkpoints", ">= 1"});
+  refused({"--llc-burnin", "-1"}, {"--llc-burnin", ">= 0"});
   test::expect_usage_error(test::run({"demo", "--dataset", "gaussians", "--samples", "96", "--arch", "-16-",
                                       "--map-resolution", "64", "--out-dir", out, "--quiet"}),
                            {"--map-resolution", "2-D inputs only", "8"});
