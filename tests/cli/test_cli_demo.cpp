@@ -256,7 +256,7 @@ TEST_F(CliDemo, LlcRowsEqualTheLlcCommand) {
   // burn-in and seed: the same estimate, number for number.
   const std::vector<std::string> data{"--dataset", "spirals", "--samples", std::to_string(kSamples), "--test-fraction", "0.25"};
   std::vector<std::string> args{"llc", "--model", path("run/step_0000040.safetensors"), "--chains", "3", "--draws", "30",
-                                "--burnin", "10", "--quiet"};
+                                "--burnin", "10", "--epsilon", "3e-4", "--quiet"};
   args.insert(args.end(), data.begin(), data.end());
   CliResult r = test::run(args);
   ASSERT_EQ(r.exit_code, 0) << r;
@@ -270,8 +270,8 @@ TEST_F(CliDemo, LlcRowsEqualTheLlcCommand) {
 
   // `dynascope llc --checkpoints` on the run folder takes the data from report.json: the same rows
   // and the same CSV.
-  r = test::run({"llc", "--checkpoints", path("run"), "--chains", "3", "--draws", "30", "--burnin", "10", "--out-csv",
-                 path("llc_theirs.csv"), "--quiet"});
+  r = test::run({"llc", "--checkpoints", path("run"), "--chains", "3", "--draws", "30", "--burnin", "10", "--epsilon",
+                 "3e-4", "--out-csv", path("llc_theirs.csv"), "--quiet"});
   ASSERT_EQ(r.exit_code, 0) << r;
   const json theirs = r.json();
   EXPECT_EQ(theirs.at("data").at("from"), path("run/report.json"));
@@ -486,6 +486,7 @@ TEST_F(CliDemo, RunsNeverMixAndBadFlagsAreRefused) {
   refused({"--llc-draws", "0"}, {"--llc-draws", ">= 1"});
   refused({"--llc-checkpoints", "0"}, {"--llc-checkpoints", ">= 1"});
   refused({"--llc-burnin", "-1"}, {"--llc-burnin", ">= 0"});
+  refused({"--llc-epsilon", "0"}, {"--llc-epsilon"});
   test::expect_usage_error(test::run({"demo", "--dataset", "gaussians", "--samples", "96", "--arch", "-16-",
                                       "--map-resolution", "64", "--out-dir", out, "--quiet"}),
                            {"--map-resolution", "2-D inputs only", "8"});
