@@ -104,10 +104,20 @@ void validate(const LlcCommand& c) {
   check_output("--out-trace", c.out_trace);
   check_output("--out-distance-trace", c.out_distance_trace);
   check_output("--out-csv", c.out_csv);
-  for (const auto& [flag, path] : {std::pair{"--out-trace", &c.out_trace}, {"--out-distance-trace", &c.out_distance_trace},
-                                   {"--out-csv", &c.out_csv}})
-    if (!path->empty() && !c.common.out.empty() && fs::path(*path) == fs::path(c.common.out))
-      throw UsageError(std::string(flag) + " and --out name the same file '" + c.common.out + "'");
+  // No two outputs may be one file (the second write would silently replace the first); paths are
+  // compared after normalisation, so ./t.npy and t.npy are the same file.
+  const std::pair<const char*, const std::string*> outputs[] = {{"--out", &c.common.out},
+                                                                {"--out-trace", &c.out_trace},
+                                                                {"--out-distance-trace", &c.out_distance_trace},
+                                                                {"--out-csv", &c.out_csv}};
+  const auto same = [](const std::string& a, const std::string& b) {
+    return fs::absolute(fs::path(a)).lexically_normal() == fs::absolute(fs::path(b)).lexically_normal();
+  };
+  for (std::size_t i = 0; i < std::size(outputs); ++i)
+    for (std::size_t j = i + 1; j < std::size(outputs); ++j)
+      if (!outputs[i].second->empty() && !outputs[j].second->empty() && same(*outputs[i].second, *outputs[j].second))
+        throw UsageError(std::string(outputs[j].first) + " and " + outputs[i].first + " name the same file '" +
+                         *outputs[j].second + "'");
 }
 
 // The options for n training samples: the flags, checked against the data.

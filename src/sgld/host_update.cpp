@@ -14,26 +14,19 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/philox_simd.hpp"
 #include "kernels/sgld.cuh"
 
 namespace dynascope::sgld::detail {
 namespace {
 
 // The normals of elements [begin, end) of chain c (begin even): one Philox block per pair, the
-// draws kern::SgldUpdate::run makes on the device.
-[[gnu::always_inline]] inline void slice_normals(std::uint64_t seed, std::uint32_t chain, std::uint32_t step,
-                                                 index_t begin, index_t end, double* out) {
-  const index_t pairs = (end - begin + 1) / 2;
-  for (index_t p = 0; p < pairs; ++p) {
-    const kern::PhiloxBlock b = kern::philox_block(seed, chain, step, static_cast<std::uint64_t>(begin / 2 + p));
-    const double u1 = 1.0 - kern::u64_to_unit_double(b.v[0], b.v[1]);
-    const double u2 = kern::u64_to_unit_double(b.v[2], b.v[3]);
-    const double radius = std::sqrt(-2.0 * kern::portable_log(u1));
-    double sn, cs;
-    kern::portable_sincospi(std::fma(2.0, u2, -1.0), &sn, &cs);
-    out[2 * p] = radius * cs;
-    out[2 * p + 1] = radius * sn;
-  }
+// draws kern::SgldUpdate::run makes on the device, bit for bit (an AVX2 build of them where the
+// CPU has it, core/philox_simd.cpp). out has room for end - begin + 1 values.
+inline void slice_normals(std::uint64_t seed, std::uint32_t chain, std::uint32_t step, index_t begin, index_t end,
+                          double* out) {
+  dynascope::detail::philox_normal_pairs(seed, chain, step, static_cast<std::uint64_t>(begin / 2),
+                                         (end - begin + 1) / 2, out);
 }
 
 // One (chain, slice) item: its normals first (a loop of its own), then the update in element
@@ -83,7 +76,7 @@ void host_update(const kern::SgldUpdate<T>& u, index_t chains, index_t slices, d
 #endif
 #pragma omp parallel num_threads(threads) if (items > 1 && threads > 1)
   {
-    std::vector<double> noise(static_cast<std::size_t>(kern::kSgldSlice));
+    std::vector<double> noise(static_cast<std::size_t>(kern::kSgldSlice) + 1);
 #pragma omp for schedule(static)
     for (index_t i = 0; i < items; ++i) item(u, i, slices, partials, noise.data());
   }

@@ -341,24 +341,38 @@ LlcResult run_chains(const Chains<T>& job) {
   }
 
   // Health.
-  if (!r.diverged.empty())
+  if (healthy == 0)
+    r.warnings.push_back("every chain diverged (a non-finite loss or distance): no estimate; lower epsilon");
+  else if (!r.diverged.empty())
     r.warnings.push_back(std::to_string(r.diverged.size()) + " of " + std::to_string(C) +
                          " chains diverged (a non-finite loss or distance): the step size epsilon is too large "
                          "for them; the estimate uses the other chains");
-  if (healthy == 0) r.warnings.push_back("every chain diverged: no estimate; lower epsilon");
+  if (healthy == 1)
+    r.warnings.push_back("one chain: no standard deviation or standard error (run 2 or more chains)");
+  if (healthy > 0 && D < 4) r.warnings.push_back("fewer than 4 draws: no R-hat or effective sample size");
   if (healthy > 0 && below_init * 2 > healthy * D)
     r.warnings.push_back("the chains' loss is below the loss at w* in " +
                          std::to_string(int(std::lround(100.0 * double(below_init) / double(healthy * D)))) +
                          "% of the draws: w* is not a local minimum (train longer) or gamma is too weak");
-  if (std::isfinite(r.mala_acceptance) && r.mala_acceptance < 0.5)
+  // With minibatches the two potentials of a step come from different minibatches (as in
+  // devinterp), so the acceptance also carries the minibatch noise of nβ L_B and says little about
+  // ε: the acceptance warnings are given for full batches only.
+  if (m == 0 && std::isfinite(r.mala_acceptance) && r.mala_acceptance < 0.5)
     r.warnings.push_back("MALA acceptance " + std::to_string(r.mala_acceptance) +
                          " is low: epsilon is too large for the SGLD step to follow the posterior");
-  if (std::isfinite(r.mala_acceptance) && r.mala_acceptance > 0.999)
+  if (m == 0 && std::isfinite(r.mala_acceptance) && r.mala_acceptance > 0.999)
     r.warnings.push_back("MALA acceptance " + std::to_string(r.mala_acceptance) +
                          " is near 1: epsilon may be so small that the chains barely move");
-  if (std::isfinite(r.r_hat) && r.r_hat > 1.1)
-    r.warnings.push_back("R-hat " + std::to_string(r.r_hat) +
-                         " > 1.1: the chains have not mixed; use more burn-in or draws, or a larger epsilon");
+  if (std::isfinite(r.r_hat) && r.r_hat > 1.1) {
+    // The localization pulls w back to w* at the rate ε γ / 2 per step: a burn-in of a few
+    // 2 / (ε γ) steps lets the chains forget their common start.
+    std::string advice = "use more burn-in or draws, or a larger epsilon";
+    if (o.gamma > 0)
+      advice = "the localization relaxes in 2/(epsilon gamma) = " +
+               std::to_string(std::llround(2.0 / (o.epsilon * o.gamma))) +
+               " steps: use a burn-in of a few times that, more draws, or a larger epsilon";
+    r.warnings.push_back("R-hat " + std::to_string(r.r_hat) + " > 1.1: the chains have not mixed; " + advice);
+  }
   r.gradient_evaluations = double(C) * double(total_steps) * double(m > 0 ? m : job.n) / double(job.n);
   r.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   return r;

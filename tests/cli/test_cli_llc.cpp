@@ -418,6 +418,10 @@ TEST(CliLlc, BadInputIsRefusedBeforeAnythingIsWritten) {
   refused({"--bounding-box", "0"}, {"--bounding-box", "> 0"});
   refused({"--init-loss", "minibatch"}, {"--init-loss minibatch", "--batch"});
   refused({"--out-csv", temp_path("x.csv")}, {"--out-csv", "--checkpoints", "--calibrate"});
+  // Two outputs in one file: the second write would replace the first.
+  refused({"--out-distance-trace", trace}, {"--out-distance-trace and --out-trace name the same file"});
+  refused({"--out-distance-trace", (fs::path(trace).parent_path() / "." / fs::path(trace).filename()).string()},
+          {"--out-distance-trace and --out-trace name the same file"});
   refused({"--calibrate-epsilons", "1e-4"}, {"--calibrate-epsilons", "--calibrate"});
   refused({"--calibrate", "--calibrate-epsilons", "0,1e-4"}, {"--calibrate-epsilons", "> 0"});
   refused({"--calibrate"}, {"--out-trace", "--calibrate"});

@@ -349,6 +349,51 @@ TEST(LlcSampler, DivergedChainsAreMarkedAndTheOthersKept) {
   EXPECT_NE(r.warnings.front().find("2 of 8 chains diverged"), std::string::npos);
 }
 
+TEST(LlcSampler, WarningsSayWhatIsMissing) {
+  const std::vector<double> w_star(3, 0.0), h(3, 1.0);
+  const VectorView<const double> w{w_star.data(), 3};
+  const auto has = [](const LlcResult& r, const std::string& needle) {
+    for (const std::string& x : r.warnings)
+      if (x.find(needle) != std::string::npos) return true;
+    return false;
+  };
+  LlcOptions o;
+  o.chains = 1;
+  o.draws = 3;
+  o.burnin = 0;
+  LlcResult r = estimate_llc<double>(Context::host(1), quadratic<double>(h, w_star), w, 50, o);
+  EXPECT_TRUE(std::isnan(r.llc_stderr));
+  EXPECT_TRUE(has(r, "one chain: no standard deviation"));
+  EXPECT_TRUE(std::isnan(r.r_hat));
+  EXPECT_TRUE(has(r, "fewer than 4 draws"));
+  // Every chain non-finite: no "other chains" to use.
+  const auto base = quadratic<double>(h, w_star);
+  const BatchedLossGrad<double> nan = [&](const LossGradRequest<double>& req) {
+    base(req);
+    for (index_t c = 0; c < req.params.rows; ++c) req.losses.data[c] = std::numeric_limits<double>::quiet_NaN();
+  };
+  o.chains = 3;
+  o.draws = 10;
+  r = estimate_llc<double>(Context::host(1), nan, w, 50, o);
+  EXPECT_EQ(r.diverged.size(), 3u);
+  EXPECT_TRUE(has(r, "every chain diverged"));
+  EXPECT_FALSE(has(r, "the other chains"));
+  // R-hat's advice names the localization's relaxation time 2 / (ε γ).
+  o = {};
+  o.chains = 4;
+  o.draws = 20;
+  o.burnin = 0;
+  o.epsilon = 1e-4;
+  o.gamma = 100;
+  const BatchedLossGrad<double> stuck = [&](const LossGradRequest<double>& req) {
+    base(req);
+    for (index_t c = 0; c < req.params.rows; ++c) req.losses.data[c] += double(c);  // chains far apart
+  };
+  r = estimate_llc<double>(Context::host(1), stuck, w, 50, o);
+  EXPECT_GT(r.r_hat, 1.1);
+  EXPECT_TRUE(has(r, "2/(epsilon gamma) = 200 steps"));
+}
+
 TEST(LlcSampler, AStepSizeThatBlowsUpSomeChainsMarksExactlyThose) {
   // U = nβ (w^4/4 + w^2 / 2) per coordinate: with a large ε, chains whose noise pushes them out far
   // enough explode (the quartic drift overshoots), the others stay bounded.
