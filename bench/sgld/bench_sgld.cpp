@@ -8,7 +8,7 @@
 //          (every chain sees all samples: the inputs are shared), arg = chains C (1, 8, 64, 512).
 //          The peer (bench/python/devinterp_llc.py) runs the same problem with devinterp.
 //  mnist   784-1024-1024-10 (1.86 M parameters), cross-entropy, n = 4096 Fashion-MNIST-sized
-//          random inputs, minibatches of m = 512 per chain and step, arg = chains (1, 2, 8).
+//          random inputs, minibatches of m = 512 per chain and step, 12 steps (6 burn-in, 6 draws), arg = chains (1, 2, 8).
 //
 // Flops per chain-step: forward 2 m Σ_l d_{l-1} d_l, backward 2 m Σ_{l>=2} d_{l-1} d_l (no input
 // gradient), weight gradients 2 m Σ_l d_{l-1} d_l.
@@ -108,8 +108,8 @@ void run(benchmark::State& state, Backend backend, const std::string& arch, inde
 
 void small(benchmark::State& s) { run(s, Backend::host, "10-24-2", 1000, 0, 200, false); }
 void small_cuda(benchmark::State& s) { run(s, Backend::cuda, "10-24-2", 1000, 0, 200, false); }
-void mnist(benchmark::State& s) { run(s, Backend::host, "784-1024-1024-10", 4096, 512, 4, true); }
-void mnist_cuda(benchmark::State& s) { run(s, Backend::cuda, "784-1024-1024-10", 4096, 512, 4, true); }
+void mnist(benchmark::State& s) { run(s, Backend::host, "784-1024-1024-10", 4096, 512, 12, true); }
+void mnist_cuda(benchmark::State& s) { run(s, Backend::cuda, "784-1024-1024-10", 4096, 512, 12, true); }
 
 BENCHMARK(small)->Arg(1)->Arg(8)->Arg(64)->Arg(512)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(small_cuda)->Arg(1)->Arg(8)->Arg(64)->Arg(512)->UseManualTime()->Unit(benchmark::kMillisecond);
