@@ -25,6 +25,8 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 using test::CliResult;
+using test::fields;
+using test::lines;
 
 // One small demo run shared by the read-only checks: 160 spirals samples (120 train / 40 test),
 // checkpoints at steps 0, 20 and 40, 96-pixel maps, the LLC from 3 chains of 10 + 30 steps.
@@ -46,20 +48,6 @@ std::vector<std::string> demo_args(const std::string& out_dir, std::vector<std::
 json read_json(const std::string& path) {
   std::ifstream f(path);
   return json::parse(f);
-}
-
-std::vector<std::string> lines(const std::string& path) {
-  std::ifstream f(path);
-  std::vector<std::string> out;
-  for (std::string line; std::getline(f, line);) out.push_back(line);
-  return out;
-}
-
-std::vector<std::string> fields(const std::string& line) {
-  std::vector<std::string> out;
-  std::stringstream s(line);
-  for (std::string f; std::getline(s, f, ',');) out.push_back(f);
-  return out;
 }
 
 std::string exact_number(double v) {

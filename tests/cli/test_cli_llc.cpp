@@ -103,20 +103,6 @@ void expect_matches(const json& j, const sgld::LlcResult& r) {
   EXPECT_EQ(j.at("diverged"), diverged);
 }
 
-std::vector<std::string> lines(const std::string& path) {
-  std::ifstream f(path);
-  std::vector<std::string> out;
-  for (std::string line; std::getline(f, line);) out.push_back(line);
-  return out;
-}
-
-std::vector<std::string> fields(const std::string& line) {
-  std::vector<std::string> out;
-  std::stringstream s(line);
-  for (std::string f; std::getline(s, f, ',');) out.push_back(f);
-  return out;
-}
-
 TEST(CliLlc, JsonAndTracesEqualTheLibrary) {
   const Problem p = problem();
   const std::string trace = temp_path("trace.npy"), distance = temp_path("distance.npy");

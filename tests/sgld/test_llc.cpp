@@ -588,6 +588,15 @@ LlcResult mlp_llc(const Context& ctx, const Problem<T>& p, model::Loss loss, con
   return estimate_llc<T>(ctx, p.spec, params.data(), x.matrix(), t, loss, o);
 }
 
+// Two runs' loss and distance traces, value by value, to rounding (1e-11 relative).
+void expect_traces_near(const LlcResult& got, const LlcResult& want) {
+  ASSERT_EQ(got.loss_trace.size(), want.loss_trace.size());
+  for (std::size_t i = 0; i < want.loss_trace.size(); ++i) {
+    EXPECT_NEAR(got.loss_trace[i], want.loss_trace[i], 1e-11 * want.loss_trace[i]) << i;
+    EXPECT_NEAR(got.distance_trace[i], want.distance_trace[i], 1e-11 * (1 + want.distance_trace[i])) << i;
+  }
+}
+
 class LlcMlp : public test::BackendTest {};
 
 TEST_P(LlcMlp, ReducedRankRegressionMatchesAoyagiWatanabe) {
@@ -742,11 +751,7 @@ TEST_P(LlcMlp, TheBatchedPathEqualsOneEnginePerChain) {
                                                     VectorView<const double>{p.params.data(), p.spec.num_params()}, p.n, o);
         SCOPED_TRACE(testing::Message() << "classify " << classify << " batch " << batch << " budget " << budget);
         EXPECT_NEAR(got.init_loss, want.init_loss, 1e-12 * want.init_loss);
-        ASSERT_EQ(got.loss_trace.size(), want.loss_trace.size());
-        for (std::size_t i = 0; i < want.loss_trace.size(); ++i) {
-          EXPECT_NEAR(got.loss_trace[i], want.loss_trace[i], 1e-11 * want.loss_trace[i]) << i;
-          EXPECT_NEAR(got.distance_trace[i], want.distance_trace[i], 1e-11 * (1 + want.distance_trace[i])) << i;
-        }
+        expect_traces_near(got, want);
         EXPECT_NEAR(got.mala_acceptance, want.mala_acceptance, 1e-8);
       }
 }
@@ -817,10 +822,7 @@ TEST_P(LlcMlp, TracesAgreeAcrossBackendsAndThreadCounts) {
   o.sampler = Sampler::rmsprop_sgld;
   const LlcResult got = mlp_llc_labels<double>(ctx(), p, o);
   const LlcResult want = mlp_llc_labels<double>(Context::host(1), p, o);
-  for (std::size_t i = 0; i < want.loss_trace.size(); ++i) {
-    EXPECT_NEAR(got.loss_trace[i], want.loss_trace[i], 1e-11 * want.loss_trace[i]) << i;
-    EXPECT_NEAR(got.distance_trace[i], want.distance_trace[i], 1e-11 * (1 + want.distance_trace[i])) << i;
-  }
+  expect_traces_near(got, want);
   EXPECT_NEAR(got.mala_acceptance, want.mala_acceptance, 1e-9);
 }
 
