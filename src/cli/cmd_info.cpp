@@ -1,6 +1,8 @@
 // dynascope info: version, backends built, CUDA devices seen (or why none), BLAS in use.
 #include <omp.h>
 
+#include <cstdlib>
+
 #include "cli/common.hpp"
 #include "dynascope/blas.hpp"
 #include "dynascope/config.hpp"
@@ -27,6 +29,9 @@ Command register_info(CLI::App& app) {
             r["cuda"] = cuda;
             r["blas"] = blas::host_blas_name();
             r["host_threads"] = ctx.threads() > 0 ? ctx.threads() : omp_get_max_threads();
+            // What the OpenMP runtime was started with (the tool sets passive unless told otherwise).
+            const char* policy = std::getenv("OMP_WAIT_POLICY");
+            r["omp_wait_policy"] = policy ? json(policy) : json(nullptr);
             r["workspace_budget_bytes"] = ctx.workspace_budget();
             emit_result("info", *opts, ctx, r, start);
             return 0;

@@ -2,6 +2,8 @@
 // range messages, outputs checked before any work, runs that never mix, precision that follows
 // the data, one definition of the alignment quantities in `ntk` and `demo`, and Ctrl-C.
 #include <gtest/gtest.h>
+
+#include <cstdlib>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -66,6 +68,25 @@ class CliFlags : public ::testing::Test {
   }
   fs::path dir_;
 };
+
+TEST_F(CliFlags, OpenMpWaitsPassivelyUnlessTheUserChoseAPolicy) {
+  // Spinning barriers made runs of many small steps ten times slower on a busy machine; the tool
+  // restarts itself with OMP_WAIT_POLICY=passive when the environment does not set a policy.
+  const char* saved = std::getenv("OMP_WAIT_POLICY");
+  const std::string restore = saved ? saved : "";
+  ::unsetenv("OMP_WAIT_POLICY");
+  test::CliResult r = test::run({"info"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_EQ(r.json().at("omp_wait_policy"), "passive");
+  ::setenv("OMP_WAIT_POLICY", "active", 1);
+  r = test::run({"info"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_EQ(r.json().at("omp_wait_policy"), "active");
+  if (saved)
+    ::setenv("OMP_WAIT_POLICY", restore.c_str(), 1);
+  else
+    ::unsetenv("OMP_WAIT_POLICY");
+}
 
 TEST_F(CliFlags, UnknownCommandIsNamedAndTheCommandsListed) {
   expect_usage_error({"frobnicate"}, {"unknown command 'frobnicate'", "ntk", "spectrum", "demo"});
