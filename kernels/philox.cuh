@@ -101,16 +101,25 @@ DYNASCOPE_HD inline void portable_sincospi(double x, double* sin_out, double* co
   *cos_out = (odd ? sn : cs) * cos_sign;
 }
 
+// The two standard normals of one Philox block: Box-Muller on two 53-bit uniforms, the draws of
+// elements 2b (cosine) and 2b + 1 (sine) of block b. Every caller that needs both (the SGLD
+// update, the host's batched normals) goes through this one definition, so the bits agree.
+DYNASCOPE_HD inline void box_muller(const PhiloxBlock& b, double* cos_normal, double* sin_normal) {
+  const double u1 = 1.0 - u64_to_unit_double(b.v[0], b.v[1]);  // (0, 1]
+  const double u2 = u64_to_unit_double(b.v[2], b.v[3]);        // [0, 1)
+  const double radius = sqrt(-2.0 * portable_log(u1));
+  double s, c;
+  portable_sincospi(fma(2.0, u2, -1.0), &s, &c);
+  *cos_normal = radius * c;
+  *sin_normal = radius * s;
+}
+
 // Standard normal draw for element e (Box-Muller on one Philox block per pair of elements).
 DYNASCOPE_HD inline double philox_normal(std::uint64_t seed, std::uint32_t stream,
                                          std::uint32_t step, std::uint64_t e) {
-  const PhiloxBlock b = philox_block(seed, stream, step, e >> 1);
-  const double u1 = 1.0 - u64_to_unit_double(b.v[0], b.v[1]);  // (0, 1]
-  const double u2 = u64_to_unit_double(b.v[2], b.v[3]);        // [0, 1)
-  const double radius = std::sqrt(-2.0 * portable_log(u1));
-  double s, c;
-  portable_sincospi(fma(2.0, u2, -1.0), &s, &c);
-  return radius * ((e & 1) ? s : c);
+  double c, s;
+  box_muller(philox_block(seed, stream, step, e >> 1), &c, &s);
+  return (e & 1) ? s : c;
 }
 
 // Uniform [0, 1) draw for element e with the precision of T.

@@ -43,14 +43,11 @@ struct SgldUpdate {
     for (index_t i = begin; i < end; i += 2) {
       // One Philox block per pair of elements (random.hpp's normal convention): element i of
       // chain c at step t is the same draw as random::fill_normal(Stream{seed, c, t}).
-      const PhiloxBlock b = philox_block(seed, static_cast<std::uint32_t>(c), step, static_cast<std::uint64_t>(i) >> 1);
-      const double u1 = 1.0 - u64_to_unit_double(b.v[0], b.v[1]);
-      const double u2 = u64_to_unit_double(b.v[2], b.v[3]);
-      const double radius = sqrt(-2.0 * portable_log(u1));
-      double sn, cs;
-      portable_sincospi(fma(2.0, u2, -1.0), &sn, &cs);
-      element(c, i, radius * cs, sums);
-      if (i + 1 < end) element(c, i + 1, radius * sn, sums);
+      double first, second;
+      box_muller(philox_block(seed, static_cast<std::uint32_t>(c), step, static_cast<std::uint64_t>(i) >> 1), &first,
+                 &second);
+      element(c, i, first, sums);
+      if (i + 1 < end) element(c, i + 1, second, sums);
     }
   }
 

@@ -30,17 +30,9 @@ void check_count(index_t n, const char* call, const char* name) {
   if (n < 0) throw InvalidArgument(std::string(call) + ": " + name + " must be >= 0, got " + std::to_string(n));
 }
 
-// kern::philox_normal's two elements of one block (cosine branch first) from one Philox call:
-// the same expressions as there, evaluated once for both.
-inline void normal_pair(const kern::PhiloxBlock& b, double* out) {
-  const double u1 = 1.0 - kern::u64_to_unit_double(b.v[0], b.v[1]);  // (0, 1]
-  const double u2 = kern::u64_to_unit_double(b.v[2], b.v[3]);        // [0, 1)
-  const double radius = std::sqrt(-2.0 * kern::portable_log(u1));
-  double s, c;
-  kern::portable_sincospi(fma(2.0, u2, -1.0), &s, &c);
-  out[0] = radius * c;
-  out[1] = radius * s;
-}
+// kern::philox_normal's two elements of one block (cosine branch first) from one Philox call,
+// through kern::box_muller, the one definition both use.
+inline void normal_pair(const kern::PhiloxBlock& b, double* out) { kern::box_muller(b, out, out + 1); }
 
 #if defined(DYNASCOPE_PHILOX_AVX2)
 #define DYNASCOPE_AVX2 __attribute__((target("avx2,fma")))
