@@ -23,6 +23,7 @@
 #include "dynascope/blas.hpp"
 #include "kernels/activation.cuh"
 #include "kernels/launch.cuh"
+#include "model/kernel_activation.hpp"
 #include "kernels/math.cuh"
 #include "kernels/segmented.cuh"
 
@@ -31,25 +32,13 @@ namespace dynascope::model {
 using blas::Op;
 using detail::Buffer;
 using detail::check_matrix;
+using internal::act_params;
+using internal::kernel_activation;
 using detail::check_vector;
 using detail::dims;
 
 namespace {
 
-// As in engine.cpp: the public and the kernels' activation enums are mapped explicitly.
-kern::Act kernel_activation(Activation a) {
-  switch (a) {
-    case Activation::identity: return kern::Act::identity;
-    case Activation::relu: return kern::Act::relu;
-    case Activation::leaky_relu: return kern::Act::leaky_relu;
-    case Activation::abs: return kern::Act::abs;
-    case Activation::tanh: return kern::Act::tanh;
-    case Activation::gelu: return kern::Act::gelu;
-    case Activation::softplus: return kern::Act::softplus;
-    case Activation::sigmoid: return kern::Act::sigmoid;
-  }
-  throw InvalidArgument("unknown activation value " + std::to_string(static_cast<int>(a)));
-}
 
 // ---- host BLAS of the per-set schedule: one thread, row-major ----
 void set_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, index_t m, index_t n, index_t k, float alpha, const float* a,

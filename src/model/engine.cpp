@@ -10,35 +10,15 @@
 #include "dynascope/blas.hpp"
 #include "kernels/activation.cuh"
 #include "kernels/launch.cuh"
+#include "model/kernel_activation.hpp"
 
 namespace dynascope::model {
 
 using blas::Op;
 using detail::Buffer;
 using detail::check_matrix;
-
-namespace {
-
-// The public enum and the kernels' enum are separate types (the kernels include no public
-// header); the mapping is spelled out so that reordering either one cannot silently change the
-// activation a network computes.
-kern::Act kernel_activation(Activation a) {
-  switch (a) {
-    case Activation::identity: return kern::Act::identity;
-    case Activation::relu: return kern::Act::relu;
-    case Activation::leaky_relu: return kern::Act::leaky_relu;
-    case Activation::abs: return kern::Act::abs;
-    case Activation::tanh: return kern::Act::tanh;
-    case Activation::gelu: return kern::Act::gelu;
-    case Activation::softplus: return kern::Act::softplus;
-    case Activation::sigmoid: return kern::Act::sigmoid;
-  }
-  throw InvalidArgument("unknown activation value " + std::to_string(static_cast<int>(a)));
-}
-
-kern::ActParams act_params(const ActivationSpec& a) { return {kernel_activation(a.kind), a.slope}; }
-
-}  // namespace
+using internal::act_params;
+using internal::kernel_activation;
 
 template <class T>
 struct MlpEngine<T>::Impl {
