@@ -5,9 +5,9 @@
 #   2 linalg     linalg, chain_stats          (operators, eigsh, SLQ, traces, MCMC statistics: core only)
 #   3 model      model, engine;   3 data: datasets
 #   4 losses     losses, batched_engine       (neither the trainer nor the datasets)
-#   5 curvature  curvature;       5 ntk: ntk;   5 regions: regions;  5 sgld: sgld, llc_theory
-#                (none includes another)
-#   6 train      train
+#   5 curvature  curvature;       5 ntk: ntk;   5 regions: regions;  5 sgld: sgld, llc_theory;
+#                5 elasticity: elasticity     (none includes another)
+#   6 train      train;           6 response: response (elasticity's output changes)
 #   7 umbrella   spectra                      (linalg + curvature + ntk, for users only)
 # A header missing from this table is an error, so that a new header gets a layer. Nothing under
 # src/ may include the umbrella. Prints every edge with its layers.
@@ -26,7 +26,9 @@ set(layer_curvature 5)
 set(layer_ntk 5)
 set(layer_regions 5)
 set(layer_sgld 5)
+set(layer_elasticity 5)
 set(layer_train 6)
+set(layer_response 6)
 set(layer_umbrella 7)
 foreach(h types view context array blas error random dlpack enum_names dispatch primitives export config)
   set(group_${h} core)
@@ -45,6 +47,8 @@ set(group_regions regions)
 set(group_sgld sgld)
 set(group_llc_theory sgld)
 set(group_train train)
+set(group_elasticity elasticity)
+set(group_response response)
 set(group_spectra umbrella)
 
 file(GLOB headers RELATIVE "${ROOT}/include/dynascope" "${ROOT}/include/dynascope/*.hpp")
