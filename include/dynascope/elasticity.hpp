@@ -20,9 +20,11 @@
 // Metrics, S_rel(x_i, x'_j) = m(x'_j; i) / m(x_i; i):
 //   abs        m = ||Delta||_2 of the outputs (|Delta| for one output). Value targets only.
 //   l2         m = ||softmax f(w+) - softmax f(w)||_2 (the original measure adapted to classes).
+//              In the ntk form its eta -> 0 limit: ||F Delta||_2, F = diag p - p p^T (below).
 //   kl         m = KL(p_w || p_w+) = sum_k p_k (log p_k - log q_k), p = softmax f(w),
 //              q = softmax f(w+), in float64 from the logits. In the ntk form, the eta -> 0 limit
-//              of the ratio: Delta'^T F' Delta' / Delta^T F Delta, F = diag p - p p^T.
+//              of the ratio: Delta'^T F' Delta' / Delta^T F Delta, F = diag p - p p^T (m itself
+//              is then 1/2 Delta^T F Delta, the leading term of the KL).
 //   kl_compat  m = mean_k q_k (log q_k - p_k): what the reference notebooks' F.kl_div(p, q) call
 //              computes (probabilities where log-probabilities belong; not a divergence), offered
 //              only to compare with published numbers. step form only.
@@ -88,12 +90,13 @@ struct OutputChanges {
   Array<double> base1;       // [N1, O]  f(x1; w)
   Array<double> base2;       // [N2, O]  f(x2; w)
   Array<double> loss_grad;   // [N1, O]  dl_i/df at x_i (the per-sample loss above)
-  Array<double> self_delta;  // [N1, O]  Delta_i(x_i)
+  Array<double> self_delta;  // [N1, O]  Delta_i(x_i) (without x2: the diagonal of delta, so S_rel(x_i, x_i) = 1 exactly)
   Array<double> delta;       // [N1, N2 * O], row i, columns j*O..j*O+O-1: Delta_i(x2_j)
   // With per_layer (ntk form only): L arrays like `delta` from the per-layer kernels Theta_l,
   // summing to `delta` to rounding; self_delta likewise in layer_self_delta.
   std::vector<Array<double>> layer_delta, layer_self_delta;
   double flops = 0;  // floating-point operations of the model's products (forwards, gradients, kernels)
+  double eta = 0;    // the step size the changes were computed with (S_ker divides by it)
 };
 
 // Throws ShapeMismatch naming `x1`, `x2`, `targets` or `params` for inconsistent shapes,

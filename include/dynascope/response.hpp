@@ -36,9 +36,11 @@ struct Options {
   bool per_layer = true;  // per-layer responses from the per-layer NTK (always the kernel form)
 };
 
+// The update is always sgd (the response is defined for it); per_layer in the step form costs a
+// second (ntk-form) pass. Means over no defined source are NaN.
 struct Response {
   index_t samples = 0;
-  Array<double> matrix;  // [N, N], row i = the source of the step, column j = where it is measured
+  Array<double> matrix;  // host, [N, N], row i = the source of the step, column j = where it is measured
   double mean_diagonal = 0;      // mean_i R(x_i, x_i)
   double mean_off_diagonal = 0;  // mean over i != j of R(x_j, x_i)
   // per_layer: layer l = 1..L at index l-1, from Theta_l; they sum to the ntk-form totals.
@@ -56,32 +58,41 @@ DYNASCOPE_API Response training_response(const Context& ctx, const model::MlpSpe
 
 // ---- Aging fit ----
 // R_t ~ A t^(-beta) by least squares of ln R on ln t over the points with t_min <= t <= t_max
-// (t > 0 and R > 0 only; others are skipped and counted), with a two-sided `confidence` interval
+// (t > 0 and finite R > 0 only: the window's other points are skipped and counted in `skipped`;
+// points outside the window are simply not used), with a two-sided `confidence` interval
 // for beta from Student's t with points - 2 degrees of freedom. InvalidArgument when fewer than 3
 // points remain (naming the window), for mismatched lengths, or a confidence outside (0, 1).
 struct PowerLawFit {
   double amplitude = 0, beta = 0, beta_low = 0, beta_high = 0;
-  double beta_stderr = 0, r_squared = 0, confidence = 0.95;
+  double beta_stderr = 0, r_squared = 0, confidence = 0.95;  // r_squared = 1 for an exactly constant ln R
   index_t points = 0, skipped = 0;
 };
 DYNASCOPE_API PowerLawFit fit_power_law(std::span<const double> t, std::span<const double> r, double t_min,
                                         double t_max, double confidence = 0.95);
-// The p-quantile of Student's t distribution with `dof` degrees of freedom (dof > 0, 0 < p < 1).
+// The p-quantile of Student's t distribution with `dof` degrees of freedom (dof > 0, 0 < p < 1),
+// to ~1e-12 relative; +-infinity where it lies beyond the double range (tiny dof, p near 0 or 1).
 DYNASCOPE_API double student_t_quantile(double p, double dof);
 
 // ---- Feature space ----
+// Both are 0 when every singular value is zero or none are given (a degenerate layer), and
+// between 1 and the number of values otherwise; InvalidArgument for a negative or non-finite value.
 DYNASCOPE_API double effective_rank(std::span<const double> singular_values);
 DYNASCOPE_API double participation_ratio(std::span<const double> singular_values);
 // All min(N, width) singular values of h [N, width] (on ctx's backend), descending, in float64
-// (eigenvalues of the smaller Gram matrix, clamped at zero).
+// (eigenvalues of the smaller Gram matrix; those below max(N, width) * eps * the largest, the
+// Gram's own rounding, are reported as 0 so that a rank-r matrix has r non-zero values). On cuda h
+// is copied to the host. InvalidArgument for a non-finite entry.
 template <class T>
 DYNASCOPE_API std::vector<double> singular_values(const Context& ctx, MatrixView<const T> h);
-// Units of a layer whose activations a [N, width] are exactly zero on every sample.
+// Units of a layer whose activations a [N, width] are exactly zero on every sample (InvalidArgument
+// when a has no rows).
 template <class T>
 DYNASCOPE_API index_t count_dead(const Context& ctx, MatrixView<const T> a);
 // Units among the rows of w [width, fan_in] (with bias b [width], or none) that duplicate an
 // earlier unit: || u_j - u_k ||_2 <= tolerance for unit vectors u = (w_j, b_j) / ||(w_j, b_j)||.
-// Zero rows duplicate nothing. Host or device memory per ctx.
+// Zero rows duplicate nothing. The tolerance applies to the raw (w_j, b_j), not to the scaled
+// weights of the NTK parameterization (exact duplicates are the same either way). Host or device
+// memory per ctx.
 template <class T>
 DYNASCOPE_API index_t count_duplicated(const Context& ctx, MatrixView<const T> w, VectorView<const T> b,
                                        double tolerance);

@@ -1,1 +1,633 @@
-// placeholder: being written
+// Local elasticity (include/dynascope/elasticity.hpp): the output changes of one training step
+// per source, in the step form (the update taken, all sources as one batched-parameters forward)
+// and the NTK form (the eta -> 0 limit from the structured kernel), and the metrics on them.
+//
+// A kernel source: the parameter update is one elementwise pass on the context's backend. The
+// rest of the device work is the engines' and the NTK's; only output tiles come to the host,
+// where everything after them is float64.
+#include "dynascope/elasticity.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "core/checks.hpp"
+#include "dynascope/batched_engine.hpp"
+#include "dynascope/engine.hpp"
+#include "dynascope/ntk.hpp"
+#include "kernels/launch.cuh"
+
+namespace dynascope::elasticity {
+
+Update parse_update(const std::string& text) { return parse_name(update_names, text); }
+Form parse_form(const std::string& text) { return parse_name(form_names, text); }
+Metric parse_metric(const std::string& text) { return parse_name(metric_names, text); }
+const char* to_string(Update u) noexcept { return name_of(update_names, u); }
+const char* to_string(Form f) noexcept { return name_of(form_names, f); }
+const char* to_string(Metric m) noexcept { return name_of(metric_names, m); }
+
+namespace {
+
+using model::MlpSpec;
+
+// %g: a step size of 1e-8 must not print as 0.000000.
+std::string num(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
+// The option checks shared by resolve() and output_changes() (everything but the metric).
+void check_options(const Options& o, const std::string& call) {
+  if (!(o.eta > 0) || !std::isfinite(o.eta))
+    throw InvalidArgument(call + ": eta (the step size) must be > 0 and finite, got " + num(o.eta));
+  if (o.update != Update::sgd && o.update != Update::adam) throw InvalidArgument(call + ": unknown update");
+  if (o.form != Form::step && o.form != Form::ntk) throw InvalidArgument(call + ": unknown form");
+  if (o.update == Update::adam && (!(o.adam_eps > 0) || !std::isfinite(o.adam_eps)))
+    throw InvalidArgument(call + ": adam_eps must be > 0 and finite, got " + num(o.adam_eps));
+  if (o.update == Update::adam && o.form == Form::ntk)
+    throw InvalidArgument(call + ": update adam has no ntk form (only the sgd step has an eta -> 0 limit linear in "
+                                 "the kernel); use form step");
+}
+
+bool class_metric(Metric m) { return m == Metric::l2 || m == Metric::kl || m == Metric::kl_compat; }
+
+}  // namespace
+
+Metric resolve(const Options& options, bool labels) {
+  const std::string call = "elasticity";
+  check_options(options, call);
+  Metric m = options.metric;
+  if (m == Metric::automatic) m = labels ? Metric::kl : Metric::abs;
+  if (m == Metric::abs && labels)
+    throw InvalidArgument(call + ": metric abs needs value targets, but the targets are class labels (use kl, l2 or "
+                                 "kl-compat)");
+  if (class_metric(m) && !labels)
+    throw InvalidArgument(call + ": metric " + to_string(m) +
+                          " needs class labels, but the targets are values (use abs)");
+  if (m == Metric::kl_compat && options.form == Form::ntk)
+    throw InvalidArgument(call + ": metric kl-compat has no ntk form (it is not a divergence and has no eta -> 0 "
+                                 "limit); use form step");
+  if (!class_metric(m) && m != Metric::abs) throw InvalidArgument(call + ": unknown metric");
+  return m;
+}
+
+namespace {
+
+index_t sum_widths(const MlpSpec& s) {
+  index_t w = 0;
+  for (index_t l = 1; l <= s.layers(); ++l) w += s.widths[std::size_t(l)];
+  return w;
+}
+// sum_l a_l b_l: the multiply-adds of one sample's forward pass.
+double products(const MlpSpec& s) {
+  double p = 0;
+  for (index_t l = 0; l < s.layers(); ++l) p += double(s.fan_in(l)) * double(s.fan_out(l));
+  return p;
+}
+
+// The rows x cols values of a view on ctx's backend, as float64 on the host.
+template <class T>
+void to_host_doubles(const Context& ctx, MatrixView<const T> v, std::vector<T>& scratch, double* out) {
+  const std::size_t n = std::size_t(v.rows * v.cols);
+  scratch.resize(std::max<std::size_t>(scratch.size(), n));
+  if (n == 0) return;
+  copy<T>(ctx, v, MatrixView<T>{scratch.data(), v.rows, v.cols, v.cols, Backend::host, 0});
+  for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<double>(scratch[i]);
+}
+
+// The first non-finite entry of a [rows, cols] host array: InvalidArgument naming it.
+void require_finite(const double* v, index_t rows, index_t cols, const std::string& what, const std::string& hint) {
+  for (index_t i = 0; i < rows * cols; ++i)
+    if (!std::isfinite(v[i]))
+      throw InvalidArgument(what + " is not finite at row " + std::to_string(i / cols) + ", output " +
+                            std::to_string(i % cols) + " (" + num(v[i]) + "): " + hint);
+}
+
+// f(x; w) [N, O] in float64, over row tiles whose engine buffers fit the workspace budget.
+template <class T>
+std::vector<double> outputs_of(const Context& ctx, const MlpSpec& spec, const T* params, MatrixView<const T> x) {
+  const index_t n = x.rows, O = spec.outputs();
+  const std::size_t row_bytes = std::size_t(2 * sum_widths(spec)) * sizeof(T);
+  const index_t tile = std::clamp<index_t>(index_t(ctx.workspace_budget() / row_bytes), 1, n);
+  model::MlpEngine<T> engine(ctx, spec);
+  std::vector<double> out(std::size_t(n * O));
+  std::vector<T> scratch;
+  for (index_t r0 = 0; r0 < n; r0 += tile) {
+    const index_t m = std::min(tile, n - r0);
+    const MatrixView<const T> f = engine.forward(params, x.block(r0, 0, m, x.cols));
+    to_host_doubles<T>(ctx, f, scratch, out.data() + r0 * O);
+  }
+  return out;
+}
+
+// dl_i/df at f_i for the per-sample loss: mse = mean over the O outputs of (f - y)^2 (one-hot y
+// for labels) -> 2 (f - y) / O; xent = -log softmax(f)_y -> softmax(f) - onehot(y).
+void per_sample_loss_grad(model::Loss loss, const std::vector<double>& f, const std::vector<double>& values,
+                          const std::vector<std::int64_t>& labels, index_t n, index_t O, double* g) {
+  for (index_t i = 0; i < n; ++i) {
+    const double* fi = f.data() + i * O;
+    double* gi = g + i * O;
+    if (loss == model::Loss::mse) {
+      for (index_t a = 0; a < O; ++a) {
+        const double y = labels.empty() ? values[std::size_t(i * O + a)] : (labels[std::size_t(i)] == a ? 1.0 : 0.0);
+        gi[a] = 2.0 * (fi[a] - y) / double(O);
+      }
+    } else {
+      double mx = fi[0];
+      for (index_t a = 1; a < O; ++a) mx = std::max(mx, fi[a]);
+      double z = 0;
+      for (index_t a = 0; a < O; ++a) z += std::exp(fi[a] - mx);
+      for (index_t a = 0; a < O; ++a) gi[a] = std::exp(fi[a] - mx) / z - (labels[std::size_t(i)] == a ? 1.0 : 0.0);
+    }
+  }
+}
+
+// w+ = w - eta u(g) for G parameter sets, in place over g [G, P] (ld): sgd u = g; adam u =
+// g / (|g| + eps), the first step of a fresh Adam (m = (1-b1) g, v = (1-b2) g^2, both bias
+// corrections divide them out). Computed in float64 and rounded once.
+template <class T>
+struct StepUpdate {
+  T* g;
+  index_t ld;
+  const T* w;
+  double eta, eps;
+  bool adam;
+  DYNASCOPE_HD void operator()(index_t c, index_t i) const {
+    const double gi = static_cast<double>(g[c * ld + i]);
+    const double u = adam ? gi / ((gi < 0 ? -gi : gi) + eps) : gi;
+    g[c * ld + i] = static_cast<T>(static_cast<double>(w[i]) - eta * u);
+  }
+};
+
+struct Dims {
+  index_t n1, n2, O, P, L, d0;
+};
+
+template <class T>
+void step_form(const Context& ctx, const MlpSpec& spec, const T* params, MatrixView<const T> x1,
+               MatrixView<const T> xt, bool same_set, const Options& o, const Dims& d, OutputChanges& r) {
+  const index_t N1 = d.n1, N2 = d.n2, O = d.O, P = d.P;
+  const double* lg = r.loss_grad.data();
+  const double* base2 = r.base2.data();
+  double* delta = r.delta.data();
+  // Group of G sources and target tile of Mt rows under the budget: the [G, P] parameters, the
+  // batched engine's z and a per (set, row) and the output tile copied out.
+  const double budget = double(ctx.workspace_budget());
+  const double sz = double(sizeof(T));
+  const double per_row = (2.0 * double(sum_widths(spec)) + double(O)) * sz;
+  const double pbytes = double(P) * sz;
+  const index_t G = std::clamp<index_t>(index_t(budget / 2 / (pbytes + per_row)), 1, N1);
+  const index_t Mt =
+      std::clamp<index_t>(index_t(std::max(0.0, budget - double(G) * pbytes) / (double(G) * per_row)), 1, N2);
+
+  Array<T> wplus(ctx, {G, P});
+  model::BatchedMlpEngine<T> engine(ctx, spec);
+  std::vector<T> scratch;
+  std::vector<double> tile(std::size_t(G * Mt * O));
+  std::vector<T> cot_host(std::size_t(G * O));
+  const std::string diverged = "the step with eta = " + num(o.eta) + " diverged; use a smaller eta (or form ntk)";
+  const double fwd = products(spec);
+  for (index_t g0 = 0; g0 < N1; g0 += G) {
+    const index_t g = std::min(G, N1 - g0);
+    for (index_t k = 0; k < g * O; ++k) cot_host[std::size_t(k)] = static_cast<T>(lg[g0 * O + k]);
+    const Array<T> cot = Array<T>::from_host(ctx, {g, O}, cot_host.data());
+    const MatrixView<T> wp{wplus.data(), g, P, P, ctx.backend(), ctx.is_cuda() ? ctx.device() : 0};
+    const MatrixView<const T> xs = x1.block(g0, 0, g, x1.cols);
+    model::per_sample_gradients<T>(ctx, spec, params, xs, cot.matrix(), wp);
+    kern::parallel_for_2d(ctx, g, P, StepUpdate<T>{wp.data, P, params, o.eta, o.adam_eps, o.update == Update::adam});
+    r.flops += 6.0 * double(g) * fwd;  // forward, backprop, per-sample products
+    if (!same_set) {
+      // f(x_i; w+_i): each set's own source row.
+      const MatrixView<const T> f = engine.forward(MatrixView<const T>(wp), xs);
+      to_host_doubles<T>(ctx, f, scratch, tile.data());
+      require_finite(tile.data(), g, O, "f(x1; w+) of source " + std::to_string(g0) + " + row", diverged);
+      for (index_t k = 0; k < g * O; ++k) r.self_delta.data()[g0 * O + k] = tile[std::size_t(k)] - r.base1.data()[g0 * O + k];
+      r.flops += 2.0 * double(g) * fwd;
+    }
+    for (index_t t0 = 0; t0 < N2; t0 += Mt) {
+      const index_t m = std::min(Mt, N2 - t0);
+      const MatrixView<const T> f = engine.forward_shared(MatrixView<const T>(wp), xt.block(t0, 0, m, xt.cols));
+      to_host_doubles<T>(ctx, f, scratch, tile.data());
+      for (index_t c = 0; c < g; ++c)
+        for (index_t j = 0; j < m; ++j)
+          for (index_t a = 0; a < O; ++a) {
+            const double v = tile[std::size_t((c * m + j) * O + a)];
+            if (!std::isfinite(v))
+              throw InvalidArgument("elasticity: f(x2_" + std::to_string(t0 + j) + "; w+) of source " +
+                                    std::to_string(g0 + c) + " is not finite at output " + std::to_string(a) + ": " +
+                                    diverged);
+            delta[(g0 + c) * N2 * O + (t0 + j) * O + a] = v - base2[(t0 + j) * O + a];
+          }
+      r.flops += 2.0 * double(g) * double(m) * fwd;
+    }
+    ctx.progress("elasticity: one-step output changes", g0 + g, N1);
+  }
+  if (same_set)
+    for (index_t i = 0; i < N1; ++i)
+      for (index_t a = 0; a < O; ++a) r.self_delta.data()[i * O + a] = delta[i * N2 * O + i * O + a];
+}
+
+template <class T>
+void ntk_form(const Context& ctx, const MlpSpec& spec, const T* params, MatrixView<const T> x1,
+              MatrixView<const T> xt, bool same_set, const Options& o, bool per_layer, const Dims& d,
+              OutputChanges& r) {
+  const index_t N1 = d.n1, N2 = d.n2, O = d.O, L = d.L;
+  const index_t nk = per_layer ? 1 + L : 1;  // the kernel and its per-layer parts
+  const double* lg = r.loss_grad.data();
+  // Kernel tiles [Mt*O, G*O] (T, on the host) within half the budget; the NTK tiles its own
+  // work under the whole budget.
+  const double unit = double(O) * double(O) * double(sizeof(T)) * double(nk);
+  const index_t cap = std::max<index_t>(1, index_t(double(ctx.workspace_budget()) / 2 / unit));
+  const index_t G = std::min(N1, cap);
+  const index_t Mt = std::clamp<index_t>(cap / G, 1, N2);
+  std::vector<std::vector<T>> kern(std::size_t(nk), std::vector<T>(std::size_t(Mt * O * G * O)));
+  ntk::NtkOptions no;
+  no.outputs = ntk::Outputs::full;
+  no.per_layer = per_layer;
+  // Delta_i(x'_j)_a = -eta sum_b Theta(x'_j, x_i)_ab dl_i/df_b, kernel k into out.
+  const auto views = [&](index_t rows, index_t cols) {
+    std::vector<MatrixView<T>> v;
+    for (index_t k = 1; k < nk; ++k) v.push_back({kern[std::size_t(k)].data(), rows, cols, cols, Backend::host, 0});
+    return v;
+  };
+  for (index_t g0 = 0; g0 < N1; g0 += G) {
+    const index_t g = std::min(G, N1 - g0);
+    const MatrixView<const T> xs = x1.block(g0, 0, g, x1.cols);
+    for (index_t t0 = 0; t0 < N2; t0 += Mt) {
+      const index_t m = std::min(Mt, N2 - t0);
+      const MatrixView<T> out{kern[0].data(), m * O, g * O, g * O, Backend::host, 0};
+      const ntk::NtkInfo info =
+          ntk::empirical_ntk_into<T>(ctx, spec, params, xt.block(t0, 0, m, xt.cols), xs, no, out, views(m * O, g * O));
+      r.flops += info.flops;
+      for (index_t k = 0; k < nk; ++k) {
+        const T* K = kern[std::size_t(k)].data();
+        double* dst = k == 0 ? r.delta.data() : r.layer_delta[std::size_t(k - 1)].data();
+        for (index_t c = 0; c < g; ++c) {
+          const double* gi = lg + (g0 + c) * O;
+          for (index_t j = 0; j < m; ++j)
+            for (index_t a = 0; a < O; ++a) {
+              const T* row = K + (j * O + a) * (g * O) + c * O;
+              double s = 0;
+              for (index_t b = 0; b < O; ++b) s += static_cast<double>(row[b]) * gi[b];
+              dst[(g0 + c) * N2 * O + (t0 + j) * O + a] = -o.eta * s;
+            }
+        }
+      }
+    }
+    ctx.progress("elasticity: NTK output changes", g0 + g, N1);
+  }
+  const auto self_of = [&](const Array<double>& from, Array<double>& to) {
+    for (index_t i = 0; i < N1; ++i)
+      for (index_t a = 0; a < O; ++a) to.data()[i * O + a] = from.data()[i * N2 * O + i * O + a];
+  };
+  if (same_set) {
+    self_of(r.delta, r.self_delta);
+    for (index_t l = 0; l < (per_layer ? L : 0); ++l) self_of(r.layer_delta[std::size_t(l)], r.layer_self_delta[std::size_t(l)]);
+    return;
+  }
+  // Theta(x_i, x_i) from the diagonal O x O blocks of the symmetric kernel over small source
+  // tiles (a tile of B sources computes B^2 / 2 pairs for B useful ones: B stays small).
+  const index_t B = std::clamp<index_t>(index_t(std::sqrt(double(cap))), 1, std::min<index_t>(N1, 64));
+  for (auto& k : kern) k.resize(std::max(k.size(), std::size_t(B * O * B * O)));
+  for (index_t g0 = 0; g0 < N1; g0 += B) {
+    const index_t g = std::min(B, N1 - g0);
+    const MatrixView<T> out{kern[0].data(), g * O, g * O, g * O, Backend::host, 0};
+    const ntk::NtkInfo info = ntk::empirical_ntk_into<T>(ctx, spec, params, x1.block(g0, 0, g, x1.cols), std::nullopt,
+                                                         no, out, views(g * O, g * O));
+    r.flops += info.flops;
+    for (index_t k = 0; k < nk; ++k) {
+      const T* K = kern[std::size_t(k)].data();
+      double* dst = k == 0 ? r.self_delta.data() : r.layer_self_delta[std::size_t(k - 1)].data();
+      for (index_t c = 0; c < g; ++c) {
+        const double* gi = lg + (g0 + c) * O;
+        for (index_t a = 0; a < O; ++a) {
+          const T* row = K + (c * O + a) * (g * O) + c * O;
+          double s = 0;
+          for (index_t b = 0; b < O; ++b) s += static_cast<double>(row[b]) * gi[b];
+          dst[(g0 + c) * O + a] = -o.eta * s;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+template <class T>
+OutputChanges output_changes(const Context& ctx, const MlpSpec& spec, const T* params, MatrixView<const T> x1,
+                             const model::Targets<T>& y1, std::optional<MatrixView<const T>> x2,
+                             const Options& options, bool per_layer) {
+  const std::string call = "elasticity::output_changes";
+  check_options(options, call);
+  if (options.loss != model::Loss::mse && options.loss != model::Loss::xent) throw InvalidArgument(call + ": unknown loss");
+  spec.validate();
+  if (params == nullptr) throw InvalidArgument(call + ": params is null");
+  if (per_layer && options.form == Form::step)
+    throw InvalidArgument(call + ": per-layer output changes need form ntk (the step form moves every layer at once)");
+  detail::check_matrix(ctx, x1, call.c_str(), "x1");
+  const index_t d0 = spec.inputs(), O = spec.outputs();
+  if (x1.cols != d0)
+    throw ShapeMismatch(call + ": x1 has " + std::to_string(x1.cols) + " columns, the network " + std::to_string(d0) +
+                        " inputs");
+  if (x1.rows == 0) throw InvalidArgument(call + ": x1 has no samples (no sources)");
+  if (x2) {
+    detail::check_matrix(ctx, *x2, call.c_str(), "x2");
+    if (x2->cols != d0)
+      throw ShapeMismatch(call + ": x2 has " + std::to_string(x2->cols) + " columns, the network " +
+                          std::to_string(d0) + " inputs");
+    if (x2->rows == 0) throw InvalidArgument(call + ": x2 has no samples (no targets)");
+  }
+  const index_t N1 = x1.rows;
+  const bool labels = y1.has_labels();
+  if (labels) {
+    detail::check_vector(ctx, y1.labels, call.c_str(), "targets");
+    if (y1.labels.size != N1)
+      throw ShapeMismatch(call + ": targets has " + std::to_string(y1.labels.size) + " labels for " +
+                          std::to_string(N1) + " sources (x1 rows)");
+  } else {
+    if (y1.values.data == nullptr) throw InvalidArgument(call + ": targets are empty (give values or labels)");
+    detail::check_matrix(ctx, y1.values, call.c_str(), "targets");
+    if (y1.values.rows != N1 || y1.values.cols != O)
+      throw ShapeMismatch(call + ": targets must be " + detail::dims(N1, O) + " (one row per source, one column per "
+                          "output), got " + detail::dims(y1.values.rows, y1.values.cols));
+    if (options.loss == model::Loss::xent)
+      throw InvalidArgument(call + ": loss xent needs class labels as targets, got values");
+  }
+  const bool same_set = !x2.has_value();
+  const MatrixView<const T> xt = same_set ? x1 : *x2;
+  const Dims d{N1, xt.rows, O, spec.num_params(), spec.layers(), d0};
+  const Context host = Context::host();
+
+  OutputChanges r;
+  r.sources = N1;
+  r.targets = d.n2;
+  r.outputs = O;
+  r.eta = options.eta;
+  r.base1 = Array<double>(host, {N1, O});
+  r.base2 = Array<double>(host, {d.n2, O});
+  r.loss_grad = Array<double>(host, {N1, O});
+  r.self_delta = Array<double>::zeros(host, {N1, O});
+  r.delta = Array<double>(host, {N1, d.n2 * O});
+
+  // Targets on the host.
+  std::vector<double> values;
+  std::vector<std::int64_t> lab;
+  if (labels) {
+    lab.resize(std::size_t(N1));
+    copy<std::int64_t>(ctx, MatrixView<const std::int64_t>{y1.labels.data, N1, 1, y1.labels.stride, y1.labels.backend, y1.labels.device},
+                       MatrixView<std::int64_t>{lab.data(), N1, 1, 1, Backend::host, 0});
+    for (index_t i = 0; i < N1; ++i)
+      if (lab[std::size_t(i)] < 0 || lab[std::size_t(i)] >= O)
+        throw InvalidArgument(call + ": targets[" + std::to_string(i) + "] = " + std::to_string(lab[std::size_t(i)]) +
+                              " is not a class of the network's " + std::to_string(O) + " outputs");
+  } else {
+    values.resize(std::size_t(N1 * O));
+    std::vector<T> scratch;
+    to_host_doubles<T>(ctx, y1.values, scratch, values.data());
+    require_finite(values.data(), N1, O, call + ": targets", "the targets must be finite");
+  }
+
+  const std::vector<double> f1 = outputs_of<T>(ctx, spec, params, x1);
+  const std::string bad_net = "the network's outputs must be finite (a diverged network?)";
+  require_finite(f1.data(), N1, O, call + ": f(x1; w)", bad_net);
+  std::copy(f1.begin(), f1.end(), r.base1.data());
+  const double fwd = products(spec);
+  r.flops += 2.0 * double(N1) * fwd;
+  if (same_set) {
+    std::copy(f1.begin(), f1.end(), r.base2.data());
+  } else {
+    const std::vector<double> f2 = outputs_of<T>(ctx, spec, params, xt);
+    require_finite(f2.data(), d.n2, O, call + ": f(x2; w)", bad_net);
+    std::copy(f2.begin(), f2.end(), r.base2.data());
+    r.flops += 2.0 * double(d.n2) * fwd;
+  }
+  per_sample_loss_grad(options.loss, f1, values, lab, N1, O, r.loss_grad.data());
+
+  if (per_layer)
+    for (index_t l = 0; l < d.L; ++l) {
+      r.layer_delta.emplace_back(host, Shape{N1, d.n2 * O});
+      r.layer_self_delta.push_back(Array<double>::zeros(host, {N1, O}));
+    }
+  if (options.form == Form::step)
+    step_form<T>(ctx, spec, params, x1, xt, same_set, options, d, r);
+  else
+    ntk_form<T>(ctx, spec, params, x1, xt, same_set, options, per_layer, d, r);
+  return r;
+}
+
+namespace {
+
+// Softmax of one point's logits f [O], with log-sum-exp.
+struct Softmax {
+  std::vector<double> p;
+  double lse = 0;
+};
+Softmax softmax_of(const double* f, index_t O) {
+  Softmax s;
+  s.p.resize(std::size_t(O));
+  double mx = f[0];
+  for (index_t a = 1; a < O; ++a) mx = std::max(mx, f[a]);
+  double z = 0;
+  for (index_t a = 0; a < O; ++a) z += std::exp(f[a] - mx);
+  s.lse = mx + std::log(z);
+  for (index_t a = 0; a < O; ++a) s.p[std::size_t(a)] = std::exp(f[a] - s.lse);
+  return s;
+}
+
+// expm1(x) - x without cancellation: its series for small |x|.
+double expm1_minus_x(double x) {
+  if (std::abs(x) >= 0.5) return std::expm1(x) - x;
+  // x^2/2! (1 + x/3 (1 + x/4 (1 + ... x/17))): truncation below 1e-16 relative for |x| < 0.5.
+  double t = 1;
+  for (int n = 17; n >= 3; --n) t = 1 + x / double(n) * t;
+  return 0.5 * x * x * t;
+}
+
+// The measures m(Delta) at one point (logits f, its softmax) for a change Delta [O].
+struct Measure {
+  Metric metric;
+  Form form;
+  index_t O;
+
+  double operator()(const double* f, const Softmax& sm, const double* dlt, std::vector<double>& tmp) const {
+    if (metric == Metric::abs) {
+      double s = 0;
+      for (index_t a = 0; a < O; ++a) s += dlt[a] * dlt[a];
+      return std::sqrt(s);
+    }
+    const double* p = sm.p.data();
+    // The change centred by its p-mean: softmax and KL are unchanged by a constant shift, and
+    // centring keeps the small-step formulas free of cancellation.
+    double c = 0;
+    for (index_t a = 0; a < O; ++a) c += p[a] * dlt[a];
+    double dmax = 0;
+    for (index_t a = 0; a < O; ++a) dmax = std::max(dmax, std::abs(dlt[a] - c));
+    if (form == Form::ntk) {
+      if (metric == Metric::l2) {  // ||F Delta||_2, F = diag p - p p^T: the first-order change of p
+        double s = 0;
+        for (index_t a = 0; a < O; ++a) s += (p[a] * (dlt[a] - c)) * (p[a] * (dlt[a] - c));
+        return std::sqrt(s);
+      }
+      // kl: 1/2 Delta^T F Delta, the leading term of KL(p || q) for small Delta.
+      double s = 0;
+      for (index_t a = 0; a < O; ++a) s += p[a] * (dlt[a] - c) * (dlt[a] - c);
+      return 0.5 * s;
+    }
+    // Step form: q = softmax(f + Delta), exactly.
+    tmp.resize(std::size_t(O));
+    double* logq = tmp.data();
+    const bool direct = dmax > 30 || metric == Metric::kl_compat;
+    if (direct) {
+      double mx = f[0] + dlt[0];
+      for (index_t a = 1; a < O; ++a) mx = std::max(mx, f[a] + dlt[a]);
+      double z = 0;
+      for (index_t a = 0; a < O; ++a) z += std::exp(f[a] + dlt[a] - mx);
+      const double lse = mx + std::log(z);
+      for (index_t a = 0; a < O; ++a) logq[a] = f[a] + dlt[a] - lse;
+    }
+    if (metric == Metric::kl_compat) {  // mean_k q_k (log q_k - p_k): torch's kl_div(input=p, target=q)
+      double s = 0;
+      for (index_t a = 0; a < O; ++a) s += std::exp(logq[a]) * (logq[a] - p[a]);
+      return s / double(O);
+    }
+    if (metric == Metric::l2) {
+      double s = 0;
+      if (direct) {
+        for (index_t a = 0; a < O; ++a) s += (std::exp(logq[a]) - p[a]) * (std::exp(logq[a]) - p[a]);
+      } else {
+        // q_k - p_k = p_k (e_k - S) / (1 + S), e_k = expm1(Delta_k - c), S = sum_j p_j e_j.
+        double S = 0;
+        for (index_t a = 0; a < O; ++a) {
+          logq[a] = std::expm1(dlt[a] - c);
+          S += p[a] * logq[a];
+        }
+        for (index_t a = 0; a < O; ++a) {
+          const double dq = p[a] * (logq[a] - S) / (1 + S);
+          s += dq * dq;
+        }
+      }
+      return std::sqrt(s);
+    }
+    // kl: KL(p || q) = log sum_k p_k e^{Delta_k - c} (c = sum p Delta) = log1p(sum_k p_k phi(Delta_k - c)),
+    // phi(x) = e^x - 1 - x >= 0 (the first-order terms sum to zero): a sum of non-negative terms.
+    if (direct) {
+      double s = 0;
+      for (index_t a = 0; a < O; ++a)
+        if (p[a] > 0) s += p[a] * ((f[a] - sm.lse) - logq[a]);
+      return std::max(s, 0.0);
+    }
+    double s = 0;
+    for (index_t a = 0; a < O; ++a) s += p[a] * expm1_minus_x(dlt[a] - c);
+    return std::log1p(s);
+  }
+};
+
+}  // namespace
+
+PairResult metrics(const OutputChanges& ch, Metric metric, Form form) {
+  const std::string call = "elasticity::metrics";
+  const index_t N1 = ch.sources, N2 = ch.targets, O = ch.outputs;
+  if (N1 < 1 || N2 < 1 || O < 1) throw InvalidArgument(call + ": the output changes are empty");
+  const auto need = [&](const Array<double>& a, index_t n, const char* name) {
+    if (a.size() != n || (n > 0 && a.backend() != Backend::host))
+      throw ShapeMismatch(call + ": " + name + " must hold " + std::to_string(n) + " host values, got " +
+                          std::to_string(a.size()));
+  };
+  need(ch.base1, N1 * O, "base1");
+  need(ch.base2, N2 * O, "base2");
+  need(ch.loss_grad, N1 * O, "loss_grad");
+  need(ch.self_delta, N1 * O, "self_delta");
+  need(ch.delta, N1 * N2 * O, "delta");
+  if (metric == Metric::automatic)
+    throw InvalidArgument(call + ": metric auto must be resolved first (elasticity::resolve)");
+  if (class_metric(metric) && O < 2)
+    throw InvalidArgument(call + ": metric " + std::string(to_string(metric)) + " needs at least two outputs (classes), the network has " +
+                          std::to_string(O));
+  if (metric == Metric::kl_compat && form == Form::ntk)
+    throw InvalidArgument(call + ": metric kl-compat has no ntk form; use form step");
+  if (!class_metric(metric) && metric != Metric::abs) throw InvalidArgument(call + ": unknown metric");
+  if (form != Form::step && form != Form::ntk) throw InvalidArgument(call + ": unknown form");
+  const std::string hint = "the output changes must be finite";
+  require_finite(ch.base1.data(), N1, O, call + ": base1", hint);
+  require_finite(ch.base2.data(), N2, O, call + ": base2", hint);
+  require_finite(ch.self_delta.data(), N1, O, call + ": self_delta", hint);
+  require_finite(ch.delta.data(), N1, N2 * O, call + ": delta", hint);
+  const bool kernel_form = metric == Metric::abs && O == 1;
+  if (kernel_form && !(ch.eta > 0)) throw InvalidArgument(call + ": eta of the output changes must be > 0 for S_ker");
+
+  const Context host = Context::host();
+  PairResult r;
+  r.metric = metric;
+  r.flops = ch.flops;
+  r.s_rel = Array<double>(host, {N1, N2});
+  if (kernel_form) r.s_ker = Array<double>(host, {N1, N2});
+  r.self_change.assign(std::size_t(N1), 0.0);
+  const bool soft = class_metric(metric);
+  std::vector<Softmax> sm2(std::size_t(soft ? N2 : 0));
+  for (index_t j = 0; j < (soft ? N2 : 0); ++j) sm2[std::size_t(j)] = softmax_of(ch.base2.data() + j * O, O);
+  const Measure measure{metric, form, O};
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  std::vector<char> undefined(std::size_t(N1), 0);
+  std::vector<char> bad(std::size_t(N1), 0);
+  // Threads only where the pairs outweigh a fork/join.
+#pragma omp parallel for schedule(dynamic, 4) if (N1 > 1 && N1 * N2 * O >= (index_t{1} << 14))
+  for (index_t i = 0; i < N1; ++i) {
+    std::vector<double> tmp;
+    const double* f1 = ch.base1.data() + i * O;
+    const double* sd = ch.self_delta.data() + i * O;
+    const Softmax sm1 = soft ? softmax_of(f1, O) : Softmax{};
+    const double self = measure(f1, sm1, sd, tmp);
+    r.self_change[std::size_t(i)] = self;
+    bool moved = false;
+    for (index_t a = 0; a < O; ++a) moved = moved || sd[a] != 0;
+    double* srow = r.s_rel.data() + i * N2;
+    double* krow = kernel_form ? r.s_ker.data() + i * N2 : nullptr;
+    if (!moved || self == 0 || !std::isfinite(self)) {
+      // No own change (e.g. a zero loss gradient): no S_rel.
+      undefined[std::size_t(i)] = 1;
+      std::fill(srow, srow + N2, nan);
+      if (krow) std::fill(krow, krow + N2, nan);
+      continue;
+    }
+    const double* drow = ch.delta.data() + i * N2 * O;
+    const double scale = kernel_form ? -ch.eta * ch.loss_grad.data()[i] : 0;
+    for (index_t j = 0; j < N2; ++j) {
+      const double m = measure(ch.base2.data() + j * O, soft ? sm2[std::size_t(j)] : sm1, drow + j * O, tmp);
+      srow[j] = m / self;
+      if (!std::isfinite(srow[j])) bad[std::size_t(i)] = 1;
+      if (krow) krow[j] = drow[j] / scale;
+    }
+  }
+  for (index_t i = 0; i < N1; ++i) {
+    if (undefined[std::size_t(i)]) r.undefined_sources.push_back(i);
+    if (bad[std::size_t(i)])
+      throw InvalidArgument(call + ": S_rel of source " + std::to_string(i) + " is not finite (its own change " +
+                            num(r.self_change[std::size_t(i)]) + " is too small against a target's)");
+  }
+  return r;
+}
+
+template <class T>
+PairResult pairwise(const Context& ctx, const MlpSpec& spec, const T* params, MatrixView<const T> x1,
+                    const model::Targets<T>& y1, std::optional<MatrixView<const T>> x2, const Options& options) {
+  const Metric metric = resolve(options, y1.has_labels());
+  const OutputChanges changes = output_changes<T>(ctx, spec, params, x1, y1, x2, options, false);
+  return metrics(changes, metric, options.form);
+}
+
+#define DS_INSTANTIATE(T)                                                                                          \
+  template OutputChanges output_changes<T>(const Context&, const MlpSpec&, const T*,                \
+                                                         MatrixView<const T>, const model::Targets<T>&,          \
+                                                         std::optional<MatrixView<const T>>, const Options&, bool); \
+  template PairResult pairwise<T>(const Context&, const MlpSpec&, const T*, MatrixView<const T>,   \
+                                                const model::Targets<T>&, std::optional<MatrixView<const T>>,    \
+                                                const Options&);
+DS_INSTANTIATE(float)
+DS_INSTANTIATE(double)
+#undef DS_INSTANTIATE
+
+}  // namespace dynascope::elasticity
