@@ -1,21 +1,25 @@
 // dynascope demo: the main job on an embedded default. Trains a small network on a built-in
 // dataset and measures it along training, writing a report folder (checkpoints, train.csv,
-// report.json, lc.csv, region maps) and a summary table on stdout.
+// report.json, lc.csv, llc.csv, elasticity.csv and its class matrices, response.csv, region maps)
+// and a summary table on stdout.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <optional>
 
 #include "cli/ntk_summary.hpp"
 #include "cli/region_map.hpp"
 #include "cli/training_run.hpp"
 #include "dynascope/curvature.hpp"
+#include "dynascope/elasticity.hpp"
 #include "dynascope/error.hpp"
 #include "dynascope/io.hpp"
 #include "dynascope/linalg.hpp"
 #include "dynascope/ntk.hpp"
 #include "dynascope/regions.hpp"
+#include "dynascope/response.hpp"
 #include "dynascope/sgld.hpp"
 
 namespace dynascope::cli {
@@ -48,6 +52,23 @@ struct LlcFlags {
   double epsilon = 3e-4;
 };
 
+// The local-elasticity and training-response sections' switches. Both take one step of plain SGD
+// from each checkpoint's weights on a fixed set of training samples (drawn once, before training)
+// and measure in float64 whatever the training precision: the step form's change of the outputs
+// is the difference of two forwards, which float32 does not resolve once the loss gradients are
+// small (on the default run at step 600, float32 leaves 15 of the elasticity's 64 sources with no
+// measurable change of their own, and the mean diagonal response of the first 128 training
+// samples comes out 39% low). K = 32 samples per class (64 sources x 64 targets) and N = 64
+// response samples cost 10-25 ms each per checkpoint for the default network on 2 cores.
+struct ProbeFlags {
+  bool no_elasticity = false;
+  index_t elasticity_pairs = 32;  // K samples per class: K x K pairs per ordered class pair
+  double elasticity_eta = 1e-3;
+  bool no_response = false;
+  index_t response_samples = 64;
+  double response_eta = 1e-3;
+};
+
 struct DemoCommand {
   CommonOptions common;
   ModelFlags model;
@@ -56,6 +77,7 @@ struct DemoCommand {
   index_t ntk_samples = 128;
   RegionFlags regions;
   LlcFlags llc;
+  ProbeFlags probes;
   CLI::App* app = nullptr;
 };
 
@@ -336,6 +358,361 @@ json llc_section(const Context& ctx, const DemoCommand& c, const std::vector<Che
   return section;
 }
 
+// The network's parameters in float64 on ctx's backend: the precision the elasticity and response
+// sections measure in.
+template <class T>
+Array<double> in_float64(const Context& ctx, const Array<T>& params) {
+  const std::vector<T> h = params.to_vector(ctx);
+  return Array<double>::from_host(ctx, {index_t(h.size())}, std::vector<double>(h.begin(), h.end()));
+}
+
+json matrix_json(const Array<double>& a) {
+  json rows = json::array();
+  for (index_t i = 0; i < a.dim(0); ++i) {
+    json row = json::array();
+    for (index_t j = 0; j < a.dim(1); ++j) {
+      const double v = a.data()[i * a.dim(1) + j];
+      row.push_back(std::isfinite(v) ? json(v) : json(nullptr));
+    }
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+json finite_json(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
+
+// The samples of the elasticity section, drawn once before training, or why there are none.
+struct ElasticitySettings {
+  bool labels = false;
+  index_t classes = 0;
+  index_t per_class = 0;      // K (labels): K x K pairs per ordered class pair; value targets: the samples
+  std::vector<index_t> rows;  // indices into the training split
+  std::string skipped;        // non-empty: the section is not measured, and why
+};
+
+// The local-elasticity section: at every checkpoint, S_rel of one SGD step of size eta on each
+// sample of a fixed set, measured at every sample of the set (metric auto: the KL divergence of
+// the softmax for class labels, |Delta f| for value targets), with the class-pair matrix for
+// labels. The samples are elasticity::sample_per_class's draw of K per class (seeded) from the
+// training split, exactly as `dynascope elasticity --checkpoints DIR --pairs-per-class K` draws
+// them, so its rows are the ones that command writes with --dtype float64.
+class ElasticityTracker {
+ public:
+  ElasticityTracker(const Context& ctx, const model::MlpSpec& spec, const data::Dataset& train,
+                    const ElasticitySettings& s, double eta, model::Loss loss)
+      : ctx_(ctx), spec_(spec), s_(s), csv_(elasticity_csv_header()) {
+    const data::Dataset sub = train.subset(s.rows);
+    data_ = model::to_device<double>(ctx, sub);
+    labels_ = sub.labels;
+    options_.eta = eta;
+    options_.update = elasticity::Update::sgd;
+    options_.form = elasticity::Form::step;
+    options_.metric = elasticity::Metric::automatic;
+    options_.loss = loss;
+    metric_ = elasticity::resolve(options_, s.labels);
+  }
+  // Appends the checkpoint's row; returns the summary table's number (the within/across ratio for
+  // labels, the mean S_rel for value targets).
+  double measure(index_t step, const std::string& checkpoint, const Array<double>& params) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const elasticity::PairResult r = elasticity::pairwise<double>(ctx_, spec_, params.data(), data_.x.matrix(),
+                                                                  data_.targets(), std::nullopt, options_);
+    index_t pairs = 0;
+    const double mean = elasticity_mean(r.s_rel, true, &pairs);
+    std::optional<elasticity::ClassMatrix> cm;
+    if (s_.labels) {
+      const VectorView<const std::int64_t> l = vector_view<const std::int64_t>(labels_.data(), index_t(labels_.size()));
+      cm = elasticity::class_matrix(r.s_rel.matrix(), l, l, s_.classes, true);
+    }
+    csv_ += elasticity_csv_row(step, checkpoint, mean, cm ? &*cm : nullptr, r.undefined_sources.size());
+    json j;
+    j["step"] = step;
+    j["checkpoint"] = checkpoint;
+    j["mean"] = finite_json(mean);
+    j["pairs"] = pairs;
+    if (cm) {
+      j["class_matrix"] = matrix_json(cm->matrix);
+      json counts = json::array();
+      for (index_t a = 0; a < cm->classes; ++a) {
+        json row = json::array();
+        for (index_t b = 0; b < cm->classes; ++b) row.push_back(cm->pairs.data()[a * cm->classes + b]);
+        counts.push_back(row);
+      }
+      j["class_pairs"] = counts;
+      j["within_class"] = finite_json(cm->within);
+      j["across_class"] = finite_json(cm->across);
+      j["ratio"] = finite_json(cm->ratio);
+      j["empty_cells"] = cm->empty_cells;
+    } else {
+      j["class_matrix"] = j["within_class"] = j["across_class"] = j["ratio"] = nullptr;
+    }
+    json undefined = json::array();  // as rows of the training split
+    for (index_t i : r.undefined_sources) undefined.push_back(s_.rows[std::size_t(i)]);
+    j["undefined_sources"] = undefined;
+    j["flops"] = r.flops;
+    rows_.push_back(j);
+    flops_ += r.flops;
+    const double summary = cm ? cm->ratio : mean;
+    if (cm && !first_) {
+      first_step_ = step;
+      first_ = std::move(cm);
+    } else if (cm) {
+      last_step_ = step;
+      last_ = std::move(cm);
+    }
+    seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return summary;
+  }
+  // Writes elasticity.csv (and for labels elasticity_first.npy, elasticity_last.npy); the report's
+  // section.
+  json finish(const std::filesystem::path& dir) {
+    json j;
+    j["metric"] = elasticity::to_string(metric_);
+    j["form"] = elasticity::to_string(options_.form);
+    j["update"] = elasticity::to_string(options_.update);
+    j["eta"] = options_.eta;
+    j["loss"] = model::to_string(options_.loss);
+    j["dtype"] = "float64";
+    j["sources"] = j["targets"] = index_t(s_.rows.size());
+    j["same_set"] = true;
+    j["pairs_per_class"] = s_.labels ? json(s_.per_class) : json(nullptr);
+    if (s_.labels) j["classes"] = s_.classes;
+    j["sample_rows"] = s_.rows;
+    // The top-level measurement is the last checkpoint's, as `dynascope elasticity` gives it.
+    if (!rows_.empty())
+      for (const char* key : {"mean", "class_matrix", "within_class", "across_class", "ratio", "undefined_sources"})
+        j[key] = rows_.back()[key];
+    j["flops"] = flops_;
+    const std::string csv_file = (dir / "elasticity.csv").string();
+    io::write_text_atomic(csv_file, csv_);
+    j["csv_file"] = csv_file;
+    if (first_) {
+      if (!last_) last_step_ = first_step_;  // one checkpoint: it is the first and the last
+      const elasticity::ClassMatrix& last = last_ ? *last_ : *first_;
+      const std::string first_file = (dir / "elasticity_first.npy").string(), last_file = (dir / "elasticity_last.npy").string();
+      io::write_npy(first_file, io::Tensor::from(first_->matrix.data(), {s_.classes, s_.classes}));
+      io::write_npy(last_file, io::Tensor::from(last.matrix.data(), {s_.classes, s_.classes}));
+      j["first"] = {{"step", first_step_}, {"file", first_file}};
+      j["last"] = {{"step", last_step_}, {"file", last_file}};
+    }
+    j["note"] = "local elasticity (He & Su; Dan, Mukherjee, Das, Gampa): one SGD step w+ = w - eta grad l(x_i) on each "
+                "sampled training sample x_i (the run's loss), and S_rel(x_i, x_j) = m(x_j) / m(x_i) at every sampled "
+                "x_j, with m = KL(p_w || p_w+) of the softmax for class labels (|f(w+) - f(w)| for value targets), in "
+                "float64. Samples: pairs_per_class of every class drawn by the seed (value targets: the first "
+                "training samples). mean: over the pairs of distinct samples; class_matrix[a][b]: the mean over "
+                "sources of class a and targets of class b; within_class / across_class: the mean diagonal / "
+                "off-diagonal entry; ratio = within / across (above 1: a step moves its own class more). The rows "
+                "are what `dynascope elasticity --checkpoints DIR --pairs-per-class K --eta E --dtype float64 "
+                "--out-csv F` writes for this run.";
+    j["seconds"] = seconds_;
+    j["rows"] = rows_;
+    return j;
+  }
+  bool labels() const { return s_.labels; }
+
+ private:
+  Context ctx_;
+  model::MlpSpec spec_;
+  ElasticitySettings s_;
+  model::DeviceData<double> data_;
+  std::vector<std::int64_t> labels_;
+  elasticity::Options options_;
+  elasticity::Metric metric_ = elasticity::Metric::abs;
+  std::string csv_;
+  json rows_ = json::array();
+  std::optional<elasticity::ClassMatrix> first_, last_;
+  index_t first_step_ = -1, last_step_ = -1;
+  double flops_ = 0, seconds_ = 0;
+};
+
+// The training-response section (Nakazato): at every checkpoint, on the first N training samples,
+// the response R(x_j, x_i) = -<g_i, Delta f(x_j)> / (eta |g_i|^2) of one SGD step on x_i (step form,
+// g_i = dl/df at x_i; the per-layer split from the per-layer NTK) and the hidden layers' feature
+// space; after training, the aging fit R_t ~ A t^-beta of the mean diagonal response (and of each
+// layer's) over the checkpoints after step 0.
+class ResponseTracker {
+ public:
+  ResponseTracker(const Context& ctx, const model::MlpSpec& spec, const data::Dataset& train, index_t samples, double eta,
+                  model::Loss loss)
+      : ctx_(ctx), spec_(spec), samples_(samples), csv_(response_csv_header(spec.layers())) {
+    std::vector<index_t> rows(static_cast<std::size_t>(samples));
+    for (index_t i = 0; i < samples; ++i) rows[std::size_t(i)] = i;
+    data_ = model::to_device<double>(ctx, train.subset(rows));
+    options_.eta = eta;
+    options_.form = elasticity::Form::step;
+    options_.loss = loss;
+    options_.per_layer = true;
+  }
+  // Appends the checkpoint's row; returns its mean diagonal response.
+  double measure(index_t step, const std::string& checkpoint, const Array<double>& params) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const response::Response r =
+        response::training_response<double>(ctx_, spec_, params.data(), data_.x.matrix(), data_.targets(), options_);
+    const response::FeatureSpace f = response::feature_space<double>(ctx_, spec_, params.data(), data_.x.matrix());
+    csv_ += response_csv_row(step, checkpoint, spec_.layers(), r, f);
+    json j = response_row_json(r, f);
+    j["step"] = step;
+    j["checkpoint"] = checkpoint;
+    rows_.push_back(j);
+    steps_.push_back(double(step));
+    diagonal_.push_back(r.mean_diagonal);
+    layer_diagonal_.push_back(r.layer_diagonal);
+    flops_ += r.flops;
+    seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return r.mean_diagonal;
+  }
+  // Writes response.csv; the report's section with the aging fits.
+  json finish(const std::filesystem::path& dir) {
+    json j;
+    // The fit window: every checkpoint after step 0 (t = 0 has no logarithm), as `dynascope
+    // response --checkpoints` takes it by default.
+    const double a = 1, b = steps_.empty() ? 1.0 : std::max(steps_.back(), 1.0);
+    std::vector<std::string> notes;
+    const auto fit = [&](const std::vector<double>& r, const std::string& what) -> json {
+      index_t usable = 0;
+      for (std::size_t i = 0; i < steps_.size(); ++i)
+        if (steps_[i] >= a && steps_[i] <= b && std::isfinite(r[i]) && r[i] > 0) ++usable;
+      const auto none = [&](const std::string& why) {
+        json f = power_law_json(response::PowerLawFit{}, a, b);
+        for (const char* key : {"beta", "beta_ci", "beta_stderr", "amplitude", "r_squared"}) f[key] = nullptr;
+        f["points"] = usable;
+        f["skipped"] = index_t(steps_.size()) - usable;
+        notes.push_back("no aging fit of " + what + ": " + why);
+        return f;
+      };
+      if (usable < 3)
+        return none(std::to_string(usable) + " checkpoint" + (usable == 1 ? "" : "s") +
+                    " after step 0 with a positive response; the fit needs 3 (--save-every sets how often checkpoints "
+                    "are taken)");
+      try {
+        return power_law_json(response::fit_power_law(steps_, r, a, b, 0.95), a, b);
+      } catch (const InvalidArgument& e) {
+        return none(e.what());
+      }
+    };
+    j["fit_to"] = "mean_diagonal";
+    const json total = fit(diagonal_, "the mean diagonal response");
+    for (auto it = total.begin(); it != total.end(); ++it) j[it.key()] = it.value();
+    json layers = json::array();
+    for (index_t l = 0; l < spec_.layers(); ++l) {
+      std::vector<double> r;
+      for (const auto& v : layer_diagonal_)
+        r.push_back(std::size_t(l) < v.size() ? v[std::size_t(l)] : std::numeric_limits<double>::quiet_NaN());
+      json one;
+      one["layer"] = l + 1;
+      const json lf = fit(r, "layer " + std::to_string(l + 1) + "'s diagonal response");
+      for (auto it = lf.begin(); it != lf.end(); ++it) one[it.key()] = it.value();
+      layers.push_back(one);
+    }
+    if (!notes.empty()) j["fit_warnings"] = notes;
+    j["layers"] = layers;
+    j["form"] = elasticity::to_string(options_.form);
+    j["update"] = "sgd";
+    j["eta"] = options_.eta;
+    j["loss"] = model::to_string(options_.loss);
+    j["dtype"] = "float64";
+    j["samples"] = samples_;
+    j["flops"] = flops_;
+    const std::string csv_file = (dir / "response.csv").string();
+    io::write_text_atomic(csv_file, csv_);
+    j["csv_file"] = csv_file;
+    j["note"] = "training response (Nakazato): R(x', x) = -<g, f(x'; w+) - f(x'; w)> / (eta |g|^2) for one SGD step "
+                "w+ = w - eta grad l(x) (the run's loss, g = dl/df at x; for one output Delta f(x') / (-eta dl/df)), "
+                "over all pairs of the first training samples, in float64; mean_diagonal = mean R(x, x), "
+                "mean_off_diagonal = mean over x' != x; per layer from the per-layer NTK g^T Theta_l g / |g|^2. "
+                "beta: least squares of ln R on ln t over the checkpoints t > 0 of the mean diagonal response "
+                "(R ~ A t^-beta; beta > 0 aging, 0 a fixed kernel), beta_ci the 95% interval (Student's t). "
+                "Feature space of each hidden layer on the same samples: effective rank exp(-sum p ln p) of the "
+                "normalised singular values, participation ratio (sum s^2)^2 / sum s^4, dead units (zero on every "
+                "sample), duplicated units (unit (w, b) directions within 1e-3); input_grad_norm = mean |df/dx|_F. "
+                "The rows and the fit are what `dynascope response --checkpoints DIR --samples N --eta E "
+                "--dtype float64 --out-csv F` gives for this run, N the samples above.";
+    j["seconds"] = seconds_;
+    j["rows"] = rows_;
+    return j;
+  }
+
+ private:
+  Context ctx_;
+  model::MlpSpec spec_;
+  index_t samples_ = 0;
+  model::DeviceData<double> data_;
+  response::Options options_;
+  std::string csv_;
+  json rows_ = json::array();
+  std::vector<double> steps_, diagonal_;
+  std::vector<std::vector<double>> layer_diagonal_;
+  double flops_ = 0, seconds_ = 0;
+};
+
+// The elasticity section's samples, checked against the data before any work: an explicit
+// --elasticity-pairs K must fit every class; the default shrinks to the smallest class.
+ElasticitySettings elasticity_settings(const DemoCommand& c, const data::Dataset& train) {
+  const CLI::App& cmd = *c.app;
+  const ProbeFlags& f = c.probes;
+  ElasticitySettings s;
+  if (f.no_elasticity) {
+    refuse_ignored(cmd, "--elasticity-pairs", "--no-elasticity switches the local elasticity off");
+    refuse_ignored(cmd, "--elasticity-eta", "--no-elasticity switches the local elasticity off");
+    s.skipped = "--no-elasticity";
+    return s;
+  }
+  const bool explicit_k = given(cmd, "--elasticity-pairs");
+  s.labels = train.task == data::Task::classification;
+  if (!s.labels) {
+    if (explicit_k && f.elasticity_pairs > train.n)
+      throw UsageError("--elasticity-pairs " + std::to_string(f.elasticity_pairs) + " exceeds the " +
+                       std::to_string(train.n) + " training samples (value targets: the first K samples are the sources "
+                       "and targets of the steps)");
+    s.per_class = std::min(f.elasticity_pairs, train.n);
+    if (s.per_class < 2) {
+      s.skipped = "fewer than 2 training samples";
+      return s;
+    }
+    for (index_t i = 0; i < s.per_class; ++i) s.rows.push_back(i);
+    return s;
+  }
+  s.classes = train.outputs;
+  std::vector<index_t> count(std::size_t(s.classes), 0);
+  for (std::int64_t l : train.labels) ++count[std::size_t(l)];
+  const auto smallest = std::min_element(count.begin(), count.end());
+  s.per_class = explicit_k ? f.elasticity_pairs : std::min(f.elasticity_pairs, *smallest);
+  if (!explicit_k && s.per_class < 2) {
+    s.skipped = "class " + std::to_string(smallest - count.begin()) + " has " + std::to_string(*smallest) +
+                " training samples; the within-class pairs need 2 of every class";
+    return s;
+  }
+  try {
+    const std::vector<std::int64_t> idx = elasticity::sample_per_class(
+        vector_view<const std::int64_t>(train.labels.data(), index_t(train.labels.size())), s.classes, s.per_class,
+        c.common.seed);
+    s.rows.assign(idx.begin(), idx.end());
+  } catch (const InvalidArgument& e) {
+    throw UsageError("--elasticity-pairs " + std::to_string(s.per_class) + ": " + e.what() + " (of the " +
+                     std::to_string(train.n) + " training samples)");
+  }
+  return s;
+}
+
+// The response section's samples: an explicit --response-samples N must fit the training split;
+// the default shrinks to it.
+index_t response_samples(const DemoCommand& c, const data::Dataset& train, std::string& skipped) {
+  const CLI::App& cmd = *c.app;
+  const ProbeFlags& f = c.probes;
+  if (f.no_response) {
+    refuse_ignored(cmd, "--response-samples", "--no-response switches the training response off");
+    refuse_ignored(cmd, "--response-eta", "--no-response switches the training response off");
+    skipped = "--no-response";
+    return 0;
+  }
+  if (given(cmd, "--response-samples") && f.response_samples > train.n)
+    throw UsageError("--response-samples " + std::to_string(f.response_samples) + " exceeds the " +
+                     std::to_string(train.n) + " training samples");
+  const index_t n = std::min(f.response_samples, train.n);
+  if (n < 2) skipped = "fewer than 2 training samples (the response compares pairs of samples)";
+  return n;
+}
+
 // Checks the section's flags against each other and the data before any work; the settings.
 LcSettings lc_settings(const DemoCommand& c, const data::Split& split) {
   const CLI::App& cmd = *c.app;
@@ -394,14 +771,34 @@ int run(const DemoCommand& c) {
   CurvatureTracker<T> curvature(ctx, net.spec, split, loss);
   std::optional<LcTracker<T>> lc_tracker;
   if (do_lc) lc_tracker.emplace(ctx, net.spec, split, lc, c.common.seed);
+  const ElasticitySettings es = elasticity_settings(c, split.train);
+  std::string response_skipped;
+  const index_t n_response = response_samples(c, split.train, response_skipped);
+  std::optional<ElasticityTracker> elasticity_tracker;
+  std::optional<ResponseTracker> response_tracker;
+  try {
+    if (es.skipped.empty())
+      elasticity_tracker.emplace(ctx, net.spec, split.train, es, c.probes.elasticity_eta, loss);
+    if (response_skipped.empty())
+      response_tracker.emplace(ctx, net.spec, split.train, n_response, c.probes.response_eta, loss);
+  } catch (const InvalidArgument& e) {  // options the library refuses for this data
+    throw UsageError(e.what());
+  }
+  std::vector<double> elasticity_summary, response_summary;
   std::vector<NtkRow> ntk_rows;
   std::vector<CurvatureRow> curvature_rows;
   std::vector<std::vector<double>> lc_totals;
   // The maps are drawn after training, from the parameters of the first and the latest checkpoint.
   Array<T> first_params, last_params;
   index_t first_step = -1, last_step = -1;
-  const auto outcome = run_training<T>(ctx, c.common, c.train, net, split, true, [&](index_t step, const Array<T>& params) {
+  const auto outcome = run_training<T>(ctx, c.common, c.train, net, split, true, [&](index_t step, const Array<T>& params,
+                                                                                    const std::string& file) {
     ntk_rows.push_back(tracker.measure(params));
+    if (elasticity_tracker || response_tracker) {
+      const Array<double> p64 = in_float64(ctx, params);
+      if (elasticity_tracker) elasticity_summary.push_back(elasticity_tracker->measure(step, file, p64));
+      if (response_tracker) response_summary.push_back(response_tracker->measure(step, file, p64));
+    }
     curvature_rows.push_back(curvature.measure(params, c.common.seed));
     if (lc_tracker) lc_totals.push_back(lc_tracker->measure(step, params));
     if (do_map) {
@@ -481,6 +878,11 @@ int run(const DemoCommand& c) {
     llc_report = llc_section<T>(ctx, c, outcome.rows, split, outcome.loss, llc_rows);
   }
 
+  const json elasticity_report =
+      elasticity_tracker ? elasticity_tracker->finish(out_dir) : json({{"skipped", es.skipped}});
+  const json response_report =
+      response_tracker ? response_tracker->finish(out_dir) : json({{"skipped", response_skipped}});
+
   json rows = json::array();
   for (std::size_t i = 0; i < outcome.rows.size(); ++i) {
     const auto& r = outcome.rows[i];
@@ -525,11 +927,17 @@ int run(const DemoCommand& c) {
   report["local_complexity"] = lc_json;
   report["region_maps"] = maps_json;
   report["llc"] = llc_report;
+  report["elasticity"] = elasticity_report;
+  report["response"] = response_report;
   report["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   io::write_text_atomic((std::filesystem::path(c.train.out_dir) / "report.json").string(), report.dump(2) + "\n");
 
   std::printf("%7s  %10s  %9s  %10s  %9s  %10s  %7s  %7s  %6s  %7s  %9s  %9s", "step", "train loss", "train acc",
               "test loss", "test acc", "NTK l1", "l1/l2", "E_5(y)", "cKTA", "S(K0,K)", "Hess l1", "Hess tr");
+  // The elasticity's within/across-class ratio (its mean S_rel for value targets) and the mean
+  // diagonal training response.
+  if (elasticity_tracker) std::printf("  %8s", elasticity_tracker->labels() ? "LE ratio" : "LE mean");
+  if (response_tracker) std::printf("  %9s", "R diag");
   // The local complexity's total mean of each point set (train, test when there is one, random).
   if (lc_tracker)
     for (const auto& set : lc_tracker->sets())
@@ -547,6 +955,8 @@ int run(const DemoCommand& c) {
                 static_cast<long long>(r.step), r.train.loss, r.train.accuracy, r.test.loss, r.test.accuracy, top[0],
                 top.size() > 1 ? top[0] / top[1] : 0.0, e5, nr.summary["kta_centered"].get<double>(),
                 nr.distance_to_init, cr.top[0], cr.trace);
+    if (i < elasticity_summary.size()) std::printf("  %8.4g", elasticity_summary[i]);
+    if (i < response_summary.size()) std::printf("  %9.4g", response_summary[i]);
     if (i < lc_totals.size())
       for (double v : lc_totals[i]) std::printf("  %8.3f", v);
     // The LLC where it was measured (with its standard error over the chains), "-" elsewhere.
@@ -561,9 +971,34 @@ int run(const DemoCommand& c) {
     if (llc_rows[i])
       for (const std::string& w : llc_rows[i]->warnings)
         std::printf("LLC at step %lld: %s\n", static_cast<long long>(outcome.rows[i].step), w.c_str());
+  // The response's aging fit, from the mean diagonal response of the checkpoints after step 0.
+  if (response_tracker) {
+    if (response_report["beta"].is_number()) {
+      const json& ci = response_report["beta_ci"];
+      const json& w = response_report["fit_window"];
+      std::printf("response aging R ~ A t^-beta over steps %g..%g: beta = %.4g (95%% CI %.4g .. %.4g), R^2 %.3f, %lld "
+                  "checkpoints; per layer:",
+                  w[0].get<double>(), w[1].get<double>(), response_report["beta"].get<double>(),
+                  ci[0].is_number() ? ci[0].get<double>() : NAN, ci[1].is_number() ? ci[1].get<double>() : NAN,
+                  response_report["r_squared"].is_number() ? response_report["r_squared"].get<double>() : NAN,
+                  response_report["points"].get<long long>());
+      for (const json& l : response_report["layers"]) {
+        if (l["beta"].is_number()) std::printf(" %.3g", l["beta"].get<double>());
+        else std::printf(" -");
+      }
+      std::printf("\n");
+    } else {
+      const json& notes = response_report["fit_warnings"];
+      std::printf("response aging: %s\n", notes.empty() ? "no fit" : notes[0].get<std::string>().c_str());
+    }
+  }
   std::string files = c.train.out_dir + "/report.json, " + c.train.out_dir + "/train.csv";
   if (lc_tracker) files += ", " + c.train.out_dir + "/lc.csv";
   if (llc_report.contains("csv_file")) files += ", " + c.train.out_dir + "/llc.csv";
+  if (elasticity_report.contains("csv_file")) files += ", " + c.train.out_dir + "/elasticity.csv";
+  if (elasticity_report.contains("first"))
+    files += ", " + c.train.out_dir + "/elasticity_first.npy, " + c.train.out_dir + "/elasticity_last.npy";
+  if (response_report.contains("csv_file")) files += ", " + c.train.out_dir + "/response.csv";
   if (maps_json.contains("first") && maps_json["first"].contains("file"))
     files += ", " + c.train.out_dir + "/region_map_first.png";
   if (maps_json.contains("last") && maps_json["last"].contains("file"))
@@ -595,6 +1030,7 @@ Command register_demo(CLI::App& app) {
   add_data_flags(*cmd, c->data, true);
   add_train_flags(*cmd, c->train);
   add_out_dir_flags(*cmd, c->train, "run folder (checkpoints, train.csv, report.json, lc.csv, llc.csv, "
+                                     "elasticity.csv, elasticity_first.npy, elasticity_last.npy, response.csv, "
                                      "region_map_first.png, region_map_last.png)");
   cmd->add_option("--ntk-samples", c->ntk_samples, "training samples the NTK section uses, >= 1")
       ->check(at_least(1))
@@ -635,6 +1071,26 @@ Command register_demo(CLI::App& app) {
       ->check(at_least(0))
       ->capture_default_str();
   cmd->add_option("--llc-epsilon", lf.epsilon, "SGLD step size epsilon, > 0 (llc --calibrate shows how to choose it)")
+      ->check(finite_at_least(0.0, true))
+      ->capture_default_str();
+  ProbeFlags& pf = c->probes;
+  cmd->add_flag("--no-elasticity", pf.no_elasticity,
+                "no local elasticity (elasticity.csv, elasticity_{first,last}.npy, the report's elasticity section, the "
+                "LE column)");
+  cmd->add_option("--elasticity-pairs", pf.elasticity_pairs,
+                  "local elasticity: K training samples of every class (seeded), K x K pairs per class pair; value "
+                  "targets: the first K samples; >= 2 (default: 32, fewer when a class has fewer)")
+      ->check(at_least(2));
+  cmd->add_option("--elasticity-eta", pf.elasticity_eta, "local elasticity: the SGD step size eta, > 0")
+      ->check(finite_at_least(0.0, true))
+      ->capture_default_str();
+  cmd->add_flag("--no-response", pf.no_response,
+                "no training response (response.csv, the report's response section, the R column and the aging fit)");
+  cmd->add_option("--response-samples", pf.response_samples,
+                  "training response and feature space: the first N training samples, >= 2 (default: 64, fewer when "
+                  "the training set has fewer)")
+      ->check(at_least(2));
+  cmd->add_option("--response-eta", pf.response_eta, "training response: the SGD step size eta, > 0")
       ->check(finite_at_least(0.0, true))
       ->capture_default_str();
   return {cmd, [c] {

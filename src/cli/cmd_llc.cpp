@@ -4,10 +4,10 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <sstream>
 
 #include "cli/model_flags.hpp"
+#include "cli/run_data.hpp"
 #include "cli/training_run.hpp"
 #include "dynascope/dispatch.hpp"
 #include "dynascope/io.hpp"
@@ -46,14 +46,6 @@ enum class Mode { one, checkpoints, calibrate };
 Mode mode_of(const LlcCommand& c) {
   if (!c.checkpoints.empty()) return Mode::checkpoints;
   return c.calibrate ? Mode::calibrate : Mode::one;
-}
-
-const std::vector<std::string> kDataFlags{"--dataset", "--inputs", "--targets", "--samples", "--test-fraction"};
-
-bool data_given(const LlcCommand& c) {
-  for (const std::string& f : kDataFlags)
-    if (given(*c.app, f)) return true;
-  return false;
 }
 
 // Every flag combination and output path is checked before any work starts.
@@ -177,68 +169,6 @@ std::vector<std::uint8_t> read_mask(const std::string& path, index_t params) {
   return mask;
 }
 
-// The data of a --checkpoints run when no data flag is given: the run's report.json (written by
-// `dynascope demo`) records it, with the seed of its split.
-struct RunData {
-  DataFlags flags;
-  std::uint64_t seed = 0;
-  std::string loss;
-  json source;
-};
-
-RunData data_from_run(const LlcCommand& c) {
-  RunData d;
-  d.flags = c.data;
-  d.seed = c.common.seed;
-  d.loss = c.loss;
-  const auto describe = [&] {
-    if (!d.flags.dataset.empty()) d.source["dataset"] = d.flags.dataset;
-    if (!d.flags.inputs.empty()) d.source["inputs"] = d.flags.inputs;
-    if (!d.flags.targets.empty()) d.source["targets"] = d.flags.targets;
-    d.source["samples_flag"] = d.flags.samples;
-    d.source["test_fraction"] = d.flags.test_fraction;
-    d.source["seed"] = d.seed;
-  };
-  if (mode_of(c) != Mode::checkpoints || data_given(c)) {
-    d.source["from"] = "flags";
-    describe();
-    return d;
-  }
-  const fs::path report = fs::path(c.checkpoints) / "report.json";
-  const std::string how = "give the run's data flags (--dataset NAME or --inputs X --targets Y, with its --samples, "
-                          "--test-fraction and --seed for the same split)";
-  std::error_code ec;
-  if (!fs::exists(report, ec))
-    throw UsageError("--checkpoints: no data flags, and '" + c.checkpoints +
-                     "' has no report.json recording the run's data (dynascope demo writes one, dynascope train "
-                     "records it in its result JSON): " + how);
-  std::ifstream f(report);
-  const json j = json::parse(f, nullptr, false);
-  const json* cfg = j.is_object() && j.contains("config") ? &j["config"] : nullptr;
-  if (cfg == nullptr || !cfg->contains("data") || !(*cfg)["data"].is_object() || !cfg->contains("seed"))
-    throw UsageError("--checkpoints: '" + report.string() + "' does not record the run's data under config.data: " + how);
-  try {
-    const json& data = (*cfg)["data"];
-    d.flags = DataFlags{};
-    d.flags.dataset = data.value("dataset", "");
-    d.flags.inputs = data.value("inputs", "");
-    d.flags.targets = data.value("targets", "");
-    d.flags.samples = data.value("samples_flag", index_t{0});
-    d.flags.test_fraction = data.value("test_fraction", 0.0);
-    // The run's --samples as the run took it: a cap when it was the command's preset (the demo's
-    // 512 for a smaller dataset). This command's --samples, not given, says "not demanded".
-    d.flags.samples_flag = c.data.samples_flag;
-    d.seed = (*cfg)["seed"].get<std::uint64_t>();
-    if (d.loss.empty()) d.loss = cfg->value("loss", "");
-  } catch (const json::exception& e) {
-    throw UsageError("--checkpoints: '" + report.string() + "': config.data is not as dynascope writes it (" + e.what() +
-                     "): " + how);
-  }
-  d.source["from"] = report.string();
-  describe();
-  return d;
-}
-
 // The shortest decimal text that reads back as v (the sweep's epsilons in the CSV).
 std::string exact_text(double v) {
   std::ostringstream s;
@@ -290,7 +220,7 @@ int run(const LlcCommand& c) {
   const Mode mode = mode_of(c);
   std::vector<std::pair<index_t, std::string>> steps;
   if (mode == Mode::checkpoints) steps = run_checkpoints("--checkpoints", c.checkpoints);
-  const RunData rd = data_from_run(c);
+  const RunData rd = run_data(*c.app, c.data, c.common.seed, c.loss, mode == Mode::checkpoints ? c.checkpoints : "");
   const Context ctx = make_context(c.common);
   const data::Split split = load_data(rd.flags, rd.seed);
   const data::Dataset& train = split.train;
@@ -525,15 +455,7 @@ Command register_llc(CLI::App& app) {
   return {cmd, [c] {
             validate(*c);
             // The precision follows the data: the first checkpoint stands for the run's networks.
-            std::string first_checkpoint;
-            if (!c->checkpoints.empty()) {
-              std::error_code ec;
-              if (fs::is_directory(c->checkpoints, ec)) {
-                const auto steps = run_checkpoints("--checkpoints", c->checkpoints);
-                first_checkpoint = steps.front().second;
-              }
-            }
-            resolve_dtype(c->common, {c->model.model, first_checkpoint, c->data.inputs});
+            resolve_dtype(c->common, {c->model.model, first_checkpoint(c->checkpoints), c->data.inputs});
             return dispatch_float(parse_dtype(c->common.dtype),
                                   [&](auto precision) { return run<typename decltype(precision)::type>(*c); });
           }};

@@ -366,7 +366,10 @@ void emit_result(const std::string& command, const CommonOptions& opts, const Co
   if (!opts.dtype_source.empty()) out["dtype_source"] = opts.dtype_source;
   out["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   for (auto it = result.begin(); it != result.end(); ++it) out[it.key()] = it.value();
+  // The command's own warnings (said in words) come first; every NaN or infinity nulled is added.
   std::vector<std::string> warnings;
+  if (out.contains("warnings") && out["warnings"].is_array())
+    for (const auto& w : out["warnings"]) warnings.push_back(w.is_string() ? w.get<std::string>() : w.dump());
   replace_non_finite(out, "$", warnings);
   if (!warnings.empty()) out["warnings"] = warnings;
   const std::string text = out.dump(2) + "\n";

@@ -88,7 +88,7 @@ struct UsageError : std::runtime_error {
 };
 
 // Adds command, backend, dtype, seconds and version, replaces NaN/Inf by null (listing them under
-// "warnings"), and writes the object to opts.out (atomically) or stdout.
+// "warnings", after the result's own "warnings" when it has them), and writes the object to opts.out (atomically) or stdout.
 void emit_result(const std::string& command, const CommonOptions& opts, const Context& ctx, json result,
                  std::chrono::steady_clock::time_point start);
 
@@ -112,5 +112,7 @@ Command register_spectrum(CLI::App& app);
 Command register_lc(CLI::App& app);
 Command register_llc(CLI::App& app);
 Command register_regions(CLI::App& app);
+Command register_elasticity(CLI::App& app);
+Command register_response(CLI::App& app);
 
 }  // namespace dynascope::cli

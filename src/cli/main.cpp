@@ -55,6 +55,8 @@ int main(int argc, char** argv) {
   commands.push_back(register_lc(app));
   commands.push_back(register_llc(app));
   commands.push_back(register_regions(app));
+  commands.push_back(register_elasticity(app));
+  commands.push_back(register_response(app));
   std::string names;
   for (const Command& c : commands) names += (names.empty() ? "" : ", ") + c.app->get_name();
   if (argc > 1 && argv[1][0] != '-') {

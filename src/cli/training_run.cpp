@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <sstream>
 
 #include "dynascope/config.hpp"
@@ -40,8 +41,8 @@ void add_out_dir_flags(CLI::App& cmd, TrainFlags& f, const std::string& what) {
   cmd.add_option("--out-dir", f.out_dir, what)->capture_default_str();
   cmd.add_flag("--overwrite", f.overwrite,
                "replace an earlier run in --out-dir (its step_*.safetensors, train.csv, report.json and the demo's "
-               "lc.csv, llc.csv and region_map_{first,last}.png are removed first); without it such a folder is "
-               "refused");
+               "lc.csv, llc.csv, elasticity.csv, elasticity_{first,last}.npy, response.csv and "
+               "region_map_{first,last}.png are removed first); without it such a folder is refused");
 }
 
 void prepare_out_dir(const TrainFlags& f) {
@@ -51,8 +52,10 @@ void prepare_out_dir(const TrainFlags& f) {
   const fs::path dir(f.out_dir);
   if (fs::exists(dir, ec) && !fs::is_directory(dir, ec))
     throw UsageError("--out-dir: '" + f.out_dir + "' exists and is not a folder");
-  // The files a run writes: train's, and the demo's report and linear-regions section.
-  const std::vector<std::string> run_files{"train.csv", "report.json", "lc.csv", "llc.csv", "region_map_first.png",
+  // The files a run writes: train's, and the demo's report and sections.
+  const std::vector<std::string> run_files{"train.csv",           "report.json",          "lc.csv",
+                                           "llc.csv",             "elasticity.csv",       "elasticity_first.npy",
+                                           "elasticity_last.npy", "response.csv",         "region_map_first.png",
                                            "region_map_last.png"};
   std::vector<fs::path> earlier;
   std::vector<std::string> others;  // the run files found that are not checkpoints, for the message
@@ -164,7 +167,7 @@ std::string fmt_value(double v) {
 template <class T>
 RunOutcome<T> run_training(const Context& ctx, const CommonOptions& common, const TrainFlags& flags, model::Mlp<T>& net,
                            const data::Split& split, bool write_checkpoints,
-                           const std::function<void(index_t, const Array<T>&)>& at_checkpoint) {
+                           const std::function<void(index_t, const Array<T>&, const std::string&)>& at_checkpoint) {
   namespace fs = std::filesystem;
   RunOutcome<T> out;
   const data::Dataset& train = split.train;
@@ -204,7 +207,7 @@ RunOutcome<T> run_training(const Context& ctx, const CommonOptions& common, cons
       model::save_mlp<T>(ctx, row.file, net.spec, params, {{"step", std::to_string(step)}});
       io::write_text_atomic((fs::path(flags.out_dir) / "train.csv").string(), csv);
     }
-    if (at_checkpoint) at_checkpoint(step, params);
+    if (at_checkpoint) at_checkpoint(step, params, row.file);
     out.rows.push_back(row);
     std::ostringstream line;
     line << "step " << step << ": train loss " << fmt_value(row.train.loss);
@@ -411,6 +414,105 @@ std::string llc_summary(const sgld::LlcResult& r) {
   return line;
 }
 
+double elasticity_mean(const Array<double>& s_rel, bool same_set, index_t* pairs) {
+  const index_t n1 = s_rel.dim(0), n2 = s_rel.dim(1);
+  double sum = 0;
+  index_t count = 0;
+  for (index_t i = 0; i < n1; ++i)
+    for (index_t j = 0; j < n2; ++j) {
+      const double v = s_rel.data()[i * n2 + j];
+      if ((same_set && i == j) || !std::isfinite(v)) continue;
+      sum += v;
+      ++count;
+    }
+  if (pairs) *pairs = count;
+  return count > 0 ? sum / double(count) : std::numeric_limits<double>::quiet_NaN();
+}
+
+std::string elasticity_csv_header() { return "step,checkpoint,mean,within_class,across_class,ratio,undefined_sources\n"; }
+
+std::string elasticity_csv_row(index_t step, const std::string& checkpoint, double mean,
+                               const elasticity::ClassMatrix* classes, std::size_t undefined_sources) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  std::ostringstream s;
+  s << step << "," << checkpoint << "," << csv_number(mean) << "," << csv_number(classes ? classes->within : nan) << ","
+    << csv_number(classes ? classes->across : nan) << "," << csv_number(classes ? classes->ratio : nan) << ","
+    << undefined_sources << "\n";
+  return s.str();
+}
+
+std::string response_csv_header(index_t layers) {
+  std::string s = "step,checkpoint,mean_diagonal,mean_off_diagonal";
+  for (index_t l = 1; l <= layers; ++l) {
+    const std::string n = std::to_string(l);
+    s += ",layer" + n + "_diagonal,layer" + n + "_off_diagonal";
+  }
+  for (index_t l = 1; l < layers; ++l) {
+    const std::string n = std::to_string(l);
+    s += ",effective_rank" + n + ",participation_ratio" + n + ",dead" + n + ",duplicated" + n;
+  }
+  return s + ",input_grad_norm\n";
+}
+
+std::string response_csv_row(index_t step, const std::string& checkpoint, index_t layers, const response::Response& r,
+                             const response::FeatureSpace& f) {
+  const auto at = [](const std::vector<double>& v, index_t l) {
+    return std::size_t(l) < v.size() ? csv_number(v[std::size_t(l)]) : std::string();
+  };
+  std::ostringstream s;
+  s << step << "," << checkpoint << "," << csv_number(r.mean_diagonal) << "," << csv_number(r.mean_off_diagonal);
+  for (index_t l = 0; l < layers; ++l) s << "," << at(r.layer_diagonal, l) << "," << at(r.layer_off_diagonal, l);
+  for (index_t l = 0; l + 1 < layers; ++l) {
+    if (std::size_t(l) < f.layers.size()) {
+      const response::LayerFeatures& h = f.layers[std::size_t(l)];
+      s << "," << csv_number(h.effective_rank) << "," << csv_number(h.participation_ratio) << "," << h.dead << ","
+        << h.duplicated;
+    } else {
+      s << ",,,,";
+    }
+  }
+  s << "," << csv_number(f.input_grad_norm) << "\n";
+  return s.str();
+}
+
+json response_row_json(const response::Response& r, const response::FeatureSpace& f) {
+  json j;
+  j["mean_diagonal"] = number_or_null(r.mean_diagonal);
+  j["mean_off_diagonal"] = number_or_null(r.mean_off_diagonal);
+  json diag = json::array(), off = json::array();
+  for (double v : r.layer_diagonal) diag.push_back(number_or_null(v));
+  for (double v : r.layer_off_diagonal) off.push_back(number_or_null(v));
+  j["layer_diagonal"] = diag;
+  j["layer_off_diagonal"] = off;
+  j["undefined_sources"] = r.undefined_sources;
+  json features = json::array();
+  for (const response::LayerFeatures& h : f.layers)
+    features.push_back({{"layer", h.layer},
+                        {"width", h.width},
+                        {"effective_rank", number_or_null(h.effective_rank)},
+                        {"participation_ratio", number_or_null(h.participation_ratio)},
+                        {"dead", h.dead},
+                        {"duplicated", h.duplicated}});
+  j["features"] = features;
+  j["input_grad_norm"] = number_or_null(f.input_grad_norm);
+  j["flops"] = r.flops;
+  return j;
+}
+
+json power_law_json(const response::PowerLawFit& fit, double t_min, double t_max) {
+  json j;
+  j["beta"] = number_or_null(fit.beta);
+  j["beta_ci"] = {number_or_null(fit.beta_low), number_or_null(fit.beta_high)};
+  j["beta_stderr"] = number_or_null(fit.beta_stderr);
+  j["confidence"] = fit.confidence;
+  j["amplitude"] = number_or_null(fit.amplitude);
+  j["r_squared"] = number_or_null(fit.r_squared);
+  j["fit_window"] = {t_min, t_max};
+  j["points"] = fit.points;
+  j["skipped"] = fit.skipped;
+  return j;
+}
+
 template <class T>
 std::vector<int> predicted_classes(const Context& ctx, const model::MlpSpec& spec, const T* params, MatrixView<const T> x) {
   model::MlpEngine<T> engine(ctx, spec);
@@ -441,9 +543,9 @@ template std::vector<int> predicted_classes<double>(const Context&, const model:
 
 template RunOutcome<float> run_training<float>(const Context&, const CommonOptions&, const TrainFlags&, model::Mlp<float>&,
                                                const data::Split&, bool,
-                                               const std::function<void(index_t, const Array<float>&)>&);
+                                               const std::function<void(index_t, const Array<float>&, const std::string&)>&);
 template RunOutcome<double> run_training<double>(const Context&, const CommonOptions&, const TrainFlags&,
                                                  model::Mlp<double>&, const data::Split&, bool,
-                                                 const std::function<void(index_t, const Array<double>&)>&);
+                                                 const std::function<void(index_t, const Array<double>&, const std::string&)>&);
 
 }  // namespace dynascope::cli

@@ -6,7 +6,9 @@
 #include <vector>
 
 #include "cli/model_flags.hpp"
+#include "dynascope/elasticity.hpp"
 #include "dynascope/regions.hpp"
+#include "dynascope/response.hpp"
 #include "dynascope/sgld.hpp"
 
 namespace dynascope::cli {
@@ -30,7 +32,8 @@ void add_out_dir_flags(CLI::App& cmd, TrainFlags& f, const std::string& what);
 model::OptimizerOptions optimizer_options(const TrainFlags& f);
 
 // Makes the run folder ready before any work: created if missing; a folder that holds an earlier
-// run (step_*.safetensors, train.csv, report.json, and the demo's lc.csv, region_map_first.png and
+// run (step_*.safetensors, train.csv, report.json, and the demo's lc.csv, llc.csv, elasticity.csv,
+// elasticity_first.npy, elasticity_last.npy, response.csv, region_map_first.png and
 // region_map_last.png) is refused unless --overwrite, which removes exactly those files first, so
 // two runs never mix.
 void prepare_out_dir(const TrainFlags& f);
@@ -50,7 +53,8 @@ struct CheckpointRow {
 };
 
 // Trains and returns the evaluation rows (one per checkpoint). `at_checkpoint` lets the caller
-// measure more at each checkpoint (the demo's diagnostics).
+// measure more at each checkpoint (the demo's diagnostics); `file` is the checkpoint written (empty
+// when none is).
 template <class T>
 struct RunOutcome {
   model::TrainResult result;
@@ -60,7 +64,8 @@ struct RunOutcome {
 template <class T>
 RunOutcome<T> run_training(const Context& ctx, const CommonOptions& common, const TrainFlags& flags, model::Mlp<T>& net,
                            const data::Split& split, bool write_checkpoints,
-                           const std::function<void(index_t step, const Array<T>& params)>& at_checkpoint = {});
+                           const std::function<void(index_t step, const Array<T>& params, const std::string& file)>&
+                               at_checkpoint = {});
 
 // The step_*.safetensors of a run folder in step order, with their steps; UsageError naming
 // `flag` when the folder is missing or holds none.
@@ -117,6 +122,34 @@ std::string llc_csv_header(const std::string& first_column);
 std::string llc_csv_row(const std::string& first_value, const sgld::LlcResult& r);
 // One line for people: "llc = 12.3 ± 0.4 (SE, 8 chains)", with the diverged chains when any.
 std::string llc_summary(const sgld::LlcResult& r);
+
+// ---- Local elasticity and the training response along training: the demo's files --------------
+// The same columns as `dynascope elasticity --checkpoints --out-csv` and `dynascope response
+// --out-csv` write.
+
+// The mean of S_rel [N1, N2] over its finite entries, leaving out a sample's pair with itself when
+// the targets of the move are the sources (same_set; S_rel(x, x) = 1 by definition); how many
+// pairs were averaged in `pairs`. NaN when none is left.
+double elasticity_mean(const Array<double>& s_rel, bool same_set, index_t* pairs = nullptr);
+// "step,checkpoint,mean,within_class,across_class,ratio,undefined_sources" and one row per
+// checkpoint (classes null for value targets: within/across/ratio empty; non-finite values empty).
+std::string elasticity_csv_header();
+std::string elasticity_csv_row(index_t step, const std::string& checkpoint, double mean,
+                               const elasticity::ClassMatrix* classes, std::size_t undefined_sources);
+// "step,checkpoint,mean_diagonal,mean_off_diagonal", per layer l = 1..L "layer<l>_diagonal,
+// layer<l>_off_diagonal", per hidden layer l = 1..L-1 "effective_rank<l>,participation_ratio<l>,
+// dead<l>,duplicated<l>", then "input_grad_norm"; a row per checkpoint (absent per-layer values
+// empty).
+std::string response_csv_header(index_t layers);
+std::string response_csv_row(index_t step, const std::string& checkpoint, index_t layers, const response::Response& r,
+                             const response::FeatureSpace& f);
+// The row as JSON: mean_diagonal, mean_off_diagonal, layer_diagonal, layer_off_diagonal,
+// undefined_sources (indices into the samples), features [{layer, width, effective_rank,
+// participation_ratio, dead, duplicated}], input_grad_norm, flops.
+json response_row_json(const response::Response& r, const response::FeatureSpace& f);
+// The aging fit as JSON: beta, beta_ci [lo, hi], beta_stderr, confidence, amplitude, r_squared,
+// fit_window [t_min, t_max], points, skipped.
+json power_law_json(const response::PowerLawFit& fit, double t_min, double t_max);
 
 // The predicted class of every row of x [N, D] (on ctx's backend): the argmax output, or for one
 // output 1 where it is > 0 and 0 elsewhere. Tiled over rows, for region maps of large grids.

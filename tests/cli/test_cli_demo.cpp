@@ -1,8 +1,10 @@
 // The demo's linear-regions section against the commands it summarises, run as separate
 // processes: its local-complexity rows equal `dynascope lc` on the same checkpoint, points,
 // radius, dims and seed; its region maps are valid PNGs equal to what `dynascope regions --plane
-// --exact-2d --image` draws for the same checkpoint, plane and training points. Plus lc.csv, the
-// stdout table, the switches, runs that never mix and bad flags.
+// --exact-2d --image` draws for the same checkpoint, plane and training points; its elasticity and
+// response rows equal `dynascope elasticity` and `dynascope response` on the run folder, its class
+// matrices hold the CSV's within/across-class means and its aging fit is the least-squares line
+// recomputed here. Plus lc.csv, the stdout table, the switches, runs that never mix and bad flags.
 #include <gtest/gtest.h>
 #include <png.h>
 #include <unistd.h>
@@ -29,7 +31,8 @@ using test::fields;
 using test::lines;
 
 // One small demo run shared by the read-only checks: 160 spirals samples (120 train / 40 test),
-// checkpoints at steps 0, 20 and 40, 96-pixel maps, the LLC from 3 chains of 10 + 30 steps.
+// checkpoints at steps 0, 20 and 40, 96-pixel maps, the LLC from 3 chains of 10 + 30 steps, the
+// elasticity on 32 samples of each class (the default) and the response on all 120 training samples.
 constexpr int kSamples = 160, kTrain = 120, kTest = 40, kResolution = 96;
 const std::vector<std::string> kLlc{"--llc-chains", "3", "--llc-draws", "30", "--llc-burnin", "10"};
 const std::vector<std::string> kSmall = [] {
@@ -91,7 +94,8 @@ class CliDemo : public ::testing::Test {
     dir_ = new fs::path(fs::temp_directory_path() / ("dynascope_cli_demo_" + std::to_string(::getpid())));
     fs::remove_all(*dir_);
     fs::create_directories(*dir_);
-    run_ = new CliResult(test::run(demo_args(path("run"), {"--map-resolution", std::to_string(kResolution)})));
+    run_ = new CliResult(test::run(demo_args(
+        path("run"), {"--map-resolution", std::to_string(kResolution), "--response-samples", std::to_string(kTrain)})));
   }
   static void TearDownTestSuite() {
     std::error_code ec;
@@ -205,8 +209,10 @@ TEST_F(CliDemo, LocalComplexityRowsEqualLcOnTheLastCheckpoint) {
   std::istringstream cells(last_row);
   std::vector<double> v;
   for (std::string cell; cells >> cell;) v.push_back(std::stod(cell));
-  ASSERT_EQ(v.size(), 17u) << last_row;  // 12 columns, 3 LC, then LLC and its standard error
-  for (std::size_t k = 0; k < 3; ++k) EXPECT_NEAR(v[12 + k], rows[6 + k].at("total_mean").get<double>(), 5e-4);
+  // 12 columns, the elasticity's ratio and the mean diagonal response, 3 LC, then LLC and its
+  // standard error.
+  ASSERT_EQ(v.size(), 19u) << last_row;
+  for (std::size_t k = 0; k < 3; ++k) EXPECT_NEAR(v[14 + k], rows[6 + k].at("total_mean").get<double>(), 5e-4);
 }
 
 TEST_F(CliDemo, LlcRowsEqualTheLlcCommand) {
@@ -280,9 +286,9 @@ TEST_F(CliDemo, LlcRowsEqualTheLlcCommand) {
   std::istringstream cells(last_row);
   std::vector<double> v;
   for (std::string cell; cells >> cell;) v.push_back(std::stod(cell));
-  ASSERT_EQ(v.size(), 17u) << last_row;
-  EXPECT_NEAR(v[15], rows[2].at("llc_mean").get<double>(), 5e-4 * std::abs(rows[2].at("llc_mean").get<double>()));
-  EXPECT_NEAR(v[16], rows[2].at("llc_stderr").get<double>(), 5e-2 * rows[2].at("llc_stderr").get<double>());
+  ASSERT_EQ(v.size(), 19u) << last_row;
+  EXPECT_NEAR(v[17], rows[2].at("llc_mean").get<double>(), 5e-4 * std::abs(rows[2].at("llc_mean").get<double>()));
+  EXPECT_NEAR(v[18], rows[2].at("llc_stderr").get<double>(), 5e-2 * rows[2].at("llc_stderr").get<double>());
   EXPECT_NE(shared_run().out.find("llc.csv"), std::string::npos);
 }
 
@@ -359,6 +365,265 @@ TEST_F(CliDemo, RegionMapsArePngsEqualToTheRegionsCommand) {
   }
   EXPECT_LE(worst, 1);
   EXPECT_LE(differ, 20u);
+}
+
+// The numbers of a CSV line from column `first` on (an empty field is NaN).
+std::vector<double> numbers(const std::string& line, std::size_t first) {
+  const std::vector<std::string> f = fields(line);
+  std::vector<double> v;
+  for (std::size_t i = first; i < f.size(); ++i) v.push_back(f[i].empty() ? NAN : std::stod(f[i]));
+  if (!line.empty() && line.back() == ',') v.push_back(NAN);  // getline drops a trailing empty field
+  return v;
+}
+
+// Within = the mean of the diagonal entries of a class matrix [C, C], across = of the others.
+std::pair<double, double> within_across(const std::vector<double>& m, std::size_t c) {
+  double within = 0, across = 0;
+  for (std::size_t a = 0; a < c; ++a)
+    for (std::size_t b = 0; b < c; ++b) (a == b ? within : across) += m[a * c + b];
+  return {within / double(c), across / double(c * (c - 1))};
+}
+
+TEST_F(CliDemo, ElasticityCurveAndClassMatrices) {
+  ASSERT_EQ(shared_run().exit_code, 0) << shared_run();
+  const json report = read_json(path("run/report.json"));
+  const json& el = report.at("elasticity");
+  EXPECT_EQ(el.at("metric"), "kl");
+  EXPECT_EQ(el.at("form"), "step");
+  EXPECT_EQ(el.at("update"), "sgd");
+  EXPECT_EQ(el.at("eta").get<double>(), 1e-3);
+  EXPECT_EQ(el.at("loss"), "xent");
+  EXPECT_EQ(el.at("dtype"), "float64");
+  EXPECT_EQ(el.at("pairs_per_class"), 32);
+  EXPECT_EQ(el.at("classes"), 2);
+  EXPECT_EQ(el.at("sources"), 64);
+  EXPECT_EQ(el.at("targets"), 64);
+
+  // The samples: 32 distinct training samples of each class, class by class, ascending within a
+  // class (the labels of the same split computed here through the library).
+  const data::Split split = data::train_test_split(data::load_dataset("spirals", {.samples = kSamples}), 0.25, 0);
+  const std::vector<index_t> sample = el.at("sample_rows").get<std::vector<index_t>>();
+  ASSERT_EQ(sample.size(), 64u);
+  for (std::size_t i = 0; i < 64; ++i) {
+    ASSERT_GE(sample[i], 0);
+    ASSERT_LT(sample[i], kTrain);
+    EXPECT_EQ(split.train.labels[std::size_t(sample[i])], std::int64_t(i / 32)) << i;
+    if (i % 32 != 0) {
+      EXPECT_LT(sample[i - 1], sample[i]) << i;
+    }
+  }
+
+  // elasticity.csv: one row per checkpoint, finite, ratio = within / across, as in the report.
+  const std::vector<std::string> csv = lines(path("run/elasticity.csv"));
+  ASSERT_EQ(csv.size(), 4u);
+  EXPECT_EQ(csv[0], "step,checkpoint,mean,within_class,across_class,ratio,undefined_sources");
+  const json& rows = el.at("rows");
+  ASSERT_EQ(rows.size(), 3u);
+  for (std::size_t q = 0; q < 3; ++q) {
+    const std::vector<std::string> f = fields(csv[q + 1]);
+    ASSERT_EQ(f.size(), 7u) << csv[q + 1];
+    EXPECT_EQ(f[0], std::to_string(20 * q));
+    char name[64];
+    std::snprintf(name, sizeof name, "run/step_%07d.safetensors", int(20 * q));
+    EXPECT_EQ(f[1], path(name));
+    const std::vector<double> v = numbers(csv[q + 1], 2);
+    for (double x : v) EXPECT_TRUE(std::isfinite(x)) << csv[q + 1];
+    EXPECT_GT(v[0], 0.0);
+    EXPECT_NEAR(v[3], v[1] / v[2], 1e-8 * v[3]);
+    EXPECT_EQ(v[4], 0.0) << "float64 resolves every source's own change";
+    EXPECT_NEAR(v[0], rows[q].at("mean").get<double>(), 1e-9 * v[0]);
+    EXPECT_NEAR(v[3], rows[q].at("ratio").get<double>(), 1e-9 * v[3]);
+    // Every pair of distinct samples is averaged: 32 x 32 per class pair, 32 x 31 within a class.
+    EXPECT_EQ(rows[q].at("pairs"), 64 * 63);
+    EXPECT_EQ(rows[q].at("class_pairs"), json({{32 * 31, 32 * 32}, {32 * 32, 32 * 31}}));
+  }
+
+  // The class matrices at the first and last checkpoint: float64 [2, 2], holding the CSV's
+  // within- and across-class means.
+  EXPECT_EQ(el.at("first").at("step"), 0);
+  EXPECT_EQ(el.at("last").at("step"), 40);
+  for (const auto& [file, q] : {std::pair<std::string, std::size_t>{"run/elasticity_first.npy", 0},
+                                std::pair<std::string, std::size_t>{"run/elasticity_last.npy", 2}}) {
+    const io::Tensor t = io::read_npy(path(file));
+    EXPECT_EQ(t.dtype, DType::f64) << file;
+    ASSERT_EQ(t.shape, Shape({2, 2})) << file;
+    const std::vector<double> m = t.to_vector<double>();
+    const auto [within, across] = within_across(m, 2);
+    const std::vector<double> v = numbers(csv[q + 1], 2);
+    EXPECT_NEAR(within, v[1], 1e-9 * within) << file;
+    EXPECT_NEAR(across, v[2], 1e-9 * across) << file;
+    for (std::size_t k = 0; k < 4; ++k)
+      EXPECT_EQ(m[k], rows[q].at("class_matrix")[k / 2][k % 2].get<double>()) << file << " entry " << k;
+  }
+
+  // `dynascope elasticity --checkpoints` on the run folder with the same K and precision draws the
+  // same samples and writes the same CSV.
+  const CliResult r = test::run({"elasticity", "--checkpoints", path("run"), "--pairs-per-class", "32", "--dtype",
+                                 "float64", "--out-csv", path("elasticity_theirs.csv"), "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_EQ(lines(path("elasticity_theirs.csv")), csv);
+  EXPECT_EQ(r.json().at("class_matrix"), rows[2].at("class_matrix"));
+
+  // The table's LE ratio column: the last checkpoint's ratio.
+  std::istringstream table(shared_run().out);
+  std::string header, last_row;
+  std::getline(table, header);
+  EXPECT_NE(header.find("LE ratio"), std::string::npos) << header;
+  for (std::string line; std::getline(table, line);)
+    if (line.rfind("     40  ", 0) == 0) last_row = line;
+  std::istringstream cells(last_row);
+  std::vector<double> v;
+  for (std::string cell; cells >> cell;) v.push_back(std::stod(cell));
+  ASSERT_EQ(v.size(), 19u) << last_row;
+  EXPECT_NEAR(v[12], rows[2].at("ratio").get<double>(), 5e-4 * rows[2].at("ratio").get<double>());
+  for (const char* file : {"elasticity.csv", "elasticity_first.npy", "elasticity_last.npy"})
+    EXPECT_NE(shared_run().out.find(file), std::string::npos) << file;
+}
+
+TEST_F(CliDemo, ResponseAndFeatureSpace) {
+  ASSERT_EQ(shared_run().exit_code, 0) << shared_run();
+  const json report = read_json(path("run/report.json"));
+  const json& resp = report.at("response");
+  EXPECT_EQ(resp.at("samples"), kTrain);
+  EXPECT_EQ(resp.at("form"), "step");
+  EXPECT_EQ(resp.at("eta").get<double>(), 1e-3);
+  EXPECT_EQ(resp.at("dtype"), "float64");
+  const std::vector<std::string> csv = lines(path("run/response.csv"));
+  ASSERT_EQ(csv.size(), 4u);
+  // L = 3 layers, 2 hidden.
+  EXPECT_EQ(csv[0], "step,checkpoint,mean_diagonal,mean_off_diagonal,layer1_diagonal,layer1_off_diagonal,"
+                    "layer2_diagonal,layer2_off_diagonal,layer3_diagonal,layer3_off_diagonal,effective_rank1,"
+                    "participation_ratio1,dead1,duplicated1,effective_rank2,participation_ratio2,dead2,duplicated2,"
+                    "input_grad_norm");
+  const json& rows = resp.at("rows");
+  ASSERT_EQ(rows.size(), 3u);
+  for (std::size_t q = 0; q < 3; ++q) {
+    const std::vector<std::string> f = fields(csv[q + 1]);
+    ASSERT_EQ(f.size(), 19u) << csv[q + 1];
+    EXPECT_EQ(f[0], std::to_string(20 * q));
+    const std::vector<double> v = numbers(csv[q + 1], 2);
+    for (double x : v) EXPECT_TRUE(std::isfinite(x)) << csv[q + 1];
+    const double diag = v[0];
+    EXPECT_GT(diag, 0.0);
+    EXPECT_NEAR(diag, rows[q].at("mean_diagonal").get<double>(), 1e-9 * diag);
+    // The per-layer responses (the kernel form) sum to the step's total up to the step's O(eta)
+    // curvature term.
+    const double layers = v[2] + v[4] + v[6];
+    EXPECT_NEAR(layers, diag, 0.05 * diag) << csv[q + 1];
+    for (int l = 0; l < 3; ++l) EXPECT_GT(v[std::size_t(2 + 2 * l)], 0.0) << "layer " << l + 1;
+    // Feature space of the two hidden layers of width 64 on 120 samples.
+    for (int h = 0; h < 2; ++h) {
+      const double erank = v[std::size_t(8 + 4 * h)], pr = v[std::size_t(9 + 4 * h)], dead = v[std::size_t(10 + 4 * h)],
+                   dup = v[std::size_t(11 + 4 * h)];
+      EXPECT_GE(erank, 1.0);
+      EXPECT_LE(erank, 64.0);
+      EXPECT_GE(pr, 1.0);
+      EXPECT_LE(pr, 64.0);
+      EXPECT_GE(dead, 0.0);
+      EXPECT_LE(dead + dup, 64.0);
+      EXPECT_EQ(dead, std::floor(dead));
+      EXPECT_EQ(dup, std::floor(dup));
+      EXPECT_EQ(dead, rows[q].at("features")[h].at("dead").get<double>());
+    }
+    EXPECT_GT(v[16], 0.0);  // the input-gradient norm
+  }
+  // Two checkpoints after step 0: too few for the aging fit, which says so.
+  EXPECT_TRUE(resp.at("beta").is_null()) << resp.at("beta");
+  EXPECT_EQ(resp.at("points"), 2);
+  ASSERT_TRUE(resp.contains("fit_warnings"));
+  EXPECT_NE(resp.at("fit_warnings")[0].get<std::string>().find("needs 3"), std::string::npos) << resp.at("fit_warnings");
+  EXPECT_EQ(resp.at("layers").size(), 3u);
+  EXPECT_NE(shared_run().out.find("response aging: no aging fit"), std::string::npos) << shared_run().out;
+
+  // `dynascope response --checkpoints` on the run folder (its first 128 training samples: all 120
+  // here) in float64: the same rows.
+  const CliResult r = test::run({"response", "--checkpoints", path("run"), "--dtype", "float64", "--out-csv",
+                                 path("response_theirs.csv"), "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_EQ(lines(path("response_theirs.csv")), csv);
+
+  // The table's R diag column.
+  std::istringstream table(shared_run().out);
+  std::string header, last_row;
+  std::getline(table, header);
+  EXPECT_NE(header.find("R diag"), std::string::npos) << header;
+  for (std::string line; std::getline(table, line);)
+    if (line.rfind("     40  ", 0) == 0) last_row = line;
+  std::istringstream cells(last_row);
+  std::vector<double> v;
+  for (std::string cell; cells >> cell;) v.push_back(std::stod(cell));
+  ASSERT_EQ(v.size(), 19u) << last_row;
+  EXPECT_NEAR(v[13], rows[2].at("mean_diagonal").get<double>(), 5e-4 * rows[2].at("mean_diagonal").get<double>());
+}
+
+TEST_F(CliDemo, AgingFitIsTheLeastSquaresLineAndSwitches) {
+  // Checkpoints every 10 steps (4 after step 0); no elasticity: no elasticity files or column.
+  const CliResult r = test::run({"demo", "--out-dir", path("aging"), "--no-elasticity", "--no-lc", "--no-region-map",
+                                 "--no-llc", "--samples", "160", "--steps", "40", "--save-every", "10", "--ntk-samples",
+                                 "16", "--response-samples", "32", "--response-eta", "1e-4", "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  for (const char* file : {"elasticity.csv", "elasticity_first.npy", "elasticity_last.npy"})
+    EXPECT_FALSE(fs::exists(path(std::string("aging/") + file))) << file;
+  EXPECT_EQ(r.out.find("LE "), std::string::npos) << r.out;
+  const json report = read_json(path("aging/report.json"));
+  EXPECT_EQ(report.at("elasticity"), json({{"skipped", "--no-elasticity"}}));
+  const json& resp = report.at("response");
+  EXPECT_EQ(resp.at("samples"), 32);
+  EXPECT_EQ(resp.at("eta").get<double>(), 1e-4);
+
+  // ln R = ln A - beta ln t by least squares over steps 10..40, from response.csv, with the 95%
+  // interval beta +- t_{0.975, 2} SE (t_{0.975, 2} = 4.302652729911275).
+  const std::vector<std::string> csv = lines(path("aging/response.csv"));
+  ASSERT_EQ(csv.size(), 6u);
+  std::vector<double> x, y;
+  for (std::size_t q = 2; q < 6; ++q) {
+    const std::vector<std::string> f = fields(csv[q]);
+    x.push_back(std::log(std::stod(f[0])));
+    y.push_back(std::log(std::stod(f[2])));
+  }
+  const double n = 4, mx = (x[0] + x[1] + x[2] + x[3]) / n, my = (y[0] + y[1] + y[2] + y[3]) / n;
+  double sxx = 0, sxy = 0, syy = 0;
+  for (std::size_t i = 0; i < 4; ++i) {
+    sxx += (x[i] - mx) * (x[i] - mx);
+    sxy += (x[i] - mx) * (y[i] - my);
+    syy += (y[i] - my) * (y[i] - my);
+  }
+  const double slope = sxy / sxx, beta = -slope, amplitude = std::exp(my - slope * mx);
+  const double ssr = syy - slope * sxy, se = std::sqrt(ssr / (n - 2) / sxx);
+  // The CSV keeps 10 significant digits of R: the fit agrees to what they carry.
+  const double tol = 1e-7 * (1 + std::abs(beta));
+  EXPECT_NEAR(resp.at("beta").get<double>(), beta, tol);
+  EXPECT_NEAR(resp.at("amplitude").get<double>(), amplitude, 1e-6 * amplitude);
+  EXPECT_NEAR(resp.at("r_squared").get<double>(), 1 - ssr / syy, 1e-6);
+  EXPECT_NEAR(resp.at("beta_ci")[0].get<double>(), beta - 4.302652729911275 * se, 1e-6 * (1 + se));
+  EXPECT_NEAR(resp.at("beta_ci")[1].get<double>(), beta + 4.302652729911275 * se, 1e-6 * (1 + se));
+  EXPECT_EQ(resp.at("points"), 4);
+  EXPECT_EQ(resp.at("fit_window"), json({1.0, 40.0}));
+  EXPECT_EQ(resp.at("fit_to"), "mean_diagonal");
+  ASSERT_EQ(resp.at("layers").size(), 3u);
+  for (std::size_t l = 0; l < 3; ++l) {
+    EXPECT_EQ(resp.at("layers")[l].at("layer"), int(l + 1));
+    EXPECT_TRUE(resp.at("layers")[l].at("beta").is_number()) << resp.at("layers")[l];
+  }
+  // The printed summary gives the fit.
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "beta = %.4g", resp.at("beta").get<double>());
+  EXPECT_NE(r.out.find(buf), std::string::npos) << r.out;
+
+  // --no-response: no response.csv, no R column; the elasticity is still measured.
+  std::vector<std::string> no_resp{"demo", "--out-dir", path("noresp"), "--no-response", "--no-lc", "--no-region-map",
+                                   "--no-llc", "--elasticity-pairs", "4"};
+  no_resp.insert(no_resp.end(), kSmall.begin(), kSmall.end() - std::ptrdiff_t(kLlc.size()));
+  const CliResult nr = test::run(no_resp);
+  ASSERT_EQ(nr.exit_code, 0) << nr;
+  EXPECT_FALSE(fs::exists(path("noresp/response.csv")));
+  EXPECT_EQ(nr.out.find("R diag"), std::string::npos) << nr.out;
+  EXPECT_EQ(nr.out.find("response aging"), std::string::npos) << nr.out;
+  const json nrep = read_json(path("noresp/report.json"));
+  EXPECT_EQ(nrep.at("response"), json({{"skipped", "--no-response"}}));
+  EXPECT_EQ(nrep.at("elasticity").at("sources"), 8);
+  EXPECT_EQ(lines(path("noresp/elasticity.csv")).size(), 4u);
+  EXPECT_TRUE(fs::exists(path("noresp/elasticity_last.npy")));
 }
 
 TEST_F(CliDemo, SwitchesRadiusAndDims) {
@@ -443,13 +708,20 @@ TEST_F(CliDemo, RunsNeverMixAndBadFlagsAreRefused) {
   fs::create_directories(path("old"));
   std::ofstream(path("old/lc.csv")) << "step\n";
   std::ofstream(path("old/region_map_last.png")) << "x";
+  for (const char* file : {"elasticity.csv", "elasticity_first.npy", "elasticity_last.npy", "response.csv"})
+    std::ofstream(path(std::string("old/") + file)) << "x";
   test::expect_usage_error(test::run(demo_args(path("old"), {"--no-lc", "--no-region-map"})),
-                           {"--out-dir", "earlier run", "lc.csv", "region_map_last.png", "--overwrite"});
+                           {"--out-dir", "earlier run", "lc.csv", "region_map_last.png", "elasticity.csv",
+                            "elasticity_first.npy", "elasticity_last.npy", "response.csv", "--overwrite"});
   EXPECT_TRUE(fs::exists(path("old/lc.csv")));
-  const CliResult r = test::run(demo_args(path("old"), {"--no-lc", "--no-region-map", "--overwrite"}));
+  EXPECT_TRUE(fs::exists(path("old/response.csv")));
+  const CliResult r = test::run(
+      demo_args(path("old"), {"--no-lc", "--no-region-map", "--no-elasticity", "--no-response", "--overwrite"}));
   ASSERT_EQ(r.exit_code, 0) << r;
   EXPECT_FALSE(fs::exists(path("old/lc.csv")));
   EXPECT_FALSE(fs::exists(path("old/region_map_last.png")));
+  for (const char* file : {"elasticity.csv", "elasticity_first.npy", "elasticity_last.npy", "response.csv"})
+    EXPECT_FALSE(fs::exists(path(std::string("old/") + file))) << file;
 
   // Every bad flag is refused before the folder is touched.
   const std::string out = path("never");
@@ -475,6 +747,18 @@ TEST_F(CliDemo, RunsNeverMixAndBadFlagsAreRefused) {
   refused({"--llc-checkpoints", "0"}, {"--llc-checkpoints", ">= 1"});
   refused({"--llc-burnin", "-1"}, {"--llc-burnin", ">= 0"});
   refused({"--llc-epsilon", "0"}, {"--llc-epsilon"});
+  refused({"--elasticity-pairs", "1"}, {"--elasticity-pairs", ">= 2"});
+  refused({"--elasticity-pairs", "100"}, {"--elasticity-pairs 100", "class", "has"});
+  refused({"--elasticity-eta", "0"}, {"--elasticity-eta"});
+  refused({"--elasticity-eta", "nan"}, {"--elasticity-eta"});
+  refused({"--response-eta", "-1"}, {"--response-eta"});
+  refused({"--response-eta", "inf"}, {"--response-eta"});
+  refused({"--response-samples", "1"}, {"--response-samples", ">= 2"});
+  refused({"--response-samples", "121"}, {"--response-samples 121", "120 training samples"});
+  refused({"--no-elasticity", "--elasticity-pairs", "4"}, {"--elasticity-pairs", "--no-elasticity"});
+  refused({"--no-elasticity", "--elasticity-eta", "0.1"}, {"--elasticity-eta", "--no-elasticity"});
+  refused({"--no-response", "--response-samples", "8"}, {"--response-samples", "--no-response"});
+  refused({"--no-response", "--response-eta", "0.1"}, {"--response-eta", "--no-response"});
   test::expect_usage_error(test::run({"demo", "--dataset", "gaussians", "--samples", "96", "--arch", "-16-",
                                       "--map-resolution", "64", "--out-dir", out, "--quiet"}),
                            {"--map-resolution", "2-D inputs only", "8"});

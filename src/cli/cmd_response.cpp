@@ -1,0 +1,320 @@
+// dynascope response: the training response (Nakazato) — how one SGD step on a sample moves the
+// output at another, normalised by the step — with the feature space of the hidden layers, for one
+// network or along a run's checkpoints, where the aging fit R_t ~ A t^(-beta) is made.
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <numeric>
+
+#include "cli/model_flags.hpp"
+#include "cli/run_data.hpp"
+#include "cli/training_run.hpp"
+#include "dynascope/dispatch.hpp"
+#include "dynascope/io.hpp"
+#include "dynascope/response.hpp"
+
+namespace dynascope::cli {
+
+namespace {
+
+// Samples at most, unless --samples says otherwise: the response is measured for all N x N pairs.
+constexpr index_t kDefaultSamples = 128;
+
+struct ResponseCommand {
+  CommonOptions common;
+  ModelFlags model;
+  DataFlags data;
+  double eta = response::Options{}.eta;
+  std::string form = "step";
+  std::string loss;  // empty: by the data (or the run's with --checkpoints)
+  std::vector<double> fit_window;  // empty: every step > 0
+  double duplicate_tolerance = response::FeatureOptions{}.duplicate_tolerance;
+  std::string checkpoints, out_csv;
+  CLI::App* app = nullptr;
+};
+
+void validate(const ResponseCommand& c) {
+  const CLI::App& cmd = *c.app;
+  if (!c.checkpoints.empty()) {
+    const std::string why = "--checkpoints reads every step_*.safetensors of a run folder";
+    refuse_together(cmd, "--checkpoints", "--model", why);
+    refuse_together(cmd, "--checkpoints", "--arch", why);
+    refuse_ignored(cmd, "--init", "--checkpoints reads trained networks; --init sets up an --arch network");
+    refuse_ignored(cmd, "--init-scale", "--checkpoints reads trained networks; --init-scale scales an --arch network");
+    if (c.out_csv.empty()) throw UsageError("--checkpoints DIR needs --out-csv FILE for the per-checkpoint curve");
+  } else {
+    if (c.model.model.empty() && c.model.arch.empty())
+      throw UsageError("response needs --checkpoints DIR (or --model FILE, or --arch WIDTHS, for one network)");
+    refuse_ignored(cmd, "--out-csv", "it writes the per-checkpoint curve of --checkpoints DIR");
+    refuse_ignored(cmd, "--fit-window", "it sets the steps of the aging fit over the checkpoints of --checkpoints DIR");
+  }
+  if (given(cmd, "--fit-window")) {
+    if (c.fit_window.size() != 2)
+      throw UsageError("--fit-window expects two steps A,B (the first and last step fitted), got " +
+                       std::to_string(c.fit_window.size()) + " values");
+    if (c.fit_window[0] > c.fit_window[1])
+      throw UsageError("--fit-window " + csv_value(c.fit_window[0]) + "," + csv_value(c.fit_window[1]) +
+                       ": the first step must not be after the last");
+  }
+  check_output("--out", c.common.out);
+  check_output("--out-csv", c.out_csv);
+  refuse_same_outputs({{"--out", c.common.out}, {"--out-csv", c.out_csv}});
+}
+
+data::Dataset first_samples(const data::Dataset& d, index_t cap) {
+  if (cap <= 0 || d.n <= cap) return d;
+  std::vector<index_t> rows(static_cast<std::size_t>(cap));
+  std::iota(rows.begin(), rows.end(), index_t{0});
+  return d.subset(rows);
+}
+
+struct Measurement {
+  response::Response response;
+  response::FeatureSpace features;
+};
+
+template <class T>
+Measurement measure(const Context& ctx, const model::Mlp<T>& net, const model::DeviceData<T>& d,
+                    const response::Options& o, const response::FeatureOptions& fo) {
+  Measurement m;
+  m.response = response::training_response<T>(ctx, net.spec, net.params.data(), d.x.matrix(), d.targets(), o);
+  m.features = response::feature_space<T>(ctx, net.spec, net.params.data(), d.x.matrix(), fo);
+  return m;
+}
+
+// One network's measures (the same keys for --model and each --checkpoints row, and the demo's).
+json measurement_json(const Measurement& m) {
+  json j;
+  j["samples"] = m.response.samples;
+  const json row = response_row_json(m.response, m.features);
+  for (auto it = row.begin(); it != row.end(); ++it) j[it.key()] = it.value();
+  return j;
+}
+
+// R_t ~ A t^(-beta) over the window; null values and a warning (never an error) when fewer than 3
+// checkpoints in the window have a step > 0 and a positive response.
+json fit_json(const std::vector<double>& t, const std::vector<double>& r, double a, double b, const std::string& what,
+              std::vector<std::string>& warnings) {
+  index_t usable = 0;
+  for (std::size_t i = 0; i < t.size(); ++i)
+    if (t[i] >= a && t[i] <= b && t[i] > 0 && std::isfinite(r[i]) && r[i] > 0) ++usable;
+  const auto none = [&](const std::string& why) {
+    json j = power_law_json(response::PowerLawFit{}, a, b);
+    for (const char* key : {"beta", "beta_ci", "beta_stderr", "amplitude", "r_squared"}) j[key] = nullptr;
+    j["points"] = usable;
+    j["skipped"] = index_t(t.size()) - usable;
+    warnings.push_back("no aging fit of " + what + ": " + why);
+    return j;
+  };
+  if (usable < 3)
+    return none(std::to_string(usable) + " checkpoint" + (usable == 1 ? "" : "s") + " with a step in [" + csv_value(a) +
+                ", " + csv_value(b) + "], step > 0 and a positive response; the fit needs 3");
+  try {
+    return power_law_json(response::fit_power_law(t, r, a, b), a, b);
+  } catch (const InvalidArgument& e) {
+    return none(e.what());
+  }
+}
+
+void say(const ResponseCommand& c, const std::string& text) {
+  if (!c.common.out.empty()) {
+    std::fputs(text.c_str(), stdout);
+    std::fflush(stdout);
+  } else if (!c.common.quiet) {
+    std::fputs(text.c_str(), stderr);
+  }
+}
+
+std::string summary_text(const Measurement& m) {
+  char line[256];
+  std::snprintf(line, sizeof line, "response: diagonal %.4g, off-diagonal %.4g; input-gradient norm %.4g",
+                m.response.mean_diagonal, m.response.mean_off_diagonal, m.features.input_grad_norm);
+  std::string text = line;
+  for (const response::LayerFeatures& f : m.features.layers) {
+    std::snprintf(line, sizeof line, "; layer %lld: effective rank %.3g, %lld dead, %lld duplicated",
+                  static_cast<long long>(f.layer), f.effective_rank, static_cast<long long>(f.dead),
+                  static_cast<long long>(f.duplicated));
+    text += line;
+  }
+  return text + "\n";
+}
+
+template <class T>
+int run(const ResponseCommand& c) {
+  const auto start = std::chrono::steady_clock::now();
+  const bool along = !c.checkpoints.empty();
+  std::vector<std::pair<index_t, std::string>> steps;
+  if (along) steps = run_checkpoints("--checkpoints", c.checkpoints);
+  const RunData rd = run_data(*c.app, c.data, c.common.seed, c.loss, c.checkpoints, /*samples_cap=*/true);
+  const Context ctx = make_context(c.common);
+  const data::Split split = load_data(rd.flags, rd.seed);
+  // A run's recorded data may be larger than the default: its first training samples.
+  const data::Dataset samples = first_samples(split.train, c.data.samples);
+  if (!samples.targets_present())
+    throw UsageError("response needs targets (the step is taken on their loss): give --targets FILE with --inputs, or "
+                     "a --dataset with labels or targets");
+  if (samples.n < 2)
+    throw UsageError("response needs at least 2 samples (the off-diagonal response is between two), got " +
+                     std::to_string(samples.n));
+  model::Loss loss = model::Loss::mse;
+  try {
+    loss = rd.loss.empty() ? default_loss(samples) : model::parse_loss(rd.loss);
+  } catch (const InvalidArgument& e) {
+    throw UsageError("--loss: " + std::string(e.what()));
+  }
+  check_loss_targets(loss, samples);
+  response::Options o;
+  o.eta = c.eta;
+  o.form = elasticity::parse_form(c.form);
+  o.loss = loss;
+  o.per_layer = true;
+  response::FeatureOptions fo;
+  fo.duplicate_tolerance = c.duplicate_tolerance;
+
+  ModelFlags first = c.model;
+  if (along) first.model = steps.front().second;
+  model::Mlp<T> net = load_network<T>(ctx, first, c.common.seed, split);
+  const model::DeviceData<T> d = model::to_device<T>(ctx, samples);
+  const index_t layers = net.spec.layers();
+
+  json r;
+  r["data"] = rd.source;
+  r["data"]["train_samples"] = split.train.n;
+  r["network"] = spec_json(net);
+  r["eta"] = c.eta;
+  r["form"] = c.form;
+  r["loss"] = model::to_string(loss);
+  r["samples"] = samples.n;
+  r["duplicate_tolerance"] = c.duplicate_tolerance;
+
+  if (!along) {
+    const Measurement m = measure<T>(ctx, net, d, o, fo);
+    const json mj = measurement_json(m);
+    for (auto it = mj.begin(); it != mj.end(); ++it) r[it.key()] = it.value();
+    emit_with_warnings("response", c.common, ctx, r, {}, start);
+    say(c, summary_text(m));
+    return 0;
+  }
+
+  const model::MlpSpec first_spec = net.spec;
+  check_checkpoints<T>(c.common, c.model, split, steps, first_spec);
+  std::string csv = response_csv_header(layers);
+  json rows = json::array();
+  std::string text;
+  std::vector<double> t, total;
+  std::vector<std::vector<double>> per_layer(static_cast<std::size_t>(layers));
+  double flops = 0;
+  for (std::size_t q = 0; q < steps.size(); ++q) {
+    if (q > 0) {
+      ModelFlags mf = c.model;
+      mf.model = steps[q].second;
+      net = load_network<T>(ctx, mf, c.common.seed, split);
+      check_same_architecture("--checkpoints", first_spec, net.spec, steps[q].second);
+    }
+    ctx.progress("response: checkpoints", index_t(q), index_t(steps.size()));
+    const Measurement m = measure<T>(ctx, net, d, o, fo);
+    flops += m.response.flops;
+    csv += response_csv_row(steps[q].first, steps[q].second, layers, m.response, m.features);
+    json row;
+    row["step"] = steps[q].first;
+    row["checkpoint"] = steps[q].second;
+    const json mj = measurement_json(m);
+    for (auto it = mj.begin(); it != mj.end(); ++it) row[it.key()] = it.value();
+    rows.push_back(row);
+    t.push_back(double(steps[q].first));
+    total.push_back(m.response.mean_diagonal);
+    for (index_t l = 0; l < layers; ++l)
+      per_layer[std::size_t(l)].push_back(l < index_t(m.response.layer_diagonal.size())
+                                              ? m.response.layer_diagonal[std::size_t(l)]
+                                              : std::numeric_limits<double>::quiet_NaN());
+    text += "step " + std::to_string(steps[q].first) + ": " + summary_text(m);
+  }
+  ctx.progress("response: checkpoints", index_t(steps.size()), index_t(steps.size()));
+  io::write_text_atomic(c.out_csv, csv);
+
+  // The aging fit of the mean diagonal response R_t(x, x), and of each layer's share.
+  const double a = c.fit_window.empty() ? 1.0 : c.fit_window[0];
+  const double b = c.fit_window.empty() ? std::max(t.back(), 1.0) : c.fit_window[1];
+  std::vector<std::string> warnings;
+  r["fit_to"] = "mean_diagonal";
+  const json fit = fit_json(t, total, a, b, "the mean diagonal response", warnings);
+  for (auto it = fit.begin(); it != fit.end(); ++it) r[it.key()] = it.value();
+  json layer_fits = json::array();
+  for (index_t l = 0; l < layers; ++l) {
+    json f;
+    f["layer"] = l + 1;
+    const json lf = fit_json(t, per_layer[std::size_t(l)], a, b, "layer " + std::to_string(l + 1) + "'s diagonal response",
+                             warnings);
+    for (auto it = lf.begin(); it != lf.end(); ++it) f[it.key()] = it.value();
+    layer_fits.push_back(f);
+  }
+  r["layers"] = layer_fits;
+  r["flops"] = flops;
+  r["checkpoints"] = steps.size();
+  r["csv_file"] = c.out_csv;
+  json last = rows.back();
+  r["last"] = last;
+  r["rows"] = rows;
+  if (r["beta"].is_null()) {
+    text += "no aging fit: " + warnings.front() + "\n";
+  } else {
+    char line[256];
+    std::snprintf(line, sizeof line, "aging fit over steps %g..%g: beta = %.4g [%.4g, %.4g] (95%%), A = %.4g, R^2 = %.3f\n",
+                  a, b, r["beta"].get<double>(), r["beta_ci"][0].is_null() ? NAN : r["beta_ci"][0].get<double>(),
+                  r["beta_ci"][1].is_null() ? NAN : r["beta_ci"][1].get<double>(),
+                  r["amplitude"].is_null() ? NAN : r["amplitude"].get<double>(),
+                  r["r_squared"].is_null() ? NAN : r["r_squared"].get<double>());
+    text += line;
+  }
+  emit_with_warnings("response", c.common, ctx, r, warnings, start);
+  say(c, text);
+  return 0;
+}
+
+}  // namespace
+
+Command register_response(CLI::App& app) {
+  auto* cmd = app.add_subcommand("response", "Training response R(x', x) = change of f(x') / (-eta dl/df(x)) over all "
+                                             "sample pairs, per layer, with the hidden layers' feature space; along a "
+                                             "run's checkpoints with the aging fit R_t ~ A t^(-beta); at most 128 "
+                                             "samples by default (--samples)");
+  auto c = std::make_shared<ResponseCommand>();
+  c->app = cmd;
+  c->data.samples = kDefaultSamples;
+  add_common_flags(*cmd, c->common);
+  add_model_flags(*cmd, c->model, false);
+  add_data_flags(*cmd, c->data, true);
+  cmd->add_option("--eta", c->eta, "step size eta of the one SGD step, > 0")
+      ->check(finite_at_least(0, /*open=*/true))
+      ->capture_default_str();
+  cmd->add_option("--form", c->form,
+                  choices(elasticity::form_names) +
+                      ": take the step (step), or its eta -> 0 limit from the NTK (ntk); the per-layer responses "
+                      "always come from the per-layer NTK")
+      ->check(one_of(elasticity::form_names))
+      ->capture_default_str();
+  cmd->add_option("--loss", c->loss, choices(model::loss_names) + " of the step (default: xent for class labels, mse "
+                                                                  "for float targets; with --checkpoints the run's)")
+      ->check(one_of(model::loss_names));
+  cmd->add_option("--fit-window", c->fit_window,
+                  "A,B: fit R_t ~ A t^(-beta) over the checkpoints with A <= step <= B (default: every step > 0)")
+      ->delimiter(',')
+      ->check(finite_at_least(0));
+  cmd->add_option("--duplicate-tolerance", c->duplicate_tolerance,
+                  "two hidden units are duplicates when their normalised (weights, bias) lie within this distance, >= 0")
+      ->check(finite_at_least(0))
+      ->capture_default_str();
+  cmd->add_option("--checkpoints", c->checkpoints,
+                  "a run folder: the response at every step_*.safetensors and the aging fit, with the run's data "
+                  "(report.json) unless data flags are given; needs --out-csv");
+  cmd->add_option("--out-csv", c->out_csv, "with --checkpoints: one row per checkpoint");
+  return {cmd, [c] {
+            validate(*c);
+            resolve_dtype(c->common, {c->model.model, first_checkpoint(c->checkpoints), c->data.inputs});
+            return dispatch_float(parse_dtype(c->common.dtype),
+                                  [&](auto precision) { return run<typename decltype(precision)::type>(*c); });
+          }};
+}
+
+}  // namespace dynascope::cli

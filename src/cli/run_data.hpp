@@ -1,0 +1,70 @@
+#pragma once
+// What the commands that read a training run's checkpoints (`llc`, `elasticity`, `response`)
+// share: the run's data recovered from its report.json when no data flag is given, the first
+// checkpoint (which decides the precision), the architecture check across checkpoints, and the
+// check that no two output flags name one file.
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cli/model_flags.hpp"
+
+namespace dynascope::cli {
+
+// The data of a command: its data flags, or for --checkpoints DIR with none of them the data the
+// run's report.json records (`dynascope demo` writes one; a `train` result JSON saved there works
+// too), with the seed of its split and the run's loss.
+struct RunData {
+  DataFlags flags;
+  std::uint64_t seed = 0;
+  std::string loss;  // the command's --loss, else the run's (empty: by the data)
+  json source;       // where the data came from, for the result JSON ("from": "flags" or the report)
+};
+
+// Whether any of --dataset, --inputs, --targets, --samples (unless `samples_cap`), --test-fraction
+// was given.
+bool data_flags_given(const CLI::App& cmd, bool samples_cap = false);
+
+// `checkpoints` empty (one network) or a data flag given: the flags as they are, with `seed` and
+// `loss`. Otherwise DIR/report.json's config.data and config.seed (and config.loss unless `loss`
+// is set); UsageError naming --checkpoints and saying which flags to give when there is none.
+// The run's --samples is taken as a cap unless this command's --samples was given.
+// `samples_cap`: the command's --samples caps the samples it measures (elasticity, response: the
+// first N of the training split) rather than naming the data, so --samples alone keeps the run's
+// data, whose own sample count then stays a cap.
+RunData run_data(const CLI::App& cmd, const DataFlags& data, std::uint64_t seed, const std::string& loss,
+                 const std::string& checkpoints, bool samples_cap = false);
+
+// The first step_*.safetensors of a run folder, for the precision; empty when `dir` is empty or
+// not a folder (the command's own check says so later).
+std::string first_checkpoint(const std::string& dir);
+
+// UsageError unless `next` (read from `file`) has the architecture of `first` (widths, biases,
+// activations, parameterization): a run's checkpoints are measured alike.
+void check_same_architecture(const std::string& flag, const model::MlpSpec& first, const model::MlpSpec& next,
+                             const std::string& file);
+
+// Every checkpoint of `steps` after the first read once (on the host) before any work: one of
+// another architecture than `first`, or that the data does not fit, is refused before the
+// measurements of the others are spent.
+template <class T>
+void check_checkpoints(const CommonOptions& common, const ModelFlags& model, const data::Split& split,
+                       const std::vector<std::pair<index_t, std::string>>& steps, const model::MlpSpec& first);
+
+// UsageError when two of the given (flag, path) outputs name the same file (after normalisation,
+// so ./t.npy and t.npy are one file): the second write would silently replace the first.
+void refuse_same_outputs(const std::vector<std::pair<std::string, std::string>>& outputs);
+
+// A finite number as JSON, else null; the same as CSV text (10 significant digits, empty when not
+// finite).
+json finite_or_null(double v);
+std::string csv_value(double v);
+
+// emit_result with the command's own warnings: every NaN or infinity in `result` becomes null and
+// is listed as emit_result lists it ("$.key is NaN"), and `warnings` (said in words) come first
+// under "warnings".
+void emit_with_warnings(const std::string& command, const CommonOptions& opts, const Context& ctx, json result,
+                        const std::vector<std::string>& warnings, std::chrono::steady_clock::time_point start);
+
+}  // namespace dynascope::cli
