@@ -33,9 +33,19 @@
 //   S_ker(x_i, x'_j) = Delta_i(x'_j) / (-eta * dl_i/df(x_i))   (-> Theta(x'_j, x_i)).
 // A source whose own change m(x_i; i) is zero (e.g. a zero loss gradient) has no S_rel: its row
 // is NaN and the source is listed in undefined_sources (never silently averaged).
+//
+// Precision. In the step form a change is the difference of two forwards in T, so changes at the
+// level of T's rounding are noise. OutputChanges::resolution is that level, 32 * epsilon of T
+// (0 in the ntk form, whose changes are products, not differences). A source is *unresolved*
+// when its gradient is non-zero (dl_i/df != 0 and J_i^T dl_i/df != 0) but its own change is at the
+// rounding level:
+//   max_a |Delta_i(x_i)_a| <= resolution * max(1, max_a |f(x_i; w)_a|, max_a |f(x_i; w+_i)_a|)
+// (a confident source with a tiny loss gradient, or a tiny eta). It gets a NaN row like a source
+// without a gradient, and is listed apart: float64 or the ntk form resolves it.
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "dynascope/array.hpp"
@@ -97,24 +107,37 @@ struct OutputChanges {
   std::vector<Array<double>> layer_delta, layer_self_delta;
   double flops = 0;  // floating-point operations of the model's products (forwards, gradients, kernels)
   double eta = 0;    // the step size the changes were computed with (S_ker divides by it)
+  // The rounding level of the step form's changes: 32 * epsilon of T (0 in the ntk form).
+  double resolution = 0;
+  // Step form: the sources with a non-zero gradient whose own change is at the rounding level
+  // (the criterion above), ascending. Always empty in the ntk form. metrics() and the training
+  // response take this list as it is.
+  std::vector<index_t> unresolved_sources;
 };
 
 // Throws ShapeMismatch naming `x1`, `x2`, `targets` or `params` for inconsistent shapes,
 // InvalidArgument for empty inputs or options that resolve() refuses (metric excepted), and for
 // per_layer in the step form. Memory: the output arrays (N1 * N2 * O doubles for delta) plus
 // device tiles bounded by ctx.workspace_budget(). Inputs, targets and params live on ctx's backend.
+// Progress goes to ctx.progress as "<progress_label>: ..." in (source, target) pairs, after every
+// target tile of every group of sources.
 template <class T>
 DYNASCOPE_API OutputChanges output_changes(const Context& ctx, const model::MlpSpec& spec, const T* params,
                                            MatrixView<const T> x1, const model::Targets<T>& y1,
                                            std::optional<MatrixView<const T>> x2, const Options& options,
-                                           bool per_layer = false);
+                                           bool per_layer = false, std::string_view progress_label = "elasticity");
 
 struct PairResult {
   Metric metric = Metric::abs;              // resolved
   Array<double> s_rel;                      // [N1, N2]
   Array<double> s_ker;                      // [N1, N2] for abs with one output; empty otherwise
   std::vector<double> self_change;          // [N1] m(x_i; i), the denominators
-  std::vector<index_t> undefined_sources;   // sources whose own change is zero (NaN rows)
+  // Every source without an S_rel (NaN rows), ascending: those with no own change (a zero loss
+  // gradient, or one the step does not pass to the parameters) and the unresolved ones.
+  std::vector<index_t> undefined_sources;
+  // Of those, the sources whose gradient is non-zero but whose own change is below the precision
+  // of the step form (OutputChanges::resolution): use float64 or the ntk form for them.
+  std::vector<index_t> unresolved_sources;
   double flops = 0;
 };
 
@@ -125,6 +148,8 @@ DYNASCOPE_API PairResult pairwise(const Context& ctx, const model::MlpSpec& spec
                                   std::optional<MatrixView<const T>> x2, const Options& options);
 
 // The metric applied to output changes already computed (what pairwise does after output_changes).
+// The unresolved sources are changes.unresolved_sources (ShapeMismatch naming it for an index
+// outside the sources).
 DYNASCOPE_API PairResult metrics(const OutputChanges& changes, Metric resolved, Form form);
 
 // ---- Class-pair matrices ----

@@ -18,6 +18,7 @@
 // and the fragility: mean over samples of ||d f / d x||_F (the input Jacobian's Frobenius norm; the
 // input-gradient norm for one output).
 #include <cstdint>
+#include <limits>
 #include <span>
 #include <vector>
 
@@ -43,9 +44,19 @@ struct Response {
   Array<double> matrix;  // host, [N, N], row i = the source of the step, column j = where it is measured
   double mean_diagonal = 0;      // mean_i R(x_i, x_i)
   double mean_off_diagonal = 0;  // mean over i != j of R(x_j, x_i)
-  // per_layer: layer l = 1..L at index l-1, from Theta_l; they sum to the ntk-form totals.
+  // per_layer: layer l = 1..L at index l-1, from Theta_l; they sum to the ntk-form totals. They
+  // average the same sources as the totals.
   std::vector<double> layer_diagonal, layer_off_diagonal;
-  std::vector<index_t> undefined_sources;  // sources with dl/df = 0: no response, left out of the means
+  // Sources with no response (NaN rows, left out of the means), ascending: those with dl/df = 0
+  // and the unresolved ones.
+  std::vector<index_t> undefined_sources;
+  // Of those, the step form's sources whose own change is below its precision
+  // (elasticity::OutputChanges::resolution; docs/definitions.md): use float64 or the ntk form.
+  std::vector<index_t> unresolved_sources;
+  // With per_layer in the step form: |mean_diagonal - sum_l layer_diagonal[l]| / |sum_l layer_diagonal[l]|,
+  // how far the one step is from its eta -> 0 limit (O(eta) for a sane eta; large when eta is too
+  // large for a linear step or too small for the precision). NaN otherwise.
+  double kernel_gap = std::numeric_limits<double>::quiet_NaN();
   double flops = 0;
 };
 

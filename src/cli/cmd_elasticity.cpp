@@ -96,7 +96,20 @@ std::optional<data::Dataset> second_set(const ElasticityCommand& c, const data::
   if (!c.targets2.empty() && !labels)
     throw UsageError("--targets2: the targets of the move only need labels for the class-pair matrix, and the sources "
                      "hold float targets (no classes); leave --targets2 out");
-  data::Dataset d = c.targets2.empty() ? data::inputs_from_file(c.inputs2) : data::dataset_from_files(c.inputs2, c.targets2);
+  data::Dataset d;
+  try {
+    d = data::inputs_from_file(c.inputs2);
+  } catch (const Error& e) {
+    throw UsageError("--inputs2 " + c.inputs2 + ": " + e.what());
+  }
+  if (!c.targets2.empty()) {
+    // The labels' row count is checked against --inputs2 here, so that the message names --targets2.
+    try {
+      d = data::dataset_from_files(c.inputs2, c.targets2);
+    } catch (const Error& e) {
+      throw UsageError("--targets2 " + c.targets2 + " (the labels of --inputs2 " + c.inputs2 + "): " + e.what());
+    }
+  }
   d = first_samples(d, c.data.samples);
   if (d.d != inputs)
     throw UsageError("--inputs2 " + c.inputs2 + " has " + std::to_string(d.d) + " values per sample, but the network takes " +
@@ -131,6 +144,9 @@ struct Problem {
   index_t classes = 0;
   std::vector<std::int64_t> labels1, labels2;
   std::vector<index_t> source_rows;  // each source's row in the training split
+  std::vector<index_t> target_rows;  // each target's row (training split, or --inputs2); empty: the sources
+  std::string dtype;                 // the compute precision, for the messages
+  std::string unresolved_hint;       // what resolves a source whose own change is below the precision
 };
 
 template <class T>
@@ -189,6 +205,9 @@ json measurement_json(const Measurement& m, const Problem& p) {
   json undefined = json::array();
   for (index_t i : m.pairs.undefined_sources) undefined.push_back(p.source_rows[std::size_t(i)]);
   j["undefined_sources"] = undefined;
+  json unresolved = json::array();
+  for (index_t i : m.pairs.unresolved_sources) unresolved.push_back(p.source_rows[std::size_t(i)]);
+  j["unresolved_sources"] = unresolved;
   j["flops"] = m.pairs.flops;
   const double n_pairs = double(m.pairs.s_rel.dim(0)) * double(m.pairs.s_rel.dim(1));
   j["pairs_per_second"] = m.seconds > 0 ? n_pairs / m.seconds : 0.0;
@@ -206,8 +225,12 @@ std::string summary_text(const Measurement& m, const Problem& p) {
                   m.classes->across, m.classes->ratio);
     text += line;
   }
-  if (!m.pairs.undefined_sources.empty())
-    text += "; " + std::to_string(m.pairs.undefined_sources.size()) + " sources without S_rel (no change of their own)";
+  const std::size_t unresolved = m.pairs.unresolved_sources.size();
+  const std::size_t zero = m.pairs.undefined_sources.size() - unresolved;
+  if (zero > 0) text += "; " + std::to_string(zero) + " sources without S_rel (zero loss gradient)";
+  if (unresolved > 0)
+    text += "; " + std::to_string(unresolved) + " sources without S_rel (unresolved at " + p.dtype + ": " +
+            p.unresolved_hint + ")";
   return text + "\n";
 }
 
@@ -222,11 +245,41 @@ void say(const ElasticityCommand& c, const std::string& text) {
   }
 }
 
-std::vector<std::string> undefined_warnings(const Measurement& m, const std::string& where) {
-  if (m.pairs.undefined_sources.empty()) return {};
-  return {where + std::to_string(m.pairs.undefined_sources.size()) +
-          " sources have no S_rel: the step does not change their own outputs (zero loss gradient); their rows are "
-          "left out of the means"};
+// The sources without S_rel come in two kinds that need different remedies: a zero loss gradient
+// (the step does not move the network: nothing to measure) and an own change below the precision
+// of the dtype although the gradient is not zero (a difference of two forwards rounded away).
+std::vector<std::string> undefined_warnings(const Measurement& m, const Problem& p, const std::string& where) {
+  std::vector<std::string> w;
+  const std::size_t unresolved = m.pairs.unresolved_sources.size();
+  const std::size_t zero = m.pairs.undefined_sources.size() - unresolved;
+  if (zero > 0)
+    w.push_back(where + std::to_string(zero) + " sources have no S_rel: zero loss gradient (the step does not change "
+                "their own outputs); their rows are left out of the means");
+  if (unresolved > 0)
+    w.push_back(where + std::to_string(unresolved) + " sources have no S_rel: unresolved at " + p.dtype +
+                " (their own change is below its precision, though their loss gradient is not zero): " +
+                p.unresolved_hint + "; their rows are left out of the means");
+  return w;
+}
+
+bool all_undefined(const Measurement& m) {
+  return m.pairs.s_rel.dim(0) > 0 && index_t(m.pairs.undefined_sources.size()) == m.pairs.s_rel.dim(0);
+}
+
+// When no source has S_rel there is nothing to report: what happened and what to change.
+std::string nothing_defined(const Measurement& m, const Problem& p) {
+  const std::size_t all = m.pairs.undefined_sources.size();
+  const std::size_t unresolved = m.pairs.unresolved_sources.size();
+  const std::size_t zero = all - unresolved;
+  std::string text = "none of the " + std::to_string(all) + " sources has S_rel, so there is no elasticity to report: ";
+  if (zero > 0)
+    text += std::to_string(zero) + " have a zero loss gradient (the network fits them exactly, so the step does not "
+            "move it: measure other samples or a network that does not fit them)";
+  if (zero > 0 && unresolved > 0) text += "; ";
+  if (unresolved > 0)
+    text += std::to_string(unresolved) + " are unresolved at " + p.dtype +
+            " (their own change is below its precision, though their loss gradient is not zero): " + p.unresolved_hint;
+  return text;
 }
 
 template <class T>
@@ -238,8 +291,10 @@ int run(const ElasticityCommand& c) {
   const RunData rd = run_data(*c.app, c.data, c.common.seed, c.loss, c.checkpoints, /*samples_cap=*/true);
   const Context ctx = make_context(c.common);
   const data::Split split = load_data(rd.flags, rd.seed);
+  check_samples(*c.app, rd, c.data.samples, split.train.n);
   // A run's recorded data may be larger than the default: its first training samples.
   data::Dataset sources = first_samples(split.train, c.data.samples);
+  const index_t samples_taken = sources.n;
   if (!sources.targets_present())
     throw UsageError("elasticity needs the sources' targets (the step is taken on their loss): give --targets FILE "
                      "with --inputs, or a --dataset with labels or targets");
@@ -267,6 +322,10 @@ int run(const ElasticityCommand& c) {
     refuse_ignored(*c.app, "--out-class-matrix", "the sources hold float targets, which have no classes");
     refuse_ignored(*c.app, "--pairs-per-class", "the sources hold float targets, which have no classes");
   }
+  p.dtype = c.common.dtype;
+  p.unresolved_hint = p.dtype == "float32"                                        ? "use --dtype float64 or --form ntk"
+                      : c.form == "step" && c.update == "sgd"                     ? "use --form ntk or a larger --eta"
+                                                                                  : "use a larger --eta";
   p.options.eta = c.eta;
   p.options.update = elasticity::parse_update(c.update);
   p.options.adam_eps = c.adam_eps;
@@ -301,6 +360,18 @@ int run(const ElasticityCommand& c) {
   if (c.pairs_per_class > 0) {
     // K samples of every class, sources and targets each from their own labels (one draw with one set).
     const auto draw = [&](const data::Dataset& d, const std::string& which) {
+      // Every class needs K samples: said here in the flag's terms (the library's message names itself).
+      std::vector<index_t> count(std::size_t(p.classes), 0);
+      for (std::int64_t l : d.labels)
+        if (l >= 0 && l < p.classes) ++count[std::size_t(l)];
+      for (index_t k = 0; k < p.classes; ++k)
+        if (count[std::size_t(k)] < c.pairs_per_class)
+          throw UsageError("--pairs-per-class " + std::to_string(c.pairs_per_class) + ": class " + std::to_string(k) +
+                           " of " + which + " has " + std::to_string(count[std::size_t(k)]) + " samples, fewer than " +
+                           std::to_string(c.pairs_per_class) +
+                           (c.data.samples > 0
+                                ? " (of the " + std::to_string(d.n) + " samples taken; --samples sets how many, 0 = all)"
+                                : ""));
       try {
         const std::vector<std::int64_t> idx = elasticity::sample_per_class(
             vector_view(d.labels.data(), index_t(d.labels.size())), p.classes, c.pairs_per_class, c.common.seed);
@@ -313,7 +384,10 @@ int run(const ElasticityCommand& c) {
       }
     };
     const std::vector<index_t> rows1 = draw(sources, "the sources");
-    if (targets) *targets = targets->subset(draw(*targets, "the targets of the move (--inputs2)"));
+    if (targets) {
+      p.target_rows = draw(*targets, "the targets of the move (--inputs2)");
+      *targets = targets->subset(p.target_rows);
+    }
     sources = sources.subset(rows1);
     p.source_rows = rows1;
   }
@@ -329,6 +403,7 @@ int run(const ElasticityCommand& c) {
   json r;
   r["data"] = rd.source;
   r["data"]["train_samples"] = split.train.n;
+  r["data"]["samples"] = samples_taken;
   if (targets) r["data"]["inputs2"] = c.inputs2;
   if (targets && !c.targets2.empty()) r["data"]["targets2"] = c.targets2;
   r["network"] = spec_json(net);
@@ -343,9 +418,17 @@ int run(const ElasticityCommand& c) {
   r["same_set"] = p.same_set;
   if (p.labels) r["classes"] = p.classes;
   r["pairs_per_class"] = c.pairs_per_class > 0 ? json(c.pairs_per_class) : json(nullptr);
+  if (c.pairs_per_class > 0) {
+    // The drawn samples, so that the rows and columns of --out-matrix map back to them: sources by
+    // their row in the training split, targets likewise (or by their row of --inputs2).
+    r["source_rows"] = p.source_rows;
+    r["target_rows"] = p.same_set ? p.source_rows : p.target_rows;
+  }
 
   if (!along) {
     const Measurement m = measure<T>(ctx, net.spec, net.params.data(), d1, d2 ? &*d2 : nullptr, p);
+    // Nothing measured is a failure, not a result: no file is written.
+    if (all_undefined(m)) throw std::runtime_error(nothing_defined(m, p));
     const json mj = measurement_json(m, p);
     for (auto it = mj.begin(); it != mj.end(); ++it) r[it.key()] = it.value();
     if (!c.out_matrix.empty()) {
@@ -356,7 +439,7 @@ int run(const ElasticityCommand& c) {
       io::write_npy(c.out_class_matrix, io::Tensor::from(m.classes->matrix.data(), {p.classes, p.classes}));
       r["class_matrix_file"] = c.out_class_matrix;
     }
-    emit_with_warnings("elasticity", c.common, ctx, r, undefined_warnings(m, ""), start);
+    emit_with_warnings("elasticity", c.common, ctx, r, undefined_warnings(m, p, ""), start);
     say(c, summary_text(m, p));
     return 0;
   }
@@ -387,8 +470,12 @@ int run(const ElasticityCommand& c) {
     const json mj = measurement_json(m, p);
     for (auto it = mj.begin(); it != mj.end(); ++it) row[it.key()] = it.value();
     rows.push_back(row);
-    for (const std::string& w : undefined_warnings(m, "step " + std::to_string(steps[q].first) + ": "))
-      warnings.push_back(w);
+    // A checkpoint without any S_rel keeps its (empty) row: the curve goes on.
+    const std::string where = "step " + std::to_string(steps[q].first) + " (" + steps[q].second + "): ";
+    if (all_undefined(m))
+      warnings.push_back(where + nothing_defined(m, p) + "; its row is empty");
+    else
+      for (const std::string& w : undefined_warnings(m, p, where)) warnings.push_back(w);
     text += "step " + std::to_string(steps[q].first) + ": " + summary_text(m, p);
     if (q + 1 == steps.size()) {
       // The top-level keys are the last checkpoint's, as for one network.
@@ -417,6 +504,7 @@ Command register_elasticity(CLI::App& app) {
   c->app = cmd;
   c->data.samples = kDefaultSamples;
   add_common_flags(*cmd, c->common);
+  float64_by_default(*cmd);
   add_model_flags(*cmd, c->model, false);
   add_data_flags(*cmd, c->data, true);
   auto* x2 = cmd->add_option("--inputs2", c->inputs2,
@@ -454,7 +542,8 @@ Command register_elasticity(CLI::App& app) {
       ->check(one_of(model::loss_names));
   cmd->add_option("--pairs-per-class", c->pairs_per_class,
                   "K: draw K sources and K targets of every class (seeded by --seed) and average the K x K pairs of "
-                  "each class pair (default: every pair); every class needs K samples")
+                  "each class pair (default: every pair); every class needs K samples; the JSON's source_rows and "
+                  "target_rows name the drawn samples (the rows and columns of --out-matrix)")
       ->check(at_least(1));
   cmd->add_option("--out-matrix", c->out_matrix,
                   "write S_rel [N1, N2] (float64; row = source, column = target of the move; NaN rows for sources "
@@ -463,13 +552,14 @@ Command register_elasticity(CLI::App& app) {
                   "write the class-pair matrix [C, C] (float64; row = source class) to this .npy (class labels only)");
   cmd->add_option("--checkpoints", c->checkpoints,
                   "a run folder: the elasticity at every step_*.safetensors, with the run's data (report.json) "
-                  "unless data flags are given; needs --out-csv");
+                  "unless data flags are given (--samples N alone keeps the run's data and takes its first N "
+                  "training samples); needs --out-csv");
   cmd->add_option("--out-csv", c->out_csv,
                   "with --checkpoints: one row per checkpoint (step, checkpoint, mean, within_class, across_class, "
                   "ratio, undefined_sources)");
   return {cmd, [c] {
             validate(*c);
-            resolve_dtype(c->common, {c->model.model, first_checkpoint(c->checkpoints), c->data.inputs, c->inputs2});
+            resolve_float64_default(c->common);
             return dispatch_float(parse_dtype(c->common.dtype),
                                   [&](auto precision) { return run<typename decltype(precision)::type>(*c); });
           }};

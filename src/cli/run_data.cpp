@@ -80,6 +80,28 @@ RunData run_data(const CLI::App& cmd, const DataFlags& data, std::uint64_t seed,
   return d;
 }
 
+void float64_by_default(CLI::App& cmd) {
+  cmd.get_option("--dtype")->description(
+      "compute precision: float32 | float64 (default here: float64, whatever the files hold: a step's change is a "
+      "difference of two forwards, which float32 rounds away for confident sources)");
+}
+
+void resolve_float64_default(CommonOptions& opts) {
+  if (!opts.dtype.empty()) {
+    opts.dtype_source = "--dtype";
+    return;
+  }
+  opts.dtype = "float64";
+  opts.dtype_source = kFloat64DefaultReason;
+}
+
+void check_samples(const CLI::App& cmd, const RunData& rd, index_t samples, index_t train_samples) {
+  if (rd.source.value("from", "flags") == "flags" || !given(cmd, "--samples") || samples <= train_samples) return;
+  throw UsageError("--samples " + std::to_string(samples) + ": the run's training split (the data " +
+                   rd.source["from"].get<std::string>() + " records) has " + std::to_string(train_samples) +
+                   " samples; give at most " + std::to_string(train_samples) + " (0 = all)");
+}
+
 std::string first_checkpoint(const std::string& dir) {
   if (dir.empty()) return "";
   std::error_code ec;

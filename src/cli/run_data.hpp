@@ -36,6 +36,21 @@ bool data_flags_given(const CLI::App& cmd, bool samples_cap = false);
 RunData run_data(const CLI::App& cmd, const DataFlags& data, std::uint64_t seed, const std::string& loss,
                  const std::string& checkpoints, bool samples_cap = false);
 
+// With the data of a run's report.json (`rd.source["from"]` not "flags"), the command's --samples N
+// takes the first N samples of the run's training split (`train_samples` of them): a --samples
+// given above that is a UsageError naming both counts, rather than silently fewer samples.
+void check_samples(const CLI::App& cmd, const RunData& rd, index_t samples, index_t train_samples);
+
+// `elasticity` and `response` compute in float64 unless --dtype is given: the step form's change is
+// a difference of two forwards, which float32 rounds away for confident sources (a gradient of
+// 1e-4 and a step of 1e-3 move an output of order 1 by 1e-7, below float32's 6e-8 relative
+// spacing). float64_by_default states it in the command's --dtype help; resolve_float64_default
+// sets opts.dtype and opts.dtype_source (an explicit --dtype, float32 included, is honoured).
+inline constexpr const char* kFloat64DefaultReason =
+    "default of elasticity/response: a step's change is a difference of two forwards";
+void float64_by_default(CLI::App& cmd);
+void resolve_float64_default(CommonOptions& opts);
+
 // The first step_*.safetensors of a run folder, for the precision; empty when `dir` is empty or
 // not a folder (the command's own check says so later).
 std::string first_checkpoint(const std::string& dir);

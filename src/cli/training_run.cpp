@@ -485,6 +485,8 @@ json response_row_json(const response::Response& r, const response::FeatureSpace
   j["layer_diagonal"] = diag;
   j["layer_off_diagonal"] = off;
   j["undefined_sources"] = r.undefined_sources;
+  j["unresolved_sources"] = r.unresolved_sources;
+  j["kernel_gap"] = number_or_null(r.kernel_gap);
   json features = json::array();
   for (const response::LayerFeatures& h : f.layers)
     features.push_back({{"layer", h.layer},

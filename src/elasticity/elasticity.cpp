@@ -18,6 +18,7 @@
 #include "dynascope/batched_engine.hpp"
 #include "dynascope/engine.hpp"
 #include "dynascope/ntk.hpp"
+#include "dynascope/primitives.hpp"
 #include "kernels/launch.cuh"
 
 namespace dynascope::elasticity {
@@ -146,20 +147,31 @@ void per_sample_loss_grad(model::Loss loss, const std::vector<double>& f, const 
   }
 }
 
-// w+ = w - eta u(g) for G parameter sets, in place over g [G, P] (ld): sgd u = g; adam u =
-// g / (|g| + eps), the first step of a fresh Adam (m = (1-b1) g, v = (1-b2) g^2, both bias
-// corrections divide them out). Computed in float64 and rounded once.
+// w+ = w - eta u(s_r g^_r) for G parameter sets, layer l's weights and bias, straight from the
+// backprop's factors: g^_r = J_r^T (dl_r/df / s_r) has the per-sample gradient c_l delta_{l,r}
+// a_{l-1,r}^T of layer l (beta delta_{l,r} for the bias), s_r = max_a |dl_r/df_a|. The cotangent
+// is scaled to O(1) so that a tiny loss gradient (a confident source) does not underflow in T;
+// s_r comes back in float64. sgd u = g; adam u = g / (|g| + eps), the first step of a fresh Adam
+// (m = (1-b1) g, v = (1-b2) g^2, both bias corrections divide them out). Computed in float64 and
+// rounded once; one pass writes w+ (no [G, P] gradient first: the pass is memory-bound).
 template <class T>
-struct StepUpdate {
-  T* g;
+struct StepLayer {
+  T* out;
   index_t ld;
   const T* w;
+  MatrixView<const T> d, a;  // delta_l [G, o], a_{l-1} [G, in]
+  index_t o, in, woff, boff;
+  double c, beta;
+  const double* scale;  // [G] s_r
   double eta, eps;
   bool adam;
-  DYNASCOPE_HD void operator()(index_t c, index_t i) const {
-    const double gi = static_cast<double>(g[c * ld + i]);
-    const double u = adam ? gi / ((gi < 0 ? -gi : gi) + eps) : gi;
-    g[c * ld + i] = static_cast<T>(static_cast<double>(w[i]) - eta * u);
+  DYNASCOPE_HD void operator()(index_t row, index_t j) const {  // row = r * o + i, j = 0..in (in: the bias)
+    const index_t r = row / o, i = row - r * o;
+    const double dr = static_cast<double>(d(r, i)) * scale[r];
+    const index_t k = j < in ? woff + i * in + j : boff + i;
+    const double g = j < in ? c * dr * static_cast<double>(a(r, j)) : beta * dr;
+    const double u = adam ? g / ((g < 0 ? -g : g) + eps) : g;
+    out[r * ld + k] = static_cast<T>(static_cast<double>(w[k]) - eta * u);
   }
 };
 
@@ -167,10 +179,18 @@ struct Dims {
   index_t n1, n2, O, P, L, d0;
 };
 
+// max_a |v_a| of a row of O values.
+double max_abs(const double* v, index_t O) {
+  double m = 0;
+  for (index_t a = 0; a < O; ++a) m = std::max(m, std::abs(v[a]));
+  return m;
+}
+
 template <class T>
 void step_form(const Context& ctx, const MlpSpec& spec, const T* params, MatrixView<const T> x1,
-               MatrixView<const T> xt, bool same_set, const Options& o, const Dims& d, OutputChanges& r) {
-  const index_t N1 = d.n1, N2 = d.n2, O = d.O, P = d.P;
+               MatrixView<const T> xt, bool same_set, const Options& o, const Dims& d, const std::string& label,
+               OutputChanges& r) {
+  const index_t N1 = d.n1, N2 = d.n2, O = d.O, P = d.P, L = d.L;
   const double* lg = r.loss_grad.data();
   const double* base2 = r.base2.data();
   double* delta = r.delta.data();
@@ -185,26 +205,66 @@ void step_form(const Context& ctx, const MlpSpec& spec, const T* params, MatrixV
       std::clamp<index_t>(index_t(std::max(0.0, budget - double(G) * pbytes) / (double(G) * per_row)), 1, N2);
 
   Array<T> wplus(ctx, {G, P});
+  model::MlpEngine<T> grad_engine(ctx, spec);
   model::BatchedMlpEngine<T> engine(ctx, spec);
   std::vector<T> scratch;
   std::vector<double> tile(std::size_t(G * Mt * O));
   std::vector<T> cot_host(std::size_t(G * O));
+  std::vector<double> scale_host(static_cast<std::size_t>(G));
+  // Per source: whether its parameter gradient J_i^T dl_i/df is zero (no step at all).
+  std::vector<char> no_step(std::size_t(N1), 0);
+  Array<double> norms(ctx, {2 * L, G});
+  std::vector<double> norms_host(std::size_t(2 * L * G));
   const std::string diverged = "the step with eta = " + num(o.eta) + " diverged; use a smaller eta (or form ntk)";
+  const std::string task = label + ": one-step output changes";
   const double fwd = products(spec);
   for (index_t g0 = 0; g0 < N1; g0 += G) {
     const index_t g = std::min(G, N1 - g0);
-    for (index_t k = 0; k < g * O; ++k) cot_host[std::size_t(k)] = static_cast<T>(lg[g0 * O + k]);
+    for (index_t c = 0; c < g; ++c) {
+      const double s = max_abs(lg + (g0 + c) * O, O);
+      scale_host[std::size_t(c)] = s;
+      for (index_t a = 0; a < O; ++a)
+        cot_host[std::size_t(c * O + a)] = static_cast<T>(s > 0 ? lg[(g0 + c) * O + a] / s : 0.0);
+    }
     const Array<T> cot = Array<T>::from_host(ctx, {g, O}, cot_host.data());
+    const Array<double> scale = Array<double>::from_host(ctx, {g}, scale_host.data());
     const MatrixView<T> wp{wplus.data(), g, P, P, ctx.backend(), ctx.is_cuda() ? ctx.device() : 0};
     const MatrixView<const T> xs = x1.block(g0, 0, g, x1.cols);
-    model::per_sample_gradients<T>(ctx, spec, params, xs, cot.matrix(), wp);
-    kern::parallel_for_2d(ctx, g, P, StepUpdate<T>{wp.data, P, params, o.eta, o.adam_eps, o.update == Update::adam});
+    grad_engine.forward(params, xs);
+    grad_engine.backprop(params, cot.matrix());
+    for (index_t l = 1; l <= L; ++l) {
+      const index_t out = spec.widths[std::size_t(l)], in = spec.widths[std::size_t(l - 1)];
+      const bool bias = spec.bias[std::size_t(l - 1)];
+      const MatrixView<const T> dl = grad_engine.delta(l), al = grad_engine.activation(l - 1);
+      kern::parallel_for_2d(ctx, g * out, in + (bias ? 1 : 0),
+                            StepLayer<T>{wp.data, P, params, dl, al, out, in, spec.weight_offset(l - 1),
+                                         bias ? spec.bias_offset(l - 1) : 0, spec.weight_scale(l - 1), spec.bias_scale,
+                                         scale.data(), o.eta, o.adam_eps, o.update == Update::adam});
+      // ||g^_r||^2 = sum_l c_l^2 ||delta_{l,r}||^2 ||a_{l-1,r}||^2 (+ beta^2 ||delta_{l,r}||^2): zero
+      // exactly when the step moves no parameter.
+      const auto row = [&](index_t k) {
+        return VectorView<double>{norms.data() + k * G, g, 1, ctx.backend(), ctx.is_cuda() ? ctx.device() : 0};
+      };
+      primitives::row_squared_norms(ctx, dl, row(2 * (l - 1)));
+      primitives::row_squared_norms(ctx, al, row(2 * (l - 1) + 1));
+    }
+    copy<double>(ctx, MatrixView<const double>(norms.matrix()),
+                 MatrixView<double>{norms_host.data(), 2 * L, G, G, Backend::host, 0});
+    for (index_t c = 0; c < g; ++c) {
+      double n2 = 0;
+      for (index_t l = 1; l <= L; ++l) {
+        const double dn = norms_host[std::size_t(2 * (l - 1) * G + c)], an = norms_host[std::size_t((2 * l - 1) * G + c)];
+        const double cl = spec.weight_scale(l - 1);
+        n2 += cl * cl * dn * an + (spec.bias[std::size_t(l - 1)] ? spec.bias_scale * spec.bias_scale * dn : 0.0);
+      }
+      no_step[std::size_t(g0 + c)] = n2 == 0;
+    }
     r.flops += 6.0 * double(g) * fwd;  // forward, backprop, per-sample products
     if (!same_set) {
       // f(x_i; w+_i): each set's own source row.
       const MatrixView<const T> f = engine.forward(MatrixView<const T>(wp), xs);
       to_host_doubles<T>(ctx, f, scratch, tile.data());
-      require_finite(tile.data(), g, O, "f(x1; w+) of source " + std::to_string(g0) + " + row", diverged);
+      require_finite(tile.data(), g, O, label + ": f(x1; w+) of source " + std::to_string(g0) + " + row", diverged);
       for (index_t k = 0; k < g * O; ++k) r.self_delta.data()[g0 * O + k] = tile[std::size_t(k)] - r.base1.data()[g0 * O + k];
       r.flops += 2.0 * double(g) * fwd;
     }
@@ -217,24 +277,36 @@ void step_form(const Context& ctx, const MlpSpec& spec, const T* params, MatrixV
           for (index_t a = 0; a < O; ++a) {
             const double v = tile[std::size_t((c * m + j) * O + a)];
             if (!std::isfinite(v))
-              throw InvalidArgument("elasticity: f(x2_" + std::to_string(t0 + j) + "; w+) of source " +
+              throw InvalidArgument(label + ": f(x2_" + std::to_string(t0 + j) + "; w+) of source " +
                                     std::to_string(g0 + c) + " is not finite at output " + std::to_string(a) + ": " +
                                     diverged);
             delta[(g0 + c) * N2 * O + (t0 + j) * O + a] = v - base2[(t0 + j) * O + a];
           }
       r.flops += 2.0 * double(g) * double(m) * fwd;
+      // In (source, target) pairs, after every tile: a group of many targets never goes quiet.
+      ctx.progress(task, g0 * N2 + g * (t0 + m), N1 * N2);
     }
-    ctx.progress("elasticity: one-step output changes", g0 + g, N1);
   }
   if (same_set)
     for (index_t i = 0; i < N1; ++i)
       for (index_t a = 0; a < O; ++a) r.self_delta.data()[i * O + a] = delta[i * N2 * O + i * O + a];
+  // The unresolved sources: a step was taken, but its own change is at the rounding level of the
+  // two forwards it is the difference of.
+  r.resolution = 32.0 * double(std::numeric_limits<T>::epsilon());
+  for (index_t i = 0; i < N1; ++i) {
+    if (no_step[std::size_t(i)] || max_abs(lg + i * O, O) == 0) continue;
+    const double* sd = r.self_delta.data() + i * O;
+    const double* f = r.base1.data() + i * O;
+    double level = std::max(1.0, max_abs(f, O));
+    for (index_t a = 0; a < O; ++a) level = std::max(level, std::abs(f[a] + sd[a]));
+    if (max_abs(sd, O) <= r.resolution * level) r.unresolved_sources.push_back(i);
+  }
 }
 
 template <class T>
 void ntk_form(const Context& ctx, const MlpSpec& spec, const T* params, MatrixView<const T> x1,
               MatrixView<const T> xt, bool same_set, const Options& o, bool per_layer, const Dims& d,
-              OutputChanges& r) {
+              const std::string& label, OutputChanges& r) {
   const index_t N1 = d.n1, N2 = d.n2, O = d.O, L = d.L;
   const index_t nk = per_layer ? 1 + L : 1;  // the kernel and its per-layer parts
   const double* lg = r.loss_grad.data();
@@ -254,6 +326,7 @@ void ntk_form(const Context& ctx, const MlpSpec& spec, const T* params, MatrixVi
     for (index_t k = 1; k < nk; ++k) v.push_back({kern[std::size_t(k)].data(), rows, cols, cols, Backend::host, 0});
     return v;
   };
+  const std::string task = label + ": NTK output changes";
   for (index_t g0 = 0; g0 < N1; g0 += G) {
     const index_t g = std::min(G, N1 - g0);
     const MatrixView<const T> xs = x1.block(g0, 0, g, x1.cols);
@@ -277,8 +350,8 @@ void ntk_form(const Context& ctx, const MlpSpec& spec, const T* params, MatrixVi
             }
         }
       }
+      ctx.progress(task, g0 * N2 + g * (t0 + m), N1 * N2);  // in (source, target) pairs
     }
-    ctx.progress("elasticity: NTK output changes", g0 + g, N1);
   }
   const auto self_of = [&](const Array<double>& from, Array<double>& to) {
     for (index_t i = 0; i < N1; ++i)
@@ -320,8 +393,9 @@ void ntk_form(const Context& ctx, const MlpSpec& spec, const T* params, MatrixVi
 template <class T>
 OutputChanges output_changes(const Context& ctx, const MlpSpec& spec, const T* params, MatrixView<const T> x1,
                              const model::Targets<T>& y1, std::optional<MatrixView<const T>> x2,
-                             const Options& options, bool per_layer) {
+                             const Options& options, bool per_layer, std::string_view progress_label) {
   const std::string call = "elasticity::output_changes";
+  const std::string label(progress_label.empty() ? std::string_view("elasticity") : progress_label);
   check_options(options, call);
   if (options.loss != model::Loss::mse && options.loss != model::Loss::xent) throw InvalidArgument(call + ": unknown loss");
   spec.validate();
@@ -413,9 +487,9 @@ OutputChanges output_changes(const Context& ctx, const MlpSpec& spec, const T* p
       r.layer_self_delta.push_back(Array<double>::zeros(host, {N1, O}));
     }
   if (options.form == Form::step)
-    step_form<T>(ctx, spec, params, x1, xt, same_set, options, d, r);
+    step_form<T>(ctx, spec, params, x1, xt, same_set, options, d, label, r);
   else
-    ntk_form<T>(ctx, spec, params, x1, xt, same_set, options, per_layer, d, r);
+    ntk_form<T>(ctx, spec, params, x1, xt, same_set, options, per_layer, d, label, r);
   return r;
 }
 
@@ -556,6 +630,13 @@ PairResult metrics(const OutputChanges& ch, Metric metric, Form form) {
   require_finite(ch.base2.data(), N2, O, call + ": base2", hint);
   require_finite(ch.self_delta.data(), N1, O, call + ": self_delta", hint);
   require_finite(ch.delta.data(), N1, N2 * O, call + ": delta", hint);
+  std::vector<char> unresolved(std::size_t(N1), 0);
+  for (const index_t i : ch.unresolved_sources) {
+    if (i < 0 || i >= N1)
+      throw ShapeMismatch(call + ": unresolved_sources holds " + std::to_string(i) + ", not one of the " +
+                          std::to_string(N1) + " sources");
+    unresolved[std::size_t(i)] = 1;
+  }
   const bool kernel_form = metric == Metric::abs && O == 1;
   if (kernel_form && !(ch.eta > 0)) throw InvalidArgument(call + ": eta of the output changes must be > 0 for S_ker");
 
@@ -586,8 +667,8 @@ PairResult metrics(const OutputChanges& ch, Metric metric, Form form) {
     for (index_t a = 0; a < O; ++a) moved = moved || sd[a] != 0;
     double* srow = r.s_rel.data() + i * N2;
     double* krow = kernel_form ? r.s_ker.data() + i * N2 : nullptr;
-    if (!moved || self == 0 || !std::isfinite(self)) {
-      // No own change (e.g. a zero loss gradient): no S_rel.
+    if (!moved || self == 0 || !std::isfinite(self) || unresolved[std::size_t(i)]) {
+      // No own change (e.g. a zero loss gradient), or one below the precision: no S_rel.
       undefined[std::size_t(i)] = 1;
       std::fill(srow, srow + N2, nan);
       if (krow) std::fill(krow, krow + N2, nan);
@@ -604,6 +685,7 @@ PairResult metrics(const OutputChanges& ch, Metric metric, Form form) {
   }
   for (index_t i = 0; i < N1; ++i) {
     if (undefined[std::size_t(i)]) r.undefined_sources.push_back(i);
+    if (unresolved[std::size_t(i)]) r.unresolved_sources.push_back(i);
     if (bad[std::size_t(i)])
       throw InvalidArgument(call + ": S_rel of source " + std::to_string(i) + " is not finite (its own change " +
                             num(r.self_change[std::size_t(i)]) + " is too small against a target's)");
@@ -622,7 +704,8 @@ PairResult pairwise(const Context& ctx, const MlpSpec& spec, const T* params, Ma
 #define DS_INSTANTIATE(T)                                                                                          \
   template OutputChanges output_changes<T>(const Context&, const MlpSpec&, const T*,                \
                                                          MatrixView<const T>, const model::Targets<T>&,          \
-                                                         std::optional<MatrixView<const T>>, const Options&, bool); \
+                                                         std::optional<MatrixView<const T>>, const Options&, bool, \
+                                                         std::string_view);                                      \
   template PairResult pairwise<T>(const Context&, const MlpSpec&, const T*, MatrixView<const T>,   \
                                                 const model::Targets<T>&, std::optional<MatrixView<const T>>,    \
                                                 const Options&);

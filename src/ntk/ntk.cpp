@@ -282,7 +282,7 @@ NtkInfo structured(const Context& ctx, const MlpSpec& s, const T* params, Matrix
                          info);
       writer.write(tile, r0, c0, out);
       ++info.tiles;
-      ctx.progress("ntk", info.tiles, total_tiles);
+      if (total_tiles > 1) ctx.progress("ntk", info.tiles, total_tiles);  // one tile: nothing to tell
     }
   }
   info.flops = structured_flops<T>(s, mode, n1, n2, symmetric);
@@ -369,7 +369,7 @@ NtkInfo gram_core(const Context& ctx, const JacobianSource<T>& s1, index_t n1, c
       }
       writer.write(tile, r0, c0, out);
       ++info.tiles;
-      ctx.progress("ntk", info.tiles, total_tiles);
+      if (total_tiles > 1) ctx.progress("ntk", info.tiles, total_tiles);  // one tile: nothing to tell
     }
   }
   const double pairs = symmetric ? 0.5 * double(n1) * double(n1 + 1) : double(n1) * double(n2);
@@ -432,7 +432,7 @@ NtkInfo jvp_method(const Context& ctx, const MlpSpec& s, const T* params, Matrix
       reduce_full_gram<T>(ctx, mode, o, gv, tile, false);
       writer.write(tile, r0, c0, out);
       ++info.tiles;
-      ctx.progress("ntk", info.tiles, total_tiles);
+      if (total_tiles > 1) ctx.progress("ntk", info.tiles, total_tiles);  // one tile: nothing to tell
       for (index_t l = 0; l < s.layers(); ++l)
         flops += 4.0 * double(t_count) * double(b1) * double(s.fan_in(l)) * double(s.fan_out(l));
     }

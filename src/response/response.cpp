@@ -85,20 +85,24 @@ Response training_response(const Context& ctx, const model::MlpSpec& spec, const
   eo.loss = options.loss;
   const bool layers_in_same_call = options.per_layer && options.form == elasticity::Form::ntk;
   const elasticity::OutputChanges changes =
-      elasticity::output_changes<T>(ctx, spec, params, x, targets, std::nullopt, eo, layers_in_same_call);
+      elasticity::output_changes<T>(ctx, spec, params, x, targets, std::nullopt, eo, layers_in_same_call, "response");
   const index_t o = changes.outputs;
 
   Response out;
   out.samples = n;
   out.flops = changes.flops;
-  // A source whose loss gradient is zero takes no step: R is 0/0 there. (A non-finite gradient
-  // is not that: its row comes out NaN and the means with it, as a diverged model should.)
-  std::vector<char> defined(std::size_t(n), 0);
+  // A source whose loss gradient is zero takes no step: R is 0/0 there. One whose own change is
+  // below the step form's precision (unresolved) has a response that is rounding noise. (A
+  // non-finite gradient is neither: its row comes out NaN and the means with it, as a diverged
+  // model should.)
+  std::vector<char> defined(std::size_t(n), 0), unresolved(std::size_t(n), 0);
+  for (const index_t i : changes.unresolved_sources) unresolved[std::size_t(i)] = 1;
   for (index_t i = 0; i < n; ++i) {
     double g2 = 0;
     for (index_t k = 0; k < o; ++k) g2 += changes.loss_grad.data()[i * o + k] * changes.loss_grad.data()[i * o + k];
-    defined[std::size_t(i)] = g2 != 0;
-    if (g2 == 0) out.undefined_sources.push_back(i);
+    defined[std::size_t(i)] = g2 != 0 && !unresolved[std::size_t(i)];
+    if (!defined[std::size_t(i)]) out.undefined_sources.push_back(i);
+    if (unresolved[std::size_t(i)]) out.unresolved_sources.push_back(i);
   }
   out.matrix = project(changes.delta, changes.loss_grad, n, o, options.eta, defined);
   std::tie(out.mean_diagonal, out.mean_off_diagonal) = means(out.matrix, n, defined);
@@ -110,7 +114,7 @@ Response training_response(const Context& ctx, const model::MlpSpec& spec, const
   if (!layers_in_same_call) {
     elasticity::Options ko = eo;
     ko.form = elasticity::Form::ntk;
-    kernel = elasticity::output_changes<T>(ctx, spec, params, x, targets, std::nullopt, ko, true);
+    kernel = elasticity::output_changes<T>(ctx, spec, params, x, targets, std::nullopt, ko, true, "response");
     out.flops += kernel->flops;
   }
   const elasticity::OutputChanges& k = kernel ? *kernel : changes;
@@ -121,6 +125,12 @@ Response training_response(const Context& ctx, const model::MlpSpec& spec, const
     out.layer_diagonal.push_back(diag);
     out.layer_off_diagonal.push_back(off);
     out.flops += 2.0 * double(n) * double(n) * double(o);
+  }
+  if (options.form == elasticity::Form::step) {
+    // The one step against its eta -> 0 limit over the same sources.
+    double limit = 0;
+    for (const double v : out.layer_diagonal) limit += v;
+    out.kernel_gap = std::abs(out.mean_diagonal - limit) / std::abs(limit);
   }
   return out;
 }

@@ -18,6 +18,7 @@
 
 #include "cli/cli_test_util.hpp"
 #include "dynascope/elasticity.hpp"
+#include "dynascope/engine.hpp"
 #include "dynascope/io.hpp"
 #include "dynascope/model.hpp"
 #include "dynascope/response.hpp"
@@ -268,6 +269,10 @@ TEST(CliElasticity, ClassMatrixEqualsMeansOverTheMatrix) {
       elasticity::sample_per_class(vector_view(p.labels.data(), p.n), p.classes, k, 9);
   ASSERT_EQ(drawn.size(), std::size_t(k * p.classes));
   EXPECT_EQ(j.at("pairs_per_class"), k);
+  // The drawn samples by their row in the training split: row i / column q of --out-matrix is
+  // sample drawn[i] / drawn[q].
+  EXPECT_EQ(j.at("source_rows"), json(drawn));
+  EXPECT_EQ(j.at("target_rows"), json(drawn));
   EXPECT_EQ(j.at("sources"), k * p.classes);
   EXPECT_EQ(j.at("targets"), k * p.classes);
   elasticity::Options o;
@@ -295,6 +300,8 @@ TEST(CliElasticity, ClassMatrixEqualsMeansOverTheMatrix) {
   ASSERT_EQ(two.exit_code, 0) << two;
   const json t = two.json();
   EXPECT_EQ(t.at("same_set"), false);
+  EXPECT_EQ(t.at("source_rows"), json(drawn));
+  EXPECT_EQ(t.at("target_rows"), json(drawn));
   EXPECT_EQ(read_matrix(s2_path, {m, m}), s);
   for (index_t a = 0; a < p.classes; ++a) {
     EXPECT_EQ(t.at("class_pairs")[std::size_t(a)][std::size_t(a)], k * k);
@@ -473,7 +480,8 @@ TEST(CliResponse, CheckpointsCsvAndTheAgingFit) {
   // The fit over the steps > 0: beta is minus the slope of ln R on ln t.
   EXPECT_EQ(j.at("fit_to"), "mean_diagonal");
   EXPECT_EQ(j.at("points"), 4);
-  EXPECT_EQ(j.at("fit_window"), json::array({1.0, 60.0}));
+  EXPECT_EQ(j.at("fit_window"), json::array({1, 60}));
+  EXPECT_TRUE(j.at("fit_window")[1].is_number_integer()) << j.at("fit_window");
   expect_close(j.at("beta"), -slope(t, total), "beta");
   ASSERT_EQ(j.at("beta_ci").size(), 2u);
   EXPECT_LT(j.at("beta_ci")[0].get<double>(), j.at("beta").get<double>());
@@ -489,14 +497,21 @@ TEST(CliResponse, CheckpointsCsvAndTheAgingFit) {
                                                    "20,60"} + data + opts);
   ASSERT_EQ(w.exit_code, 0) << w;
   EXPECT_EQ(w.json().at("points"), 3);
+  EXPECT_EQ(w.json().at("fit_window"), json::array({20, 60}));
+  EXPECT_TRUE(w.json().at("fit_window")[0].is_number_integer()) << w.json().at("fit_window");
   expect_close(w.json().at("beta"), -slope({30, 45, 60}, {total[1], total[2], total[3]}), "beta over 20..60");
 
   // Too few checkpoints in the window: no fit, a warning, and still the CSV (not an error).
   fs::remove(csv);
+  const std::string few_json = temp_path("few.json");
   const CliResult few = run(std::vector<std::string>{"response", "--checkpoints", dir, "--out-csv", csv, "--fit-window",
-                                                     "1,20"} + data + opts);
+                                                     "1,20", "--out", few_json} + data + opts);
   ASSERT_EQ(few.exit_code, 0) << few;
-  const json fj = few.json();
+  // The summary (stdout with --out) says it once, without a doubled prefix.
+  EXPECT_NE(few.out.find("no aging fit of the mean diagonal response: 1 checkpoint with a step in [1, 20]"),
+            std::string::npos) << few;
+  EXPECT_EQ(few.out.find("no aging fit: no aging fit"), std::string::npos) << few;
+  const json fj = json::parse(slurp(few_json));
   EXPECT_TRUE(fj.at("beta").is_null());
   EXPECT_TRUE(fj.at("beta_ci").is_null());
   EXPECT_TRUE(fj.at("amplitude").is_null());
@@ -534,7 +549,24 @@ TEST(CliResponse, RecordedDataIsCutToTheDefaultSampleCount) {
     ASSERT_EQ(n.exit_code, 0) << n;
     EXPECT_EQ(n.json().at(command == "response" ? "samples" : "sources"), 50) << command;
     EXPECT_EQ(n.json().at("data").at("from"), (fs::path(dir) / "report.json").string()) << command;
+    // The JSON says how many training samples were taken, not only the run's own --samples.
+    EXPECT_EQ(n.json().at("data").at("samples"), 50) << command;
+    EXPECT_EQ(n.json().at("data").at("train_samples"), 160) << command;
+    // More than the run's training split is an error naming both counts (it was silently fewer),
+    // before any file is written; --samples 0 takes them all.
+    fs::remove(csv);
+    const std::string out = temp_path("never_big.json");
+    expect_usage_error(run({command, "--checkpoints", dir, "--out-csv", csv, "--samples", "200", "--out", out, "--quiet"}),
+                       {"--samples 200", "160", "training split"});
+    EXPECT_FALSE(fs::exists(csv)) << command;
+    EXPECT_FALSE(fs::exists(out)) << command;
+    const CliResult all_of_it =
+        run({command, "--checkpoints", dir, "--out-csv", csv, "--samples", "0", "--threads", "1", "--quiet"});
+    ASSERT_EQ(all_of_it.exit_code, 0) << all_of_it;
+    EXPECT_EQ(all_of_it.json().at("data").at("samples"), 160) << command;
   }
+  EXPECT_EQ(r.json().at("data").at("samples"), 128);
+  EXPECT_EQ(e.json().at("data").at("samples"), 160);
 }
 
 TEST(CliElasticity, BadInputIsRefusedBeforeAnythingIsWritten) {
@@ -565,7 +597,14 @@ TEST(CliElasticity, BadInputIsRefusedBeforeAnythingIsWritten) {
   refused(reg + std::vector<std::string>{"--pairs-per-class", "2"}, {"--pairs-per-class", "float targets"});
   refused(reg + std::vector<std::string>{"--out-class-matrix", cm}, {"--out-class-matrix", "float targets"});
   refused(reg + std::vector<std::string>{"--loss", "xent"}, {"--loss xent", "integer class labels"});
-  refused(cls + std::vector<std::string>{"--pairs-per-class", "13"}, {"--pairs-per-class 13", "13"});
+  refused(cls + std::vector<std::string>{"--pairs-per-class", "13"},
+          {"--pairs-per-class 13: class 0 of the sources has 12 samples, fewer than 13"});
+  {
+    // In the flag's terms, not the library's function names.
+    const CliResult r = run(cls + std::vector<std::string>{"--pairs-per-class", "13", "--quiet"});
+    EXPECT_EQ(r.err.find("sample_per_class"), std::string::npos) << r;
+    EXPECT_EQ(r.err.find("elasticity::"), std::string::npos) << r;
+  }
   refused(cls + std::vector<std::string>{"--pairs-per-class", "0"}, {"--pairs-per-class", ">= 1"});
   refused(reg + std::vector<std::string>{"--out-csv", temp_path("x.csv")}, {"--out-csv", "--checkpoints"});
   refused(reg + std::vector<std::string>{"--out-class-matrix", s}, {"--out-class-matrix and --out-matrix name the same file"});
@@ -575,6 +614,9 @@ TEST(CliElasticity, BadInputIsRefusedBeforeAnythingIsWritten) {
   const std::string l2 = npy<std::int64_t>("l2.npy", {0, 1, 2, 0, 1, 2, 0}, {7});
   refused(reg + std::vector<std::string>{"--inputs2", p.x2, "--targets2", l2}, {"--targets2", "float targets"});
   refused(cls + std::vector<std::string>{"--inputs2", p.x2}, {"--out-class-matrix", "--targets2"});
+  // Labels of another length than --inputs2 (7 rows): the message names --targets2 and both counts.
+  const std::string l5 = npy<std::int64_t>("l5.npy", {0, 1, 2, 0, 1}, {5});
+  refused(cls + std::vector<std::string>{"--inputs2", p.x2, "--targets2", l5}, {"--targets2 " + l5, "7 rows", "[5]"});
   refused(reg + std::vector<std::string>{"--targets2", l2}, {"--targets2", "--inputs2"});
   refused({"elasticity", "--inputs", p.x, "--targets", p.y}, {"elasticity needs --model"});
   refused({"elasticity", "--model", p.net, "--inputs", p.x, "--out-matrix", s}, {"elasticity needs the sources' targets"});
@@ -630,9 +672,234 @@ TEST(CliResponse, BadInputIsRefusedBeforeAnythingIsWritten) {
   refused(along + std::vector<std::string>{"--out-csv", csv, "--fit-window", "5"}, {"--fit-window", "two steps"});
   refused(along + std::vector<std::string>{"--out-csv", csv, "--fit-window", "10,5"}, {"--fit-window", "after the last"});
   refused(along + std::vector<std::string>{"--out-csv", csv, "--fit-window", "-1,5"}, {"--fit-window", ">= 0"});
+  // Checkpoints are named by integer steps: 1e2 is refused rather than read some other way.
+  refused(along + std::vector<std::string>{"--out-csv", csv, "--fit-window", "1e2,6e2"},
+          {"--fit-window 1e2,6e2", "integers", "'1e2'"});
+  refused(along + std::vector<std::string>{"--out-csv", csv, "--fit-window", "10,20.5"}, {"--fit-window", "'20.5'"});
   refused(along + std::vector<std::string>{"--out-csv", csv, "--arch", "2-4-1"}, {"--checkpoints", "--arch"});
   refused(along + std::vector<std::string>{"--out-csv", csv}, {"another architecture"});
   refused(along + std::vector<std::string>{"--out-csv", out}, {"--out-csv and --out name the same file"});
+}
+
+// The outputs of the network in `path` at the problem's sources, in float64.
+std::vector<double> outputs_of(const Problem& p) {
+  const Context host = Context::host(1);
+  const model::Mlp<double> net = model::load_mlp<double>(host, p.net);
+  model::MlpEngine<double> engine(host, net.spec);
+  const MatrixView<const double> f = engine.forward(net.params.data(), {p.xs.data(), p.n, 2, 2, Backend::host});
+  std::vector<double> out(std::size_t(p.n));
+  for (index_t i = 0; i < p.n; ++i) out[std::size_t(i)] = f(i, 0);
+  return out;
+}
+
+// A network of `arch` whose parameters are all zero: its output is exactly 0 everywhere, so a
+// source with target 0 has an exactly zero loss gradient.
+std::string zero_net(const std::string& name, const std::string& arch) {
+  const Context host = Context::host(1);
+  const model::MlpSpec spec = model::MlpSpec::from_arch(arch, model::ActivationSpec{model::Activation::tanh});
+  Array<double> params = model::init_params<double>(host, spec, {model::Init::pytorch, 1.0, 1});
+  for (index_t k = 0; k < params.size(); ++k) params.data()[k] = 0.0;
+  const std::string path = temp_path(name);
+  model::save_mlp<double>(host, path, spec, params);
+  return path;
+}
+
+std::string warnings_of(const json& j) {
+  std::string all;
+  if (j.contains("warnings"))
+    for (const json& w : j.at("warnings")) all += w.get<std::string>() + "\n";
+  return all;
+}
+
+TEST(CliElasticity, Float64IsTheDefaultAndUnresolvedSourcesAreToldApart) {
+  // Every third source sits 1e-4 from its target (a tiny loss gradient), the others 0.5: with
+  // eta = 1e-3 the tiny ones' own change is ~1e-7, below float32's rounding of two forwards
+  // (32 eps = 4e-6) but far above float64's.
+  Problem p = regression();
+  const std::vector<double> f = outputs_of(p);
+  std::vector<index_t> tiny;
+  for (index_t i = 0; i < p.n; ++i) {
+    const bool small = i % 3 == 0;
+    p.ys[std::size_t(i)] = f[std::size_t(i)] + (small ? 1e-4 : 0.5);
+    if (small) tiny.push_back(i);
+  }
+  p.y = npy<double>("y_tiny.npy", p.ys, {p.n, 1});
+  // The network and the inputs in float32 files: the precision no longer follows them.
+  const std::vector<float> xf(p.xs.begin(), p.xs.end());
+  const std::string x32 = npy<float>("x32.npy", xf, {p.n, 2});
+  const std::string s_path = temp_path("s_prec.npy"), s32_path = temp_path("s_prec32.npy"),
+                    ntk_path = temp_path("s_prec_ntk.npy");
+  const std::vector<std::string> base{"elasticity", "--model", p.net, "--targets", p.y, "--eta", "1e-3", "--threads", "1",
+                                      "--quiet"};
+
+  // Default: float64, whatever the files hold, and every source resolved.
+  const CliResult d = run(base + std::vector<std::string>{"--inputs", x32, "--out-matrix", s_path});
+  ASSERT_EQ(d.exit_code, 0) << d;
+  const json dj = d.json();
+  EXPECT_EQ(dj.at("dtype"), "float64");
+  EXPECT_EQ(dj.at("dtype_source"), "default of elasticity/response: a step's change is a difference of two forwards");
+  EXPECT_TRUE(dj.at("undefined_sources").empty()) << dj.at("undefined_sources");
+  EXPECT_TRUE(dj.at("unresolved_sources").empty()) << dj.at("unresolved_sources");
+  EXPECT_FALSE(dj.contains("warnings")) << dj.at("warnings");
+  // ... and right: the step's S_rel of the tiny sources agrees with the eta -> 0 limit (ntk form,
+  // a product, not a difference) to O(eta).
+  const CliResult n = run(base + std::vector<std::string>{"--inputs", x32, "--form", "ntk", "--out-matrix", ntk_path});
+  ASSERT_EQ(n.exit_code, 0) << n;
+  const std::vector<double> s = read_matrix(s_path, {p.n, p.n}), sn = read_matrix(ntk_path, {p.n, p.n});
+  double worst = 0;
+  for (index_t i : tiny)
+    for (index_t j = 0; j < p.n; ++j) {
+      const std::size_t k = std::size_t(i * p.n + j);
+      ASSERT_TRUE(std::isfinite(s[k])) << i << "," << j;
+      worst = std::max(worst, std::abs(s[k] - sn[k]) / std::max(1.0, std::abs(sn[k])));
+    }
+  EXPECT_LT(worst, 1e-2) << "float64 step vs ntk on the tiny-gradient sources";
+
+  // --dtype float32 is honoured: the tiny sources are unresolved (not "zero loss gradient"), named
+  // apart in the JSON and the warnings, with the remedy.
+  const CliResult f32 = run(base + std::vector<std::string>{"--inputs", p.x, "--dtype", "float32", "--out-matrix", s32_path});
+  ASSERT_EQ(f32.exit_code, 0) << f32;
+  const json fj = f32.json();
+  EXPECT_EQ(fj.at("dtype"), "float32");
+  EXPECT_EQ(fj.at("dtype_source"), "--dtype");
+  EXPECT_EQ(fj.at("unresolved_sources"), json(tiny));
+  EXPECT_EQ(fj.at("undefined_sources"), json(tiny));
+  const std::string w = warnings_of(fj);
+  EXPECT_NE(w.find(std::to_string(tiny.size()) + " sources have no S_rel: unresolved at float32"), std::string::npos) << w;
+  EXPECT_NE(w.find("use --dtype float64 or --form ntk"), std::string::npos) << w;
+  EXPECT_EQ(w.find("zero loss gradient"), std::string::npos) << w;
+  const std::vector<double> s32 = read_matrix(s32_path, {p.n, p.n});
+  for (index_t i : tiny) EXPECT_TRUE(std::isnan(s32[std::size_t(i * p.n)])) << i;
+  // The other sources keep their S_rel, close to float64's.
+  for (index_t i = 1; i < p.n; i += 3)
+    EXPECT_NEAR(s32[std::size_t(i * p.n + 2)], s[std::size_t(i * p.n + 2)], 1e-2 * std::max(1.0, std::abs(s[std::size_t(i * p.n + 2)])))
+        << i;
+
+  // response: the same default, and the same sources unresolved at float32.
+  const CliResult rd = run({"response", "--model", p.net, "--inputs", x32, "--targets", p.y, "--threads", "1", "--quiet"});
+  ASSERT_EQ(rd.exit_code, 0) << rd;
+  EXPECT_EQ(rd.json().at("dtype"), "float64");
+  EXPECT_EQ(rd.json().at("dtype_source"), dj.at("dtype_source"));
+  EXPECT_TRUE(rd.json().at("unresolved_sources").empty());
+  const CliResult r32 = run({"response", "--model", p.net, "--inputs", p.x, "--targets", p.y, "--dtype", "float32",
+                             "--threads", "1", "--quiet"});
+  ASSERT_EQ(r32.exit_code, 0) << r32;
+  EXPECT_EQ(r32.json().at("dtype"), "float32");
+  EXPECT_EQ(r32.json().at("unresolved_sources"), json(tiny));
+  EXPECT_NE(warnings_of(r32.json()).find("unresolved at float32"), std::string::npos) << r32.json();
+}
+
+TEST(CliElasticity, ZeroGradientSourcesAndNetworksWithoutAnySRel) {
+  // A network with all parameters zero outputs 0: sources with target 0 have a zero loss gradient;
+  // for the others (target 1) the step moves only the output bias, by the same amount at every
+  // input, so their S_rel is exactly 1 everywhere.
+  Problem p = regression();
+  p.net = zero_net("zero.safetensors", "2-6-1");
+  std::vector<double> mixed(std::size_t(p.n)), zeros(std::size_t(p.n), 0.0);
+  std::vector<index_t> flat;
+  for (index_t i = 0; i < p.n; ++i) {
+    mixed[std::size_t(i)] = i % 2 == 0 ? 0.0 : 1.0;
+    if (i % 2 == 0) flat.push_back(i);
+  }
+  const std::string y_mixed = npy<double>("y_mixed.npy", mixed, {p.n, 1}), y_zero = npy<double>("y_zero.npy", zeros, {p.n, 1});
+  const std::string s_path = temp_path("s_zero.npy"), out = temp_path("zero.json");
+  const CliResult m = run({"elasticity", "--model", p.net, "--inputs", p.x, "--targets", y_mixed, "--out-matrix", s_path,
+                           "--threads", "1", "--quiet"});
+  ASSERT_EQ(m.exit_code, 0) << m;
+  const json mj = m.json();
+  EXPECT_EQ(mj.at("undefined_sources"), json(flat));
+  EXPECT_TRUE(mj.at("unresolved_sources").empty());
+  const std::string w = warnings_of(mj);
+  EXPECT_NE(w.find(std::to_string(flat.size()) + " sources have no S_rel: zero loss gradient"), std::string::npos) << w;
+  EXPECT_EQ(w.find("unresolved"), std::string::npos) << w;
+  const std::vector<double> s = read_matrix(s_path, {p.n, p.n});
+  for (index_t i = 0; i < p.n; ++i)
+    for (index_t j = 0; j < p.n; ++j) {
+      if (i % 2 == 0) EXPECT_TRUE(std::isnan(s[std::size_t(i * p.n + j)])) << i << "," << j;
+      else EXPECT_NEAR(s[std::size_t(i * p.n + j)], 1.0, 1e-12) << i << "," << j;
+    }
+  expect_close(mj.at("mean"), 1.0, "mean over the bias-only steps");
+
+  // No source with S_rel: exit 1, what happened and what to change, and no output at all.
+  fs::remove(s_path);
+  for (const std::string command : {"elasticity", "response"}) {
+    std::vector<std::string> args{command, "--model", p.net, "--inputs", p.x, "--targets", y_zero, "--out", out, "--quiet"};
+    if (command == "elasticity") args = args + std::vector<std::string>{"--out-matrix", s_path};
+    const CliResult r = run(args);
+    EXPECT_EQ(r.exit_code, 1) << r;
+    const std::string none = command == "elasticity" ? "none of the 30 sources has S_rel" : "none of the 30 samples has a response";
+    for (const std::string& phrase : {none, std::string("30 have a zero loss gradient"), std::string("measure other samples")})
+      EXPECT_NE(r.err.find(phrase), std::string::npos) << phrase << "\n" << r;
+    EXPECT_FALSE(fs::exists(out)) << command;
+    EXPECT_FALSE(fs::exists(s_path)) << command;
+  }
+  // Every source below float32's rounding (a step of 1e-9): the remedy is the precision or the form.
+  const Problem q = regression();
+  const CliResult tiny = run({"elasticity", "--model", q.net, "--inputs", q.x, "--targets", q.y, "--eta", "1e-9", "--dtype",
+                              "float32", "--out", out, "--quiet"});
+  EXPECT_EQ(tiny.exit_code, 1) << tiny;
+  for (const char* phrase : {"none of the 30 sources has S_rel", "30 are unresolved at float32", "--dtype float64 or --form ntk"})
+    EXPECT_NE(tiny.err.find(phrase), std::string::npos) << phrase << "\n" << tiny;
+  EXPECT_FALSE(fs::exists(out));
+
+  // Along checkpoints such a network keeps its row, empty, and a warning names it: the curve goes on.
+  const std::string dir = temp_path("zrun");
+  fs::create_directories(dir);
+  fs::copy_file(p.net, checkpoint(dir, 0));
+  fs::copy_file(q.net, checkpoint(dir, 10));
+  const std::string csv = temp_path("zero.csv");
+  const CliResult e = run({"elasticity", "--checkpoints", dir, "--inputs", p.x, "--targets", y_zero, "--out-csv", csv,
+                           "--threads", "1", "--quiet"});
+  ASSERT_EQ(e.exit_code, 0) << e;
+  const json ej = e.json();
+  EXPECT_TRUE(ej.at("rows")[0].at("mean").is_null());
+  EXPECT_TRUE(ej.at("rows")[1].at("mean").is_number());
+  EXPECT_NE(warnings_of(ej).find("step 0 (" + checkpoint(dir, 0) + "): none of the 30 sources has S_rel"), std::string::npos)
+      << ej;
+  const std::vector<std::string> text = lines(csv);
+  ASSERT_EQ(text.size(), 3u);
+  EXPECT_EQ(fields(text[1])[2], "");
+  EXPECT_NE(fields(text[2])[2], "");
+  const std::string rcsv = temp_path("zero_r.csv");
+  const CliResult r = run({"response", "--checkpoints", dir, "--inputs", p.x, "--targets", y_zero, "--out-csv", rcsv,
+                           "--threads", "1", "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  const json rj = r.json();
+  EXPECT_TRUE(rj.at("rows")[0].at("mean_diagonal").is_null());
+  EXPECT_TRUE(rj.at("rows")[1].at("mean_diagonal").is_number());
+  EXPECT_NE(warnings_of(rj).find("step 0 (" + checkpoint(dir, 0) + "): none of the 30 samples has a response"),
+            std::string::npos) << rj;
+  EXPECT_EQ(lines(rcsv).size(), 3u);
+}
+
+TEST(CliResponse, KernelGapIsTheStepAgainstItsLimit) {
+  // kernel_gap = |step mean diagonal - its eta -> 0 limit| / |limit|, the limit measured here by
+  // the ntk form (a separate run), not by the per-layer sums the tool uses.
+  const Problem p = regression();
+  const std::vector<std::string> base{"response", "--model", p.net, "--inputs", p.x, "--targets", p.y, "--threads", "1",
+                                      "--quiet"};
+  const CliResult ntk = run(base + std::vector<std::string>{"--form", "ntk"});
+  ASSERT_EQ(ntk.exit_code, 0) << ntk;
+  const double limit = ntk.json().at("mean_diagonal").get<double>();
+  EXPECT_TRUE(ntk.json().at("kernel_gap").is_null()) << "no gap in the ntk form";
+  for (const std::string eta : {"0.001", "5"}) {
+    const CliResult r = run(base + std::vector<std::string>{"--eta", eta});
+    ASSERT_EQ(r.exit_code, 0) << r;
+    const json j = r.json();
+    const double gap = std::abs(j.at("mean_diagonal").get<double>() - limit) / std::abs(limit);
+    // The tool's limit is the sum of the per-layer kernels: equal to the ntk form's to rounding.
+    ASSERT_TRUE(j.at("kernel_gap").is_number()) << j;
+    EXPECT_NEAR(j.at("kernel_gap").get<double>(), gap, 1e-9) << "kernel_gap at eta " << eta;
+    const std::string w = warnings_of(j);
+    if (gap > 0.05) {
+      EXPECT_NE(w.find("the one step differs from its eta -> 0 limit by"), std::string::npos) << w;
+      EXPECT_NE(w.find("eta too large for a linear step, or too small for the precision"), std::string::npos) << w;
+    } else {
+      EXPECT_EQ(w.find("eta -> 0 limit"), std::string::npos) << w;
+    }
+    if (eta == "5") EXPECT_GT(gap, 0.05) << "the large step is meant to trip the warning";
+    else EXPECT_LT(gap, 0.05);
+  }
 }
 
 TEST(CliElasticity, HelpStatesTheDefaultSampleCaps) {
@@ -642,6 +909,15 @@ TEST(CliElasticity, HelpStatesTheDefaultSampleCaps) {
   const CliResult r = run({"response", "--help"});
   EXPECT_EQ(r.exit_code, 0) << r;
   EXPECT_NE(r.out.find("default 128"), std::string::npos) << r.out;
+  for (const CliResult* h : {&e, &r}) {
+    // --samples alone keeps a run's data; float64 is the default precision here.
+    EXPECT_NE(h->out.find("--samples N alone keeps the run's data"), std::string::npos) << h->out;
+    EXPECT_NE(h->out.find("default here: float64"), std::string::npos) << h->out;
+  }
+  // response's --out-csv lists its columns; --fit-window takes integer steps.
+  for (const char* column : {"mean_diagonal", "layer<l>_off_diagonal", "effective_rank<l>", "input_grad_norm"})
+    EXPECT_NE(r.out.find(column), std::string::npos) << column << "\n" << r.out;
+  EXPECT_NE(r.out.find("integer steps"), std::string::npos) << r.out;
 }
 
 }  // namespace

@@ -6,6 +6,10 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <limits>
+#include <string>
+#include <string_view>
+#include <utility>
 #include <optional>
 #include <vector>
 
@@ -574,6 +578,168 @@ TEST(Elasticity, ZeroLossGradientSourceIsUndefined) {
     EXPECT_EQ(r.self_change[1], 0.0);
     for (index_t i = 0; i < p.n1; ++i)
       for (index_t j = 0; j < p.n2; ++j) EXPECT_EQ(std::isnan(r.s_rel.data()[i * p.n2 + j]), i == 1);
+  }
+}
+
+// ---- the precision of the step form ----
+
+// max_a |v_a| of the O values of row i.
+double row_max(const Array<double>& a, index_t i, index_t O) {
+  double m = 0;
+  for (index_t k = 0; k < O; ++k) m = std::max(m, std::abs(a.data()[i * O + k]));
+  return m;
+}
+
+// A network that puts every sample in class 0 with a logit margin of about `margin`: the sources
+// of class 0 are confident (dl/df ~ e^-margin), the others are far off (dl/df ~ 1).
+Problem confident_problem(double margin) {
+  Problem p = problem(mlp({4, 8, 3}), 9, 5, true, 151);
+  p.w[std::size_t(p.spec.bias_offset(1))] += margin;
+  return p;
+}
+
+TEST(Elasticity, Float32LeavesConfidentSourcesUnresolved) {
+  // Margin 12: float32's own changes of the confident sources come out exactly 0 (once taken for
+  // "no own change"); margin 8: they come out as a few units of rounding, non-zero noise (once
+  // silently turned into S_rel).
+  for (const double margin : {12.0, 8.0}) {
+    SCOPED_TRACE(::testing::Message() << "margin " << margin);
+    const Problem p = confident_problem(margin);
+    const index_t O = 3;
+    const double eta = 1e-4;
+    std::vector<index_t> confident;
+    for (index_t i = 0; i < p.n1; ++i)
+      if (p.labels[std::size_t(i)] == 0) confident.push_back(i);
+    ASSERT_EQ(confident.size(), 3u);
+    // The true own changes (float64), against the float32 rounding level 32 eps |f|: the
+    // confident sources' lie far below it, the others' far above (so the split is no coin toss).
+    const OutputChanges truth = Job<double>(H, p).changes(opts(eta, Form::step, Metric::kl, Loss::xent));
+    EXPECT_EQ(truth.resolution, 32 * std::numeric_limits<double>::epsilon());
+    EXPECT_TRUE(truth.unresolved_sources.empty());
+    const double f32_level = 32.0 * double(std::numeric_limits<float>::epsilon());
+    for (index_t i = 0; i < p.n1; ++i) {
+      const double level = f32_level * std::max(1.0, row_max(truth.base1, i, O));
+      const double self = row_max(truth.self_delta, i, O);
+      const bool conf = p.labels[std::size_t(i)] == 0;
+      SCOPED_TRACE(::testing::Message() << "source " << i << " self " << self << " level " << level);
+      EXPECT_GT(row_max(truth.loss_grad, i, O), 0.0);
+      if (conf) EXPECT_LT(self, 0.05 * level);
+      else EXPECT_GT(self, 4 * level);
+      // ... and far above float64's level.
+      EXPECT_GT(self, 1e3 * truth.resolution * std::max(1.0, row_max(truth.base1, i, O)));
+    }
+    // float32: the confident sources are unresolved (not "no own change"), with NaN rows.
+    const Job<float> f32(H, p);
+    const OutputChanges ch = f32.changes(opts(eta, Form::step, Metric::kl, Loss::xent));
+    EXPECT_EQ(ch.resolution, 32 * double(std::numeric_limits<float>::epsilon()));
+    EXPECT_EQ(ch.unresolved_sources, confident);
+    double noise = 0;
+    for (const index_t i : confident) noise = std::max(noise, row_max(ch.self_delta, i, O));
+    if (margin == 12.0) EXPECT_EQ(noise, 0.0);
+    else EXPECT_GT(noise, 0.0);
+    for (const Metric metric : {Metric::kl, Metric::l2, Metric::kl_compat}) {
+      SCOPED_TRACE(elasticity::to_string(metric));
+      const PairResult r = f32.pairs(opts(eta, Form::step, metric, Loss::xent));
+      EXPECT_EQ(r.unresolved_sources, confident);
+      EXPECT_EQ(r.undefined_sources, confident);
+      for (index_t i = 0; i < p.n1; ++i) {
+        const bool conf = p.labels[std::size_t(i)] == 0;
+        for (index_t j = 0; j < p.n2; ++j) EXPECT_EQ(std::isnan(r.s_rel.data()[i * p.n2 + j]), conf) << i << " " << j;
+      }
+    }
+    // float64 resolves them: every row defined, within O(eta) of the ntk form's limit.
+    const PairResult r64 = Job<double>(H, p).pairs(opts(eta, Form::step, Metric::kl, Loss::xent));
+    EXPECT_TRUE(r64.unresolved_sources.empty());
+    EXPECT_TRUE(r64.undefined_sources.empty());
+    const PairResult ntk64 = Job<double>(H, p).pairs(opts(eta, Form::ntk, Metric::kl, Loss::xent));
+    EXPECT_LT(test::max_rel_diff(r64.s_rel.data(), ntk64.s_rel.data(), r64.s_rel.size()), 1e-2);
+    // So does the ntk form in float32 (no difference of forwards: resolution 0, nothing unresolved).
+    const OutputChanges nch = f32.changes(opts(eta, Form::ntk, Metric::kl, Loss::xent));
+    EXPECT_EQ(nch.resolution, 0.0);
+    EXPECT_TRUE(nch.unresolved_sources.empty());
+    const PairResult ntk32 = f32.pairs(opts(eta, Form::ntk, Metric::kl, Loss::xent));
+    EXPECT_TRUE(ntk32.undefined_sources.empty());
+    EXPECT_LT(test::max_rel_diff(ntk32.s_rel.data(), ntk64.s_rel.data(), ntk64.s_rel.size()), 1e-3);
+    // The metrics keep the listing of hand-made changes, and refuse an index outside the sources.
+    OutputChanges marked = f32.changes(opts(eta, Form::step, Metric::kl, Loss::xent));
+    marked.unresolved_sources = {1};
+    const PairResult m = elasticity::metrics(marked, Metric::kl, Form::step);
+    EXPECT_EQ(m.unresolved_sources, std::vector<index_t>{1});
+    EXPECT_TRUE(std::isnan(m.s_rel.data()[1 * p.n2]));
+    marked.unresolved_sources.push_back(p.n1);
+    test::expect_error<ShapeMismatch>([&] { elasticity::metrics(marked, Metric::kl, Form::step); },
+                                      {"unresolved_sources", std::to_string(p.n1)});
+  }
+}
+
+TEST(Elasticity, ZeroGradientSourcesAreNotUnresolved) {
+  // mse, O = 2: source 1's target is its own output (dl/df = 0), source 2's is off by 1e-6 (a
+  // tiny gradient: unresolved in float32, resolved in float64), the others are far off.
+  for (const bool f32 : {true, false}) {
+    SCOPED_TRACE(f32 ? "float" : "double");
+    Problem p = problem(mlp({4, 6, 2}), 5, 4, false, 161);
+    const OutputChanges base = f32 ? Job<float>(H, p).changes(opts(1e-3, Form::step, Metric::abs, Loss::mse))
+                                   : Job<double>(H, p).changes(opts(1e-3, Form::step, Metric::abs, Loss::mse));
+    for (index_t a = 0; a < 2; ++a) {
+      p.values[std::size_t(2 + a)] = base.base1.data()[2 + a];
+      p.values[std::size_t(4 + a)] = base.base1.data()[4 + a] + 1e-6;
+    }
+    const Options o = opts(1e-3, Form::step, Metric::abs, Loss::mse);
+    const PairResult r = f32 ? Job<float>(H, p).pairs(o) : Job<double>(H, p).pairs(o);
+    EXPECT_EQ(r.unresolved_sources, f32 ? std::vector<index_t>{2} : std::vector<index_t>{});
+    EXPECT_EQ(r.undefined_sources, f32 ? (std::vector<index_t>{1, 2}) : std::vector<index_t>{1});
+    EXPECT_EQ(r.self_change[1], 0.0);
+  }
+  // A dead ReLU unit without biases: dl/df != 0 but the step moves no parameter (J^T dl/df = 0).
+  // No own change in either precision, and not a matter of precision.
+  MlpSpec s = mlp({3, 1, 1}, "relu", false);
+  Problem q = problem(s, 3, 4, false, 171);
+  q.w = {0.8, -0.5, 0.3, 1.5};
+  q.x1 = {1, 0, 0, -1, 0, 0, 0.5, -0.5, 0.2};  // source 1: w.x < 0
+  q.values = {-1, 2, 0.5};
+  for (const bool f32 : {true, false}) {
+    SCOPED_TRACE(f32 ? "float, dead unit" : "double, dead unit");
+    const Options o = opts(0.05, Form::step, Metric::abs, Loss::mse);
+    const OutputChanges ch = f32 ? Job<float>(H, q).changes(o) : Job<double>(H, q).changes(o);
+    EXPECT_NE(ch.loss_grad.data()[1], 0.0);
+    EXPECT_TRUE(ch.unresolved_sources.empty());
+    const PairResult r = elasticity::metrics(ch, Metric::abs, Form::step);
+    EXPECT_EQ(r.undefined_sources, std::vector<index_t>{1});
+    EXPECT_TRUE(r.unresolved_sources.empty());
+  }
+}
+
+TEST(Elasticity, ProgressIsReportedPerTargetTileWithTheLabel) {
+  const Problem p = problem(mlp({4, 6, 3}), 5, 40, true, 181);
+  Context small = Context::host(2);
+  small.set_workspace_budget(4096);  // several sources per group, several target tiles
+  std::vector<std::pair<std::string, index_t>> calls;
+  index_t total = 0;
+  small.set_progress_sink([&](std::string_view task, index_t done, index_t of) {
+    if (task == "ntk") return;  // the kernel's own progress, within a tile
+    calls.emplace_back(std::string(task), done);
+    total = of;
+  });
+  const Job<double> run(small, p);
+  for (const Form form : {Form::step, Form::ntk}) {
+    SCOPED_TRACE(elasticity::to_string(form));
+    calls.clear();
+    const Options o = opts(0.1, form, Metric::kl, Loss::xent);
+    elasticity::output_changes<double>(small, p.spec, run.w.data(), run.x1.matrix(), run.targets(), run.xt(), o, false,
+                                       "response");
+    ASSERT_GT(calls.size(), std::size_t(p.n1));  // more calls than sources: tiles within a group
+    EXPECT_EQ(total, p.n1 * p.n2);
+    EXPECT_EQ(calls.back().second, p.n1 * p.n2);
+    for (std::size_t k = 0; k < calls.size(); ++k) {
+      EXPECT_EQ(calls[k].first.rfind("response: ", 0), 0u) << calls[k].first;
+      if (k > 0) {
+        EXPECT_GT(calls[k].second, calls[k - 1].second);
+      }
+    }
+    calls.clear();
+    run.changes(o);
+    ASSERT_FALSE(calls.empty());
+    EXPECT_EQ(calls.front().first.rfind("elasticity: ", 0), 0u) << calls.front().first;
   }
 }
 

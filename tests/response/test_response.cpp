@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "dynascope/response.hpp"
@@ -348,6 +350,115 @@ TEST_P(ResponseOnBackends, SourcesWithoutALossGradientAreUndefined) {
   EXPECT_EQ(rz.undefined_sources.size(), std::size_t(n));
   EXPECT_TRUE(std::isnan(rz.mean_diagonal));
   EXPECT_TRUE(std::isnan(rz.mean_off_diagonal));
+}
+
+// A 4-16-16-2 tanh network whose kernel is large (R ~ 45) and targets at several distances.
+struct GapCase {
+  model::MlpSpec s = model::MlpSpec::from_arch("4-16-16-2", model::parse_activation("tanh"));
+  index_t n = 12, D = 4, O = 2;
+  std::vector<double> w, x, y;
+  GapCase() {
+    w = test::random_vector(std::size_t(s.num_params()), 51, 0.8);
+    x = test::random_vector(std::size_t(n * D), 52);
+    y = test::random_vector(std::size_t(n * O), 53);
+    for (index_t i = 0; i < n; ++i)
+      for (index_t k = 0; k < O; ++k) y[std::size_t(i * O + k)] *= std::pow(10.0, -double(i % 4));
+  }
+};
+
+// kernel_gap written out from the response's own fields.
+double gap_of(const response::Response& r) {
+  double limit = 0;
+  for (double v : r.layer_diagonal) limit += v;
+  return std::abs(r.mean_diagonal - limit) / std::abs(limit);
+}
+
+TEST_P(ResponseOnBackends, KernelGapIsTheStepsDistanceFromItsLimit) {
+  const GapCase c;
+  const index_t n = c.n;
+  const auto pd = upload<double>(ctx(), c.w, c.x, n, c.D, c.y, c.O);
+  const auto pf = upload<float>(ctx(), c.w, c.x, n, c.D, c.y, c.O);
+  // float64, sane steps: against the naive copy-update-forward and naive Jacobians, and O(eta).
+  const auto kernel = naive_kernel_response(c.s, c.w, c.x, n, c.y);
+  const double kd = means(kernel.total, n).first;
+  std::vector<double> gaps;
+  for (double eta : {1e-3, 1e-4, 5e-5}) {
+    SCOPED_TRACE(::testing::Message() << "eta " << eta);
+    const auto r = response::training_response<double>(ctx(), c.s, pd.w.data(), pd.x.matrix(), pd.targets(), options(eta, Form::step));
+    EXPECT_TRUE(r.unresolved_sources.empty());
+    EXPECT_TRUE(r.undefined_sources.empty());
+    const double sd = means(naive_step_response(c.s, c.w, c.x, n, c.y, eta), n).first;
+    const double want = std::abs(sd - kd) / std::abs(kd);
+    EXPECT_NEAR(r.kernel_gap, want, 1e-6 * want);
+    EXPECT_NEAR(r.kernel_gap, gap_of(r), 1e-15);
+    EXPECT_GT(r.kernel_gap, 0.0);
+    gaps.push_back(r.kernel_gap);
+  }
+  EXPECT_LT(gaps[0], 0.02);                       // small for a sane step
+  EXPECT_NEAR(gaps[1] / gaps[0], 0.1, 0.01);      // and O(eta)
+  EXPECT_NEAR(gaps[2] / gaps[1], 0.5, 0.02);
+  // float32 at a sane eta: nothing unresolved, the same gap as float64.
+  const auto r32 = response::training_response<float>(ctx(), c.s, pf.w.data(), pf.x.matrix(), pf.targets(), options(1e-3, Form::step));
+  EXPECT_TRUE(r32.unresolved_sources.empty());
+  EXPECT_NEAR(r32.kernel_gap, gaps[0], 0.05 * gaps[0]);
+
+  // float32 at a tiny eta: most changes are at float32's rounding level. Those sources are listed
+  // (NaN rows, out of the means, also undefined), and the gap over the rest is far above the
+  // true O(eta) gap that float64 finds at the same eta.
+  const double tiny = 5e-8;
+  const auto r64 = response::training_response<double>(ctx(), c.s, pd.w.data(), pd.x.matrix(), pd.targets(), options(tiny, Form::step));
+  EXPECT_TRUE(r64.unresolved_sources.empty());
+  EXPECT_LT(r64.kernel_gap, 1e-5);
+  const auto rt = response::training_response<float>(ctx(), c.s, pf.w.data(), pf.x.matrix(), pf.targets(), options(tiny, Form::step));
+  ASSERT_FALSE(rt.unresolved_sources.empty());
+  ASSERT_LT(rt.unresolved_sources.size(), std::size_t(n));
+  EXPECT_EQ(rt.undefined_sources, rt.unresolved_sources);
+  for (index_t i = 0; i < n; ++i) {
+    const bool listed =
+        std::find(rt.unresolved_sources.begin(), rt.unresolved_sources.end(), i) != rt.unresolved_sources.end();
+    for (index_t j = 0; j < n; ++j) EXPECT_EQ(std::isnan(rt.matrix.data()[i * n + j]), listed) << i << " " << j;
+  }
+  const auto [md, mo] = means(std::vector<double>(rt.matrix.data(), rt.matrix.data() + n * n), n, rt.unresolved_sources);
+  EXPECT_NEAR(rt.mean_diagonal, md, 1e-12 * std::abs(md));
+  EXPECT_NEAR(rt.mean_off_diagonal, mo, 1e-12 * std::max(1.0, std::abs(mo)));
+  EXPECT_NEAR(rt.kernel_gap, gap_of(rt), 1e-15);
+  EXPECT_GT(rt.kernel_gap, 1e-3);
+  EXPECT_GT(rt.kernel_gap, 1e3 * r64.kernel_gap);
+  // Tinier still: nothing resolved, NaN means and gap (never a silent number).
+  const auto rn = response::training_response<float>(ctx(), c.s, pf.w.data(), pf.x.matrix(), pf.targets(), options(1e-9, Form::step));
+  EXPECT_EQ(rn.unresolved_sources.size(), std::size_t(n));
+  EXPECT_TRUE(std::isnan(rn.mean_diagonal));
+  EXPECT_TRUE(std::isnan(rn.kernel_gap));
+  // The ntk form has no gap (nor anything unresolved, even in float32), nor has a step without per_layer.
+  const auto rk = response::training_response<float>(ctx(), c.s, pf.w.data(), pf.x.matrix(), pf.targets(), options(tiny, Form::ntk));
+  EXPECT_TRUE(std::isnan(rk.kernel_gap));
+  EXPECT_TRUE(rk.unresolved_sources.empty());
+  EXPECT_TRUE(rk.undefined_sources.empty());
+  EXPECT_NEAR(rk.mean_diagonal, kd, 1e-4 * kd);
+  const auto rb = response::training_response<double>(ctx(), c.s, pd.w.data(), pd.x.matrix(), pd.targets(), options(1e-3, Form::step, false));
+  EXPECT_TRUE(std::isnan(rb.kernel_gap));
+}
+
+TEST_P(ResponseOnBackends, ProgressIsLabelledResponse) {
+  const GapCase c;
+  const auto p = upload<double>(ctx(), c.w, c.x, c.n, c.D, c.y, c.O);
+  // A Context copy shares its sinks: the sink is taken off again however the call ends.
+  Context tracked = ctx();
+  std::vector<std::string> tasks;
+  tracked.set_progress_sink([&](std::string_view task, index_t, index_t) { tasks.emplace_back(task); });
+  struct Restore {
+    Context& c;
+    ~Restore() { c.set_progress_sink({}); }
+  } restore{tracked};
+  response::training_response<double>(tracked, c.s, p.w.data(), p.x.matrix(), p.targets(), options(1e-3, Form::step));
+  bool step = false, kernel = false;
+  for (const auto& t : tasks) {
+    EXPECT_EQ(t.find("elasticity"), std::string::npos) << t;
+    step = step || t == "response: one-step output changes";
+    kernel = kernel || t == "response: NTK output changes";
+  }
+  EXPECT_TRUE(step);
+  EXPECT_TRUE(kernel);
 }
 
 TEST_P(ResponseOnBackends, BadInputIsNamed) {
