@@ -13,8 +13,9 @@
 //   step  the update is taken: all N1 sources' w+_i go through one batched-parameters forward over
 //         the targets (model::BatchedMlpEngine), tiled under the workspace budget; never one model
 //         copy per source in a loop.
-//   ntk   the eta -> 0 limit: Delta_i(x') = -eta * Theta(x', x_i) dl_i/df, from the structured
-//         empirical NTK (ntk::empirical_ntk_into). Exact for a model linear in its parameters;
+//   ntk   the eta -> 0 limit: Delta_i(x') = -eta * Theta(x', x_i) dl_i/df, contracted layer by
+//         layer (the structured NTK's factors with the backpropagated dl_i/df: two GEMMs per layer,
+//         never the O x O kernel blocks). Exact for a model linear in its parameters;
 //         for small steps that float32 cannot resolve. Only the sgd update has this limit.
 //
 // Metrics, S_rel(x_i, x'_j) = m(x'_j; i) / m(x_i; i):

@@ -1,10 +1,11 @@
 // Local elasticity (include/dynascope/elasticity.hpp): the output changes of one training step
 // per source, in the step form (the update taken, all sources as one batched-parameters forward)
-// and the NTK form (the eta -> 0 limit from the structured kernel), and the metrics on them.
+// and the NTK form (the eta -> 0 limit, contracted layer by layer without forming the kernel),
+// and the metrics on them.
 //
-// A kernel source: the parameter update is one elementwise pass on the context's backend. The
-// rest of the device work is the engines' and the NTK's; only output tiles come to the host,
-// where everything after them is float64.
+// A kernel source: the parameter update and the NTK form's combine are elementwise passes on the
+// context's backend. The rest of the device work is the engines' and BLAS's; only output tiles
+// come to the host, where everything after them is float64.
 #include "dynascope/elasticity.hpp"
 
 #include <algorithm>
@@ -14,10 +15,11 @@
 #include <string>
 #include <vector>
 
+#include "core/buffer.hpp"
 #include "core/checks.hpp"
 #include "dynascope/batched_engine.hpp"
+#include "dynascope/blas.hpp"
 #include "dynascope/engine.hpp"
-#include "dynascope/ntk.hpp"
 #include "dynascope/primitives.hpp"
 #include "kernels/launch.cuh"
 
@@ -303,89 +305,223 @@ void step_form(const Context& ctx, const MlpSpec& spec, const T* params, MatrixV
   }
 }
 
+// ---- The ntk form: the structured contraction ----
+//
+// With h_{l-1} the inputs of layer l, delta_i^l = J_l(x_i)^T dl_i/df (the source's loss cotangent
+// backpropagated to z_l) and D_l(x') = df/dz_l(x') [O, d_l], the parameter gradient of source i is,
+// per layer, c_l delta_i^l (x) h_{l-1}(x_i) for W_l (beta delta_i^l for b_l), so
+//   Delta_i(x')_a = -eta sum_l (c_l^2 <h_{l-1}(x'), h_{l-1}(x_i)> + beta^2 [bias_l]) (D_l(x') delta_i^l)_a.
+// Per (source group, target tile) and layer two GEMMs in T: At = H_{l-1}(x1) H_{l-1}(x')^T [g, m]
+// and Bt = delta^l(x1) D_l(x')^T [g, O*m] (D_l from one backprop over the tile with O one-hot
+// cotangent blocks), then one elementwise pass combines them in float64. The O x O kernel blocks
+// Theta(x', x_i) are never formed: 2 g m sum_l (d_{l-1} + O d_l) flops per tile instead of the
+// kernel's 2 g m sum_l (d_{l-1} + O^2 d_l) and its contraction.
+//
+// r.flops, with P_w = sum_l d_{l-1} d_l (the backprops compute no input gradient: P_w - d0 d1):
+//   per group of g sources   forward 2 g P_w, backprop of K blocks 2 K g (P_w - d0 d1) (K = 1, or
+//                            1 + O with x2), with x2 the self row dots 2 g sum_l (d_{l-1} + O d_l)
+//   per tile of m targets    forward 2 m P_w, O one-hot blocks 2 O m (P_w - d0 d1), the GEMMs
+//   (repeated per group)     2 g m sum_l (d_{l-1} + O d_l)
+// The elementwise passes (the combine, the one-hot fill) are not counted.
+
+// Delta tile [g, m*O] (row c = source, column j*O + a = output a at target j), from the layers
+// l0..l1-1 of At [L*g, m] and Bt [L*g, O*m] (layer l's rows l*g..l*g+g-1, Bt's columns a*m + j):
+//   v = scale_c sum_l (w_l At_l(c, j) + b_l) Bt_l(c, a*m + j),  scale_c = -eta s_c.
+// total = v (first) or total + v; layer = v when given (the per-layer part).
+template <class T>
+struct NtkCombine {
+  MatrixView<const T> at, bt;
+  const double* w;      // [L] c_l^2
+  const double* b;      // [L] beta^2 or 0
+  const double* scale;  // [g]
+  index_t g, m, O, l0, l1;
+  MatrixView<double> total, layer;
+  bool add;
+  DYNASCOPE_HD void operator()(index_t idx) const {
+    const index_t c = idx / (m * O), col = idx - c * (m * O), j = col / O, a = col - j * O;
+    double v = 0;
+    for (index_t l = l0; l < l1; ++l)
+      v += (w[l] * static_cast<double>(at(l * g + c, j)) + b[l]) * static_cast<double>(bt(l * g + c, a * m + j));
+    v *= scale[c];
+    if (layer.data) layer(c, col) = v;
+    total(c, col) = add ? total(c, col) + v : v;
+  }
+};
+
+// The self change of layer l without x2 (x' = x_i), per (source c, output a): with the engine's
+// deltas d [(1+O) g, d_l] (block 0: delta_c^l, block 1+a: D_l(x_c)_a) and hh [g] = |h_{l-1}(x_c)|^2,
+//   v = scale_c (w hh_c + b) <D_l(x_c)_a, delta_c^l>, the dot in float64.
+template <class T>
+struct NtkSelf {
+  MatrixView<const T> d;
+  const double* hh;
+  const double* scale;
+  double w, b;
+  index_t g, O;
+  MatrixView<double> total, layer;
+  bool add;
+  DYNASCOPE_HD void operator()(index_t idx) const {
+    const index_t c = idx / O, a = idx - c * O;
+    double dot = 0;
+    for (index_t k = 0; k < d.cols; ++k) dot += static_cast<double>(d((1 + a) * g + c, k)) * static_cast<double>(d(c, k));
+    const double v = scale[c] * (w * hh[c] + b) * dot;
+    if (layer.data) layer(c, a) = v;
+    total(c, a) = add ? total(c, a) + v : v;
+  }
+};
+
+// Cotangents [O * n, O]: block a (rows a*n..a*n+n-1) one-hot e_a.
+template <class T>
+struct OneHotBlocks {
+  MatrixView<T> c;
+  index_t n, O;
+  DYNASCOPE_HD void operator()(index_t idx) const {
+    const index_t row = idx / O, a = idx - row * O;
+    c(row, a) = row / n == a ? T(1) : T(0);
+  }
+};
+
 template <class T>
 void ntk_form(const Context& ctx, const MlpSpec& spec, const T* params, MatrixView<const T> x1,
               MatrixView<const T> xt, bool same_set, const Options& o, bool per_layer, const Dims& d,
               const std::string& label, OutputChanges& r) {
   const index_t N1 = d.n1, N2 = d.n2, O = d.O, L = d.L;
-  const index_t nk = per_layer ? 1 + L : 1;  // the kernel and its per-layer parts
   const double* lg = r.loss_grad.data();
-  // Kernel tiles [Mt*O, G*O] (T, on the host) within half the budget; the NTK tiles its own
-  // work under the whole budget.
-  const double unit = double(O) * double(O) * double(sizeof(T)) * double(nk);
-  const index_t cap = std::max<index_t>(1, index_t(double(ctx.workspace_budget()) / 2 / unit));
-  const index_t G = std::min(N1, cap);
-  const index_t Mt = std::clamp<index_t>(cap / G, 1, N2);
-  std::vector<std::vector<T>> kern(std::size_t(nk), std::vector<T>(std::size_t(Mt * O * G * O)));
-  ntk::NtkOptions no;
-  no.outputs = ntk::Outputs::full;
-  no.per_layer = per_layer;
-  // Delta_i(x'_j)_a = -eta sum_b Theta(x'_j, x_i)_ab dl_i/df_b, kernel k into out.
-  const auto views = [&](index_t rows, index_t cols) {
-    std::vector<MatrixView<T>> v;
-    for (index_t k = 1; k < nk; ++k) v.push_back({kern[std::size_t(k)].data(), rows, cols, cols, Backend::host, 0});
-    return v;
-  };
+  const index_t W = sum_widths(spec);
+  const double sz = double(sizeof(T));
+  const bool direct = ctx.is_host();  // host: the combine writes straight into the result arrays
+  // Source cotangent blocks: the scaled loss gradient, and without x2 the O one-hot blocks too
+  // (the self change needs D_l(x_i): one backprop gives both).
+  const index_t K = same_set ? 1 : 1 + O;
+  // Bytes per source (engine z, a and K deltas, cotangents, scale), per target (engine z, a, O
+  // deltas, one-hot cotangents) and per (source, target) pair (At and Bt of every layer, and on
+  // cuda the float64 tiles copied out). Sources first: a group holds as many as half the budget
+  // allows, so that the targets' O backprops are repeated for as few groups as possible.
+  const double per_source = sz * double((2 + K) * W + K * O) + 8.0 * double(1 + O);
+  const double per_target = sz * double((2 + O) * W + O * O);
+  const double per_pair = sz * double(L * (1 + O)) + (direct ? 0.0 : 8.0 * double(O * (per_layer ? 2 : 1)));
+  const double budget = double(ctx.workspace_budget());
+  const index_t G = std::clamp<index_t>(index_t(budget / 2 / (per_source + per_pair)), 1, N1);
+  const index_t Mt = std::clamp<index_t>(
+      index_t(std::max(0.0, budget - double(G) * per_source) / (per_target + double(G) * per_pair)), 1, N2);
+
+  // c_l^2 and beta^2 [bias_l] on ctx's backend.
+  std::vector<double> wb_host(std::size_t(2 * L));
+  for (index_t l = 0; l < L; ++l) {
+    const double c = spec.weight_scale(l);
+    wb_host[std::size_t(l)] = c * c;
+    wb_host[std::size_t(L + l)] = spec.bias[std::size_t(l)] ? spec.bias_scale * spec.bias_scale : 0.0;
+  }
+  const Array<double> wb = Array<double>::from_host(ctx, {2 * L}, wb_host.data());
+  const double* wl = wb.data();
+  const double* bl = wb.data() + L;
+
+  model::MlpEngine<T> src(ctx, spec), tgt(ctx, spec);
+  detail::Buffer<T> at_buf, bt_buf, tcot_buf;
+  detail::Buffer<double> tile_buf, layer_buf, self_buf, self_layer_buf, hh_buf;
+  std::vector<T> cot_host;
+  std::vector<double> scale_host;
+  const double pw = products(spec);
+  const double pw_back = pw - double(spec.fan_in(0)) * double(spec.fan_out(0));  // backprop: no input gradient
+  double pair_width = 0;  // sum_l (d_{l-1} + O d_l)
+  for (index_t l = 0; l < L; ++l) pair_width += double(spec.fan_in(l)) + double(O) * double(spec.fan_out(l));
   const std::string task = label + ": NTK output changes";
   for (index_t g0 = 0; g0 < N1; g0 += G) {
     const index_t g = std::min(G, N1 - g0);
+    // Source features: h_{l-1}(x_i), delta_i^l for the cotangent dl_i/df / s_i (s_i = max_a
+    // |dl_i/df_a|, so that a confident source's tiny gradient does not underflow in T; s_i comes
+    // back in float64 in the scale), and without x2 D_l(x_i).
+    cot_host.assign(std::size_t(K * g * O), T(0));
+    scale_host.assign(std::size_t(g), 0.0);
+    for (index_t c = 0; c < g; ++c) {
+      const double s = max_abs(lg + (g0 + c) * O, O);
+      scale_host[std::size_t(c)] = -o.eta * s;
+      for (index_t a = 0; a < O; ++a) {
+        cot_host[std::size_t(c * O + a)] = static_cast<T>(s > 0 ? lg[(g0 + c) * O + a] / s : 0.0);
+        for (index_t k = 1; k < K; ++k) cot_host[std::size_t((k * g + c) * O + a)] = T(k - 1 == a ? 1 : 0);
+      }
+    }
+    const Array<T> cot = Array<T>::from_host(ctx, {K * g, O}, cot_host.data());
+    const Array<double> scale = Array<double>::from_host(ctx, {g}, scale_host.data());
     const MatrixView<const T> xs = x1.block(g0, 0, g, x1.cols);
+    src.forward(params, xs);
+    src.backprop(params, cot.matrix(), K);
+    r.flops += 2.0 * double(g) * pw + 2.0 * double(K * g) * pw_back;
+
+    if (!same_set) {
+      // Delta_i(x_i): per layer, |h_{l-1}(x_i)|^2 and the row dots <D_l(x_i)_a, delta_i^l>.
+      const MatrixView<double> host_self{r.self_delta.data() + g0 * O, g, O, O, Backend::host, 0};
+      const MatrixView<double> self = direct ? host_self : self_buf.reserve(ctx, g, O);
+      const MatrixView<double> hh = hh_buf.reserve(ctx, 1, g);
+      for (index_t l = 1; l <= L; ++l) {
+        primitives::row_squared_norms(ctx, src.activation(l - 1), hh.row(0));
+        MatrixView<double> layer{};
+        if (per_layer) {
+          const MatrixView<double> host_layer{r.layer_self_delta[std::size_t(l - 1)].data() + g0 * O, g, O, O,
+                                              Backend::host, 0};
+          layer = direct ? host_layer : self_layer_buf.reserve(ctx, g, O);
+        }
+        kern::parallel_for(ctx, g * O,
+                           NtkSelf<T>{src.delta(l), hh.data, scale.data(), wb_host[std::size_t(l - 1)],
+                                      wb_host[std::size_t(L + l - 1)], g, O, self, layer, l > 1});
+        if (per_layer && !direct)
+          copy<double>(ctx, MatrixView<const double>(layer),
+                       MatrixView<double>{r.layer_self_delta[std::size_t(l - 1)].data() + g0 * O, g, O, O,
+                                          Backend::host, 0});
+        r.flops += 2.0 * double(g) * (double(spec.fan_in(l - 1)) + double(O) * double(spec.fan_out(l - 1)));
+      }
+      if (!direct) copy<double>(ctx, MatrixView<const double>(self), host_self);
+    }
+
     for (index_t t0 = 0; t0 < N2; t0 += Mt) {
       const index_t m = std::min(Mt, N2 - t0);
-      const MatrixView<T> out{kern[0].data(), m * O, g * O, g * O, Backend::host, 0};
-      const ntk::NtkInfo info =
-          ntk::empirical_ntk_into<T>(ctx, spec, params, xt.block(t0, 0, m, xt.cols), xs, no, out, views(m * O, g * O));
-      r.flops += info.flops;
-      for (index_t k = 0; k < nk; ++k) {
-        const T* K = kern[std::size_t(k)].data();
-        double* dst = k == 0 ? r.delta.data() : r.layer_delta[std::size_t(k - 1)].data();
-        for (index_t c = 0; c < g; ++c) {
-          const double* gi = lg + (g0 + c) * O;
-          for (index_t j = 0; j < m; ++j)
-            for (index_t a = 0; a < O; ++a) {
-              const T* row = K + (j * O + a) * (g * O) + c * O;
-              double s = 0;
-              for (index_t b = 0; b < O; ++b) s += static_cast<double>(row[b]) * gi[b];
-              dst[(g0 + c) * N2 * O + (t0 + j) * O + a] = -o.eta * s;
-            }
+      // Target features: h_{l-1}(x'), D_l(x') from O one-hot cotangent blocks.
+      tgt.forward(params, xt.block(t0, 0, m, xt.cols));
+      const MatrixView<T> tcot = tcot_buf.reserve(ctx, O * m, O);
+      kern::parallel_for(ctx, O * m * O, OneHotBlocks<T>{tcot, m, O});
+      tgt.backprop(params, MatrixView<const T>(tcot), O);
+      r.flops += 2.0 * double(m) * pw + 2.0 * double(O * m) * pw_back;
+      // At_l, Bt_l for every layer.
+      const MatrixView<T> at = at_buf.reserve(ctx, L * g, m), bt = bt_buf.reserve(ctx, L * g, O * m);
+      for (index_t l = 1; l <= L; ++l) {
+        const index_t dl = spec.widths[std::size_t(l)];
+        blas::gemm<T>(ctx, blas::Op::none, blas::Op::trans, T(1), src.activation(l - 1), tgt.activation(l - 1), T(0),
+                      at.block((l - 1) * g, 0, g, m));
+        blas::gemm<T>(ctx, blas::Op::none, blas::Op::trans, T(1), src.delta(l).block(0, 0, g, dl), tgt.delta(l), T(0),
+                      bt.block((l - 1) * g, 0, g, O * m));
+      }
+      r.flops += 2.0 * double(g) * double(m) * pair_width;
+      // Combine in float64: all layers at once, or layer by layer into their parts.
+      const MatrixView<double> host_total{r.delta.data() + g0 * N2 * O + t0 * O, g, m * O, N2 * O, Backend::host, 0};
+      const MatrixView<double> total = direct ? host_total : tile_buf.reserve(ctx, g, m * O);
+      const NtkCombine<T> all{at, bt, wl, bl, scale.data(), g, m, O, 0, L, total, {}, false};
+      if (!per_layer) {
+        kern::parallel_for(ctx, g * m * O, all);
+      } else {
+        for (index_t l = 0; l < L; ++l) {
+          const MatrixView<double> host_layer{r.layer_delta[std::size_t(l)].data() + g0 * N2 * O + t0 * O, g, m * O,
+                                              N2 * O, Backend::host, 0};
+          NtkCombine<T> one = all;
+          one.l0 = l;
+          one.l1 = l + 1;
+          one.layer = direct ? host_layer : layer_buf.reserve(ctx, g, m * O);
+          one.add = l > 0;
+          kern::parallel_for(ctx, g * m * O, one);
+          if (!direct) copy<double>(ctx, MatrixView<const double>(one.layer), host_layer);
         }
       }
+      if (!direct) copy<double>(ctx, MatrixView<const double>(total), host_total);
       ctx.progress(task, g0 * N2 + g * (t0 + m), N1 * N2);  // in (source, target) pairs
     }
   }
+  if (!same_set) return;
+  // Without x2 the self change is the diagonal (so S_rel(x_i, x_i) = 1 exactly).
   const auto self_of = [&](const Array<double>& from, Array<double>& to) {
     for (index_t i = 0; i < N1; ++i)
       for (index_t a = 0; a < O; ++a) to.data()[i * O + a] = from.data()[i * N2 * O + i * O + a];
   };
-  if (same_set) {
-    self_of(r.delta, r.self_delta);
-    for (index_t l = 0; l < (per_layer ? L : 0); ++l) self_of(r.layer_delta[std::size_t(l)], r.layer_self_delta[std::size_t(l)]);
-    return;
-  }
-  // Theta(x_i, x_i) from the diagonal O x O blocks of the symmetric kernel over small source
-  // tiles (a tile of B sources computes B^2 / 2 pairs for B useful ones: B stays small).
-  const index_t B = std::clamp<index_t>(index_t(std::sqrt(double(cap))), 1, std::min<index_t>(N1, 64));
-  for (auto& k : kern) k.resize(std::max(k.size(), std::size_t(B * O * B * O)));
-  for (index_t g0 = 0; g0 < N1; g0 += B) {
-    const index_t g = std::min(B, N1 - g0);
-    const MatrixView<T> out{kern[0].data(), g * O, g * O, g * O, Backend::host, 0};
-    const ntk::NtkInfo info = ntk::empirical_ntk_into<T>(ctx, spec, params, x1.block(g0, 0, g, x1.cols), std::nullopt,
-                                                         no, out, views(g * O, g * O));
-    r.flops += info.flops;
-    for (index_t k = 0; k < nk; ++k) {
-      const T* K = kern[std::size_t(k)].data();
-      double* dst = k == 0 ? r.self_delta.data() : r.layer_self_delta[std::size_t(k - 1)].data();
-      for (index_t c = 0; c < g; ++c) {
-        const double* gi = lg + (g0 + c) * O;
-        for (index_t a = 0; a < O; ++a) {
-          const T* row = K + (c * O + a) * (g * O) + c * O;
-          double s = 0;
-          for (index_t b = 0; b < O; ++b) s += static_cast<double>(row[b]) * gi[b];
-          dst[(g0 + c) * O + a] = -o.eta * s;
-        }
-      }
-    }
-  }
+  self_of(r.delta, r.self_delta);
+  for (index_t l = 0; l < (per_layer ? L : 0); ++l) self_of(r.layer_delta[std::size_t(l)], r.layer_self_delta[std::size_t(l)]);
 }
 
 }  // namespace

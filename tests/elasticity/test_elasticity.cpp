@@ -15,6 +15,7 @@
 
 #include "dynascope/elasticity.hpp"
 #include "dynascope/engine.hpp"
+#include "dynascope/ntk.hpp"
 #include "support/backend_test.hpp"
 #include "support/naive_mlp.hpp"
 #include "support/test_support.hpp"
@@ -562,6 +563,143 @@ TEST(Elasticity, TinyWorkspaceGivesTheSameResults) {
         EXPECT_LT(test::max_rel_diff(tiled.layer_delta[l].data(), big.layer_delta[l].data(), big.delta.size()), 1e-13);
       EXPECT_EQ(tiled.flops > 0, true);
     }
+}
+
+// ---- the NTK form against the empirical NTK contracted by hand ----
+
+// max |a - b| / max |b|: the error against the array's scale (a change of 1e-3 and one of 1e2
+// in the same array are both held to the tolerance relative to the largest).
+double normwise_rel_diff(const double* a, const std::vector<double>& b) {
+  double d = 0, m = 0;
+  for (std::size_t k = 0; k < b.size(); ++k) {
+    const double e = std::abs(a[k] - b[k]);
+    if (std::isnan(e)) return e;
+    d = std::max(d, e);
+    m = std::max(m, std::abs(b[k]));
+  }
+  return m > 0 ? d / m : d;
+}
+
+// Delta [n1, n2*O] = -eta Theta(x', x_i) g_i from a full kernel K [n2*O, n1*O] (rows (j, a),
+// columns (i, b)), and the self changes [n1, O] from the diagonal blocks of Kself [n1*O, n1*O].
+struct Contracted {
+  std::vector<double> delta, self;
+};
+Contracted contract(const double* K, const double* Kself, const std::vector<double>& g, index_t n1, index_t n2,
+                    index_t O, double eta) {
+  Contracted c;
+  c.delta.assign(std::size_t(n1 * n2 * O), 0.0);
+  c.self.assign(std::size_t(n1 * O), 0.0);
+  for (index_t i = 0; i < n1; ++i)
+    for (index_t a = 0; a < O; ++a) {
+      for (index_t j = 0; j < n2; ++j) {
+        double s = 0;
+        for (index_t b = 0; b < O; ++b) s += K[(j * O + a) * (n1 * O) + i * O + b] * g[std::size_t(i * O + b)];
+        c.delta[std::size_t(i * n2 * O + j * O + a)] = -eta * s;
+      }
+      double s = 0;
+      for (index_t b = 0; b < O; ++b) s += Kself[(i * O + a) * (n1 * O) + i * O + b] * g[std::size_t(i * O + b)];
+      c.self[std::size_t(i * O + a)] = -eta * s;
+    }
+  return c;
+}
+
+// The ntk form's layer-by-layer contraction (no kernel formed) equals the full empirical NTK
+// (Jacobian oracle and structured method) contracted with each source's dl/df, whole and per
+// layer, over activations, parameterizations (c_l, beta) and biases.
+void check_against_kernel(const Context& ctx, const MlpSpec& spec, bool same, Loss loss, unsigned seed) {
+  const index_t n1 = 5, n2 = same ? 0 : 7, O = spec.outputs(), L = spec.layers();
+  const Problem p = problem(spec, n1, n2, loss == Loss::xent, seed);
+  const index_t m2 = same ? n1 : n2;
+  const double eta = 0.5;  // the ntk form is linear in eta: changes of order one
+  const Job<double> run(ctx, p);
+  const Options o = opts(eta, Form::ntk, loss == Loss::xent ? Metric::kl : Metric::abs, loss);
+  const OutputChanges ch = run.changes(o, true);
+  const OutputChanges whole = run.changes(o, false);
+  const std::vector<double> g = loss_grad_of(p, loss, naive::outputs(p.spec, p.w, p.x1, p.n1));
+  ASSERT_LT(test::max_rel_diff(ch.loss_grad.data(), g.data(), n1 * O), 1e-14);
+  const Array<double> w = Array<double>::from_host(H, {index_t(p.w.size())}, p.w);
+  const Array<double> x1 = Array<double>::from_host(H, {n1, spec.inputs()}, p.x1);
+  const Array<double> x2 = Array<double>::from_host(H, {m2, spec.inputs()}, same ? p.x1 : p.x2);
+  for (const ntk::Method method : {ntk::Method::jacobian, ntk::Method::structured}) {
+    SCOPED_TRACE(ntk::to_string(method));
+    ntk::NtkOptions no;
+    no.outputs = ntk::Outputs::full;
+    no.method = method;
+    no.per_layer = true;
+    const ntk::NtkResult<double> k = ntk::empirical_ntk<double>(H, spec, w.data(), x2.matrix(), x1.matrix(), no);
+    const ntk::NtkResult<double> ks = ntk::empirical_ntk<double>(H, spec, w.data(), x1.matrix(), std::nullopt, no);
+    const Contracted want = contract(k.kernel.data(), ks.kernel.data(), g, n1, m2, O, eta);
+    EXPECT_LT(normwise_rel_diff(ch.delta.data(), want.delta), 1e-12);
+    EXPECT_LT(normwise_rel_diff(ch.self_delta.data(), want.self), 1e-12);
+    EXPECT_LT(normwise_rel_diff(whole.delta.data(), want.delta), 1e-12);
+    EXPECT_LT(normwise_rel_diff(whole.self_delta.data(), want.self), 1e-12);
+    ASSERT_EQ(ch.layer_delta.size(), std::size_t(L));
+    ASSERT_EQ(ch.layer_self_delta.size(), std::size_t(L));
+    ASSERT_EQ(k.per_layer.size(), std::size_t(L));
+    double scale = 0;  // the per-layer parts against the whole change's scale (a part may vanish)
+    for (const double v : want.delta) scale = std::max(scale, std::abs(v));
+    for (index_t l = 0; l < L; ++l) {
+      SCOPED_TRACE("layer " + std::to_string(l + 1));
+      const Contracted part = contract(k.per_layer[std::size_t(l)].data(), ks.per_layer[std::size_t(l)].data(), g, n1,
+                                       m2, O, eta);
+      const Array<double>& got = ch.layer_delta[std::size_t(l)];
+      const Array<double>& got_self = ch.layer_self_delta[std::size_t(l)];
+      for (std::size_t q = 0; q < part.delta.size(); ++q) EXPECT_NEAR(got.data()[q], part.delta[q], 1e-12 * scale);
+      for (std::size_t q = 0; q < part.self.size(); ++q) EXPECT_NEAR(got_self.data()[q], part.self[q], 1e-12 * scale);
+      // Not vacuous: every layer contributes (random inputs and weights).
+      EXPECT_GT(normwise_rel_diff(got.data(), std::vector<double>(part.delta.size(), 0.0)), 0);
+    }
+  }
+}
+
+MlpSpec spec_of(const char* act, model::Parameterization param, std::vector<bool> bias) {
+  MlpSpec s = mlp({4, 7, 6, 3}, act);
+  s.bias = std::move(bias);
+  s.parameterization = param;
+  if (param == model::Parameterization::ntk) s.bias_scale = 0.3;  // beta != 1 and != c_l
+  s.validate();
+  return s;
+}
+
+TEST(Elasticity, NtkFormEqualsTheFullKernelContracted) {
+  unsigned seed = 300;
+  for (const char* act : {"relu", "tanh"})
+    for (const auto param : {model::Parameterization::standard, model::Parameterization::ntk})
+      for (const std::vector<bool>& bias : {std::vector<bool>{true, true, true}, std::vector<bool>{false, false, false},
+                                            std::vector<bool>{false, true, false}})
+        for (const bool same : {true, false}) {
+          const Loss loss = (seed % 2) ? Loss::xent : Loss::mse;
+          SCOPED_TRACE(std::string(act) + " " + model::to_string(param) + " bias " + std::to_string(bias[0]) +
+                       std::to_string(bias[1]) + std::to_string(bias[2]) + (same ? " one set" : " two sets") + " " +
+                       (loss == Loss::xent ? "xent" : "mse"));
+          check_against_kernel(H, spec_of(act, param, bias), same, loss, seed++);
+        }
+}
+
+// Under a workspace budget of a few hundred values the sources come in several groups and the
+// targets in several tiles; the result is still the contracted kernel.
+TEST(Elasticity, NtkFormTiledUnderATinyBudgetEqualsTheKernel) {
+  Context small = Context::host(2);
+  small.set_workspace_budget(3000);
+  std::vector<index_t> done;
+  small.set_progress_sink([&](std::string_view, index_t d, index_t) { done.push_back(d); });
+  for (const bool same : {true, false}) {
+    SCOPED_TRACE(same ? "one set" : "two sets");
+    done.clear();
+    check_against_kernel(small, spec_of("tanh", model::Parameterization::ntk, {true, false, true}), same, Loss::xent,
+                         400);
+    // Progress after every target tile of every source group, over the two output_changes calls
+    // (per layer and whole): a group ends at a multiple of the targets short of all pairs (5 and
+    // 7 are prime, larger than a group: no tile ends there). Several groups, several tiles each.
+    const index_t n2 = same ? 5 : 7, pairs = 5 * n2;
+    ASSERT_FALSE(done.empty());
+    EXPECT_EQ(done.back(), pairs);
+    const auto ends = std::count_if(done.begin(), done.end(), [&](index_t d) { return d % n2 == 0 && d < pairs; });
+    const auto groups = ends / 2 + 1;  // per call
+    EXPECT_GE(groups, 2);
+    EXPECT_GT(std::ptrdiff_t(done.size()), 2 * groups);
+  }
 }
 
 // ---- undefined sources and errors ----
