@@ -26,6 +26,10 @@
 //         gradients as outer products 2 N1 P_w
 //         the N1 updated networks over the targets and over their own source:
 //                                                     2 N1 (N2 + 1) P_w     (dominant: 99.6%)
+//         The library does less for sgd: the stepped first layer is W1 minus a rank-one matrix,
+//         applied to z_1 directly (src/elasticity/first_layer_step.hpp), so its `flops` field is
+//         ~2.4x below this model here while pairs/s rises; `model` keeps the direct algorithm's
+//         count, so model/of_sgemm read as "the direct algorithm's work per second".
 //   ntk   forwards f(x1), f(x2) (also the features' forwards): 2 (N1 + N2) P_w
 //         the contraction layer by layer, never forming the O x O kernel blocks (with
 //         delta_i^l = J_l(x1_i)^T dl_i/df and D_l(x') = df/dz_l(x') [O, d_l]):

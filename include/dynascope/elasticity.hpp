@@ -12,7 +12,9 @@
 // Forms:
 //   step  the update is taken: all N1 sources' w+_i go through one batched-parameters forward over
 //         the targets (model::BatchedMlpEngine), tiled under the workspace budget; never one model
-//         copy per source in a loop.
+//         copy per source in a loop. For sgd the stepped first layer is W1 minus a rank-one matrix
+//         and is applied to z_1 directly (exact up to rounding; ~2.4x fewer flops on MNIST-sized
+//         inputs).
 //   ntk   the eta -> 0 limit: Delta_i(x') = -eta * Theta(x', x_i) dl_i/df, contracted layer by
 //         layer (the structured NTK's factors with the backpropagated dl_i/df: two GEMMs per layer,
 //         never the O x O kernel blocks). Exact for a model linear in its parameters;

@@ -21,6 +21,7 @@
 #include "dynascope/blas.hpp"
 #include "dynascope/engine.hpp"
 #include "dynascope/primitives.hpp"
+#include "elasticity/first_layer_step.hpp"
 #include "kernels/launch.cuh"
 
 namespace dynascope::elasticity {
@@ -209,6 +210,12 @@ void step_form(const Context& ctx, const MlpSpec& spec, const T* params, MatrixV
   Array<T> wplus(ctx, {G, P});
   model::MlpEngine<T> grad_engine(ctx, spec);
   model::BatchedMlpEngine<T> engine(ctx, spec);
+  // For sgd on a network with a hidden layer, the stepped first layer is W1 minus a rank-one
+  // matrix: FirstLayerStep applies it to z_1 instead (no [G, d1, d0] products, and layer 1 of w+
+  // is never written). Its buffers fit in the per-row budget above (a_1 and the tail's z and a).
+  const bool shortcut = internal::first_layer_step_applies(spec, o.update);
+  std::optional<internal::FirstLayerStep<T>> first;
+  if (shortcut) first.emplace(ctx, spec);
   std::vector<T> scratch;
   std::vector<double> tile(std::size_t(G * Mt * O));
   std::vector<T> cot_host(std::size_t(G * O));
@@ -238,10 +245,12 @@ void step_form(const Context& ctx, const MlpSpec& spec, const T* params, MatrixV
       const index_t out = spec.widths[std::size_t(l)], in = spec.widths[std::size_t(l - 1)];
       const bool bias = spec.bias[std::size_t(l - 1)];
       const MatrixView<const T> dl = grad_engine.delta(l), al = grad_engine.activation(l - 1);
-      kern::parallel_for_2d(ctx, g * out, in + (bias ? 1 : 0),
-                            StepLayer<T>{wp.data, P, params, dl, al, out, in, spec.weight_offset(l - 1),
-                                         bias ? spec.bias_offset(l - 1) : 0, spec.weight_scale(l - 1), spec.bias_scale,
-                                         scale.data(), o.eta, o.adam_eps, o.update == Update::adam});
+      if (!(shortcut && l == 1))
+        kern::parallel_for_2d(ctx, g * out, in + (bias ? 1 : 0),
+                              StepLayer<T>{wp.data, P, params, dl, al, out, in, spec.weight_offset(l - 1),
+                                           bias ? spec.bias_offset(l - 1) : 0, spec.weight_scale(l - 1),
+                                           spec.bias_scale, scale.data(), o.eta, o.adam_eps,
+                                           o.update == Update::adam});
       // ||g^_r||^2 = sum_l c_l^2 ||delta_{l,r}||^2 ||a_{l-1,r}||^2 (+ beta^2 ||delta_{l,r}||^2): zero
       // exactly when the step moves no parameter.
       const auto row = [&](index_t k) {
@@ -262,17 +271,24 @@ void step_form(const Context& ctx, const MlpSpec& spec, const T* params, MatrixV
       no_step[std::size_t(g0 + c)] = n2 == 0;
     }
     r.flops += 6.0 * double(g) * fwd;  // forward, backprop, per-sample products
+    // The first-layer deltas of the scaled cotangents and their scales: the step's layer 1.
+    const MatrixView<const T> d1 = grad_engine.delta(1);
+    const VectorView<const double> s1{scale.data(), g, 1, ctx.backend(), ctx.is_cuda() ? ctx.device() : 0};
     if (!same_set) {
       // f(x_i; w+_i): each set's own source row.
-      const MatrixView<const T> f = engine.forward(MatrixView<const T>(wp), xs);
+      const MatrixView<const T> f = shortcut ? first->forward(params, MatrixView<const T>(wp), d1, s1, xs, xs, o.eta)
+                                             : engine.forward(MatrixView<const T>(wp), xs);
       to_host_doubles<T>(ctx, f, scratch, tile.data());
       require_finite(tile.data(), g, O, label + ": f(x1; w+) of source " + std::to_string(g0) + " + row", diverged);
       for (index_t k = 0; k < g * O; ++k) r.self_delta.data()[g0 * O + k] = tile[std::size_t(k)] - r.base1.data()[g0 * O + k];
-      r.flops += 2.0 * double(g) * fwd;
+      r.flops += shortcut ? internal::FirstLayerStep<T>::flops(spec, g, 1, false) : 2.0 * double(g) * fwd;
     }
     for (index_t t0 = 0; t0 < N2; t0 += Mt) {
       const index_t m = std::min(Mt, N2 - t0);
-      const MatrixView<const T> f = engine.forward_shared(MatrixView<const T>(wp), xt.block(t0, 0, m, xt.cols));
+      const MatrixView<const T> x2 = xt.block(t0, 0, m, xt.cols);
+      const MatrixView<const T> f = shortcut
+                                        ? first->forward_shared(params, MatrixView<const T>(wp), d1, s1, xs, x2, o.eta)
+                                        : engine.forward_shared(MatrixView<const T>(wp), x2);
       to_host_doubles<T>(ctx, f, scratch, tile.data());
       for (index_t c = 0; c < g; ++c)
         for (index_t j = 0; j < m; ++j)
@@ -284,7 +300,7 @@ void step_form(const Context& ctx, const MlpSpec& spec, const T* params, MatrixV
                                     diverged);
             delta[(g0 + c) * N2 * O + (t0 + j) * O + a] = v - base2[(t0 + j) * O + a];
           }
-      r.flops += 2.0 * double(g) * double(m) * fwd;
+      r.flops += shortcut ? internal::FirstLayerStep<T>::flops(spec, g, m, true) : 2.0 * double(g) * double(m) * fwd;
       // In (source, target) pairs, after every tile: a group of many targets never goes quiet.
       ctx.progress(task, g0 * N2 + g * (t0 + m), N1 * N2);
     }
