@@ -111,6 +111,16 @@ def measure_limit(metric, base, delta):
 # ---------------------------------------------------------------------------------------------
 # The reference: one model copy and one optimizer step per source
 
+def stepped_copy(net, fn, xi, yi, eta):
+    """A copy of net after one SGD step of size eta on the loss fn of (xi, yi); net is unchanged."""
+    m_i = copy.deepcopy(net)
+    opt = torch.optim.SGD(m_i.parameters(), lr=eta)
+    opt.zero_grad()
+    fn(m_i(xi), yi).backward()
+    opt.step()
+    return m_i
+
+
 def reference_loop(net, x1, y1, x2, eta, loss, metrics, sources=None):
     fn = loss_fn(loss)
     n1 = x1.shape[0] if sources is None else sources
@@ -118,11 +128,7 @@ def reference_loop(net, x1, y1, x2, eta, loss, metrics, sources=None):
         base1, base2 = net(x1[:n1]), net(x2)
     s = {m: np.empty((n1, x2.shape[0])) for m in metrics}
     for i in range(n1):
-        m_i = copy.deepcopy(net)
-        opt = torch.optim.SGD(m_i.parameters(), lr=eta)
-        opt.zero_grad()
-        fn(m_i(x1[i:i + 1]), y1[i:i + 1]).backward()
-        opt.step()
+        m_i = stepped_copy(net, fn, x1[i:i + 1], y1[i:i + 1], eta)
         with torch.no_grad():
             new2, new1 = m_i(x2), m_i(x1[i:i + 1])
         for m in metrics:
@@ -138,11 +144,7 @@ def per_pair_seconds(net, x1, y1, x2, eta, loss, metric, pairs):
         i, j = k % x1.shape[0], (k * 7) % x2.shape[0]
         with torch.no_grad():
             b1, b2 = net(x1[i:i + 1]), net(x2[j:j + 1])
-        m_i = copy.deepcopy(net)
-        opt = torch.optim.SGD(m_i.parameters(), lr=eta)
-        opt.zero_grad()
-        fn(m_i(x1[i:i + 1]), y1[i:i + 1]).backward()
-        opt.step()
+        m_i = stepped_copy(net, fn, x1[i:i + 1], y1[i:i + 1], eta)
         with torch.no_grad():
             _ = measure(metric, b2, m_i(x2[j:j + 1])) / measure(metric, b1, m_i(x1[i:i + 1]))
     return (time.perf_counter() - t0) / pairs

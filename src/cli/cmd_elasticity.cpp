@@ -46,11 +46,7 @@ struct ElasticityCommand {
 void validate(const ElasticityCommand& c) {
   const CLI::App& cmd = *c.app;
   if (!c.checkpoints.empty()) {
-    const std::string why = "--checkpoints reads every step_*.safetensors of a run folder";
-    refuse_together(cmd, "--checkpoints", "--model", why);
-    refuse_together(cmd, "--checkpoints", "--arch", why);
-    refuse_ignored(cmd, "--init", "--checkpoints reads trained networks; --init sets up an --arch network");
-    refuse_ignored(cmd, "--init-scale", "--checkpoints reads trained networks; --init-scale scales an --arch network");
+    refuse_with_checkpoints(cmd);
     const std::string one = "the matrices are written for one network (--model); --out-csv gets one row per checkpoint";
     refuse_together(cmd, "--checkpoints", "--out-matrix", one);
     refuse_together(cmd, "--checkpoints", "--out-class-matrix", one);
@@ -78,14 +74,6 @@ void validate(const ElasticityCommand& c) {
                        {"--out-matrix", c.out_matrix},
                        {"--out-class-matrix", c.out_class_matrix},
                        {"--out-csv", c.out_csv}});
-}
-
-// The first `cap` samples of d (all when cap is 0 or d has no more).
-data::Dataset first_samples(const data::Dataset& d, index_t cap) {
-  if (cap <= 0 || d.n <= cap) return d;
-  std::vector<index_t> rows(static_cast<std::size_t>(cap));
-  std::iota(rows.begin(), rows.end(), index_t{0});
-  return d.subset(rows);
 }
 
 // The targets of the move: --inputs2 (with --targets2) or none (the sources themselves).
@@ -234,17 +222,6 @@ std::string summary_text(const Measurement& m, const Problem& p) {
   return text + "\n";
 }
 
-// Where a person reads the summary: stdout when the JSON goes to --out, else stderr (stdout is the
-// JSON); nothing with --quiet unless stdout is free.
-void say(const ElasticityCommand& c, const std::string& text) {
-  if (!c.common.out.empty()) {
-    std::fputs(text.c_str(), stdout);
-    std::fflush(stdout);
-  } else if (!c.common.quiet) {
-    std::fputs(text.c_str(), stderr);
-  }
-}
-
 // The sources without S_rel come in two kinds that need different remedies: a zero loss gradient
 // (the step does not move the network: nothing to measure) and an own change below the precision
 // of the dtype although the gradient is not zero (a difference of two forwards rounded away).
@@ -271,15 +248,8 @@ std::string nothing_defined(const Measurement& m, const Problem& p) {
   const std::size_t all = m.pairs.undefined_sources.size();
   const std::size_t unresolved = m.pairs.unresolved_sources.size();
   const std::size_t zero = all - unresolved;
-  std::string text = "none of the " + std::to_string(all) + " sources has S_rel, so there is no elasticity to report: ";
-  if (zero > 0)
-    text += std::to_string(zero) + " have a zero loss gradient (the network fits them exactly, so the step does not "
-            "move it: measure other samples or a network that does not fit them)";
-  if (zero > 0 && unresolved > 0) text += "; ";
-  if (unresolved > 0)
-    text += std::to_string(unresolved) + " are unresolved at " + p.dtype +
-            " (their own change is below its precision, though their loss gradient is not zero): " + p.unresolved_hint;
-  return text;
+  return "none of the " + std::to_string(all) + " sources has S_rel, so there is no elasticity to report: " +
+         nothing_measured_why(zero, unresolved, p.dtype, p.unresolved_hint);
 }
 
 template <class T>
@@ -300,13 +270,7 @@ int run(const ElasticityCommand& c) {
                      "with --inputs, or a --dataset with labels or targets");
   Problem p;
   p.labels = sources.task == data::Task::classification;
-  model::Loss loss = model::Loss::mse;
-  try {
-    loss = rd.loss.empty() ? default_loss(sources) : model::parse_loss(rd.loss);
-  } catch (const InvalidArgument& e) {
-    throw UsageError("--loss: " + std::string(e.what()));
-  }
-  check_loss_targets(loss, sources);
+  const model::Loss loss = step_loss(rd, sources);
 
   // The metric against the targets, naming the flag.
   const elasticity::Metric asked = elasticity::parse_metric(c.metric);
@@ -440,7 +404,7 @@ int run(const ElasticityCommand& c) {
       r["class_matrix_file"] = c.out_class_matrix;
     }
     emit_with_warnings("elasticity", c.common, ctx, r, undefined_warnings(m, p, ""), start);
-    say(c, summary_text(m, p));
+    say(c.common, summary_text(m, p));
     return 0;
   }
 
@@ -449,29 +413,16 @@ int run(const ElasticityCommand& c) {
   json rows = json::array();
   std::vector<std::string> warnings;
   std::string text;
-  const model::MlpSpec first_spec = net.spec;
-  check_checkpoints<T>(c.common, c.model, split, steps, first_spec);
   double flops = 0;
-  for (std::size_t q = 0; q < steps.size(); ++q) {
-    if (q > 0) {
-      ModelFlags mf = c.model;
-      mf.model = steps[q].second;
-      net = load_network<T>(ctx, mf, c.common.seed, split);
-      check_same_architecture("--checkpoints", first_spec, net.spec, steps[q].second);
-    }
-    ctx.progress("elasticity: checkpoints", index_t(q), index_t(steps.size()));
+  for_each_checkpoint<T>(ctx, "elasticity", c.common, c.model, split, steps, net, [&](std::size_t q) {
     const Measurement m = measure<T>(ctx, net.spec, net.params.data(), d1, d2 ? &*d2 : nullptr, p);
     flops += m.pairs.flops;
     csv += elasticity_csv_row(steps[q].first, steps[q].second, m.mean, m.classes ? &*m.classes : nullptr,
                               m.pairs.undefined_sources.size());
-    json row;
-    row["step"] = steps[q].first;
-    row["checkpoint"] = steps[q].second;
     const json mj = measurement_json(m, p);
-    for (auto it = mj.begin(); it != mj.end(); ++it) row[it.key()] = it.value();
-    rows.push_back(row);
+    rows.push_back(checkpoint_row(steps[q], mj));
     // A checkpoint without any S_rel keeps its (empty) row: the curve goes on.
-    const std::string where = "step " + std::to_string(steps[q].first) + " (" + steps[q].second + "): ";
+    const std::string where = checkpoint_where(steps[q]);
     if (all_undefined(m))
       warnings.push_back(where + nothing_defined(m, p) + "; its row is empty");
     else
@@ -481,15 +432,14 @@ int run(const ElasticityCommand& c) {
       // The top-level keys are the last checkpoint's, as for one network.
       for (auto it = mj.begin(); it != mj.end(); ++it) r[it.key()] = it.value();
     }
-  }
-  ctx.progress("elasticity: checkpoints", index_t(steps.size()), index_t(steps.size()));
+  });
   io::write_text_atomic(c.out_csv, csv);
   r["flops"] = flops;
   r["checkpoints"] = steps.size();
   r["csv_file"] = c.out_csv;
   r["rows"] = rows;
   emit_with_warnings("elasticity", c.common, ctx, r, warnings, start);
-  say(c, text);
+  say(c.common, text);
   return 0;
 }
 
@@ -503,10 +453,7 @@ Command register_elasticity(CLI::App& app) {
   auto c = std::make_shared<ElasticityCommand>();
   c->app = cmd;
   c->data.samples = kDefaultSamples;
-  add_common_flags(*cmd, c->common);
-  float64_by_default(*cmd);
-  add_model_flags(*cmd, c->model, false);
-  add_data_flags(*cmd, c->data, true);
+  add_measure_flags(*cmd, c->common, c->model, c->data);
   auto* x2 = cmd->add_option("--inputs2", c->inputs2,
                              "the targets of the move [N2, D...] (.npy or IDX; at most --samples of them, the first "
                              "rows); default: the sources themselves")
@@ -537,9 +484,7 @@ Command register_elasticity(CLI::App& app) {
                       "for float targets, kl for labels")
       ->check(one_of(elasticity::metric_names))
       ->capture_default_str();
-  cmd->add_option("--loss", c->loss, choices(model::loss_names) + " of the step (default: xent for class labels, mse "
-                                                                  "for float targets; with --checkpoints the run's)")
-      ->check(one_of(model::loss_names));
+  add_step_loss_flag(*cmd, c->loss);
   cmd->add_option("--pairs-per-class", c->pairs_per_class,
                   "K: draw K sources and K targets of every class (seeded by --seed) and average the K x K pairs of "
                   "each class pair (default: every pair); every class needs K samples; the JSON's source_rows and "

@@ -58,11 +58,7 @@ void validate(const LlcCommand& c) {
   refuse_with_calibrate("--checkpoints", "the sweep is run for one network (--model)");
   const Mode mode = mode_of(c);
   if (mode == Mode::checkpoints) {
-    const std::string why = "--checkpoints reads every step_*.safetensors of a run folder";
-    refuse_together(cmd, "--checkpoints", "--model", why);
-    refuse_together(cmd, "--checkpoints", "--arch", why);
-    refuse_ignored(cmd, "--init", "--checkpoints reads trained networks; --init sets up an --arch network");
-    refuse_ignored(cmd, "--init-scale", "--checkpoints reads trained networks; --init-scale scales an --arch network");
+    refuse_with_checkpoints(cmd);
     const std::string one = "the traces are written for one network (--model)";
     refuse_together(cmd, "--checkpoints", "--out-trace", one);
     refuse_together(cmd, "--checkpoints", "--out-distance-trace", one);
@@ -193,17 +189,6 @@ std::vector<double> grid_around(double centre, const std::vector<double>& factor
   return out;
 }
 
-// Where a person reads the summary: stdout when the JSON goes to --out, else stderr (stdout is the
-// JSON); nothing with --quiet unless stdout is free.
-void say(const LlcCommand& c, const std::string& text) {
-  if (!c.common.out.empty()) {
-    std::fputs(text.c_str(), stdout);
-    std::fflush(stdout);
-  } else if (!c.common.quiet) {
-    std::fputs(text.c_str(), stderr);
-  }
-}
-
 std::string warnings_text(const sgld::LlcResult& r) {
   std::string s;
   for (const std::string& w : r.warnings) s += "warning: " + w + "\n";
@@ -268,7 +253,7 @@ int run(const LlcCommand& c) {
       r["distance_trace_file"] = c.out_distance_trace;
     }
     emit_result("llc", c.common, ctx, r, start);
-    say(c, llc_summary(res) + "\n" + warnings_text(res));
+    say(c.common, llc_summary(res) + "\n" + warnings_text(res));
     // Like a diverged training run: the result is written, and the exit status says it failed.
     return index_t(res.diverged.size()) == res.chains ? 1 : 0;
   }
@@ -323,7 +308,7 @@ int run(const LlcCommand& c) {
       r["csv_file"] = c.out_csv;
     }
     emit_result("llc", c.common, ctx, r, start);
-    say(c, text);
+    say(c.common, text);
     return 0;
   }
 
@@ -363,7 +348,7 @@ int run(const LlcCommand& c) {
   r["csv_file"] = c.out_csv;
   r["rows"] = rows;
   emit_result("llc", c.common, ctx, r, start);
-  say(c, text);
+  say(c.common, text);
   return 0;
 }
 

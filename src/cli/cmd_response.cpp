@@ -6,7 +6,6 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
-#include <numeric>
 
 #include "cli/model_flags.hpp"
 #include "cli/run_data.hpp"
@@ -64,11 +63,7 @@ std::vector<index_t> parse_fit_window(const std::vector<std::string>& text) {
 void validate(ResponseCommand& c) {
   const CLI::App& cmd = *c.app;
   if (!c.checkpoints.empty()) {
-    const std::string why = "--checkpoints reads every step_*.safetensors of a run folder";
-    refuse_together(cmd, "--checkpoints", "--model", why);
-    refuse_together(cmd, "--checkpoints", "--arch", why);
-    refuse_ignored(cmd, "--init", "--checkpoints reads trained networks; --init sets up an --arch network");
-    refuse_ignored(cmd, "--init-scale", "--checkpoints reads trained networks; --init-scale scales an --arch network");
+    refuse_with_checkpoints(cmd);
     if (c.out_csv.empty()) throw UsageError("--checkpoints DIR needs --out-csv FILE for the per-checkpoint curve");
   } else {
     if (c.model.model.empty() && c.model.arch.empty())
@@ -80,13 +75,6 @@ void validate(ResponseCommand& c) {
   check_output("--out", c.common.out);
   check_output("--out-csv", c.out_csv);
   refuse_same_outputs({{"--out", c.common.out}, {"--out-csv", c.out_csv}});
-}
-
-data::Dataset first_samples(const data::Dataset& d, index_t cap) {
-  if (cap <= 0 || d.n <= cap) return d;
-  std::vector<index_t> rows(static_cast<std::size_t>(cap));
-  std::iota(rows.begin(), rows.end(), index_t{0});
-  return d.subset(rows);
 }
 
 struct Measurement {
@@ -134,15 +122,8 @@ std::string nothing_defined(const Measurement& m, const Reporting& rep) {
   const std::size_t all = m.response.undefined_sources.size();
   const std::size_t unresolved = m.response.unresolved_sources.size();
   const std::size_t zero = all - unresolved;
-  std::string text = "none of the " + std::to_string(all) + " samples has a response, so there is none to report: ";
-  if (zero > 0)
-    text += std::to_string(zero) + " have a zero loss gradient (the network fits them exactly, so the step does not "
-            "move it: measure other samples or a network that does not fit them)";
-  if (zero > 0 && unresolved > 0) text += "; ";
-  if (unresolved > 0)
-    text += std::to_string(unresolved) + " are unresolved at " + rep.dtype +
-            " (their own change is below its precision, though their loss gradient is not zero): " + rep.unresolved_hint;
-  return text;
+  return "none of the " + std::to_string(all) + " samples has a response, so there is none to report: " +
+         nothing_measured_why(zero, unresolved, rep.dtype, rep.unresolved_hint);
 }
 
 template <class T>
@@ -196,15 +177,6 @@ json fit_json(const std::vector<double>& t, const std::vector<double>& r, index_
   return j;
 }
 
-void say(const ResponseCommand& c, const std::string& text) {
-  if (!c.common.out.empty()) {
-    std::fputs(text.c_str(), stdout);
-    std::fflush(stdout);
-  } else if (!c.common.quiet) {
-    std::fputs(text.c_str(), stderr);
-  }
-}
-
 std::string summary_text(const Measurement& m) {
   char line[256];
   std::snprintf(line, sizeof line, "response: diagonal %.4g, off-diagonal %.4g; input-gradient norm %.4g",
@@ -237,13 +209,7 @@ int run(const ResponseCommand& c) {
   if (samples.n < 2)
     throw UsageError("response needs at least 2 samples (the off-diagonal response is between two), got " +
                      std::to_string(samples.n));
-  model::Loss loss = model::Loss::mse;
-  try {
-    loss = rd.loss.empty() ? default_loss(samples) : model::parse_loss(rd.loss);
-  } catch (const InvalidArgument& e) {
-    throw UsageError("--loss: " + std::string(e.what()));
-  }
-  check_loss_targets(loss, samples);
+  const model::Loss loss = step_loss(rd, samples);
   response::Options o;
   o.eta = c.eta;
   o.form = elasticity::parse_form(c.form);
@@ -281,12 +247,10 @@ int run(const ResponseCommand& c) {
     const json mj = measurement_json(m);
     for (auto it = mj.begin(); it != mj.end(); ++it) r[it.key()] = it.value();
     emit_with_warnings("response", c.common, ctx, r, row_warnings(m, rep, ""), start);
-    say(c, summary_text(m));
+    say(c.common, summary_text(m));
     return 0;
   }
 
-  const model::MlpSpec first_spec = net.spec;
-  check_checkpoints<T>(c.common, c.model, split, steps, first_spec);
   std::string csv = response_csv_header(layers);
   json rows = json::array();
   std::string text;
@@ -294,23 +258,11 @@ int run(const ResponseCommand& c) {
   std::vector<std::vector<double>> per_layer(static_cast<std::size_t>(layers));
   std::vector<std::string> warnings;
   double flops = 0;
-  for (std::size_t q = 0; q < steps.size(); ++q) {
-    if (q > 0) {
-      ModelFlags mf = c.model;
-      mf.model = steps[q].second;
-      net = load_network<T>(ctx, mf, c.common.seed, split);
-      check_same_architecture("--checkpoints", first_spec, net.spec, steps[q].second);
-    }
-    ctx.progress("response: checkpoints", index_t(q), index_t(steps.size()));
+  for_each_checkpoint<T>(ctx, "response", c.common, c.model, split, steps, net, [&](std::size_t q) {
     const Measurement m = measure<T>(ctx, net, d, o, fo);
     flops += m.response.flops;
     csv += response_csv_row(steps[q].first, steps[q].second, layers, m.response, m.features);
-    json row;
-    row["step"] = steps[q].first;
-    row["checkpoint"] = steps[q].second;
-    const json mj = measurement_json(m);
-    for (auto it = mj.begin(); it != mj.end(); ++it) row[it.key()] = it.value();
-    rows.push_back(row);
+    rows.push_back(checkpoint_row(steps[q], measurement_json(m)));
     t.push_back(double(steps[q].first));
     total.push_back(m.response.mean_diagonal);
     for (index_t l = 0; l < layers; ++l)
@@ -319,13 +271,12 @@ int run(const ResponseCommand& c) {
                                               : std::numeric_limits<double>::quiet_NaN());
     text += "step " + std::to_string(steps[q].first) + ": " + summary_text(m);
     // A checkpoint without any response keeps its (empty) row: the curve and the fit go on.
-    const std::string where = "step " + std::to_string(steps[q].first) + " (" + steps[q].second + "): ";
+    const std::string where = checkpoint_where(steps[q]);
     if (all_undefined(m))
       warnings.push_back(where + nothing_defined(m, rep) + "; its row is empty");
     else
       for (const std::string& w : row_warnings(m, rep, where)) warnings.push_back(w);
-  }
-  ctx.progress("response: checkpoints", index_t(steps.size()), index_t(steps.size()));
+  });
   io::write_text_atomic(c.out_csv, csv);
 
   // The aging fit of the mean diagonal response R_t(x, x), and of each layer's share.
@@ -365,7 +316,7 @@ int run(const ResponseCommand& c) {
   }
   warnings.insert(warnings.end(), fit_warnings.begin(), fit_warnings.end());
   emit_with_warnings("response", c.common, ctx, r, warnings, start);
-  say(c, text);
+  say(c.common, text);
   return 0;
 }
 
@@ -379,10 +330,7 @@ Command register_response(CLI::App& app) {
   auto c = std::make_shared<ResponseCommand>();
   c->app = cmd;
   c->data.samples = kDefaultSamples;
-  add_common_flags(*cmd, c->common);
-  float64_by_default(*cmd);
-  add_model_flags(*cmd, c->model, false);
-  add_data_flags(*cmd, c->data, true);
+  add_measure_flags(*cmd, c->common, c->model, c->data);
   cmd->add_option("--eta", c->eta, "step size eta of the one SGD step, > 0")
       ->check(finite_at_least(0, /*open=*/true))
       ->capture_default_str();
@@ -392,9 +340,7 @@ Command register_response(CLI::App& app) {
                       "always come from the per-layer NTK")
       ->check(one_of(elasticity::form_names))
       ->capture_default_str();
-  cmd->add_option("--loss", c->loss, choices(model::loss_names) + " of the step (default: xent for class labels, mse "
-                                                                  "for float targets; with --checkpoints the run's)")
-      ->check(one_of(model::loss_names));
+  add_step_loss_flag(*cmd, c->loss);
   cmd->add_option("--fit-window", c->fit_window_text,
                   "A,B: integer steps; fit R_t ~ A t^(-beta) over the checkpoints with A <= step <= B (default: "
                   "every step > 0)")

@@ -1,8 +1,10 @@
 #include "cli/run_data.hpp"
 
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
 #include <sstream>
 
 #include "cli/training_run.hpp"
@@ -126,20 +128,93 @@ void check_same_architecture(const std::string& flag, const model::MlpSpec& firs
 }
 
 template <class T>
+model::Mlp<T> load_checkpoint(const Context& ctx, const CommonOptions& common, const ModelFlags& model,
+                              const data::Split& split, const std::string& file, const model::MlpSpec& first) {
+  ModelFlags mf = model;
+  mf.model = file;
+  model::Mlp<T> net = load_network<T>(ctx, mf, common.seed, split);
+  check_same_architecture("--checkpoints", first, net.spec, file);
+  return net;
+}
+template model::Mlp<float> load_checkpoint<float>(const Context&, const CommonOptions&, const ModelFlags&,
+                                                  const data::Split&, const std::string&, const model::MlpSpec&);
+template model::Mlp<double> load_checkpoint<double>(const Context&, const CommonOptions&, const ModelFlags&,
+                                                    const data::Split&, const std::string&, const model::MlpSpec&);
+
+template <class T>
 void check_checkpoints(const CommonOptions& common, const ModelFlags& model, const data::Split& split,
                        const std::vector<std::pair<index_t, std::string>>& steps, const model::MlpSpec& first) {
   const Context host = make_host_context(common);
-  for (std::size_t q = 1; q < steps.size(); ++q) {
-    ModelFlags mf = model;
-    mf.model = steps[q].second;
-    const model::Mlp<T> net = load_network<T>(host, mf, common.seed, split);
-    check_same_architecture("--checkpoints", first, net.spec, steps[q].second);
-  }
+  for (std::size_t q = 1; q < steps.size(); ++q) load_checkpoint<T>(host, common, model, split, steps[q].second, first);
 }
 template void check_checkpoints<float>(const CommonOptions&, const ModelFlags&, const data::Split&,
                                        const std::vector<std::pair<index_t, std::string>>&, const model::MlpSpec&);
 template void check_checkpoints<double>(const CommonOptions&, const ModelFlags&, const data::Split&,
                                         const std::vector<std::pair<index_t, std::string>>&, const model::MlpSpec&);
+
+json checkpoint_row(const std::pair<index_t, std::string>& step, const json& measures) {
+  json row;
+  row["step"] = step.first;
+  row["checkpoint"] = step.second;
+  for (auto it = measures.begin(); it != measures.end(); ++it) row[it.key()] = it.value();
+  return row;
+}
+
+std::string checkpoint_where(const std::pair<index_t, std::string>& step) {
+  return "step " + std::to_string(step.first) + " (" + step.second + "): ";
+}
+
+void refuse_with_checkpoints(const CLI::App& cmd) {
+  const std::string why = "--checkpoints reads every step_*.safetensors of a run folder";
+  refuse_together(cmd, "--checkpoints", "--model", why);
+  refuse_together(cmd, "--checkpoints", "--arch", why);
+  refuse_ignored(cmd, "--init", "--checkpoints reads trained networks; --init sets up an --arch network");
+  refuse_ignored(cmd, "--init-scale", "--checkpoints reads trained networks; --init-scale scales an --arch network");
+}
+
+void add_measure_flags(CLI::App& cmd, CommonOptions& common, ModelFlags& model, DataFlags& data) {
+  add_common_flags(cmd, common);
+  float64_by_default(cmd);
+  add_model_flags(cmd, model, false);
+  add_data_flags(cmd, data, true);
+}
+
+void add_step_loss_flag(CLI::App& cmd, std::string& loss) {
+  cmd.add_option("--loss", loss, choices(model::loss_names) + " of the step (default: xent for class labels, mse "
+                                                              "for float targets; with --checkpoints the run's)")
+      ->check(one_of(model::loss_names));
+}
+
+data::Dataset first_samples(const data::Dataset& d, index_t cap) {
+  if (cap <= 0 || d.n <= cap) return d;
+  std::vector<index_t> rows(static_cast<std::size_t>(cap));
+  std::iota(rows.begin(), rows.end(), index_t{0});
+  return d.subset(rows);
+}
+
+model::Loss step_loss(const RunData& rd, const data::Dataset& samples) {
+  model::Loss loss = model::Loss::mse;
+  try {
+    loss = rd.loss.empty() ? default_loss(samples) : model::parse_loss(rd.loss);
+  } catch (const InvalidArgument& e) {
+    throw UsageError("--loss: " + std::string(e.what()));
+  }
+  check_loss_targets(loss, samples);
+  return loss;
+}
+
+std::string nothing_measured_why(std::size_t zero, std::size_t unresolved, const std::string& dtype,
+                                 const std::string& hint) {
+  std::string text;
+  if (zero > 0)
+    text += std::to_string(zero) + " have a zero loss gradient (the network fits them exactly, so the step does not "
+            "move it: measure other samples or a network that does not fit them)";
+  if (zero > 0 && unresolved > 0) text += "; ";
+  if (unresolved > 0)
+    text += std::to_string(unresolved) + " are unresolved at " + dtype +
+            " (their own change is below its precision, though their loss gradient is not zero): " + hint;
+  return text;
+}
 
 void refuse_same_outputs(const std::vector<std::pair<std::string, std::string>>& outputs) {
   const auto same = [](const std::string& a, const std::string& b) {
@@ -159,6 +234,15 @@ std::string csv_value(double v) {
   s.precision(10);
   s << v;
   return s.str();
+}
+
+void say(const CommonOptions& common, const std::string& text) {
+  if (!common.out.empty()) {
+    std::fputs(text.c_str(), stdout);
+    std::fflush(stdout);
+  } else if (!common.quiet) {
+    std::fputs(text.c_str(), stderr);
+  }
 }
 
 void emit_with_warnings(const std::string& command, const CommonOptions& opts, const Context& ctx, json result,

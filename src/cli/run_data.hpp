@@ -1,8 +1,8 @@
 #pragma once
 // What the commands that read a training run's checkpoints (`llc`, `elasticity`, `response`)
 // share: the run's data recovered from its report.json when no data flag is given, the first
-// checkpoint (which decides the precision), the architecture check across checkpoints, and the
-// check that no two output flags name one file.
+// checkpoint (which decides the precision), the architecture check across checkpoints, the loop
+// over them, and the check that no two output flags name one file.
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -67,6 +67,56 @@ template <class T>
 void check_checkpoints(const CommonOptions& common, const ModelFlags& model, const data::Split& split,
                        const std::vector<std::pair<index_t, std::string>>& steps, const model::MlpSpec& first);
 
+// --checkpoints DIR reads trained networks: --model, --arch, --init and --init-scale given with it
+// are UsageErrors naming both flags.
+void refuse_with_checkpoints(const CLI::App& cmd);
+
+// `elasticity` and `response`: the flags of the network, its data and the computation, with
+// float64 the default precision (in this order: --help lists them so), and the --loss of the step.
+void add_measure_flags(CLI::App& cmd, CommonOptions& common, ModelFlags& model, DataFlags& data);
+void add_step_loss_flag(CLI::App& cmd, std::string& loss);
+
+// The first `cap` samples of d (all when cap is 0 or d has no more).
+data::Dataset first_samples(const data::Dataset& d, index_t cap);
+
+// The loss of the step: `rd.loss` (the command's --loss, else the run's), else the data's default;
+// UsageError naming --loss when it is unknown or does not fit the targets of `samples`.
+model::Loss step_loss(const RunData& rd, const data::Dataset& samples);
+
+// Why no sample has a value (`zero` of them with a zero loss gradient, `unresolved` below the
+// precision `dtype`, resolved as `hint` says), the end of `elasticity`'s and `response`'s message.
+std::string nothing_measured_why(std::size_t zero, std::size_t unresolved, const std::string& dtype,
+                                 const std::string& hint);
+
+// Checkpoint `file` of a run loaded on `ctx`; UsageError unless it has the architecture of `first`.
+template <class T>
+model::Mlp<T> load_checkpoint(const Context& ctx, const CommonOptions& common, const ModelFlags& model,
+                              const data::Split& split, const std::string& file, const model::MlpSpec& first);
+
+// Along a run's checkpoints: `net` holds the first (loaded by the caller, which checks the data
+// against it); the others are checked up front (check_checkpoints), then loaded into `net` in turn,
+// and each(q) measures checkpoint q, with progress "<command>: checkpoints".
+template <class T, class Each>
+void for_each_checkpoint(const Context& ctx, const std::string& command, const CommonOptions& common,
+                         const ModelFlags& model, const data::Split& split,
+                         const std::vector<std::pair<index_t, std::string>>& steps, model::Mlp<T>& net, Each each) {
+  const model::MlpSpec first = net.spec;
+  check_checkpoints<T>(common, model, split, steps, first);
+  const std::string task = command + ": checkpoints";
+  for (std::size_t q = 0; q < steps.size(); ++q) {
+    if (q > 0) net = load_checkpoint<T>(ctx, common, model, split, steps[q].second, first);
+    ctx.progress(task, index_t(q), index_t(steps.size()));
+    each(q);
+  }
+  ctx.progress(task, index_t(steps.size()), index_t(steps.size()));
+}
+
+// A --checkpoints row of the result JSON: the checkpoint's step and file, then `measures`' keys.
+json checkpoint_row(const std::pair<index_t, std::string>& step, const json& measures);
+
+// "step N (file): ", what the warnings about one checkpoint start with.
+std::string checkpoint_where(const std::pair<index_t, std::string>& step);
+
 // UsageError when two of the given (flag, path) outputs name the same file (after normalisation,
 // so ./t.npy and t.npy are one file): the second write would silently replace the first.
 void refuse_same_outputs(const std::vector<std::pair<std::string, std::string>>& outputs);
@@ -75,6 +125,10 @@ void refuse_same_outputs(const std::vector<std::pair<std::string, std::string>>&
 // finite).
 json finite_or_null(double v);
 std::string csv_value(double v);
+
+// Where a person reads the summary: stdout when the JSON goes to --out, else stderr (stdout is the
+// JSON); nothing with --quiet unless stdout is free.
+void say(const CommonOptions& common, const std::string& text);
 
 // emit_result with the command's own warnings: every NaN or infinity in `result` becomes null and
 // is listed as emit_result lists it ("$.key is NaN"), and `warnings` (said in words) come first

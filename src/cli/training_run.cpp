@@ -1,4 +1,5 @@
 #include "cli/training_run.hpp"
+#include "cli/run_data.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -318,34 +319,23 @@ json lc_row_json(index_t step, const std::string& points, index_t samples, const
   return j;
 }
 
-namespace {
-// A finite number as JSON, else null (the reason is in the result's warnings or fields).
-json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
-std::string csv_number(double v) {
-  if (!std::isfinite(v)) return "";
-  std::ostringstream s;
-  s.precision(10);
-  s << v;
-  return s.str();
-}
-}  // namespace
 
 json llc_json(const sgld::LlcResult& r) {
   json j;
-  j["llc_mean"] = number_or_null(r.llc_mean);
-  j["llc_std"] = number_or_null(r.llc_std);
-  j["llc_stderr"] = number_or_null(r.llc_stderr);
+  j["llc_mean"] = finite_or_null(r.llc_mean);
+  j["llc_std"] = finite_or_null(r.llc_std);
+  j["llc_stderr"] = finite_or_null(r.llc_stderr);
   json per_chain = json::array();
-  for (double v : r.llc_per_chain) per_chain.push_back(number_or_null(v));
+  for (double v : r.llc_per_chain) per_chain.push_back(finite_or_null(v));
   j["llc_per_chain"] = per_chain;
-  j["init_loss"] = number_or_null(r.init_loss);
+  j["init_loss"] = finite_or_null(r.init_loss);
   j["nbeta"] = r.nbeta;
   j["n"] = r.n;
   j["chains"] = r.chains;
   j["draws"] = r.draws;
-  j["r_hat"] = number_or_null(r.r_hat);
-  j["ess"] = number_or_null(r.ess);
-  j["mala_acceptance"] = number_or_null(r.mala_acceptance);
+  j["r_hat"] = finite_or_null(r.r_hat);
+  j["ess"] = finite_or_null(r.ess);
+  j["mala_acceptance"] = finite_or_null(r.mala_acceptance);
   json diverged = json::object();
   for (const auto& [chain, draw] : r.diverged) diverged[std::to_string(chain)] = draw;
   j["diverged"] = diverged;
@@ -395,9 +385,9 @@ std::string llc_csv_row(const std::string& first_value, const sgld::LlcResult& r
   for (char ch : warnings) quoted += ch == '"' ? std::string("\"\"") : std::string(1, ch == '\n' ? ' ' : ch);
   quoted += "\"";
   std::ostringstream s;
-  s << first_value << "," << csv_number(r.llc_mean) << "," << csv_number(r.llc_stderr) << "," << csv_number(r.r_hat) << ","
-    << csv_number(r.llc_std) << "," << csv_number(r.ess) << "," << csv_number(r.mala_acceptance) << ","
-    << csv_number(r.init_loss) << "," << csv_number(r.nbeta) << "," << r.chains << "," << r.diverged.size() << ","
+  s << first_value << "," << csv_value(r.llc_mean) << "," << csv_value(r.llc_stderr) << "," << csv_value(r.r_hat) << ","
+    << csv_value(r.llc_std) << "," << csv_value(r.ess) << "," << csv_value(r.mala_acceptance) << ","
+    << csv_value(r.init_loss) << "," << csv_value(r.nbeta) << "," << r.chains << "," << r.diverged.size() << ","
     << (warnings.empty() ? "" : quoted) << "\n";
   return s.str();
 }
@@ -435,8 +425,8 @@ std::string elasticity_csv_row(index_t step, const std::string& checkpoint, doub
                                const elasticity::ClassMatrix* classes, std::size_t undefined_sources) {
   const double nan = std::numeric_limits<double>::quiet_NaN();
   std::ostringstream s;
-  s << step << "," << checkpoint << "," << csv_number(mean) << "," << csv_number(classes ? classes->within : nan) << ","
-    << csv_number(classes ? classes->across : nan) << "," << csv_number(classes ? classes->ratio : nan) << ","
+  s << step << "," << checkpoint << "," << csv_value(mean) << "," << csv_value(classes ? classes->within : nan) << ","
+    << csv_value(classes ? classes->across : nan) << "," << csv_value(classes ? classes->ratio : nan) << ","
     << undefined_sources << "\n";
   return s.str();
 }
@@ -457,58 +447,58 @@ std::string response_csv_header(index_t layers) {
 std::string response_csv_row(index_t step, const std::string& checkpoint, index_t layers, const response::Response& r,
                              const response::FeatureSpace& f) {
   const auto at = [](const std::vector<double>& v, index_t l) {
-    return std::size_t(l) < v.size() ? csv_number(v[std::size_t(l)]) : std::string();
+    return std::size_t(l) < v.size() ? csv_value(v[std::size_t(l)]) : std::string();
   };
   std::ostringstream s;
-  s << step << "," << checkpoint << "," << csv_number(r.mean_diagonal) << "," << csv_number(r.mean_off_diagonal);
+  s << step << "," << checkpoint << "," << csv_value(r.mean_diagonal) << "," << csv_value(r.mean_off_diagonal);
   for (index_t l = 0; l < layers; ++l) s << "," << at(r.layer_diagonal, l) << "," << at(r.layer_off_diagonal, l);
   for (index_t l = 0; l + 1 < layers; ++l) {
     if (std::size_t(l) < f.layers.size()) {
       const response::LayerFeatures& h = f.layers[std::size_t(l)];
-      s << "," << csv_number(h.effective_rank) << "," << csv_number(h.participation_ratio) << "," << h.dead << ","
+      s << "," << csv_value(h.effective_rank) << "," << csv_value(h.participation_ratio) << "," << h.dead << ","
         << h.duplicated;
     } else {
       s << ",,,,";
     }
   }
-  s << "," << csv_number(f.input_grad_norm) << "\n";
+  s << "," << csv_value(f.input_grad_norm) << "\n";
   return s.str();
 }
 
 json response_row_json(const response::Response& r, const response::FeatureSpace& f) {
   json j;
-  j["mean_diagonal"] = number_or_null(r.mean_diagonal);
-  j["mean_off_diagonal"] = number_or_null(r.mean_off_diagonal);
+  j["mean_diagonal"] = finite_or_null(r.mean_diagonal);
+  j["mean_off_diagonal"] = finite_or_null(r.mean_off_diagonal);
   json diag = json::array(), off = json::array();
-  for (double v : r.layer_diagonal) diag.push_back(number_or_null(v));
-  for (double v : r.layer_off_diagonal) off.push_back(number_or_null(v));
+  for (double v : r.layer_diagonal) diag.push_back(finite_or_null(v));
+  for (double v : r.layer_off_diagonal) off.push_back(finite_or_null(v));
   j["layer_diagonal"] = diag;
   j["layer_off_diagonal"] = off;
   j["undefined_sources"] = r.undefined_sources;
   j["unresolved_sources"] = r.unresolved_sources;
-  j["kernel_gap"] = number_or_null(r.kernel_gap);
+  j["kernel_gap"] = finite_or_null(r.kernel_gap);
   json features = json::array();
   for (const response::LayerFeatures& h : f.layers)
     features.push_back({{"layer", h.layer},
                         {"width", h.width},
-                        {"effective_rank", number_or_null(h.effective_rank)},
-                        {"participation_ratio", number_or_null(h.participation_ratio)},
+                        {"effective_rank", finite_or_null(h.effective_rank)},
+                        {"participation_ratio", finite_or_null(h.participation_ratio)},
                         {"dead", h.dead},
                         {"duplicated", h.duplicated}});
   j["features"] = features;
-  j["input_grad_norm"] = number_or_null(f.input_grad_norm);
+  j["input_grad_norm"] = finite_or_null(f.input_grad_norm);
   j["flops"] = r.flops;
   return j;
 }
 
 json power_law_json(const response::PowerLawFit& fit, double t_min, double t_max) {
   json j;
-  j["beta"] = number_or_null(fit.beta);
-  j["beta_ci"] = {number_or_null(fit.beta_low), number_or_null(fit.beta_high)};
-  j["beta_stderr"] = number_or_null(fit.beta_stderr);
+  j["beta"] = finite_or_null(fit.beta);
+  j["beta_ci"] = {finite_or_null(fit.beta_low), finite_or_null(fit.beta_high)};
+  j["beta_stderr"] = finite_or_null(fit.beta_stderr);
   j["confidence"] = fit.confidence;
-  j["amplitude"] = number_or_null(fit.amplitude);
-  j["r_squared"] = number_or_null(fit.r_squared);
+  j["amplitude"] = finite_or_null(fit.amplitude);
+  j["r_squared"] = finite_or_null(fit.r_squared);
   j["fit_window"] = {t_min, t_max};
   j["points"] = fit.points;
   j["skipped"] = fit.skipped;

@@ -59,6 +59,32 @@ std::string exact_number(double v) {
   return buf;
 }
 
+// The last line of the summary table `out` that starts with `prefix` (a step right-aligned in 7
+// characters, then two spaces); empty when there is none.
+std::string table_line(const std::string& out, const std::string& prefix) {
+  std::istringstream table(out);
+  std::string found;
+  for (std::string line; std::getline(table, line);)
+    if (line.rfind(prefix, 0) == 0) found = line;
+  return found;
+}
+
+// The table's first line (its column names).
+std::string table_header(const std::string& out) {
+  std::istringstream table(out);
+  std::string header;
+  std::getline(table, header);
+  return header;
+}
+
+// A table line's cells as numbers.
+std::vector<double> table_cells(const std::string& line) {
+  std::istringstream cells(line);
+  std::vector<double> v;
+  for (std::string cell; cells >> cell;) v.push_back(std::stod(cell));
+  return v;
+}
+
 // A PNG decoded by libpng (which checks the signature, the chunks' CRCs and the compressed data).
 struct Png {
   bool ok = false;
@@ -201,14 +227,9 @@ TEST_F(CliDemo, LocalComplexityRowsEqualLcOnTheLastCheckpoint) {
   EXPECT_NE(out.find("LC train"), std::string::npos) << out;
   EXPECT_NE(out.find("LC test"), std::string::npos) << out;
   EXPECT_NE(out.find("LC rand"), std::string::npos) << out;
-  std::istringstream table(out);
-  std::string last_row;
-  for (std::string line; std::getline(table, line);)
-    if (line.rfind("     40  ", 0) == 0) last_row = line;
+  const std::string last_row = table_line(out, "     40  ");
   ASSERT_FALSE(last_row.empty()) << out;
-  std::istringstream cells(last_row);
-  std::vector<double> v;
-  for (std::string cell; cells >> cell;) v.push_back(std::stod(cell));
+  const std::vector<double> v = table_cells(last_row);
   // 12 columns, the elasticity's ratio and the mean diagonal response, 3 LC, then LLC and its
   // standard error.
   ASSERT_EQ(v.size(), 19u) << last_row;
@@ -277,15 +298,9 @@ TEST_F(CliDemo, LlcRowsEqualTheLlcCommand) {
   EXPECT_EQ(lines(path("llc_theirs.csv")), csv);
 
   // The summary table's LLC columns: the last row's estimate and error bar.
-  std::istringstream table(shared_run().out);
-  std::string header, last_row;
-  std::getline(table, header);
+  const std::string header = table_header(shared_run().out), last_row = table_line(shared_run().out, "     40  ");
   EXPECT_NE(header.find("LLC"), std::string::npos) << header;
-  for (std::string line; std::getline(table, line);)
-    if (line.rfind("     40  ", 0) == 0) last_row = line;
-  std::istringstream cells(last_row);
-  std::vector<double> v;
-  for (std::string cell; cells >> cell;) v.push_back(std::stod(cell));
+  const std::vector<double> v = table_cells(last_row);
   ASSERT_EQ(v.size(), 19u) << last_row;
   EXPECT_NEAR(v[17], rows[2].at("llc_mean").get<double>(), 5e-4 * std::abs(rows[2].at("llc_mean").get<double>()));
   EXPECT_NEAR(v[18], rows[2].at("llc_stderr").get<double>(), 5e-2 * rows[2].at("llc_stderr").get<double>());
@@ -465,15 +480,9 @@ TEST_F(CliDemo, ElasticityCurveAndClassMatrices) {
   EXPECT_EQ(r.json().at("class_matrix"), rows[2].at("class_matrix"));
 
   // The table's LE ratio column: the last checkpoint's ratio.
-  std::istringstream table(shared_run().out);
-  std::string header, last_row;
-  std::getline(table, header);
+  const std::string header = table_header(shared_run().out), last_row = table_line(shared_run().out, "     40  ");
   EXPECT_NE(header.find("LE ratio"), std::string::npos) << header;
-  for (std::string line; std::getline(table, line);)
-    if (line.rfind("     40  ", 0) == 0) last_row = line;
-  std::istringstream cells(last_row);
-  std::vector<double> v;
-  for (std::string cell; cells >> cell;) v.push_back(std::stod(cell));
+  const std::vector<double> v = table_cells(last_row);
   ASSERT_EQ(v.size(), 19u) << last_row;
   EXPECT_NEAR(v[12], rows[2].at("ratio").get<double>(), 5e-4 * rows[2].at("ratio").get<double>());
   for (const char* file : {"elasticity.csv", "elasticity_first.npy", "elasticity_last.npy"})
@@ -543,15 +552,9 @@ TEST_F(CliDemo, ResponseAndFeatureSpace) {
   EXPECT_EQ(lines(path("response_theirs.csv")), csv);
 
   // The table's R diag column.
-  std::istringstream table(shared_run().out);
-  std::string header, last_row;
-  std::getline(table, header);
+  const std::string header = table_header(shared_run().out), last_row = table_line(shared_run().out, "     40  ");
   EXPECT_NE(header.find("R diag"), std::string::npos) << header;
-  for (std::string line; std::getline(table, line);)
-    if (line.rfind("     40  ", 0) == 0) last_row = line;
-  std::istringstream cells(last_row);
-  std::vector<double> v;
-  for (std::string cell; cells >> cell;) v.push_back(std::stod(cell));
+  const std::vector<double> v = table_cells(last_row);
   ASSERT_EQ(v.size(), 19u) << last_row;
   EXPECT_NEAR(v[13], rows[2].at("mean_diagonal").get<double>(), 5e-4 * rows[2].at("mean_diagonal").get<double>());
 }
@@ -651,10 +654,7 @@ TEST_F(CliDemo, SwitchesRadiusAndDims) {
   EXPECT_EQ(report.at("llc").at("rows")[1].at("step"), 40);
   EXPECT_EQ(lines(path("nomap/llc.csv")).size(), 3u);
   {
-    std::istringstream table(r.out);
-    std::string middle;
-    for (std::string line; std::getline(table, line);)
-      if (line.rfind("     20  ", 0) == 0) middle = line;
+    const std::string middle = table_line(r.out, "     20  ");
     ASSERT_GE(middle.size(), 4u) << r.out;
     EXPECT_EQ(middle.substr(middle.size() - 4), "   -") << middle;
   }

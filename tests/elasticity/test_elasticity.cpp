@@ -419,26 +419,26 @@ TEST(Elasticity, ClassMetricsMatchDirectFormulas) {
   const auto [delta, self] = separate<double>(p, Loss::xent, Update::sgd, eta);
   const std::vector<double> f1 = naive::outputs(p.spec, p.w, p.x1, p.n1), f2 = naive::outputs(p.spec, p.w, p.x2, n2);
   // True KL(p || q), sum p log(p / q); ||q - p||; the notebook's F.kl_div(p, q) = mean(q (log q - p)).
-  const auto kl = [&](const double* f, const double* dl) {
+  // The class probabilities of the outputs f, and of f moved by the change dl.
+  const auto before_after = [&](const double* f, const double* dl) {
     std::vector<double> fp(static_cast<std::size_t>(O));
     for (index_t a = 0; a < O; ++a) fp[std::size_t(a)] = f[a] + dl[a];
-    const auto pp = softmax(f, O), q = softmax(fp.data(), O);
+    return std::make_pair(softmax(f, O), softmax(fp.data(), O));
+  };
+  const auto kl = [&](const double* f, const double* dl) {
+    const auto [pp, q] = before_after(f, dl);
     double s = 0;
     for (index_t a = 0; a < O; ++a) s += pp[std::size_t(a)] * std::log(pp[std::size_t(a)] / q[std::size_t(a)]);
     return s;
   };
   const auto l2 = [&](const double* f, const double* dl) {
-    std::vector<double> fp(static_cast<std::size_t>(O));
-    for (index_t a = 0; a < O; ++a) fp[std::size_t(a)] = f[a] + dl[a];
-    const auto pp = softmax(f, O), q = softmax(fp.data(), O);
+    const auto [pp, q] = before_after(f, dl);
     double s = 0;
     for (index_t a = 0; a < O; ++a) s += (q[std::size_t(a)] - pp[std::size_t(a)]) * (q[std::size_t(a)] - pp[std::size_t(a)]);
     return std::sqrt(s);
   };
   const auto notebook = [&](const double* f, const double* dl) {
-    std::vector<double> fp(static_cast<std::size_t>(O));
-    for (index_t a = 0; a < O; ++a) fp[std::size_t(a)] = f[a] + dl[a];
-    const auto input = softmax(f, O), target = softmax(fp.data(), O);
+    const auto [input, target] = before_after(f, dl);
     double s = 0;
     for (index_t a = 0; a < O; ++a)
       s += target[std::size_t(a)] * (std::log(target[std::size_t(a)]) - input[std::size_t(a)]);
