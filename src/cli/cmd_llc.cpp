@@ -316,17 +316,20 @@ int run(const LlcCommand& c) {
   std::string csv = llc_csv_header("step");
   json rows = json::array();
   std::string text;
-  std::size_t params = 0;
+  model::MlpSpec first;
   for (std::size_t q = 0; q < steps.size(); ++q) {
     ModelFlags mf = c.model;
     mf.model = steps[q].second;
     model::Mlp<T> net = load_network<T>(ctx, mf, c.common.seed, split);
     if (q == 0) {
-      params = std::size_t(net.spec.num_params());
+      first = net.spec;
       o.mask = read_mask(c.mask, net.spec.num_params());
       r["network"] = spec_json(net);
-    } else if (std::size_t(net.spec.num_params()) != params) {
-      throw UsageError("--checkpoints: '" + steps[q].second + "' has another architecture than the first checkpoint");
+      // Every other checkpoint read once before any chain runs: one of another architecture
+      // (widths, biases, activations, parameterization) is refused before hours are spent.
+      check_checkpoints<T>(c.common, c.model, split, steps, first);
+    } else {
+      check_same_architecture("--checkpoints", first, net.spec, steps[q].second);
     }
     task = "llc: checkpoint " + std::to_string(q + 1) + "/" + std::to_string(steps.size()) + " (step " +
            std::to_string(steps[q].first) + ")";

@@ -299,6 +299,21 @@ TEST(CliLlc, CheckpointsCsvEqualsOneRunPerCheckpoint) {
   expect_usage_error(run(std::vector<std::string>{"llc", "--checkpoints", dir, "--out-csv", temp_path("never.csv")} + sampler),
                      {"--checkpoints", "report.json", "--dataset"});
   EXPECT_FALSE(fs::exists(temp_path("never.csv")));
+
+  // A checkpoint with the same parameter count but another activation is another network: refused
+  // (naming both) before any chain runs, and no CSV.
+  const std::string tanh_dir = temp_path("run_tanh");
+  ASSERT_EQ(run(std::vector<std::string>{"train", "--arch", "2-8-2", "--activation", "tanh", "--steps", "20",
+                                         "--save-every", "20", "--out-dir", tanh_dir, "--quiet"} +
+                data)
+                .exit_code,
+            0);
+  fs::copy_file(fs::path(tanh_dir) / "step_0000020.safetensors", fs::path(dir) / "step_0000020.safetensors",
+                fs::copy_options::overwrite_existing);
+  expect_usage_error(run(std::vector<std::string>{"llc", "--checkpoints", dir, "--out-csv", temp_path("mixed.csv")} +
+                         data + sampler),
+                     {"--checkpoints", "another architecture", "tanh", "relu", "step_0000020.safetensors"});
+  EXPECT_FALSE(fs::exists(temp_path("mixed.csv")));
 }
 
 TEST(CliLlc, CalibrationSweepEqualsTheLibrary) {
