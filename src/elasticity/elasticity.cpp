@@ -112,6 +112,15 @@ void require_finite(const double* v, index_t rows, index_t cols, const std::stri
 }
 
 // f(x; w) [N, O] in float64, over row tiles whose engine buffers fit the workspace budget.
+// Host rows into a buffer on ctx's backend that is reused across source groups: no allocation (on
+// cuda, no cudaMalloc and its synchronization) per group once the sizes are stable.
+template <class U>
+MatrixView<U> upload(const Context& ctx, detail::Buffer<U>& buf, const U* host, index_t rows, index_t cols) {
+  const MatrixView<U> v = buf.reserve(ctx, rows, cols);
+  copy<U>(ctx, MatrixView<const U>{host, rows, cols, cols, Backend::host, 0}, v);
+  return v;
+}
+
 template <class T>
 std::vector<double> outputs_of(const Context& ctx, const MlpSpec& spec, const T* params, MatrixView<const T> x) {
   const index_t n = x.rows, O = spec.outputs();
@@ -224,6 +233,8 @@ void step_form(const Context& ctx, const MlpSpec& spec, const T* params, MatrixV
   std::vector<char> no_step(std::size_t(N1), 0);
   Array<double> norms(ctx, {2 * L, G});
   std::vector<double> norms_host(std::size_t(2 * L * G));
+  detail::Buffer<T> cot_buf;
+  detail::Buffer<double> scale_buf;
   const std::string diverged = "the step with eta = " + num(o.eta) + " diverged; use a smaller eta (or form ntk)";
   const std::string task = label + ": one-step output changes";
   const double fwd = products(spec);
@@ -235,12 +246,12 @@ void step_form(const Context& ctx, const MlpSpec& spec, const T* params, MatrixV
       for (index_t a = 0; a < O; ++a)
         cot_host[std::size_t(c * O + a)] = static_cast<T>(s > 0 ? lg[(g0 + c) * O + a] / s : 0.0);
     }
-    const Array<T> cot = Array<T>::from_host(ctx, {g, O}, cot_host.data());
-    const Array<double> scale = Array<double>::from_host(ctx, {g}, scale_host.data());
+    const MatrixView<T> cot = upload<T>(ctx, cot_buf, cot_host.data(), g, O);
+    const MatrixView<double> scale = upload<double>(ctx, scale_buf, scale_host.data(), g, 1);
     const MatrixView<T> wp{wplus.data(), g, P, P, ctx.backend(), ctx.is_cuda() ? ctx.device() : 0};
     const MatrixView<const T> xs = x1.block(g0, 0, g, x1.cols);
     grad_engine.forward(params, xs);
-    grad_engine.backprop(params, cot.matrix());
+    grad_engine.backprop(params, MatrixView<const T>(cot));
     for (index_t l = 1; l <= L; ++l) {
       const index_t out = spec.widths[std::size_t(l)], in = spec.widths[std::size_t(l - 1)];
       const bool bias = spec.bias[std::size_t(l - 1)];
@@ -249,7 +260,7 @@ void step_form(const Context& ctx, const MlpSpec& spec, const T* params, MatrixV
         kern::parallel_for_2d(ctx, g * out, in + (bias ? 1 : 0),
                               StepLayer<T>{wp.data, P, params, dl, al, out, in, spec.weight_offset(l - 1),
                                            bias ? spec.bias_offset(l - 1) : 0, spec.weight_scale(l - 1),
-                                           spec.bias_scale, scale.data(), o.eta, o.adam_eps,
+                                           spec.bias_scale, scale.data, o.eta, o.adam_eps,
                                            o.update == Update::adam});
       // ||g^_r||^2 = sum_l c_l^2 ||delta_{l,r}||^2 ||a_{l-1,r}||^2 (+ beta^2 ||delta_{l,r}||^2): zero
       // exactly when the step moves no parameter.
@@ -273,7 +284,7 @@ void step_form(const Context& ctx, const MlpSpec& spec, const T* params, MatrixV
     r.flops += 6.0 * double(g) * fwd;  // forward, backprop, per-sample products
     // The first-layer deltas of the scaled cotangents and their scales: the step's layer 1.
     const MatrixView<const T> d1 = grad_engine.delta(1);
-    const VectorView<const double> s1{scale.data(), g, 1, ctx.backend(), ctx.is_cuda() ? ctx.device() : 0};
+    const VectorView<const double> s1{scale.data, g, 1, ctx.backend(), ctx.is_cuda() ? ctx.device() : 0};
     if (!same_set) {
       // f(x_i; w+_i): each set's own source row.
       const MatrixView<const T> f = shortcut ? first->forward(params, MatrixView<const T>(wp), d1, s1, xs, xs, o.eta)
@@ -433,8 +444,8 @@ void ntk_form(const Context& ctx, const MlpSpec& spec, const T* params, MatrixVi
   const double* bl = wb.data() + L;
 
   model::MlpEngine<T> src(ctx, spec), tgt(ctx, spec);
-  detail::Buffer<T> at_buf, bt_buf, tcot_buf;
-  detail::Buffer<double> tile_buf, layer_buf, self_buf, self_layer_buf, hh_buf;
+  detail::Buffer<T> at_buf, bt_buf, tcot_buf, cot_buf;
+  detail::Buffer<double> scale_buf, tile_buf, layer_buf, self_buf, self_layer_buf, hh_buf;
   std::vector<T> cot_host;
   std::vector<double> scale_host;
   const double pw = products(spec);
@@ -457,11 +468,11 @@ void ntk_form(const Context& ctx, const MlpSpec& spec, const T* params, MatrixVi
         for (index_t k = 1; k < K; ++k) cot_host[std::size_t((k * g + c) * O + a)] = T(k - 1 == a ? 1 : 0);
       }
     }
-    const Array<T> cot = Array<T>::from_host(ctx, {K * g, O}, cot_host.data());
-    const Array<double> scale = Array<double>::from_host(ctx, {g}, scale_host.data());
+    const MatrixView<T> cot = upload<T>(ctx, cot_buf, cot_host.data(), K * g, O);
+    const MatrixView<double> scale = upload<double>(ctx, scale_buf, scale_host.data(), g, 1);
     const MatrixView<const T> xs = x1.block(g0, 0, g, x1.cols);
     src.forward(params, xs);
-    src.backprop(params, cot.matrix(), K);
+    src.backprop(params, MatrixView<const T>(cot), K);
     r.flops += 2.0 * double(g) * pw + 2.0 * double(K * g) * pw_back;
 
     if (!same_set) {
@@ -478,7 +489,7 @@ void ntk_form(const Context& ctx, const MlpSpec& spec, const T* params, MatrixVi
           layer = direct ? host_layer : self_layer_buf.reserve(ctx, g, O);
         }
         kern::parallel_for(ctx, g * O,
-                           NtkSelf<T>{src.delta(l), hh.data, scale.data(), wb_host[std::size_t(l - 1)],
+                           NtkSelf<T>{src.delta(l), hh.data, scale.data, wb_host[std::size_t(l - 1)],
                                       wb_host[std::size_t(L + l - 1)], g, O, self, layer, l > 1});
         if (per_layer && !direct)
           copy<double>(ctx, MatrixView<const double>(layer),
@@ -510,7 +521,7 @@ void ntk_form(const Context& ctx, const MlpSpec& spec, const T* params, MatrixVi
       // Combine in float64: all layers at once, or layer by layer into their parts.
       const MatrixView<double> host_total{r.delta.data() + g0 * N2 * O + t0 * O, g, m * O, N2 * O, Backend::host, 0};
       const MatrixView<double> total = direct ? host_total : tile_buf.reserve(ctx, g, m * O);
-      const NtkCombine<T> all{at, bt, wl, bl, scale.data(), g, m, O, 0, L, total, {}, false};
+      const NtkCombine<T> all{at, bt, wl, bl, scale.data, g, m, O, 0, L, total, {}, false};
       if (!per_layer) {
         kern::parallel_for(ctx, g * m * O, all);
       } else {
