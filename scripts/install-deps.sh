@@ -10,6 +10,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev libeigen3-dev
   clang libclang-rt-14-dev
   dataset-fashion-mnist python3-sklearn python3-numpy
+  python3-dev python3-venv python3-scipy python3-torch
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -21,3 +22,13 @@ if ((${#missing[@]})); then
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+
+# The Python package: a virtual environment at .venv over Debian's python3 (its numpy, scipy and
+# torch stay visible) with what Debian does not package: nanobind, pytest, jax (PyPI). CMake builds
+# the extension for this interpreter and runs the pytest suite with it (cmake/DynascopePython.cmake).
+repo=$(cd "$(dirname "$0")/.." && pwd)
+if [ ! -x "$repo/.venv/bin/python" ]; then
+  echo "creating $repo/.venv" >&2
+  /usr/bin/python3 -m venv --system-site-packages "$repo/.venv"
+fi
+"$repo/.venv/bin/python" -m pip install -q --disable-pip-version-check -r "$repo/scripts/python-requirements.txt"

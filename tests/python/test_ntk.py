@@ -194,7 +194,7 @@ def test_bad_inputs():
         dynascope.ntk(mlp, np.zeros((2, 4)))
     with pytest.raises(ValueError, match=r"x1: expected a 2-D array"):
         dynascope.ntk(mlp, np.zeros(5))
-    with pytest.raises(ValueError, match=r"x1: expected a numpy.ndarray or a torch.Tensor, got builtins.list"):
+    with pytest.raises(ValueError, match=r"x1: expected a numpy.ndarray, a torch.Tensor or a jax.Array, got builtins.list"):
         dynascope.ntk(mlp, [[0.0] * 5])
     with pytest.raises(ValueError, match=r"NTK output mode 'bogus'"):
         dynascope.ntk(mlp, np.zeros((2, 5)), outputs="bogus")

@@ -1,0 +1,125 @@
+"""The caller's arrays: which framework they come from, checks with fix-it messages, and outputs
+allocated in that framework. Nothing here copies an input."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ._core import InvalidArgument, ShapeMismatch
+
+_NUMPY_DTYPES = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
+
+
+def module_of(a: Any) -> str:
+    return type(a).__module__.split(".")[0]
+
+
+def is_torch(a: Any) -> bool:
+    # Checked by module name so that NumPy-only users never import torch (nor JAX).
+    return module_of(a) == "torch"
+
+
+def is_jax(a: Any) -> bool:
+    return module_of(a) in ("jax", "jaxlib")
+
+
+def framework(a: Any, name: str) -> str:
+    """"numpy", "torch" or "jax"; anything else is refused with a message naming the argument."""
+    if isinstance(a, np.ndarray):
+        return "numpy"
+    if is_torch(a):
+        return "torch"
+    if is_jax(a):
+        return "jax"
+    raise InvalidArgument(
+        f"{name}: expected a numpy.ndarray, a torch.Tensor or a jax.Array, got "
+        f"{type(a).__module__}.{type(a).__name__} (convert it with numpy.asarray({name}))")
+
+
+def host_view(a: Any, name: str) -> Any:
+    """What the compiled core reads: the array itself (NumPy, torch), or for JAX a read-only NumPy
+    view of the same memory through DLPack (JAX arrays on the CPU only)."""
+    if is_jax(a):
+        devices = {d.platform for d in a.devices()} if hasattr(a, "devices") else {"cpu"}
+        if devices != {"cpu"}:
+            raise InvalidArgument(f"{name}: this version of the package computes on the host only; the JAX array "
+                                  f"is on {sorted(devices)}: pass jax.device_get({name})")
+        return np.from_dlpack(a)
+    return a
+
+
+def check_array(a: Any, name: str, ndim: Optional[int], dtype: Optional[str] = None) -> Tuple[str, str]:
+    """Checks one input array; returns (framework, dtype name: "float32" or "float64").
+
+    ``ndim`` None accepts any rank. ``dtype`` (when given) is the dtype the call needs (the model's).
+    Never copies: a wrong dtype or a non-contiguous array gets an error that says how to fix it.
+    """
+    fw = framework(a, name)
+    if fw == "torch":
+        import torch
+        dt = {torch.float32: "float32", torch.float64: "float64"}.get(a.dtype)
+        contiguous = a.is_contiguous()
+        fix = f"{name}.contiguous()"
+        cast = f"{name}.double()"
+        if a.device.type != "cpu":
+            raise InvalidArgument(
+                f"{name}: this version of the package computes on the host only; the tensor is on "
+                f"{a.device}: pass {name}.cpu()")
+    else:
+        view = host_view(a, name) if fw == "jax" else a
+        dt = _NUMPY_DTYPES.get(view.dtype)
+        contiguous = view.flags.c_contiguous
+        fix = f"numpy.ascontiguousarray({name})" if fw == "numpy" else f"jax.numpy.asarray({name}, order='C')"
+        cast = f"{name}.astype(numpy.float64)" if fw == "numpy" else f"{name}.astype(jax.numpy.float64)"
+    if dt is None:
+        raise InvalidArgument(f"{name}: expected float32 or float64, got {a.dtype} (convert it, e.g. {cast})")
+    if ndim is not None and a.ndim != ndim:
+        what = {1: "[P] (a flat vector)", 2: "[N, D] (one sample per row)"}.get(ndim, "")
+        raise ShapeMismatch(f"{name}: expected a {ndim}-D array {what}, got shape {tuple(a.shape)}")
+    if not contiguous:
+        raise InvalidArgument(f"{name}: the array is not C-contiguous (row-major); pass {fix} (one copy)")
+    if dtype is not None and dt != dtype:
+        raise InvalidArgument(f"{name}: dtype {dt} differs from the model's parameters ({dtype}); convert "
+                              f"{name} or the parameters")
+    return fw, dt
+
+
+def check_finite(a: Any, name: str) -> None:
+    """Refuses NaN and infinite values (one pass over the array)."""
+    v = host_view(a, name)
+    if is_torch(v):
+        import torch
+        ok = bool(torch.isfinite(v).all())
+    else:
+        ok = bool(np.isfinite(v).all())
+    if not ok:
+        raise InvalidArgument(f"{name}: contains NaN or infinite values")
+
+
+def empty(fw: str, shape: Sequence[int], dtype: str) -> Any:
+    """An uninitialised output in a framework the core can write into: torch for torch callers,
+    NumPy for NumPy and JAX callers (JAX arrays are immutable: see `to_framework`)."""
+    if fw == "torch":
+        import torch
+        return torch.empty(tuple(shape), dtype=getattr(torch, dtype))
+    return np.empty(tuple(shape), dtype=dtype)
+
+
+def to_framework(fw: str, out: Any) -> Any:
+    """An output written by the core, handed to the caller's framework: NumPy and torch arrays are
+    returned as they are; for JAX the NumPy buffer goes through DLPack (``jax.numpy.asarray`` on
+    the CPU device; JAX may copy it once when it cannot adopt the buffer)."""
+    if fw != "jax" or out is None:
+        return out
+    import jax.numpy as jnp
+    return jnp.from_dlpack(out) if hasattr(jnp, "from_dlpack") else jnp.asarray(out)
+
+
+def from_numpy(fw: str, a: np.ndarray) -> Any:
+    """A small result computed in NumPy (statistics, curves), in the caller's framework."""
+    if fw == "torch":
+        import torch
+        return torch.from_numpy(np.ascontiguousarray(a))
+    return to_framework(fw, a)

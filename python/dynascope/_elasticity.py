@@ -1,0 +1,3 @@
+"""Placeholder: filled in by the elasticity work."""
+
+__all__: list = []

@@ -1,0 +1,3 @@
+"""Placeholder: filled in by the generic work."""
+
+__all__: list = []

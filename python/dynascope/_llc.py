@@ -1,0 +1,3 @@
+"""Placeholder: filled in by the llc work."""
+
+__all__: list = []

@@ -1,0 +1,3 @@
+"""Placeholder: filled in by the regions work."""
+
+__all__: list = []

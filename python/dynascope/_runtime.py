@@ -1,0 +1,81 @@
+"""Threads and progress for every call into the compiled core."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional, Union
+
+from ._core import InvalidArgument
+
+ProgressArg = Union[None, bool, Callable[[str, int, int], Any]]
+
+_default_progress = True
+
+
+def set_progress(enabled: bool) -> None:
+    """Turns the progress bars of long computations on (the default, when tqdm is installed) or
+    off for every later call that does not pass ``progress=`` itself."""
+    global _default_progress
+    _default_progress = bool(enabled)
+
+
+def threads(value: Optional[int]) -> int:
+    """Host threads: None means all cores (``os.cpu_count()``, passed explicitly because importing
+    torch lowers OpenMP's default to one thread)."""
+    if value is None:
+        return os.cpu_count() or 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgument(f"threads: expected None or an integer >= 0, got {value!r}")
+    return value
+
+
+class _Bars:
+    """tqdm bars, one per task: the library reports (task, done, total) from its calling thread."""
+
+    def __init__(self, tqdm: Any) -> None:
+        self._tqdm = tqdm
+        self._bar = None
+        self._task: Optional[str] = None
+
+    def __call__(self, task: str, done: int, total: int) -> None:
+        key = task.split(":", 1)[0]   # "lanczos: restart 3, ..." is one bar with a changing description
+        if self._bar is None or key != self._task or self._bar.total != total:
+            self.close()
+            self._bar = self._tqdm(total=total, desc=key, leave=False, dynamic_ncols=True)
+            self._task = key
+        if key != task:
+            self._bar.set_postfix_str(task[len(key) + 1:].strip(), refresh=False)
+        self._bar.update(max(0, done - self._bar.n))
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+@contextmanager
+def progress_callback(progress: ProgressArg) -> Iterator[Optional[Callable[[str, int, int], Any]]]:
+    """The callable handed to the core for one call: ``progress`` itself when it is callable,
+    tqdm bars when it is True (or None and the default is on) and tqdm is installed, else None.
+    Ctrl-C is honoured either way (the core checks for signals at every progress point)."""
+    if callable(progress):
+        yield progress
+        return
+    if progress is not None and not isinstance(progress, bool):
+        raise InvalidArgument(f"progress: expected None, True, False or a callable (task, done, total), "
+                              f"got {type(progress).__name__}")
+    enabled = _default_progress if progress is None else progress
+    if not enabled:
+        yield None
+        return
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        yield None
+        return
+    bars = _Bars(tqdm)
+    try:
+        yield bars
+    finally:
+        bars.close()

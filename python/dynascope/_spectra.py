@@ -1,0 +1,3 @@
+"""Placeholder: filled in by the spectra work."""
+
+__all__: list = []

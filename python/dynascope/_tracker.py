@@ -1,0 +1,3 @@
+"""Placeholder: filled in by the tracker work."""
+
+__all__: list = []
