@@ -93,5 +93,6 @@ void register_llc(nb::module_& m);
 void register_elasticity(nb::module_& m);
 void register_train(nb::module_& m);
 void register_generic(nb::module_& m);
+void register_io(nb::module_& m);
 
 }  // namespace dynascope::python

@@ -16,4 +16,5 @@ NB_MODULE(_core, m) {
   register_elasticity(m);
   register_train(m);
   register_generic(m);
+  register_io(m);
 }
