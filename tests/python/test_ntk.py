@@ -221,3 +221,148 @@ def test_errors_share_a_base():
     assert issubclass(dynascope.InvalidArgument, ValueError)
     assert issubclass(dynascope.OutOfMemory, MemoryError)
     assert issubclass(dynascope.Error, RuntimeError)
+
+
+# ---- What the CLI's `ntk` reports about a kernel matrix, against NumPy formulas ----------------
+
+def np_alignment(k, y, centered):
+    if centered:
+        h = np.eye(k.shape[0]) - 1.0 / k.shape[0]
+        k, y = h @ k @ h, h @ y
+    yy = y @ y.T
+    return np.sum(k * yy) / (np.linalg.norm(k) * np.linalg.norm(yy))
+
+
+def np_energy(k, y, ks, centered):
+    if centered:
+        y = y - y.mean(0)
+    _, u = np.linalg.eigh(k)
+    u = u[:, ::-1]
+    return {q: np.sum((u[:, :q].T @ y) ** 2) / np.sum(y ** 2) for q in ks}
+
+
+def psd_kernel(m, rank, seed):
+    a = np.random.default_rng(seed).standard_normal((m, rank))
+    return a @ a.T + 0.5  # a constant mode, as one-hot targets and NTKs have
+
+
+@pytest.mark.parametrize("centered", [True, False])
+def test_alignment_matches_numpy(centered):
+    k = psd_kernel(20, 8, 0)
+    labels = np.random.default_rng(1).integers(0, 3, 20)
+    y = np.eye(3)[labels]
+    a = dynascope.kernel_target_alignment(k, labels, centered=centered)
+    assert a == pytest.approx(np_alignment(k, y, centered), rel=1e-12, abs=0)
+    values = np.random.default_rng(2).standard_normal((20, 2))
+    a2 = dynascope.kernel_target_alignment(torch.from_numpy(k.astype(np.float32)), torch.from_numpy(values),
+                                           centered=centered)
+    assert a2 == pytest.approx(np_alignment(k, values, centered), rel=1e-6, abs=0)
+    one = values[:, 0]  # one column: y^T K y / (||K||_F ||y||^2)
+    assert dynascope.kernel_target_alignment(k, one, centered=False) == pytest.approx(
+        one @ k @ one / (np.linalg.norm(k) * (one @ one)), rel=1e-12, abs=0)
+
+
+def test_full_kernel_alignment_uses_vec_of_the_targets():
+    model = make_model("mixed")
+    x = torch.randn(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    k = dynascope.ntk(dynascope.Mlp.from_torch(model), x, outputs="full", threads=1, progress=False)
+    labels = np.array([0, 2, 1, 1, 0, 2])
+    vec = np.eye(3)[labels].reshape(18, 1)
+    km = k.reshape(18, 18).numpy()
+    assert dynascope.kernel_target_alignment(k, labels) == pytest.approx(np_alignment(km, vec, True), rel=1e-12)
+    values = np.random.default_rng(4).standard_normal((6, 3))
+    assert dynascope.kernel_target_alignment(k, values, centered=False) == pytest.approx(
+        np_alignment(km, values.reshape(18, 1), False), rel=1e-12)
+
+
+@pytest.mark.parametrize("energy_targets", ["centered", "raw"])
+def test_cumulative_energy_matches_numpy(energy_targets):
+    k = psd_kernel(30, 30, 5)
+    labels = np.random.default_rng(6).integers(0, 4, 30)
+    e = dynascope.cumulative_energy(k, labels, energy_targets=energy_targets, threads=1, progress=False)
+    assert list(e) == [1, 2, 5, 10, 20, 30] == dynascope.energy_ks(30)
+    expected = np_energy(k, np.eye(4)[labels], list(e), energy_targets == "centered")
+    for q in e:
+        assert e[q] == pytest.approx(expected[q], rel=1e-10, abs=1e-12)
+    assert e[30] == pytest.approx(1.0, rel=1e-12)
+
+
+def test_eigenvalues_dense_and_lanczos_paths():
+    k = psd_kernel(40, 40, 7)
+    exact = np.linalg.eigvalsh(k)[::-1]
+    ev = dynascope.kernel_eigenvalues(torch.from_numpy(k), k=4, threads=1, progress=False)
+    assert isinstance(ev, torch.Tensor)
+    np.testing.assert_allclose(ev.numpy(), exact[:4], rtol=1e-12)
+    # above 400 rows with few eigenvalues wanted: Lanczos on the kernel in place
+    rng = np.random.default_rng(8)
+    q, _ = np.linalg.qr(rng.standard_normal((420, 420)))
+    lam = np.concatenate([[50.0, 40.0, 30.0], rng.uniform(0, 10, 417)])
+    big = (q * lam) @ q.T
+    big = 0.5 * (big + big.T)
+    s = dynascope.kernel_summary(big, k=3, threads=1, progress=False)
+    assert s.eigen["method"] == "lanczos" and s.eigen["all_converged"]
+    np.testing.assert_allclose(s.eigenvalues, [50.0, 40.0, 30.0], rtol=1e-9)
+
+
+def test_summary_matches_numpy_formulas():
+    k = psd_kernel(25, 10, 9)
+    labels = np.random.default_rng(10).integers(0, 3, 25)
+    y = np.eye(3)[labels]
+    s = dynascope.kernel_summary(k, labels, k=3, energy=[1, 2, 5], threads=1, progress=False)
+    assert s.trace == pytest.approx(np.trace(k), rel=1e-13)
+    assert s.frobenius == pytest.approx(np.linalg.norm(k), rel=1e-13)
+    assert s.kta == pytest.approx(np_alignment(k, y, False), rel=1e-12)
+    assert s.kta_centered == pytest.approx(np_alignment(k, y, True), rel=1e-12)
+    np.testing.assert_allclose(s.eigenvalues, np.linalg.eigvalsh(k)[::-1][:3], rtol=1e-12)
+    expected = np_energy(k, y, [1, 2, 5], True)
+    assert s.energy_targets == "centered" and list(s.energy) == [1, 2, 5]
+    for q in s.energy:
+        assert s.energy[q] == pytest.approx(expected[q], rel=1e-10, abs=1e-12)
+    assert s.eigen["k"] == 5 and s.eigen["method"] == "dense"
+    bare = dynascope.kernel_summary(k)
+    assert bare.kta is None and bare.eigenvalues is None and bare.energy is None and bare.eigen is None
+
+
+def test_kernel_distance_matches_numpy():
+    k0 = psd_kernel(12, 5, 11)
+    k1 = k0 + psd_kernel(12, 2, 12)
+    expected = 1 - np.sum(k0 * k1) / (np.linalg.norm(k0) * np.linalg.norm(k1))
+    assert dynascope.kernel_distance(k0, k1) == pytest.approx(expected, rel=1e-12)
+    assert dynascope.kernel_distance(torch.from_numpy(k0).float(), torch.from_numpy(k1).float()) == pytest.approx(
+        expected, rel=1e-4)
+    assert dynascope.kernel_distance(k0, 3 * k0) == pytest.approx(0.0, abs=1e-14)
+
+
+def test_kernel_functions_bad_input():
+    k = psd_kernel(6, 3, 13)
+    labels = np.array([0, 1, 0, 1, 2, 2])
+    with pytest.raises(ValueError, match=r"kernel: the diagonal kernel \[N1, N2, O\] is a stack"):
+        dynascope.kernel_target_alignment(np.zeros((6, 6, 2)), labels)
+    with pytest.raises(ValueError, match=r"kernel: expected a square kernel \[M, M\]"):
+        dynascope.kernel_target_alignment(np.zeros((6, 5)), labels)
+    with pytest.raises(ValueError, match=r"targets: the targets have 5 rows but the kernel 6"):
+        dynascope.kernel_target_alignment(k, labels[:5])
+    asym = k.copy()
+    asym[0, 1] += 1.0
+    with pytest.raises(ValueError, match=r"symmetric"):
+        dynascope.kernel_target_alignment(asym, labels, centered=True)
+    with pytest.raises(ValueError, match=r"symmetric"):
+        dynascope.kernel_eigenvalues(asym, k=2, progress=False)
+    nan = k.copy()
+    nan[2, 2] = np.nan
+    with pytest.raises(ValueError, match=r"kernel: contains NaN"):
+        dynascope.kernel_target_alignment(nan, labels, centered=False)
+    with pytest.raises(ValueError, match=r"k: expected an integer in \[1, 6\]"):
+        dynascope.kernel_eigenvalues(k, k=7, progress=False)
+    with pytest.raises(ValueError, match=r"energy: E_k needs targets"):
+        dynascope.kernel_summary(k, energy=[1])
+    with pytest.raises(ValueError, match=r"energy: k must be an integer in \[1, 6\].*got 9"):
+        dynascope.kernel_summary(k, labels, energy=[1, 9])
+    with pytest.raises(ValueError, match=r"energy_targets: expected 'centered' or 'raw', got 'mean'"):
+        dynascope.cumulative_energy(k, labels, energy_targets="mean")
+    with pytest.raises(ValueError, match=r"targets: class labels must be >= 0"):
+        dynascope.kernel_target_alignment(k, labels - 1)
+    with pytest.raises(ValueError, match=r"k2: expected the shape of k1"):
+        dynascope.kernel_distance(k, k[:5, :5].copy())
+    with pytest.raises(ValueError, match=r"a kernel is zero"):
+        dynascope.kernel_distance(k, np.zeros_like(k))
