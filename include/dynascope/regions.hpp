@@ -120,6 +120,55 @@ template <class T>
 DYNASCOPE_API Array<T> cross_polytope_points(const Context& ctx, MatrixView<const T> anchors, double radius,
                                              index_t dims, index_t count, std::uint64_t seed);
 
+// ---- From the caller's pre-activations (any network) -------------------------------------------
+// The local complexity and the activation patterns of a network the library does not run (a CNN,
+// a ResNet, a model in another framework): the library builds the vertices, the caller pushes
+// them through its own network and hands back each chosen layer's pre-activations (one row per
+// vertex or sample, the layer's neurons flattened: a convolution's channels x positions), and the
+// library does the sign test and the pattern counting. For an Mlp whose layers are all handed
+// back this gives exactly local_complexity's and count_patterns' numbers.
+
+// The 2P cross-polytope vertices of the samples x [m, D] into out [m * 2P, D] (both on ctx's
+// backend): row s * 2P + 2p is x_s + r v_p and row s * 2P + 2p + 1 is x_s - r v_p, the vertices
+// local_complexity pushes through an Mlp, bit for bit. x holds rows first_sample ..
+// first_sample + m - 1 of the caller's whole set (the index picks Frame::per_sample frames, so a
+// set done tile by tile gets the frames of one whole call). options and frame as for
+// local_complexity; P is options.dims, or frame.rows for Frame::given. Throws InvalidArgument for
+// r <= 0, P outside [1, D], a bad frame or first_sample < 0, and ShapeMismatch for out.
+template <class T>
+DYNASCOPE_API void cross_polytope_vertices(const Context& ctx, MatrixView<const T> x, const LcOptions& options,
+                                           MatrixView<T> out, index_t first_sample = 0,
+                                           MatrixView<const T> frame = {});
+
+// One layer's sign-change counts from its pre-activations z [m * vertices, W] (on ctx's backend):
+// counts(first + s, column) = the number of columns j whose sign (z > 0 or not) is not the same
+// at all rows s * vertices .. s * vertices + vertices - 1. counts [N, L] is on ctx's backend;
+// rows first .. first + m - 1 of the given column are written. Throws InvalidArgument when
+// vertices < 2, z.rows is not a multiple of it, the rows or column fall outside counts, or a z
+// is NaN or infinite (naming the sample, first + s).
+template <class T>
+DYNASCOPE_API void sign_change_counts(const Context& ctx, MatrixView<const T> z, index_t vertices,
+                                      MatrixView<std::int32_t> counts, index_t first, index_t column);
+
+// Words of one layer of `width` neurons in a packed pattern.
+constexpr index_t pattern_words(index_t width) { return (width + 63) / 64; }
+
+// Packs the signs (z > 0) of one layer's pre-activations z [m, W] into
+// packed(first + s, word0 .. word0 + pattern_words(W) - 1), count_patterns' layout: bit b of word
+// w is neuron 64 w + b; bits past W are 0. packed [M, words] is on ctx's backend. Throws
+// InvalidArgument when a z is NaN or the block falls outside packed.
+template <class T>
+DYNASCOPE_API void pack_signs(const Context& ctx, MatrixView<const T> z, MatrixView<std::uint64_t> packed,
+                              index_t first, index_t word0);
+
+// Distinct patterns among the rows of packed [M, words] (on ctx's backend), layer l owning the
+// words [layer_words[l], layer_words[l + 1]) (layer_words: L + 1 ascending offsets, 0 first and
+// words last): distinct counts the whole rows, distinct_per_layer each layer's block, ids as for
+// count_patterns. Throws InvalidArgument for offsets that do not cover the rows.
+DYNASCOPE_API PatternResult count_packed_patterns(const Context& ctx, MatrixView<const std::uint64_t> packed,
+                                                  const std::vector<index_t>& layer_words,
+                                                  const PatternOptions& options = {});
+
 // ---- Exact regions in low dimension (float64; piecewise-linear activations only) ----------------
 // On a segment or a plane every layer is affine on each region of the layers before it, so the
 // regions can be computed exactly: each region is split by the zero sets of the next layer's
