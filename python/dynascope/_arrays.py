@@ -50,10 +50,12 @@ def host_view(a: Any, name: str) -> Any:
     return a
 
 
-def check_array(a: Any, name: str, ndim: Optional[int], dtype: Optional[str] = None) -> Tuple[str, str]:
+def check_array(a: Any, name: str, ndim: Optional[int], dtype: Optional[str] = None,
+                what: str = "the model's parameters") -> Tuple[str, str]:
     """Checks one input array; returns (framework, dtype name: "float32" or "float64").
 
-    ``ndim`` None accepts any rank. ``dtype`` (when given) is the dtype the call needs (the model's).
+    ``ndim`` None accepts any rank. ``dtype`` (when given) is the dtype the call needs, that of
+    ``what`` (named in the message).
     Never copies: a wrong dtype or a non-contiguous array gets an error that says how to fix it.
     """
     fw = framework(a, name)
@@ -81,8 +83,7 @@ def check_array(a: Any, name: str, ndim: Optional[int], dtype: Optional[str] = N
     if not contiguous:
         raise InvalidArgument(f"{name}: the array is not C-contiguous (row-major); pass {fix} (one copy)")
     if dtype is not None and dt != dtype:
-        raise InvalidArgument(f"{name}: dtype {dt} differs from the model's parameters ({dtype}); convert "
-                              f"{name} or the parameters")
+        raise InvalidArgument(f"{name}: dtype {dt} differs from {what} ({dtype}); convert one of them")
     return fw, dt
 
 
@@ -122,4 +123,7 @@ def from_numpy(fw: str, a: np.ndarray) -> Any:
     if fw == "torch":
         import torch
         return torch.from_numpy(np.ascontiguousarray(a))
+    if fw == "jax" and a.dtype == bool:   # NumPy 1.24 cannot export bool through DLPack
+        import jax.numpy as jnp
+        return jnp.asarray(a)
     return to_framework(fw, a)
