@@ -62,6 +62,30 @@ BENCHMARK(BM_ntk)
     ->UseRealTime()
     ->Iterations(1);
 
+// The same call on problems small enough that fixed costs show: the C++ side of the Python
+// package's per-call overhead (bench/python/package_overhead.py runs the same problems through
+// `dynascope.ntk` and subtracts this). One host thread, float64 as the package's example; args:
+// N, hidden width, inputs. Arch inputs-width-width-4.
+void BM_ntk_small(benchmark::State& state) {
+  const index_t n = state.range(0), width = state.range(1), inputs = state.range(2);
+  const Context ctx = Context::host(1);
+  const auto spec = model::MlpSpec::from_arch(std::to_string(inputs) + "-" + std::to_string(width) + "-" +
+                                                  std::to_string(width) + "-4",
+                                              model::parse_activation("relu"));
+  const Array<double> params = model::init_params<double>(ctx, spec, {});
+  Array<double> x(ctx, {n, inputs});
+  for (index_t i = 0; i < x.size(); ++i) x.data()[i] = double((i * 7919) % 256) / 255.0;
+  std::vector<double> out(std::size_t(n * n));
+  for (auto _ : state) {
+    ntk::empirical_ntk_into<double>(ctx, spec, params.data(), x.matrix(), std::nullopt,
+                                    {ntk::Outputs::trace, ntk::Method::automatic}, {out.data(), n, n, n});
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetItemsProcessed(state.iterations());
+  state.SetLabel("trace N=" + std::to_string(n) + " arch " + spec.arch_string() + " float64 1 thread");
+}
+BENCHMARK(BM_ntk_small)->Args({8, 16, 8})->Args({64, 64, 16})->Args({100, 512, 784})->Unit(benchmark::kMicrosecond);
+
 }  // namespace
 
 BENCHMARK_MAIN();
