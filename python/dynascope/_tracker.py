@@ -1,3 +1,781 @@
-"""Placeholder: filled in by the tracker work."""
+"""dynascope.Tracker: diagnostics inside a training loop, written as the command-line tool's run folder.
 
-__all__: list = []
+The folder is what ``dynascope train --out-dir DIR`` writes (``step_XXXXXXX.safetensors``,
+``train.csv``) plus a ``report.json`` recording the run's data (``inputs.npy`` and ``targets.npy``
+in the folder), seed and loss, so that ``dynascope llc|elasticity|response --checkpoints DIR``
+measure a run trained in PyTorch, JAX or NumPy without data flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from . import _core
+from ._arrays import framework, host_view, is_torch
+from ._core import InvalidArgument, ShapeMismatch
+from ._mlp import Mlp
+
+__all__ = ["Tracker", "load_checkpoint", "save_checkpoint"]
+
+# The files of a run: the CLI's (training_run.cpp, prepare_out_dir) and the Tracker's data files.
+_RUN_FILES = ("train.csv", "report.json", "lc.csv", "llc.csv", "elasticity.csv", "elasticity_first.npy",
+              "elasticity_last.npy", "response.csv", "region_map_first.png", "region_map_last.png")
+# Where the Tracker writes the run's data: run files only when an earlier Tracker's report.json
+# names them (a user's own inputs.npy in the folder is never removed nor replaced).
+_DATA_FILES = ("inputs.npy", "targets.npy")
+
+# Built-in measures: the package function each calls, whether it needs targets, and the default
+# number of samples it measures (the first N of the data; None: all), as the CLI's defaults.
+_BUILTIN = {
+    "ntk": ("ntk", False, 64),
+    "lc": ("local_complexity", False, None),
+    "llc": ("llc", True, None),
+    "elasticity": ("elasticity", True, 512),
+    "response": ("response", True, 128),
+    "hessian": ("eigsh", True, None),
+}
+# Result fields that stay out of a measure's row: eigenvectors ([k, P]) are not a diagnostic.
+_DROPPED = {"hessian": ("vectors",)}
+# Index lists written to the CSVs as their length, as the CLI's columns count them.
+_COUNTED = ("undefined_sources", "unresolved_sources")
+# Per-sample and per-draw arrays: in report.json (when small), not in the CSVs.
+_CSV_SKIPPED = ("self_change", "source_rows", "target_rows", "class_pairs", "loss_trace", "distance_trace")
+
+# Arrays with more elements than this are left out of report.json (the rows stay readable).
+_JSON_ARRAY_LIMIT = 4096
+
+
+def save_checkpoint(path: str, model: Mlp, metadata: Optional[Dict[str, str]] = None) -> None:
+    """Writes ``model`` as the command-line tool's checkpoints are written: safetensors with
+    ``layers.{i}.weight`` [out, in] / ``layers.{i}.bias`` in the parameters' dtype, the activations
+    and parameterization in the metadata (so ``dynascope ... --model PATH`` needs no flags), plus
+    the string pairs of ``metadata``. Atomic: a temporary file renamed into place."""
+    if not isinstance(model, Mlp):
+        raise InvalidArgument(f"model: expected a dynascope.Mlp, got {type(model).__name__}")
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    _core.save_mlp(os.fspath(path), model._spec, model.params_view, meta)
+
+
+def load_checkpoint(path: str, dtype: Optional[str] = None, activation: str = "",
+                    parameterization: str = "") -> Mlp:
+    """Reads a network from a safetensors file as ``dynascope ... --model PATH`` does (our
+    checkpoints, or a PyTorch ``nn.Sequential`` state dict saved with ``safetensors``).
+
+    * ``dtype``: "float32", "float64", or None for the file's (float64 when its weights are F64).
+    * ``activation``, ``parameterization``: override the file's metadata ("" keeps it; a file
+      with hidden layers and no activation metadata needs ``activation``).
+
+    Returns a :class:`dynascope.Mlp` whose parameters are a NumPy array.
+    """
+    if dtype not in (None, "float32", "float64"):
+        raise InvalidArgument(f"dtype: expected None, 'float32' or 'float64', got {dtype!r}")
+    spec, params = _core.load_mlp(os.fspath(path), dtype or "", activation, parameterization)
+    return Mlp._from_spec(spec, params)
+
+
+class Tracker:
+    """Measures diagnostics at checkpoints of a training loop and writes the run folder the
+    command-line tool writes.
+
+    ``Tracker(model, data, every=100, measures=(), out_dir="dynascope-run", ...)``
+
+    * ``model``: what is trained. A ``torch.nn.Sequential`` of ``Linear`` layers and supported
+      activations (read at every checkpoint through :meth:`dynascope.Mlp.from_torch`), a
+      :class:`dynascope.Mlp` whose ``params`` the loop updates in place, or a callable with no
+      arguments returning the current :class:`dynascope.Mlp` (JAX/Flax: ``lambda:
+      dynascope.Mlp.from_pairs(...)``). Checkpoints and the built-in measures need an MLP; any
+      other model (a CNN) is tracked with ``checkpoints=False`` and callable measures only.
+    * ``data``: ``(inputs, targets)`` or ``inputs`` alone: NumPy, torch or JAX arrays. Inputs
+      [N, D...] (trailing dimensions flattened, as the CLI does); targets [N] integer class labels in
+      [0, outputs) or [N] / [N, O] floats. Copied once, in the model's dtype, and written to
+      ``out_dir/inputs.npy`` and ``out_dir/targets.npy``, which ``report.json`` names as the run's data.
+    * ``every``: checkpoint when ``step % every == 0``; 0: the first step seen and the last only
+      (as the CLI's ``--save-every``).
+    * ``measures``: what to measure at each checkpoint. Each item is a built-in measure's name, a
+      ``(name, options)`` pair, a callable ``fn(model, step)`` returning a number, a dict or a
+      dataclass, or a ``(name, callable)`` pair; a dict ``{name: options}`` works too. Built-in:
+      ``"ntk"`` (:func:`dynascope.ntk`'s trace kernel: trace, frobenius, top-``k`` eigenvalues,
+      kta, kta_centered, distance_to_init), ``"lc"`` (:func:`dynascope.local_complexity`),
+      ``"llc"``, ``"elasticity"``, ``"response"`` (those functions) and ``"hessian"``
+      (:func:`dynascope.eigsh` of :func:`dynascope.curvature_operator`). Options are the
+      function's keyword arguments (named as the CLI's flags) plus ``samples``: the first N
+      samples (defaults: ntk 64, elasticity 512, response 128, the others all).
+    * ``out_dir``: the run folder (created when missing). One that already holds a run is refused
+      unless ``overwrite=True``, which removes exactly the run's files first (as ``--overwrite``).
+    * ``loss``: "mse" or "xent" (None: xent for class labels, mse for float targets), recorded as
+      the run's loss and passed to the measures that take one.
+    * ``seed``: recorded as the run's seed and passed to the measures that take one.
+    * ``checkpoints``: write ``step_XXXXXXX.safetensors`` at each checkpoint (needs an MLP).
+    * ``config``: extra JSON-serialisable entries for ``report.json``'s ``config`` (the optimizer,
+      learning rate, ...).
+    * ``threads``, ``progress``: passed to every measure (``progress=False`` by default: no bars
+      inside the training loop).
+
+    Call :meth:`step` once per optimizer step and :meth:`close` at the end (or use ``with``);
+    :meth:`lightning_callback` gives a PyTorch Lightning-style callback.
+    """
+
+    def __init__(self, model: Any, data: Any, every: int = 100, measures: Any = (), out_dir: str = "dynascope-run",
+                 overwrite: bool = False, loss: Optional[str] = None, seed: int = 0, checkpoints: bool = True,
+                 config: Optional[Dict[str, Any]] = None, threads: Optional[int] = None, progress: Any = False) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise InvalidArgument(f"every: expected an integer >= 0 (0: the first and last step only), got {every!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise InvalidArgument(f"seed: expected an integer >= 0, got {seed!r}")
+        if loss not in (None, "mse", "xent"):
+            raise InvalidArgument(f"loss: expected None, 'mse' or 'xent', got {loss!r}")
+        if config is not None and not isinstance(config, dict):
+            raise InvalidArgument(f"config: expected a dict of extra report entries, got {type(config).__name__}")
+        self.model = model
+        self.every = every
+        self.seed = seed
+        self.threads = threads
+        self.progress = progress
+        self.checkpoints = bool(checkpoints)
+        self.out_dir = os.path.abspath(os.fspath(out_dir))
+        self._extra_config = dict(config or {})
+        self._start = time.time()
+
+        mlp, why = None, f"got {type(model).__name__}"
+        if self._is_mlp_model():
+            try:
+                mlp = self._current_mlp()
+            except (InvalidArgument, ShapeMismatch) as e:
+                why = str(e)   # e.g. a Sequential CNN: tracked with checkpoints=False only
+        if self.checkpoints and mlp is None:
+            raise InvalidArgument(
+                f"model: the run folder's checkpoints need an MLP (a torch.nn.Sequential of Linear layers and "
+                f"supported activations, a dynascope.Mlp, or a callable returning one); {why}; pass "
+                f"checkpoints=False to track another model with callable measures only")
+        self._first_spec = mlp._spec if mlp is not None else None
+        self.dtype = mlp.dtype if mlp is not None else _model_dtype(model)
+        self._fw = "torch" if mlp is not None and is_torch(mlp.params) else "numpy"
+        self._x, self._y, self.task = _prepare_data(data, self.dtype, mlp)
+        self.loss = loss or ("xent" if self.task == "classification" else "mse")
+        if self.loss == "xent" and self.task == "regression":
+            raise InvalidArgument("loss: 'xent' needs integer class labels as targets, got float targets (use 'mse', "
+                                  "or pass the labels as integers)")
+        self._measures = _parse_measures(measures)
+        for m in self._measures:
+            m.check(self)
+        self._prepare_out_dir(overwrite)
+
+        # Training rows (train.csv), checkpoint rows (report.json), per-measure rows (their CSVs).
+        self._train_rows: Dict[int, Tuple[Optional[float], Optional[float]]] = {}
+        self._checkpoint_rows: List[Dict[str, Any]] = []
+        self._measure_rows: Dict[str, List[Dict[str, Any]]] = {m.name: [] for m in self._measures}
+        self._taken: set = set()
+        self._last_step: Optional[int] = None
+        self._diverged_at: Optional[int] = None
+        self._closed = False
+        self._state: Dict[str, Any] = {}   # per-measure memory (the first NTK, for distance_to_init)
+
+        _core.write_npy(os.path.join(self.out_dir, "inputs.npy"), self._x)
+        if self._y is not None:
+            _core.write_npy(os.path.join(self.out_dir, "targets.npy"), self._y)
+        self._write_report()
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    def step(self, step: int, loss: Any = None, accuracy: Any = None, checkpoint: Optional[bool] = None) -> bool:
+        """Records one optimizer update; call it after the update.
+
+        * ``step``: the updates done so far (1 after the first; call ``step(0)`` before training for
+          the initial network). Steps must increase.
+        * ``loss``, ``accuracy``: of the batch this update was computed from, i.e. of the network
+          before it (numbers or 0-d tensors; None: not recorded). ``train.csv`` records them at
+          ``step - 1``, as the CLI does: its row t is the batch loss of the network after t updates,
+          the one ``step_t`` holds.
+        * ``checkpoint``: None takes one when ``step % every == 0`` (with ``every=0``: at the first
+          step seen); True forces one, False skips it.
+
+        Returns whether a checkpoint was taken (the network saved and the measures run).
+        """
+        self._check_open()
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise InvalidArgument(f"step: expected an integer >= 0, got {step!r}")
+        step = int(step)
+        if self._last_step is not None and step <= self._last_step:
+            raise InvalidArgument(f"step: {step} is not after the last step recorded ({self._last_step}); steps "
+                                  f"must increase")
+        loss_v = _number(loss, "loss")
+        acc_v = _number(accuracy, "accuracy")
+        if loss_v is not None or acc_v is not None:
+            if step == 0:
+                raise InvalidArgument("loss: step 0 is the network before training, which no update has come from; "
+                                      "call step(0) without loss or accuracy, and step(t, loss=...) after update t")
+            self._train_rows[step - 1] = (loss_v, acc_v)
+            if loss_v is not None and not math.isfinite(loss_v) and self._diverged_at is None:
+                self._diverged_at = step - 1
+        first = self._last_step is None
+        self._last_step = step
+        due = (step % self.every == 0) if self.every > 0 else first
+        if checkpoint is not None:
+            due = bool(checkpoint)
+        if due and step not in self._taken:
+            self._checkpoint(step)
+            return True
+        return False
+
+    def close(self) -> None:
+        """Ends the run: a checkpoint of the last step seen (when it has none yet), then
+        ``train.csv`` and ``report.json``. Calling it again does nothing."""
+        if self._closed:
+            return
+        if self._last_step is not None and self._last_step not in self._taken:
+            self._checkpoint(self._last_step)
+        self._closed = True
+        self._write_report()
+
+    def __enter__(self) -> "Tracker":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # The loop failed: keep what was measured, without a checkpoint of a half-done step.
+        self._closed = True
+        self._interrupted = f"{exc_type.__name__}: {exc}"
+        self._write_report()
+
+    def lightning_callback(self) -> "TrackerCallback":
+        """A PyTorch Lightning-style callback (duck-typed; Lightning is not imported): step 0 at
+        ``on_train_start``, ``trainer.global_step`` and the step's loss at ``on_train_batch_end``,
+        :meth:`close` at ``on_train_end``."""
+        return TrackerCallback(self)
+
+    @property
+    def rows(self) -> Dict[str, List[Dict[str, Any]]]:
+        """The measured rows so far: ``{"checkpoints": [...], measure name: [...]}``."""
+        out = {"checkpoints": list(self._checkpoint_rows)}
+        out.update({k: list(v) for k, v in self._measure_rows.items()})
+        return out
+
+    # ---- internals ------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InvalidArgument("step: the tracker is closed")
+
+    def _is_mlp_model(self) -> bool:
+        m = self.model
+        if isinstance(m, Mlp):
+            return True
+        if _is_torch_module(m):
+            from torch import nn
+            return isinstance(m, nn.Sequential)
+        return callable(m)
+
+    def _current_mlp(self) -> Mlp:
+        m = self.model
+        if isinstance(m, Mlp):
+            return Mlp._from_spec(m._spec, m.params)   # the params as they are now (even if reassigned)
+        if _is_torch_module(m):
+            return Mlp.from_torch(m)
+        got = m()
+        if not isinstance(got, Mlp):
+            raise InvalidArgument(f"model: the callable returned {type(got).__name__}, expected a dynascope.Mlp")
+        return got
+
+    def _prepare_out_dir(self, overwrite: bool) -> None:
+        d = self.out_dir
+        if os.path.exists(d) and not os.path.isdir(d):
+            raise InvalidArgument(f"out_dir: '{d}' exists and is not a folder")
+        own = set(_RUN_FILES) | {f"{m.name}.csv" for m in self._measures} | _earlier_tracker_files(d)
+        earlier = []
+        for name in _DATA_FILES:
+            if name not in own and os.path.exists(os.path.join(d, name)):
+                raise InvalidArgument(f"out_dir: '{d}' holds {name}, which no earlier run there wrote; the Tracker "
+                                      f"writes the run's data to {name}: choose another folder")
+        if os.path.isdir(d):
+            for name in sorted(os.listdir(d)):
+                if (name.startswith("step_") and name.endswith(".safetensors")) or name in own:
+                    earlier.append(name)
+        if earlier and not overwrite:
+            shown = ", ".join(earlier[:6]) + (", ..." if len(earlier) > 6 else "")
+            raise InvalidArgument(f"out_dir: '{d}' holds an earlier run ({shown}); choose another folder, or pass "
+                                  f"overwrite=True to remove those files first")
+        for name in earlier:
+            os.remove(os.path.join(d, name))
+        os.makedirs(d, exist_ok=True)
+        _core.check_writable(os.path.join(d, "train.csv"))
+
+    def _checkpoint(self, step: int) -> None:
+        self._taken.add(step)
+        row: Dict[str, Any] = {"step": step}
+        mlp = self._current_mlp() if self._first_spec is not None else None
+        if mlp is not None:
+            _check_same_architecture(self._first_spec, mlp._spec)
+        if self.checkpoints:
+            path = os.path.join(self.out_dir, f"step_{step:07d}.safetensors")
+            save_checkpoint(path, mlp, {"step": str(step)})
+            row["checkpoint"] = path
+        for m in self._measures:
+            t0 = time.perf_counter()
+            values = m.measure(self, mlp, step)
+            values["seconds"] = time.perf_counter() - t0
+            row[m.name] = values
+            self._measure_rows[m.name].append(dict({"step": step}, **values))
+        self._checkpoint_rows.append(row)
+        self._write_report()
+
+    def _write_report(self) -> None:
+        classify = self.task == "classification"
+        lines = ["step,loss,accuracy" if classify else "step,loss"]
+        for step, (loss, acc) in sorted(self._train_rows.items()):
+            lines.append(f"{step},{_csv(loss)}" + (f",{_csv(acc)}" if classify else ""))
+        _core.write_text_atomic(os.path.join(self.out_dir, "train.csv"), "\n".join(lines) + "\n")
+        for m in self._measures:
+            rows = self._measure_rows[m.name]
+            if rows:
+                _core.write_text_atomic(os.path.join(self.out_dir, f"{m.name}.csv"), _rows_csv(rows))
+        _core.write_text_atomic(os.path.join(self.out_dir, "report.json"),
+                                json.dumps(_jsonable(self._report()), indent=2, allow_nan=False) + "\n")
+
+    def _report(self) -> Dict[str, Any]:
+        from . import __version__
+        n = int(self._x.shape[0])
+        data = {"inputs": os.path.join(self.out_dir, "inputs.npy"), "name": os.path.join(self.out_dir, "inputs.npy"),
+                "samples_flag": 0, "test_fraction": 0.0, "train_samples": n, "test_samples": 0}
+        if self._y is not None:
+            data["targets"] = os.path.join(self.out_dir, "targets.npy")
+        network: Dict[str, Any] = {"from": f"python: {type(self.model).__module__}.{type(self.model).__name__}"}
+        if self._first_spec is not None:
+            s = self._first_spec
+            network.update({"arch": s.arch, "activations": list(s.activations), "parameterization": s.parameterization,
+                            "parameters": s.num_params, "bias": list(s.bias)})
+        config = {"command": "python", "command_line": " ".join(sys.argv), "version": __version__, "backend": "host",
+                  "dtype": self.dtype, "seed": self.seed, "network": network, "data": data, "loss": self.loss,
+                  "schedule": {"every": self.every}, "out_dir": self.out_dir,
+                  "measures": {m.name: m.options_json() for m in self._measures}}
+        config.update(self._extra_config)
+        report: Dict[str, Any] = {
+            "config": config, "network": network, "dataset": data["name"], "train_samples": n, "test_samples": 0,
+            "loss": self.loss, "steps": self._last_step, "diverged": self._diverged_at is not None,
+            "checkpoints": [self._with_batch_loss(r) for r in self._checkpoint_rows],
+            "finished": self._closed and not hasattr(self, "_interrupted"), "seconds": time.time() - self._start}
+        if self._diverged_at is not None:
+            report["diverged_at_step"] = self._diverged_at
+        if hasattr(self, "_interrupted"):
+            report["interrupted"] = self._interrupted
+        for m in self._measures:
+            report[m.name] = {"options": m.options_json(), "rows": self._measure_rows[m.name]}
+        return report
+
+
+    def _with_batch_loss(self, row: Dict[str, Any]) -> Dict[str, Any]:
+        # The batch loss and accuracy of the checkpoint's network (train.csv's row of its step),
+        # once the next update has reported them.
+        loss, acc = self._train_rows.get(row["step"], (None, None))
+        extra = {}
+        if loss is not None:
+            extra["batch_loss"] = loss
+        if acc is not None:
+            extra["batch_accuracy"] = acc
+        out = {k: v for k, v in row.items() if k in ("step", "checkpoint")}
+        out.update(extra)
+        out.update({k: v for k, v in row.items() if k not in ("step", "checkpoint")})
+        return out
+
+
+class TrackerCallback:
+    """A PyTorch Lightning-style callback around a :class:`Tracker` (duck-typed: it defines the
+    hooks it uses and accepts every other hook as a no-op, without importing Lightning).
+
+    * ``on_train_start(trainer, module)``: step 0 (a checkpoint of the initial network).
+    * ``on_train_batch_end(trainer, module, outputs, batch, batch_idx)``: ``trainer.global_step``
+      with the loss from ``outputs`` (a tensor, or a dict with ``"loss"``) and ``accuracy`` when
+      ``outputs`` has it.
+    * ``on_train_end(trainer, module)``: :meth:`Tracker.close`.
+    """
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self.tracker.step(int(getattr(trainer, "global_step", 0)))
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+                           *args: Any) -> None:
+        loss = accuracy = None
+        if isinstance(outputs, dict):
+            loss, accuracy = outputs.get("loss"), outputs.get("accuracy", outputs.get("acc"))
+        elif outputs is not None:
+            loss = outputs
+        self.tracker.step(int(trainer.global_step), loss=loss, accuracy=accuracy)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self.tracker.close()
+
+    def __getattr__(self, name: str) -> Any:
+        # Lightning calls many hooks (setup, on_fit_start, state_dict, ...): the others do nothing.
+        if name.startswith("on_") or name in ("setup", "teardown"):
+            return lambda *args, **kwargs: None
+        if name == "state_dict":
+            return lambda: {}
+        if name == "load_state_dict":
+            return lambda state: None
+        if name == "state_key":
+            return type(self).__qualname__
+        raise AttributeError(name)
+
+
+# ---- measures ---------------------------------------------------------------------------------------
+
+
+class _Measure:
+    def __init__(self, name: str, fn: Optional[Callable] = None, options: Optional[Dict[str, Any]] = None) -> None:
+        self.name = name
+        self.fn = fn                         # a user's callable, or None for a built-in
+        self.options = dict(options or {})
+
+    def options_json(self) -> Dict[str, Any]:
+        if self.fn is not None:
+            return {"callable": getattr(self.fn, "__qualname__", repr(self.fn))}
+        return {k: v for k, v in self.options.items()}
+
+    def check(self, tracker: Tracker) -> None:
+        if self.fn is not None:
+            return
+        if self.name not in _BUILTIN:
+            raise InvalidArgument(f"measures: unknown measure {self.name!r}; the built-in ones are "
+                                  f"{', '.join(sorted(_BUILTIN))}, or pass a callable fn(model, step)")
+        public, needs_targets, _ = _BUILTIN[self.name]
+        import dynascope
+        for name in (public, "curvature_operator") if self.name == "hessian" else (public,):
+            if name not in getattr(dynascope, "__all__", ()) or not hasattr(dynascope, name):
+                raise InvalidArgument(f"measures: {self.name!r} calls dynascope.{name}, which this version of the "
+                                      f"package does not have; leave it out, or measure it with a callable "
+                                      f"fn(model, step)")
+        if tracker._first_spec is None:
+            raise InvalidArgument(f"measures: {self.name!r} needs an MLP model (see Tracker's model); with another "
+                                  f"model use a callable fn(model, step)")
+        if needs_targets and tracker._y is None:
+            raise InvalidArgument(f"measures: {self.name!r} needs targets: pass data=(inputs, targets)")
+        samples = self.options.get("samples")
+        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 0):
+            raise InvalidArgument(f"measures: {self.name!r}: samples: expected an integer >= 0 (0: all), "
+                                  f"got {samples!r}")
+
+    def measure(self, tracker: Tracker, mlp: Optional[Mlp], step: int) -> Dict[str, Any]:
+        if self.fn is not None:
+            return _as_row(self.fn(tracker.model, step), self.name)
+        opts = dict(self.options)
+        _, _, default_samples = _BUILTIN[self.name]
+        samples = opts.pop("samples", default_samples)
+        x, y = tracker._x, tracker._y
+        if samples:
+            x = x[:samples]
+            y = None if y is None else y[:samples]
+        x, y = _in_framework(tracker._fw, x), _in_framework(tracker._fw, y)
+        if self.name == "ntk":
+            return _ntk_measure(tracker, mlp, x, y, opts)
+        import dynascope
+        if self.name == "hessian":
+            return _hessian_measure(tracker, mlp, x, y, opts)
+        fn = getattr(dynascope, _BUILTIN[self.name][0])
+        params = inspect.signature(fn).parameters
+        for key, value in (("threads", tracker.threads), ("progress", tracker.progress), ("seed", tracker.seed),
+                           ("loss", tracker.loss)):
+            if key in params and key not in opts:
+                opts[key] = value
+        if self.name == "lc" and "radius" in params and "radius" not in opts:
+            # As the demo: 1% of the diagonal of the training inputs' bounding box.
+            xs = tracker._x
+            opts["radius"] = 0.01 * float(np.linalg.norm(xs.max(axis=0) - xs.min(axis=0))) or 1e-3
+        args = (mlp, x) if not _BUILTIN[self.name][1] else (mlp, x, y)
+        return _as_row(fn(*args, **opts), self.name)
+
+
+def _hessian_measure(tracker: Tracker, mlp: Mlp, x: Any, y: Any, opts: Dict[str, Any]) -> Dict[str, Any]:
+    """The top eigenvalues of the loss curvature on the data (``dynascope spectrum --operator
+    hessian|ggn``): ``curvature`` ("hessian" or "ggn"), ``k`` (default 3) and eigsh's options."""
+    import dynascope
+    curvature = opts.pop("curvature", "hessian")
+    opts.setdefault("k", 3)
+    for key, value in (("threads", tracker.threads), ("progress", tracker.progress), ("seed", tracker.seed)):
+        opts.setdefault(key, value)
+    op = dynascope.curvature_operator(mlp, x, y, curvature=curvature, loss=tracker.loss)
+    row = _as_row(dynascope.eigsh(op, **opts), "hessian")
+    return {k: v for k, v in row.items() if k not in _DROPPED["hessian"]}
+
+
+def _ntk_measure(tracker: Tracker, mlp: Mlp, x: Any, y: Any, opts: Dict[str, Any]) -> Dict[str, Any]:
+    """The demo's NTK summary: trace, Frobenius norm, the top-k eigenvalues (k = 5), the alignment
+    with the targets (kta, kta_centered) and the distance to the first checkpoint's kernel."""
+    from . import ntk
+    k = opts.pop("k", 5)
+    unknown = set(opts) - {"method"}
+    if unknown:
+        raise InvalidArgument(f"measures: 'ntk': unknown options {sorted(unknown)} (samples, k, method)")
+    kernel = ntk(mlp, x, outputs="trace", threads=tracker.threads, progress=tracker.progress, **opts)
+    K = np.array(kernel.detach().numpy() if is_torch(kernel) else np.asarray(kernel), dtype=np.float64)
+    evals = np.linalg.eigvalsh(K)[::-1][:k]
+    out: Dict[str, Any] = {"samples": int(K.shape[0]), "trace": float(np.trace(K)),
+                           "frobenius": float(np.linalg.norm(K)), "eigenvalues": [float(v) for v in evals]}
+    if tracker._y is not None:
+        yv = np.asarray(tracker._y[:K.shape[0]])
+        Y = np.eye(mlp.widths[-1])[yv] if tracker.task == "classification" else yv.reshape(K.shape[0], -1)
+        out["kta"] = _alignment(K, Y)
+        H = np.eye(K.shape[0]) - 1.0 / K.shape[0]
+        out["kta_centered"] = _alignment(H @ K @ H, H @ Y)
+    first = tracker._state.setdefault("ntk_first", K)
+    out["distance_to_init"] = 1.0 - float(np.sum(first * K) / (np.linalg.norm(first) * np.linalg.norm(K)))
+    return out
+
+
+def _alignment(K: np.ndarray, Y: np.ndarray) -> Optional[float]:
+    yy = Y @ Y.T
+    den = np.linalg.norm(K) * np.linalg.norm(yy)
+    return float(np.sum(K * yy) / den) if den > 0 else None
+
+
+def _parse_measures(measures: Any) -> List[_Measure]:
+    if measures is None:
+        return []
+    if isinstance(measures, (str, dict)) or callable(measures):
+        measures = [measures] if not isinstance(measures, dict) else list(measures.items())
+    out: List[_Measure] = []
+    for i, item in enumerate(measures):
+        where = f"measures[{i}]"
+        if isinstance(item, str):
+            out.append(_Measure(item))
+        elif callable(item):
+            out.append(_Measure(getattr(item, "__name__", f"measure{i}"), fn=item))
+        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+            name, what = item
+            if callable(what):
+                out.append(_Measure(name, fn=what))
+            elif what is None or isinstance(what, dict):
+                out.append(_Measure(name, options=what))
+            else:
+                raise InvalidArgument(f"{where}: expected (name, options dict) or (name, callable), got "
+                                      f"({name!r}, {type(what).__name__})")
+        else:
+            raise InvalidArgument(f"{where}: expected a measure name, a (name, options) pair or a callable "
+                                  f"fn(model, step), got {type(item).__name__}")
+    names = [m.name for m in out]
+    for m in out:
+        if names.count(m.name) > 1:
+            raise InvalidArgument(f"measures: {m.name!r} given twice; name one of them with a (name, ...) pair")
+        if not m.name or any(c in m.name for c in "/\\") or m.name in ("checkpoints", "config", "train", "report"):
+            raise InvalidArgument(f"measures: {m.name!r} cannot name a measure (it names its CSV file and report key)")
+    return out
+
+
+# ---- data -------------------------------------------------------------------------------------------
+
+
+def _prepare_data(data: Any, dtype: str, mlp: Optional[Mlp]) -> Tuple[np.ndarray, Optional[np.ndarray], str]:
+    if isinstance(data, (tuple, list)):
+        if len(data) != 2:
+            raise InvalidArgument(f"data: expected (inputs, targets) or inputs, got a sequence of {len(data)} items")
+        inputs, targets = data
+    else:
+        inputs, targets = data, None
+    x = _to_numpy(inputs, "data inputs")
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ShapeMismatch(f"data inputs: expected [N, D...] with N >= 1, got shape {tuple(x.shape)}")
+    if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
+        raise InvalidArgument(f"data inputs: expected numbers, got dtype {x.dtype}")
+    x = np.ascontiguousarray(x.reshape(x.shape[0], -1), dtype=dtype)
+    if not np.isfinite(x).all():
+        raise InvalidArgument("data inputs: contains NaN or infinite values")
+    if mlp is not None and x.shape[1] != mlp.widths[0]:
+        raise ShapeMismatch(f"data inputs: the network {mlp.arch} takes {mlp.widths[0]} inputs per sample, got "
+                            f"{x.shape[1]} (shape {tuple(x.shape)})")
+    if targets is None:
+        return x, None, "regression"
+    y = _to_numpy(targets, "data targets")
+    if y.shape[:1] != x.shape[:1]:
+        raise ShapeMismatch(f"data targets: expected one target per input ({x.shape[0]}), got shape {tuple(y.shape)}")
+    outputs = mlp.widths[-1] if mlp is not None else None
+    if np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
+        if y.ndim != 1:
+            raise ShapeMismatch(f"data targets: integer class labels must be [N], got shape {tuple(y.shape)}")
+        y = np.ascontiguousarray(y, dtype=np.int64)
+        bad = (y < 0) | (y >= outputs) if outputs is not None else (y < 0)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InvalidArgument(f"data targets: label {int(y[i])} at row {i} is outside [0, {outputs}) (the "
+                                  f"network's outputs)")
+        return x, y, "classification"
+    if not np.issubdtype(y.dtype, np.floating):
+        raise InvalidArgument(f"data targets: expected integer class labels or floats, got dtype {y.dtype}")
+    if y.ndim not in (1, 2) or (outputs is not None and (y.shape[1] if y.ndim == 2 else 1) != outputs):
+        raise ShapeMismatch(f"data targets: float targets must be [N] or [N, O] with O = {outputs} (the network's "
+                            f"outputs), got shape {tuple(y.shape)}")
+    y = np.ascontiguousarray(y, dtype=dtype)
+    if not np.isfinite(y).all():
+        raise InvalidArgument("data targets: contains NaN or infinite values")
+    return x, y, "regression"
+
+
+def _to_numpy(a: Any, name: str) -> np.ndarray:
+    fw = framework(a, name)
+    if fw == "torch":
+        return a.detach().cpu().numpy()
+    return np.asarray(host_view(a, name))
+
+
+def _in_framework(fw: str, a: Optional[np.ndarray]) -> Any:
+    if a is None or fw != "torch":
+        return a
+    import torch
+    return torch.from_numpy(a)   # shares the memory
+
+
+def _earlier_tracker_files(d: str) -> set:
+    """The data files and measure CSVs an earlier Tracker run in `d` wrote, as its report.json
+    names them."""
+    try:
+        with open(os.path.join(d, "report.json")) as f:
+            config = json.load(f)["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    files = set()
+    measures = config.get("measures") if isinstance(config, dict) else None
+    if isinstance(measures, dict):
+        files |= {f"{n}.csv" for n in measures if isinstance(n, str) and "/" not in n and "\\" not in n}
+    data = config.get("data") if isinstance(config, dict) else None
+    if isinstance(data, dict):
+        for key, name in (("inputs", "inputs.npy"), ("targets", "targets.npy")):
+            if data.get(key) == os.path.join(d, name):
+                files.add(name)
+    return files
+
+
+def _model_dtype(model: Any) -> str:
+    if _is_torch_module(model):
+        for p in model.parameters():
+            return str(p.dtype).replace("torch.", "")
+    return "float32"
+
+
+def _is_torch_module(m: Any) -> bool:
+    if not is_torch(m):
+        return False
+    from torch import nn
+    return isinstance(m, nn.Module)
+
+
+def _check_same_architecture(first: Any, now: Any) -> None:
+    same = (list(first.widths) == list(now.widths) and list(first.bias) == list(now.bias)
+            and list(first.activations) == list(now.activations) and first.parameterization == now.parameterization)
+    if not same:
+        raise InvalidArgument(f"model: the network is now {now.arch} {list(now.activations)}, not the first "
+                              f"checkpoint's {first.arch} {list(first.activations)}; a run's checkpoints share one "
+                              f"architecture")
+
+
+# ---- rows, CSV and JSON -------------------------------------------------------------------------------
+
+
+def _number(v: Any, name: str) -> Optional[float]:
+    if v is None:
+        return None
+    try:
+        if hasattr(v, "detach"):
+            v = v.detach()
+        if hasattr(v, "item"):
+            v = v.item()
+        return float(v)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"{name}: expected a number or a 0-d tensor, got {type(v).__name__}") from None
+
+
+def _as_row(result: Any, name: str) -> Dict[str, Any]:
+    """A measure's result as a flat-ish dict: a dataclass's fields, a dict, or a number."""
+    if dataclasses.is_dataclass(result) and not isinstance(result, type):
+        return {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+    if isinstance(result, dict):
+        return {str(k): v for k, v in result.items()}
+    if isinstance(result, (int, float, np.number)) or (hasattr(result, "ndim") and result.ndim == 0):
+        return {"value": float(result.item() if hasattr(result, "item") else result)}
+    raise InvalidArgument(f"measures: {name!r} returned {type(result).__name__}; expected a number, a dict or a "
+                          f"dataclass")
+
+
+def _plain(v: Any) -> Any:
+    """Arrays and tensors as lists (large ones left out), NumPy scalars as numbers."""
+    if hasattr(v, "detach"):
+        v = v.detach().cpu().numpy()
+    elif type(v).__module__.split(".")[0] in ("jax", "jaxlib"):
+        v = np.asarray(v)
+    if isinstance(v, np.ndarray):
+        if v.size > _JSON_ARRAY_LIMIT:
+            return {"omitted": f"array of shape {list(v.shape)}"}
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _jsonable(v: Any) -> Any:
+    v = _plain(v)
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        v = {f.name: getattr(v, f.name) for f in dataclasses.fields(v)}
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None   # as the CLI writes a value that is not finite
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return repr(v)
+
+
+def _csv(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return "" if not math.isfinite(float(v)) else repr(float(v))
+    s = str(v)
+    return '"' + s.replace('"', '""') + '"' if any(c in s for c in ',"\n') else s
+
+
+def _csv_cells(name: str, v: Any) -> List[Tuple[str, str]]:
+    """One value as CSV columns: a scalar as one column, a short numeric list as name1..nameK,
+    a list of strings joined by "; "; anything else (matrices, nested records) stays in report.json."""
+    v = _plain(v)
+    if v is None or isinstance(v, (bool, int, float, str, np.generic)):
+        return [(name, _csv(v))]
+    if name in _CSV_SKIPPED:
+        return []
+    if name in _COUNTED and isinstance(v, (list, tuple)):
+        return [(name, str(len(v)))]
+    if isinstance(v, (list, tuple)):
+        if all(isinstance(x, str) for x in v):
+            return [(name, _csv("; ".join(v)))]
+        if len(v) <= 64 and all(x is None or isinstance(x, (int, float)) for x in v):
+            return [(f"{name}{i + 1}", _csv(x)) for i, x in enumerate(v)]
+    return []
+
+
+def _rows_csv(rows: List[Dict[str, Any]]) -> str:
+    cells = [[c for k, v in row.items() for c in _csv_cells(k, v)] for row in rows]
+    header: List[str] = []
+    for row in cells:
+        for k, _ in row:
+            if k not in header:
+                header.append(k)
+    lines = [",".join(header)]
+    for row in cells:
+        d = dict(row)
+        lines.append(",".join(d.get(k, "") for k in header))
+    return "\n".join(lines) + "\n"
