@@ -176,7 +176,7 @@ class KernelSummary:
     kta_centered: Optional[float] = None
     """Centred alignment: K → HKH, Y → HY with H = I − 11ᵀ/M (with targets)."""
     eigenvalues: Optional[np.ndarray] = None
-    """The k largest eigenvalues, descending, a float64 NumPy array [k] (when ``k`` > 0)."""
+    """The k largest eigenvalues, descending, float64 [k] in the kernel's framework (when ``k`` > 0)."""
     energy: Optional[Dict[int, float]] = None
     """{k: E_k}, the share of the targets' energy in the top-k eigenvectors (``energy`` given)."""
     energy_targets: Optional[str] = None
@@ -206,7 +206,7 @@ def kernel_summary(kernel: Any, targets: Any = None, k: int = 0, energy: Optiona
 
     Returns a :class:`KernelSummary`.
     """
-    _, dtype, view, full = _kernel_matrix(kernel)
+    fw, dtype, view, full = _kernel_matrix(kernel)
     m = view.shape[0]
     if energy_targets not in ("centered", "raw"):
         raise InvalidArgument(f"energy_targets: expected 'centered' or 'raw', got {energy_targets!r}")
@@ -228,7 +228,7 @@ def kernel_summary(kernel: Any, targets: Any = None, k: int = 0, energy: Optiona
         return r
     values, vectors, info = _eigen(view, want, dtype, seed, threads, progress)
     if k > 0:
-        r.eigenvalues = values[:k].copy()
+        r.eigenvalues = from_numpy(fw, values[:k].copy())
     if ks:
         target = _center(y) if energy_targets == "centered" else y
         e = _core.cumulative_energy(vectors, np.ascontiguousarray(target), ks)
@@ -275,7 +275,7 @@ def cumulative_energy(kernel: Any, targets: Any, ks: Optional[Sequence[int]] = N
     says nothing about what is learned) or "raw". ``kernel``, ``targets``, ``seed``, ``threads``
     and ``progress`` as :func:`kernel_summary`. Returns {k: E_k}.
     """
-    _, dtype, view, full = _kernel_matrix(kernel)
+    fw, dtype, view, full = _kernel_matrix(kernel)
     m = view.shape[0]
     if energy_targets not in ("centered", "raw"):
         raise InvalidArgument(f"energy_targets: expected 'centered' or 'raw', got {energy_targets!r}")

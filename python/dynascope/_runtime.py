@@ -42,7 +42,8 @@ class _Bars:
         key = task.split(":", 1)[0]   # "lanczos: restart 3, ..." is one bar with a changing description
         if self._bar is None or key != self._task or self._bar.total != total:
             self.close()
-            self._bar = self._tqdm(total=total, desc=key, leave=False, dynamic_ncols=True)
+            # delay: a computation shorter than half a second never draws a bar.
+            self._bar = self._tqdm(total=total, desc=key, leave=False, dynamic_ncols=True, delay=0.5)
             self._task = key
         if key != task:
             self._bar.set_postfix_str(task[len(key) + 1:].strip(), refresh=False)
