@@ -1,10 +1,15 @@
-"""Helpers shared by the peer-comparison scripts (run with Debian's /usr/bin/python3, which sees
-python3-torch and python3-numpy)."""
+"""Helpers shared by the peer-comparison scripts. Run them with the interpreter the build's Python
+extension was made for (the build's .venv/bin/python, or Debian's /usr/bin/python3: both are
+CPython 3.11 and see python3-torch and python3-numpy): each script imports the package from
+<build>/python and times it in the same process as the peer, on the same weights and data."""
+import glob
 import json
 import os
 import struct
 import subprocess
 import sys
+import sysconfig
+import time
 
 import numpy as np
 
@@ -16,6 +21,59 @@ def build_dir():
 
 def dynascope_exe():
     return os.path.join(build_dir(), "src", "cli", "dynascope")
+
+
+_PACKAGE = []
+
+
+def dynascope_package(required=True):
+    """Imports the dynascope package from <build>/python (DYNASCOPE_BUILD, default ../../build),
+    ahead of any installed copy. When it cannot be imported — not built, or built for another
+    Python — says why and how to fix it on stderr, then exits (required) or returns None (the
+    caller goes on with what it can do without it)."""
+    if _PACKAGE:
+        return _PACKAGE[0]
+    where = os.path.join(os.path.abspath(build_dir()), "python")
+    problem = None
+    ext = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    found = glob.glob(os.path.join(where, "dynascope", "_core*"))
+    if not os.path.isdir(os.path.join(where, "dynascope")):
+        problem = (f"no package at {where}/dynascope: build it with -DDYNASCOPE_PYTHON=ON (target _core), "
+                   f"or set DYNASCOPE_BUILD to the build folder")
+    elif not found:
+        problem = f"{where}/dynascope has no compiled _core extension: build the target _core"
+    elif not any(f.endswith(ext) for f in found):
+        problem = (f"{where}/dynascope/_core is built for another Python ({', '.join(os.path.basename(f) for f in found)}); "
+                   f"this is {sys.executable} (Python {sys.version.split()[0]}, needs _core{ext}): run the script "
+                   f"with the build's interpreter (e.g. <repo>/.venv/bin/python) or rebuild with "
+                   f"-DPython_EXECUTABLE={sys.executable}")
+    if problem is None:
+        sys.path.insert(0, where)
+        try:
+            import dynascope  # noqa: F401
+        except ImportError as e:
+            problem = f"import dynascope from {where} failed: {e}"
+    if problem is not None:
+        print(f"dynascope package: {problem}", file=sys.stderr)
+        if required:
+            sys.exit(2)
+        return None
+    dynascope.set_progress(False)
+    _PACKAGE.append(dynascope)
+    return dynascope
+
+
+def best_time(fn, repeats=3, warmup=True):
+    """(smallest wall time in seconds of `repeats` calls, the last call's result); one untimed call
+    first when warmup (thread pools, allocators, lazy imports)."""
+    if warmup:
+        fn()
+    best, result = float("inf"), None
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, result
 
 
 def bench_exe(name):
@@ -57,16 +115,6 @@ def need_torch():
     except ImportError:
         print("torch is not importable here (apt-get install python3-torch, run with /usr/bin/python3)", file=sys.stderr)
         sys.exit(0)
-
-
-def has_command(name):
-    """True when the dynascope binary exists and knows the subcommand `name` (scripts that compare a
-    command that is still being written skip its half with a message instead of failing)."""
-    exe = dynascope_exe()
-    if not os.path.exists(exe):
-        return False
-    r = subprocess.run([exe, name, "--help"], capture_output=True, text=True)
-    return r.returncode == 0
 
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist (as src/data/datasets.cpp)

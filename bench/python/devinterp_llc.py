@@ -1,9 +1,15 @@
 #!/usr/bin/python3
 """The local learning coefficient by SGLD chains: devinterp (PyPI; 1.3.2's classic
-estimate_learning_coeff_with_summary and 2.0.1's llc()) next to `dynascope llc`, on the same
-model, data and hyperparameters. Prints, per problem and tool, the chain-steps per second
-(chains * (burnin + draws * thin) / seconds; devinterp runs its chains one after another) and the
-estimate (mean +- std over chains).
+estimate_learning_coeff_with_summary and 2.0.1's llc()) next to the dynascope package in the same
+process, on the same model, data and hyperparameters. Prints, per problem and tool, the
+chain-steps per second (chains * (burnin + draws * thin) / seconds; devinterp runs its chains one
+after another) and the estimate (mean +- std over chains).
+
+dynascope runs twice in each devinterp process, right after devinterp:
+  Mlp    dynascope.llc(Mlp.from_torch(net), x, y): the library's batched engine, all chains in one pass
+  torch  dynascope.llc(dynascope.torch_loss_grad(net, loss, x, y)): the generic path for any
+         module, the loss and gradients of all chains by one functorch vmap(grad) call per step
+(--dynascope picks them; with no devinterp run, dynascope runs in this script's own process).
 
 Problems
   small  a 2-layer ReLU regression MLP 10-24-2 (314 parameters), n = 1000, full batch, trained
@@ -26,9 +32,12 @@ own default is m / ln m. Differences that remain and that the printed numbers sh
     draws each chain's batch independently, with replacement.
   * 1.3.2's std is over chains with ddof 1, 2.0.1's with ddof 0.
 devinterp runs in its own virtual environment (Debian's torch 1.13 through --system-site-packages,
-see the install lines below); this script re-runs itself there with --worker.
+see the install lines below); this script re-runs itself there with --worker and imports the
+dynascope package from <build>/python in that process too (both venvs are CPython 3.11, the
+extension's Python; the package needs only numpy, which both have).
 
 Usage: devinterp_llc.py [--problems small,mnist,dln] [--threads T] [--chains C] [--quick]
+                        [--peers 1.3.2,2.0.1] [--dynascope mlp,torch]
   environment: DYNASCOPE_BUILD (build folder, default ../../build), DEVINTERP1_PYTHON,
   DEVINTERP2_PYTHON (default /work/venv-devinterp1/bin/python, /work/venv-devinterp2/bin/python).
 Install the peers (no CUDA torch is downloaded):
@@ -50,7 +59,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import dynascope_exe, has_command, load_fashion_mnist, need_torch, save_safetensors  # noqa: E402
+from common import dynascope_package, load_fashion_mnist, need_torch  # noqa: E402
 
 PEERS = {
     "1.3.2": os.environ.get("DEVINTERP1_PYTHON", "/work/venv-devinterp1/bin/python"),
@@ -128,7 +137,7 @@ def reduced_rank(M, H, N, r):
 
 
 # ---------------------------------------------------------------------------------------------
-# Problems: each writes model.safetensors, weights.npz, x.npy, y.npy and problem.json into d
+# Problems: each writes weights.npz, x.npy, y.npy and problem.json into d
 
 def make_problem(name, d, args, torch):
     g = torch.Generator().manual_seed(1234)
@@ -196,7 +205,6 @@ def make_problem(name, d, args, torch):
     widths, act, bias = net_spec(net)
     hp.update(widths=widths, activation=act, bias=bias)
     state = {k: v.detach().numpy().astype(np.float32) for k, v in net.state_dict().items()}
-    save_safetensors(os.path.join(d, "model.safetensors"), state, {"activation": act})
     np.savez(os.path.join(d, "weights.npz"), **state)
     np.save(os.path.join(d, "x.npy"), x_np)
     np.save(os.path.join(d, "y.npy"), y_np)
@@ -223,11 +231,8 @@ def train(torch, net, x, y, loss, steps, batch, lr):
 # ---------------------------------------------------------------------------------------------
 # devinterp workers (run inside the peer's virtual environment)
 
-def worker(version, d):
-    import warnings
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    import torch
+def load_problem(torch, d):
+    """(hp, net, x, y) as make_problem wrote them into d."""
     with open(os.path.join(d, "problem.json")) as f:
         hp = json.load(f)
     torch.set_num_threads(hp["threads"])
@@ -236,6 +241,21 @@ def worker(version, d):
     net = build_net(torch, hp["widths"], hp["activation"], hp["bias"])
     w = np.load(os.path.join(d, "weights.npz"))
     net.load_state_dict({k: torch.from_numpy(w[k]) for k in w.files})
+    return hp, net, x, y
+
+
+def worker(version, d, paths):
+    import warnings
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    import torch
+    hp, net, x, y = load_problem(torch, d)
+    out = devinterp_run(torch, version, d, hp, net, x, y)
+    out["dynascope"] = run_dynascope(torch, hp, net, x, y, paths)
+    print("RESULT " + json.dumps(out))
+
+
+def devinterp_run(torch, version, d, hp, net, x, y):
     n, m = x.shape[0], hp["batch"] or x.shape[0]
     C, D, B, K = hp["chains"], hp["draws"], hp["burnin"], hp["thin"]
     fn = torch.nn.functional.mse_loss if hp["loss"] == "mse" else torch.nn.functional.cross_entropy
@@ -305,46 +325,82 @@ def worker(version, d):
                    llc_per_chain=[float(v) for v in r["llc_per_chain"].values], init_loss=float(r["init_loss"]))
     post = hp["nbeta"] * (draws.mean(axis=1) - hp["full_loss"])
     out.update(seconds=seconds, post_burnin_mean=float(post.mean()), post_burnin_std=float(post.std(ddof=1)))
-    print("RESULT " + json.dumps(out))
+    return out
 
 
-def run_peer(version, d):
+def run_peer(version, d, paths):
     py = PEERS[version]
     if not os.path.exists(py):
         return None, f"devinterp {version}: no interpreter at {py} (see the install lines in this script)"
     env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS=str(json.load(open(os.path.join(d, "problem.json")))["threads"]))
-    p = subprocess.run([py, os.path.abspath(__file__), "--worker", version, "--dir", d], capture_output=True, text=True,
-                       env=env)
+    p = subprocess.run([py, os.path.abspath(__file__), "--worker", version, "--dir", d, "--dynascope", ",".join(paths)],
+                       capture_output=True, text=True, env=env)
     for line in p.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:]), None
     return None, f"devinterp {version} failed (exit {p.returncode}):\n{p.stderr[-3000:]}"
 
 
-def run_dynascope(d, hp):
-    out = os.path.join(d, "dynascope.json")
-    trace = os.path.join(d, "dynascope_trace.npy")
-    cmd = [dynascope_exe(), "llc", "--model", os.path.join(d, "model.safetensors"), "--inputs",
-           os.path.join(d, "x.npy"), "--targets", os.path.join(d, "y.npy"), "--loss", hp["loss"],
-           "--chains", str(hp["chains"]), "--draws", str(hp["draws"]), "--burnin", str(hp["burnin"]),
-           "--thin", str(hp["thin"]), "--epsilon", repr(hp["epsilon"]), "--gamma", repr(hp["gamma"]),
-           "--nbeta", repr(hp["nbeta"]), "--batch", str(hp["batch"]), "--sampler", "sgld",
-           "--seed", str(hp["seed"]), "--threads", str(hp["threads"]), "--out-trace", trace, "--quiet", "--out", out]
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
-    if p.returncode != 0:
-        return None, f"dynascope llc failed (exit {p.returncode}): {p.stderr.strip()[-2000:]}\n  command: {' '.join(cmd)}"
-    with open(out) as f:
-        r = json.load(f)
-    res = dict(llc_mean=r["llc_mean"], llc_std=r["llc_std"], llc_per_chain=r["llc_per_chain"],
-               init_loss=r["init_loss"], seconds=seconds, sampling_seconds=r.get("sampling_seconds"),
-               r_hat=r.get("r_hat"), ess=r.get("ess"), mala=r.get("mala_acceptance"))
-    if os.path.exists(trace):
-        draws = np.load(trace).astype(np.float64)
+DYNASCOPE_PATHS = {"mlp": "dynascope.llc(Mlp)", "torch": "dynascope.llc(torch_loss_grad)"}
+
+
+def run_dynascope(torch, hp, net, x, y, paths):
+    """{path: result or {"error": text}} of dynascope.llc in this process, on the problem's net and data
+    with its hyperparameters; {} when the package cannot be imported here (the reason is on stderr)."""
+    if not paths:
+        return {}
+    ds = dynascope_package(required=False)
+    if ds is None:
+        return {p: {"error": "the dynascope package is not importable in this process (see stderr)"} for p in paths}
+    kw = dict(chains=hp["chains"], draws=hp["draws"], burnin=hp["burnin"], thin=hp["thin"], epsilon=hp["epsilon"],
+              gamma=hp["gamma"], nbeta=hp["nbeta"], batch=hp["batch"], sampler="sgld", seed=hp["seed"],
+              threads=hp["threads"], progress=False)
+    results = {}
+    for path in paths:
+        # The model conversion copies the weights once (as the callback's w_star): outside the timing.
+        if path == "mlp":
+            model, args = ds.Mlp.from_torch(net), (x, y)
+            kw_path = dict(kw, loss=hp["loss"])
+        elif path == "torch":
+            model, args, kw_path = ds.torch_loss_grad(net, hp["loss"], x, y), (), kw
+        else:
+            raise SystemExit(f"--dynascope: unknown path '{path}' (known: {', '.join(DYNASCOPE_PATHS)})")
+        t0 = time.perf_counter()
+        try:
+            r = ds.llc(model, *args, **kw_path)
+        except ds.Error as e:
+            results[path] = {"error": f"{DYNASCOPE_PATHS[path]} failed: {e}"}
+            continue
+        seconds = time.perf_counter() - t0
+        draws = np.asarray(r.loss_trace, dtype=np.float64)  # [C, D]
         post = hp["nbeta"] * (draws.mean(axis=1) - hp["full_loss"])
-        res.update(post_burnin_mean=float(post.mean()), post_burnin_std=float(post.std(ddof=1)))
-    return res, None
+        results[path] = dict(llc_mean=r.llc_mean, llc_std=r.llc_std,
+                             llc_per_chain=[float(v) for v in np.asarray(r.llc_per_chain)], init_loss=r.init_loss,
+                             seconds=seconds, sampling_seconds=r.sampling_seconds, r_hat=r.r_hat, ess=r.ess,
+                             mala=r.mala_acceptance, post_burnin_mean=float(post.mean()),
+                             post_burnin_std=float(post.std(ddof=1)) if len(post) > 1 else float("nan"))
+    return results
+
+
+def print_dynascope(rows, name, hp, steps, results, tag, peer_seconds=None):
+    """Prints dynascope's results of one process (tag: whose process, for the table) and adds their rows."""
+    for path, res in results.items():
+        if "error" in res:
+            print(f"    {DYNASCOPE_PATHS[path]}: {res['error']}")
+            continue
+        rows.append((name, f"dynascope {path}{tag}", hp, steps, res))
+        extra = f"init loss {res['init_loss']:.6g}, r_hat {res['r_hat']:.3g}, ess {res['ess']:.3g}, MALA {res['mala']:.3g}"
+        if res.get("sampling_seconds"):
+            extra += f", sampling alone {hp['chains'] * steps / res['sampling_seconds']:.0f} chain-steps/s"
+        ratio = f" (devinterp / this = {peer_seconds / res['seconds']:.1f})" if peer_seconds else ""
+        print(f"    {DYNASCOPE_PATHS[path]:32} {res['seconds']:.2f} s{ratio}, {extra}")
+    ok = [r for r in results.values() if "error" not in r]
+    if len(ok) == 2:
+        # Same seed, same sampler: the two paths draw the same noise and minibatches; only the
+        # float32 loss and gradient (library kernels vs torch) differ.
+        d = np.max(np.abs(np.subtract(ok[0]["llc_per_chain"], ok[1]["llc_per_chain"])))
+        print(f"    {'Mlp vs torch_loss_grad':32} max |difference| of the per-chain estimates {d:.3g} "
+              f"(of max |llc| {np.max(np.abs(ok[0]['llc_per_chain'])):.3g})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,17 +423,21 @@ def main():
     ap.add_argument("--quick", action="store_true", help="a tenth of the draws and burn-in (a smoke run)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
+    ap.add_argument("--dynascope", default="mlp,torch",
+                    help="dynascope paths to run in each process: mlp (the library's MLP), torch (torch_loss_grad); "
+                         "empty: none")
     args = ap.parse_args()
+    paths = [p for p in args.dynascope.split(",") if p]
     if args.worker:
-        return worker(args.worker, args.dir)
+        return worker(args.worker, args.dir, paths)
 
     need_torch()
     import torch
     torch.set_num_threads(args.threads)
-    ours = has_command("llc")
-    if not ours:
-        print(f"note: {dynascope_exe()} has no 'llc' command (not built yet, or set DYNASCOPE_BUILD): "
-              "the dynascope half is skipped")
+    if paths and dynascope_package(required=False) is None:
+        print("note: the dynascope half is skipped (above)")
+        paths = []
+    peers = [v for v in args.peers.split(",") if v]
     rows = []
     for name in args.problems.split(","):
         with tempfile.TemporaryDirectory(prefix=f"llc_{name}_") as d:
@@ -390,32 +450,32 @@ def main():
                   f"draws {hp['draws']}, burnin {hp['burnin']}, thin {hp['thin']} -> {steps} steps per chain; "
                   f"L_n(w*) = {hp['full_loss']:.6g}; set up in {time.perf_counter() - t0:.1f} s"
                   + (f"; Aoyagi's lambda = {hp['truth']:g}" if hp["truth"] is not None else ""))
-            tools = [(f"devinterp {v}", lambda v=v: run_peer(v, d)) for v in args.peers.split(",") if v]
-            if ours:
-                tools.append(("dynascope", lambda: run_dynascope(d, hp)))
-            for tool, fn in tools:
-                res, err = fn()
+            ran_ours = False
+            for v in peers:
+                res, err = run_peer(v, d, paths)
                 if err:
                     print("  " + err)
                     continue
-                rows.append((name, tool, hp, steps, res))
-                extra = f"init loss {res['init_loss']:.6g}"
-                if tool == "dynascope":
-                    extra += f", r_hat {res['r_hat']}, ess {res['ess']}, MALA {res['mala']}"
-                    if res.get("sampling_seconds"):
-                        extra += f", sampling alone {hp['chains'] * steps / res['sampling_seconds']:.0f} chain-steps/s"
-                print(f"  {tool}: {res['seconds']:.2f} s, {extra}")
+                rows.append((name, f"devinterp {v}", hp, steps, res))
+                print(f"  devinterp {v}: {res['seconds']:.2f} s, init loss {res['init_loss']:.6g}; in the same process:")
+                print_dynascope(rows, name, hp, steps, res.get("dynascope", {}), f" @{v}", res["seconds"])
+                ran_ours |= bool(res.get("dynascope"))
+            if paths and not ran_ours:  # no devinterp ran: dynascope in this process
+                print("  dynascope in this process:")
+                _hp, net, x, y = load_problem(torch, d)
+                print_dynascope(rows, name, hp, steps, run_dynascope(torch, hp, net, x, y, paths), "")
 
-    print(f"\n{'problem':8} {'tool':16} {'chains':>6} {'steps':>6} {'seconds':>8} {'chain-steps/s':>13} "
+    print(f"\n{'problem':8} {'tool':22} {'chains':>6} {'steps':>6} {'seconds':>8} {'chain-steps/s':>13} "
           f"{'llc (own)':>20} {'post-burn-in':>20} {'truth':>6}")
     for name, tool, hp, steps, r in rows:
         own = f"{r['llc_mean']:.3f} ± {r['llc_std']:.3f}"
         post = f"{r['post_burnin_mean']:.3f} ± {r['post_burnin_std']:.3f}" if "post_burnin_mean" in r else "-"
         truth = f"{hp['truth']:g}" if hp["truth"] is not None else "-"
-        print(f"{name:8} {tool:16} {hp['chains']:6d} {steps:6d} {r['seconds']:8.2f} "
+        print(f"{name:8} {tool:22} {hp['chains']:6d} {steps:6d} {r['seconds']:8.2f} "
               f"{hp['chains'] * steps / r['seconds']:13.1f} {own:>20} {post:>20} {truth:>6}")
     print("(seconds: the whole estimate call — devinterp's init loss and chains, one after another; dynascope's "
-          "whole CLI run. post-burn-in: nbeta (mean draw after burn-in - L_n(w*)), std over chains with ddof 1.)")
+          "llc() call. 'dynascope PATH @V' ran in devinterp V's process right after it. post-burn-in: nbeta (mean "
+          "draw after burn-in - L_n(w*)), std over chains with ddof 1.)")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,13 @@ import time
 import numpy as np
 
 here = os.path.dirname(os.path.abspath(__file__))
-build = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("DYNASCOPE_BUILD", os.path.join(here, "..", "..", "build"))
-sys.path.insert(0, os.path.join(build, "python"))
-import dynascope  # noqa: E402
+if len(sys.argv) > 1:
+    os.environ["DYNASCOPE_BUILD"] = sys.argv[1]
+sys.path.insert(0, here)
+from common import build_dir, dynascope_package  # noqa: E402
+
+build = build_dir()
+dynascope = dynascope_package()
 from dynascope import _core  # noqa: E402
 
 # (N, hidden width, inputs): the same list as BM_ntk_small's Args.
@@ -40,7 +44,7 @@ def best_of(fn, seconds=0.5):
 def cxx_times():
     exe = os.path.join(build, "bench", "bench_ntk")
     out = subprocess.run([exe, "--benchmark_filter=BM_ntk_small", "--benchmark_format=json",
-                          "--benchmark_min_time=0.5s"], check=True, capture_output=True, text=True).stdout
+                          "--benchmark_min_time=0.5"], check=True, capture_output=True, text=True).stdout
     times = {}
     for b in json.loads(out)["benchmarks"]:
         n, w, d = (int(v) for v in b["name"].split("/")[1:4])

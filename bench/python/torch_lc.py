@@ -3,18 +3,21 @@
 & Baraniuk's code — one shared frame of P orthonormal directions, the 2P cross-polytope vertices
 x +- r v_p of every sample through the network in one batched forward, forward hooks on every
 Linear collecting the pre-activations, and per layer the neurons whose sign differs from vertex 0's
-counted in PyTorch — next to `dynascope lc` on the same weights, inputs and frame: checks that the
-counts [N, L] agree and prints both times. Usage: torch_lc.py [N] [threads] [radius] [P]"""
-import json
+counted in PyTorch — next to the dynascope package in the same process, on the same weights,
+inputs and frame: dynascope.local_complexity on the network (Mlp.from_torch: the library's own
+forward) and on the torch module itself (the generic path: the library's vertices through the
+module, forward hooks on every Linear, the sign test and counting in the library). Checks that
+the counts [N, L] agree and prints the times (best of --repeats) and ratios.
+Usage: torch_lc.py [N] [threads] [radius] [P] [--repeats R]
+  environment: DYNASCOPE_BUILD (build folder, default ../../build)."""
+import argparse
 import os
-import subprocess
 import sys
-import tempfile
-import time
 
 import numpy as np
 
-from common import dynascope_exe, need_torch, run_benchmark, save_safetensors
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import best_time, dynascope_package, need_torch  # noqa: E402
 
 need_torch()
 import torch  # noqa: E402
@@ -57,12 +60,12 @@ def compare(ours, counts, z):
         sys.exit(f"count arrays differ in shape: dynascope {ours.shape}, torch {counts.shape}")
     diff = np.argwhere(ours != counts)
     if len(diff) == 0:
-        print(f"  counts agree exactly ({counts.size} entries)")
+        print(f"    counts agree exactly ({counts.size} entries)")
         return
     # float32 GEMMs that sum in another order can put a vertex on the other side of a hyperplane
     # when its pre-activation is within rounding of 0: every disagreement must be explained by
     # neurons with such a vertex (|z| <= 1e-5 of the layer's largest |z| at that sample).
-    print(f"  counts differ in {len(diff)} of {counts.size} (sample, layer) entries:")
+    print(f"    counts differ in {len(diff)} of {counts.size} (sample, layer) entries:")
     explained = True
     for s, layer in diff:
         t = z[layer][s].abs()  # [2P, d_l]
@@ -70,18 +73,23 @@ def compare(ours, counts, z):
         fragile = int(near.any(dim=0).sum())
         closest = (t.min() / t.max()).item()
         explained &= abs(int(ours[s, layer]) - int(counts[s, layer])) <= fragile
-        print(f"    sample {s} layer {layer + 1}: dynascope {ours[s, layer]}, torch {counts[s, layer]}; "
+        print(f"      sample {s} layer {layer + 1}: dynascope {ours[s, layer]}, torch {counts[s, layer]}; "
               f"{fragile} neuron(s) with a vertex within 1e-5 of the layer's max |z|, closest {closest:.1e}")
     if not explained:
         sys.exit("a disagreement is not explained by vertices at a hyperplane")
-    print("  every disagreement is explained by vertices within float32 rounding of a neuron's hyperplane")
+    print("    every disagreement is explained by vertices within float32 rounding of a neuron's hyperplane")
 
 
 def main():
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1024
-    threads = int(sys.argv[2]) if len(sys.argv) > 2 else 2
-    radius = float(sys.argv[3]) if len(sys.argv) > 3 else 0.75
-    p = int(sys.argv[4]) if len(sys.argv) > 4 else 25
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("n", nargs="?", type=int, default=1024)
+    ap.add_argument("threads", nargs="?", type=int, default=2)
+    ap.add_argument("radius", nargs="?", type=float, default=0.75)
+    ap.add_argument("p", nargs="?", type=int, default=25)
+    ap.add_argument("--repeats", type=int, default=REPEATS)
+    args = ap.parse_args()
+    n, threads, radius, p = args.n, args.threads, args.radius, args.p
+    ds = dynascope_package()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     layers = []
@@ -96,50 +104,29 @@ def main():
     frame = torch.from_numpy(np.ascontiguousarray(q.T).astype(np.float32))  # [P, D]
 
     torch_counts(net, x[:8], frame, radius)  # warm-up: thread pool, allocator
-    t_torch = 1e300
-    for _rep in range(REPEATS):
-        t0 = time.perf_counter()
-        counts_f32, _z = torch_counts(net, x, frame, radius)
-        t_torch = min(t_torch, time.perf_counter() - t0)
+    t_torch, (counts_f32, _z) = best_time(lambda: torch_counts(net, x, frame, radius), args.repeats, warmup=False)
     counts, z = torch_counts(net, x, frame, radius, exact=True)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        model = os.path.join(tmp, "net.safetensors")
-        save_safetensors(model, {k: v.detach().numpy() for k, v in net.state_dict().items()}, {"activation": "relu"})
-        np.save(os.path.join(tmp, "x.npy"), x.numpy())
-        np.save(os.path.join(tmp, "frame.npy"), frame.numpy())
-        out_counts, out_json = os.path.join(tmp, "c.npy"), os.path.join(tmp, "r.json")
-        t_cli, t_json = 1e300, 1e300
-        for _rep in range(REPEATS):
-            t0 = time.perf_counter()
-            subprocess.run([dynascope_exe(), "lc", "--model", model, "--inputs", os.path.join(tmp, "x.npy"), "--frame",
-                            os.path.join(tmp, "frame.npy"), "--radius", repr(radius), "--out-counts", out_counts,
-                            "--threads", str(threads), "--quiet", "--out", out_json], check=True)
-            t_cli = min(t_cli, time.perf_counter() - t0)
-            with open(out_json) as f:
-                t_json = min(t_json, json.load(f)["seconds"])
-        ours = np.load(out_counts).astype(np.int64)
+    mlp = ds.Mlp.from_torch(net)  # one copy of the weights, outside the timed calls
+    t_mlp, r_mlp = best_time(lambda: ds.local_complexity(mlp, x, radius, frame=frame, threads=threads), args.repeats)
+    # The generic path: the same hooks on the same module, the sign test and the counting in the library.
+    t_gen, r_gen = best_time(lambda: ds.local_complexity(net, x, radius, frame=frame, threads=threads), args.repeats)
 
     print(f"local complexity, MLP {'-'.join(map(str, WIDTHS))} relu, N={n}, P={p}, r={radius}, float32, "
-          f"{threads} threads")
+          f"{threads} threads, best of {args.repeats}")
     print(f"  mean count per layer: {' '.join(f'{c:.2f}' for c in counts.mean(axis=0))}  "
-          f"(hidden total {counts[:, :-1].sum(axis=1).mean():.2f})")
-    print(f"  torch {torch.__version__} batched forward + hooks + sign test: {t_torch:8.3f} s")
-    print(f"  dynascope lc (JSON seconds, whole command):          {t_json:8.3f} s   "
-          f"(torch time / this = {t_torch / t_json:.2f})")
-    print(f"  dynascope lc (whole process, as timed here):         {t_cli:8.3f} s")
-    if n == 1024 and p == 25:
-        try:
-            rec = [b for b in run_benchmark("bench_regions", "^lc/1024/") if b.get("run_type", "iteration") == "iteration"][0]
-            seconds = rec["real_time"] * {"ms": 1e-3, "us": 1e-6, "ns": 1e-9, "s": 1.0}[rec["time_unit"]]
-            print(f"  bench_regions lc/1024 (in process, own net, r=0.75): {seconds:8.3f} s   (torch time / this = {t_torch / seconds:.2f})")
-        except (OSError, subprocess.CalledProcessError, IndexError, KeyError) as e:
-            print(f"  bench_regions lc: not run ({e})")
+          f"(hidden total {counts[:, :-1].sum(axis=1).mean():.2f}; dynascope's total_mean {r_mlp.total_mean:.2f})")
+    print(f"  {'torch ' + torch.__version__ + ' batched forward + hooks + sign test':52} {t_torch:8.3f} s")
+    print(f"  {'dynascope.local_complexity(Mlp)':52} {t_mlp:8.3f} s   torch / this = {t_torch / t_mlp:.2f}")
+    print(f"  {'dynascope.local_complexity(nn.Module, hooks)':52} {t_gen:8.3f} s   torch / this = {t_torch / t_gen:.2f}")
 
     if (counts_f32 != counts).any():
         print(f"  (the timed run's float32 vertices change {int((counts_f32 != counts).sum())} entries; "
               "the comparison uses dynascope's float64-rounded vertices)")
-    compare(ours, counts, z)
+    print("  dynascope.local_complexity(Mlp) against torch:")
+    compare(r_mlp.counts.numpy().astype(np.int64), counts, z)
+    print("  dynascope.local_complexity(nn.Module) against torch:")
+    compare(r_gen.counts.numpy().astype(np.int64), counts, z)
 
 
 if __name__ == "__main__":
