@@ -2,8 +2,10 @@
 
 The folder is what ``dynascope train --out-dir DIR`` writes (``step_XXXXXXX.safetensors``,
 ``train.csv``) plus a ``report.json`` recording the run's data (``inputs.npy`` and ``targets.npy``
-in the folder), seed and loss, so that ``dynascope llc|elasticity|response --checkpoints DIR``
-measure a run trained in PyTorch, JAX or NumPy without data flags.
+in the folder, named relative to it), seed and loss, so that ``dynascope lc|llc|elasticity|response
+--checkpoints DIR`` measure a run trained in PyTorch, JAX or NumPy without data flags. The CSVs that
+share a name with the demo's (train.csv, lc.csv, llc.csv, elasticity.csv, response.csv) have its
+columns and number formats, so one reader reads both.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ _DATA_FILES = ("inputs.npy", "targets.npy")
 
 # Built-in measures: the package function each calls, whether it needs targets, and the default
 # number of samples it measures (the first N of the data; None: all), as the CLI's defaults.
+# elasticity and response compute in float64 unless their `dtype` option says otherwise, as the CLI.
 _BUILTIN = {
     "ntk": ("ntk", False, 64),
     "lc": ("local_complexity", False, None),
@@ -43,12 +46,13 @@ _BUILTIN = {
     "response": ("response", True, 128),
     "hessian": ("eigsh", True, None),
 }
-# Result fields that stay out of a measure's row: eigenvectors ([k, P]) are not a diagnostic.
-_DROPPED = {"hessian": ("vectors",)}
-# Index lists written to the CSVs as their length, as the CLI's columns count them.
+_FLOAT64_BY_DEFAULT = ("elasticity", "response")
+# Index lists written to a callable measure's CSV as their length, as the CLI's columns count them.
 _COUNTED = ("undefined_sources", "unresolved_sources")
 # Per-sample and per-draw arrays: in report.json (when small), not in the CSVs.
 _CSV_SKIPPED = ("self_change", "source_rows", "target_rows", "class_pairs", "loss_trace", "distance_trace")
+# Per-measure keys of report.json's rows that no CSV has (the CLI's files have no timing column).
+_NOT_IN_CSV = ("seconds", "checkpoint")
 
 # Arrays with more elements than this are left out of report.json (the rows stay readable).
 _JSON_ARRAY_LIMIT = 4096
@@ -108,7 +112,10 @@ class Tracker:
       ``"llc"``, ``"elasticity"``, ``"response"`` (those functions) and ``"hessian"``
       (:func:`dynascope.eigsh` of :func:`dynascope.curvature_operator`). Options are the
       function's keyword arguments (named as the CLI's flags) plus ``samples``: the first N
-      samples (defaults: ntk 64, elasticity 512, response 128, the others all).
+      samples (defaults: ntk 64, elasticity 512, response 128, the others all), and ``dtype``
+      ("float32" or "float64": a copy of the network and data in that precision; default the
+      model's, float64 for elasticity and response as the CLI). The CSVs of lc, llc, elasticity
+      and response have the CLI's columns and number format (lc: the training points' rows).
     * ``out_dir``: the run folder (created when missing). One that already holds a run is refused
       unless ``overwrite=True``, which removes exactly the run's files first (as ``--overwrite``).
     * ``loss``: "mse" or "xent" (None: xent for class labels, mse for float targets), recorded as
@@ -141,7 +148,11 @@ class Tracker:
         self.threads = threads
         self.progress = progress
         self.checkpoints = bool(checkpoints)
-        self.out_dir = os.path.abspath(os.fspath(out_dir))
+        # Files are written under the absolute path; the records name them as out_dir was given, as
+        # the demo names its checkpoints by its --out-dir (so a CLI reading the folder by the same
+        # path writes the same checkpoint column).
+        self._out_dir_given = os.fspath(out_dir)
+        self.out_dir = os.path.abspath(self._out_dir_given)
         self._extra_config = dict(config or {})
         self._start = time.time()
 
@@ -316,16 +327,16 @@ class Tracker:
         mlp = self._current_mlp() if self._first_spec is not None else None
         if mlp is not None:
             _check_same_architecture(self._first_spec, mlp._spec)
+        name = f"step_{step:07d}.safetensors"
         if self.checkpoints:
-            path = os.path.join(self.out_dir, f"step_{step:07d}.safetensors")
-            save_checkpoint(path, mlp, {"step": str(step)})
-            row["checkpoint"] = path
+            save_checkpoint(os.path.join(self.out_dir, name), mlp, {"step": str(step)})
+            row["checkpoint"] = os.path.join(self._out_dir_given, name)
         for m in self._measures:
             t0 = time.perf_counter()
             values = m.measure(self, mlp, step)
             values["seconds"] = time.perf_counter() - t0
             row[m.name] = values
-            self._measure_rows[m.name].append(dict({"step": step}, **values))
+            self._measure_rows[m.name].append(dict({"step": step, "checkpoint": row.get("checkpoint")}, **values))
         self._checkpoint_rows.append(row)
         self._write_report()
 
@@ -333,22 +344,25 @@ class Tracker:
         classify = self.task == "classification"
         lines = ["step,loss,accuracy" if classify else "step,loss"]
         for step, (loss, acc) in sorted(self._train_rows.items()):
-            lines.append(f"{step},{_csv(loss)}" + (f",{_csv(acc)}" if classify else ""))
+            lines.append(f"{step},{_train_value(loss)}" + (f",{_train_value(acc)}" if classify else ""))
         _core.write_text_atomic(os.path.join(self.out_dir, "train.csv"), "\n".join(lines) + "\n")
         for m in self._measures:
             rows = self._measure_rows[m.name]
             if rows:
-                _core.write_text_atomic(os.path.join(self.out_dir, f"{m.name}.csv"), _rows_csv(rows))
+                text = _builtin_csv(m.name, rows, self._first_spec) if m.fn is None else _rows_csv(rows)
+                _core.write_text_atomic(os.path.join(self.out_dir, f"{m.name}.csv"), text)
         _core.write_text_atomic(os.path.join(self.out_dir, "report.json"),
                                 json.dumps(_jsonable(self._report()), indent=2, allow_nan=False) + "\n")
 
     def _report(self) -> Dict[str, Any]:
         from . import __version__
         n = int(self._x.shape[0])
-        data = {"inputs": os.path.join(self.out_dir, "inputs.npy"), "name": os.path.join(self.out_dir, "inputs.npy"),
-                "samples_flag": 0, "test_fraction": 0.0, "train_samples": n, "test_samples": 0}
+        # Relative to the folder (the CLI's --checkpoints DIR resolves them there): a moved or copied
+        # folder keeps its data.
+        data = {"inputs": "inputs.npy", "name": "inputs.npy", "samples_flag": 0, "test_fraction": 0.0,
+                "train_samples": n, "test_samples": 0}
         if self._y is not None:
-            data["targets"] = os.path.join(self.out_dir, "targets.npy")
+            data["targets"] = "targets.npy"
         network: Dict[str, Any] = {"from": f"python: {type(self.model).__module__}.{type(self.model).__name__}"}
         if self._first_spec is not None:
             s = self._first_spec
@@ -356,7 +370,7 @@ class Tracker:
                             "parameters": s.num_params, "bias": list(s.bias)})
         config = {"command": "python", "command_line": " ".join(sys.argv), "version": __version__, "backend": "host",
                   "dtype": self.dtype, "seed": self.seed, "network": network, "data": data, "loss": self.loss,
-                  "schedule": {"every": self.every}, "out_dir": self.out_dir,
+                  "schedule": {"every": self.every}, "out_dir": self._out_dir_given,
                   "measures": {m.name: m.options_json() for m in self._measures}}
         config.update(self._extra_config)
         report: Dict[str, Any] = {
@@ -462,6 +476,9 @@ class _Measure:
                                   f"model use a callable fn(model, step)")
         if needs_targets and tracker._y is None:
             raise InvalidArgument(f"measures: {self.name!r} needs targets: pass data=(inputs, targets)")
+        if self.options.get("dtype", "float64") not in ("float32", "float64"):
+            raise InvalidArgument(f"measures: {self.name!r}: dtype: expected 'float32' or 'float64', got "
+                                  f"{self.options['dtype']!r}")
         samples = self.options.get("samples")
         if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 0):
             raise InvalidArgument(f"measures: {self.name!r}: samples: expected an integer >= 0 (0: all), "
@@ -477,7 +494,16 @@ class _Measure:
         if samples:
             x = x[:samples]
             y = None if y is None else y[:samples]
-        x, y = _in_framework(tracker._fw, x), _in_framework(tracker._fw, y)
+        dtype = opts.pop("dtype", "float64" if self.name in _FLOAT64_BY_DEFAULT else None)   # checked by check()
+        if dtype is not None and dtype != mlp.dtype:
+            # As the CLI's elasticity and response: float64 by default, whatever the network's dtype
+            # (a step's change is a difference of two forwards, which float32 rounds away).
+            mlp = Mlp._from_spec(mlp._spec, np.ascontiguousarray(_to_numpy(mlp.params, "params"), dtype=dtype))
+            x = np.ascontiguousarray(x, dtype=dtype)
+            if y is not None and np.issubdtype(y.dtype, np.floating):
+                y = np.ascontiguousarray(y, dtype=dtype)
+        else:
+            x, y = _in_framework(tracker._fw, x), _in_framework(tracker._fw, y)
         if self.name == "ntk":
             return _ntk_measure(tracker, mlp, x, y, opts)
         import dynascope
@@ -506,8 +532,11 @@ def _hessian_measure(tracker: Tracker, mlp: Mlp, x: Any, y: Any, opts: Dict[str,
     for key, value in (("threads", tracker.threads), ("progress", tracker.progress), ("seed", tracker.seed)):
         opts.setdefault(key, value)
     op = dynascope.curvature_operator(mlp, x, y, curvature=curvature, loss=tracker.loss)
-    row = _as_row(dynascope.eigsh(op, **opts), "hessian")
-    return {k: v for k, v in row.items() if k not in _DROPPED["hessian"]}
+    r = dynascope.eigsh(op, **opts)
+    # Named as the demo's report.json names its Hessian rows (top_eigenvalues, matvecs, converged);
+    # the eigenvectors ([k, P]) are not a diagnostic.
+    return {"top_eigenvalues": r.eigenvalues, "matvecs": r.matvecs, "converged": bool(r.all_converged),
+            "residuals": r.residuals, "status": r.status, "method": r.method, "iterations": r.iterations}
 
 
 def _ntk_measure(tracker: Tracker, mlp: Mlp, x: Any, y: Any, opts: Dict[str, Any]) -> Dict[str, Any]:
@@ -650,7 +679,8 @@ def _earlier_tracker_files(d: str) -> set:
     data = config.get("data") if isinstance(config, dict) else None
     if isinstance(data, dict):
         for key, name in (("inputs", "inputs.npy"), ("targets", "targets.npy")):
-            if data.get(key) == os.path.join(d, name):
+            # Relative names (and the absolute ones of earlier versions).
+            if data.get(key) in (name, os.path.join(d, name)):
                 files.add(name)
     return files
 
@@ -736,14 +766,30 @@ def _jsonable(v: Any) -> Any:
     return repr(v)
 
 
+def _g10(v: Any) -> str:
+    """A floating-point value as the CLI writes it to its CSVs (csv_value: 10 significant digits,
+    C's %.10g; empty when missing or not finite)."""
+    if v is None:
+        return ""
+    f = float(_plain(v))
+    return "%.10g" % f if math.isfinite(f) else ""
+
+
+def _train_value(v: Optional[float]) -> str:
+    """train.csv's loss and accuracy as the CLI's trainer writes them (9 significant digits, %.9g;
+    "nan" for a diverged loss); empty when not recorded."""
+    return "" if v is None else "%.9g" % v
+
+
 def _csv(v: Any) -> str:
     if v is None:
         return ""
-    if isinstance(v, bool):
+    if isinstance(v, (bool, np.bool_)):
         return "true" if v else "false"
     if isinstance(v, (int, np.integer)):
         return str(int(v))
     if isinstance(v, (float, np.floating)):
+        # A callable measure's own numbers: every digit (its file has no CLI counterpart).
         return "" if not math.isfinite(float(v)) else repr(float(v))
     s = str(v)
     return '"' + s.replace('"', '""') + '"' if any(c in s for c in ',"\n') else s
@@ -768,7 +814,7 @@ def _csv_cells(name: str, v: Any) -> List[Tuple[str, str]]:
 
 
 def _rows_csv(rows: List[Dict[str, Any]]) -> str:
-    cells = [[c for k, v in row.items() for c in _csv_cells(k, v)] for row in rows]
+    cells = [[c for k, v in row.items() if k not in _NOT_IN_CSV for c in _csv_cells(k, v)] for row in rows]
     header: List[str] = []
     for row in cells:
         for k, _ in row:
@@ -779,3 +825,79 @@ def _rows_csv(rows: List[Dict[str, Any]]) -> str:
         d = dict(row)
         lines.append(",".join(d.get(k, "") for k in header))
     return "\n".join(lines) + "\n"
+
+
+def _values(v: Any) -> List[Any]:
+    v = _plain(v)
+    return [] if v is None else list(v)
+
+
+def _builtin_csv(name: str, rows: List[Dict[str, Any]], spec: Any) -> str:
+    """A built-in measure's CSV. lc, llc, elasticity and response: the columns, order and number
+    formats of the files the CLI writes (training_run.cpp's lc_csv_*, llc_csv_*, elasticity_csv_*,
+    response_csv_*), so one reader reads a demo's folder and a Tracker's. ntk and hessian, which have
+    no CLI file: the demo's report.json names, numbers as the CLI's csv_value."""
+    layers = len(spec.widths) - 1
+    out: List[str] = []
+    if name == "lc":
+        # The training points' rows of `dynascope lc --checkpoints` (which adds test and random points).
+        out.append("step,points,samples,total_mean,all_layers_mean" + "".join(f",layer{l + 1}" for l in range(layers)))
+        for r in rows:
+            cells = [str(r["step"]), "train", str(int(r["samples"])), "%.10g" % float(r["total_mean"]),
+                     "%.10g" % float(r["all_layers_mean"])] + ["%.10g" % float(v) for v in _values(r["per_layer_mean"])]
+            out.append(",".join(cells))
+    elif name == "llc":
+        out.append("step,llc_mean,llc_stderr,r_hat,llc_std,ess,mala_acceptance,init_loss,nbeta,chains,diverged_chains,"
+                   "warnings")
+        for r in rows:
+            warnings = "; ".join(r.get("warnings") or [])
+            quoted = '"' + warnings.replace('"', '""').replace("\n", " ") + '"' if warnings else ""
+            cells = [str(r["step"])] + [_g10(r[k]) for k in ("llc_mean", "llc_stderr", "r_hat", "llc_std", "ess",
+                                                              "mala_acceptance", "init_loss", "nbeta")]
+            cells += [str(int(r["chains"])), str(len(r.get("diverged") or {})), quoted]
+            out.append(",".join(cells))
+    elif name == "elasticity":
+        out.append("step,checkpoint,mean,within_class,across_class,ratio,undefined_sources")
+        for r in rows:
+            cells = [str(r["step"]), r.get("checkpoint") or ""] + [_g10(r.get(k)) for k in ("mean", "within_class",
+                                                                                         "across_class", "ratio")]
+            out.append(",".join(cells + [str(len(_values(r.get("undefined_sources"))))]))
+    elif name == "response":
+        head = "step,checkpoint,mean_diagonal,mean_off_diagonal"
+        head += "".join(f",layer{l}_diagonal,layer{l}_off_diagonal" for l in range(1, layers + 1))
+        head += "".join(f",effective_rank{l},participation_ratio{l},dead{l},duplicated{l}" for l in range(1, layers))
+        out.append(head + ",input_grad_norm")
+        for r in rows:
+            diag, off = _values(r.get("layer_diagonal")), _values(r.get("layer_off_diagonal"))
+            features = list(r.get("features") or [])
+            cells = [str(r["step"]), r.get("checkpoint") or "", _g10(r["mean_diagonal"]), _g10(r["mean_off_diagonal"])]
+            for l in range(layers):
+                cells += [_g10(diag[l]) if l < len(diag) else "", _g10(off[l]) if l < len(off) else ""]
+            for l in range(layers - 1):
+                if l < len(features):
+                    h = features[l]
+                    get = (lambda k: h[k]) if isinstance(h, dict) else (lambda k: getattr(h, k))
+                    cells += [_g10(get("effective_rank")), _g10(get("participation_ratio")), str(int(get("dead"))),
+                              str(int(get("duplicated")))]
+                else:
+                    cells += ["", "", "", ""]
+            out.append(",".join(cells + [_g10(r["input_grad_norm"])]))
+    elif name == "ntk":
+        k = max(len(_values(r.get("eigenvalues"))) for r in rows)
+        out.append("step,samples,trace,frobenius" + "".join(f",eigenvalues{i + 1}" for i in range(k)) +
+                   ",kta,kta_centered,distance_to_init")
+        for r in rows:
+            ev = _values(r.get("eigenvalues"))
+            cells = [str(r["step"]), str(int(r["samples"])), _g10(r["trace"]), _g10(r["frobenius"])]
+            cells += [_g10(ev[i]) if i < len(ev) else "" for i in range(k)]
+            out.append(",".join(cells + [_g10(r.get(key)) for key in ("kta", "kta_centered", "distance_to_init")]))
+    elif name == "hessian":
+        k = max(len(_values(r.get("top_eigenvalues"))) for r in rows)
+        out.append("step" + "".join(f",top_eigenvalues{i + 1}" for i in range(k)) + ",matvecs,converged")
+        for r in rows:
+            ev = _values(r.get("top_eigenvalues"))
+            cells = [str(r["step"])] + [_g10(ev[i]) if i < len(ev) else "" for i in range(k)]
+            out.append(",".join(cells + [str(int(r["matvecs"])), "true" if r["converged"] else "false"]))
+    else:
+        return _rows_csv(rows)
+    return "\n".join(out) + "\n"

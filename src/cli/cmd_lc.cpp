@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "cli/model_flags.hpp"
+#include "cli/run_data.hpp"
 #include "cli/training_run.hpp"
 #include "dynascope/dispatch.hpp"
 #include "dynascope/io.hpp"
@@ -85,7 +86,13 @@ int run(const LcCommand& c) {
   std::vector<std::pair<index_t, std::string>> steps;
   if (!c.checkpoints.empty()) steps = list_checkpoints(c.checkpoints);
   const Context ctx = make_context(c.common);
-  const data::Split split = load_data(c.data, c.common.seed);
+  // With --checkpoints and no data flag, the run's data and split seed from its report.json (as
+  // llc, elasticity and response take them); local complexity needs no targets, so the run's are
+  // not read.
+  RunData rd = run_data(*c.app, c.data, c.common.seed, "", c.checkpoints);
+  rd.flags.targets.clear();
+  rd.source.erase("targets");
+  const data::Split split = load_data(rd.flags, rd.seed);
   regions::LcOptions o;
   o.radius = c.radius;
   o.dims = c.dims;
@@ -106,6 +113,7 @@ int run(const LcCommand& c) {
   json r;
   r["radius"] = c.radius;
   r["frame"] = c.frame.empty() ? (c.frame_per_sample ? "per-sample" : "shared") : c.frame;
+  r["data"] = rd.source;
 
   if (c.checkpoints.empty()) {
     model::Mlp<T> net = load_network<T>(ctx, c.model, c.common.seed, split, TargetUse::alignment);
@@ -178,13 +186,14 @@ Command register_lc(CLI::App& app) {
   cmd->add_flag("--frame-per-sample", c->frame_per_sample, "draw an independent random frame for every point");
   cmd->add_option("--out-counts", c->out_counts, "write the counts [N, L] (int32; every linear layer, the output layer last) to this .npy");
   cmd->add_option("--checkpoints", c->checkpoints,
-                  "a train run folder: local complexity at every step_*.safetensors for train, test and random points");
+                  "a train run folder: local complexity at every step_*.safetensors for train, test and random points "
+                  "(with no data flag, of the data its report.json records)");
   cmd->add_option("--out-csv", c->out_csv, "with --checkpoints: one row per checkpoint and point set");
   cmd->add_option("--random-points", c->random_points,
                   "with --checkpoints: uniform points in the training inputs' bounding box (0: as many as training points)")
       ->check(at_least(0));
   return {cmd, [c] {
-            resolve_dtype(c->common, {c->model.model, c->data.inputs, c->frame});
+            resolve_dtype(c->common, {c->model.model, first_checkpoint(c->checkpoints), c->data.inputs, c->frame});
             return dispatch_float(parse_dtype(c->common.dtype),
                                   [&](auto precision) { return run<typename decltype(precision)::type>(*c); });
           }};

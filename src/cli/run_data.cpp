@@ -63,6 +63,21 @@ RunData run_data(const CLI::App& cmd, const DataFlags& data, std::uint64_t seed,
     d.flags.dataset = run.value("dataset", "");
     d.flags.inputs = run.value("inputs", "");
     d.flags.targets = run.value("targets", "");
+    // A relative path is the run folder's own file (the Python Tracker writes inputs.npy there and
+    // records it so, which keeps a moved folder readable); one not found there is taken as the
+    // command line gave it when the run was made (the demo records --inputs as typed).
+    for (auto [key, path] : {std::pair<const char*, std::string*>{"inputs", &d.flags.inputs},
+                             std::pair<const char*, std::string*>{"targets", &d.flags.targets}}) {
+      if (path->empty() || fs::path(*path).is_absolute()) continue;
+      const fs::path in_run = fs::path(checkpoints) / *path;
+      if (fs::exists(in_run, ec)) {
+        *path = in_run.string();
+      } else if (!fs::exists(*path, ec)) {
+        throw UsageError("--checkpoints: '" + report.string() + "' records config.data." + key + " '" + *path +
+                         "', which is neither in the run folder ('" + in_run.string() +
+                         "') nor relative to the working folder: " + how);
+      }
+    }
     d.flags.samples = run.value("samples_flag", index_t{0});
     d.flags.test_fraction = run.value("test_fraction", 0.0);
     // The run's --samples as the run took it: a cap when it was the command's preset (the demo's

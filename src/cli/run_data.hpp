@@ -1,5 +1,5 @@
 #pragma once
-// What the commands that read a training run's checkpoints (`llc`, `elasticity`, `response`)
+// What the commands that read a training run's checkpoints (`lc`, `llc`, `elasticity`, `response`)
 // share: the run's data recovered from its report.json when no data flag is given, the first
 // checkpoint (which decides the precision), the architecture check across checkpoints, the loop
 // over them, and the check that no two output flags name one file.
@@ -29,6 +29,10 @@ bool data_flags_given(const CLI::App& cmd, bool samples_cap = false);
 // `checkpoints` empty (one network) or a data flag given: the flags as they are, with `seed` and
 // `loss`. Otherwise DIR/report.json's config.data and config.seed (and config.loss unless `loss`
 // is set); UsageError naming --checkpoints and saying which flags to give when there is none.
+// A relative config.data.inputs / targets is a file of the run folder DIR when DIR holds it (the
+// Python Tracker's inputs.npy, so a moved folder still works), else relative to the working folder
+// as the command line that made the run gave it (the demo records --inputs as typed); UsageError
+// naming both places when neither has it.
 // The run's --samples is taken as a cap unless this command's --samples was given.
 // `samples_cap`: the command's --samples caps the samples it measures (elasticity, response: the
 // first N of the training split) rather than naming the data, so --samples alone keeps the run's

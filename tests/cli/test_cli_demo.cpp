@@ -236,6 +236,26 @@ TEST_F(CliDemo, LocalComplexityRowsEqualLcOnTheLastCheckpoint) {
   for (std::size_t k = 0; k < 3; ++k) EXPECT_NEAR(v[14 + k], rows[6 + k].at("total_mean").get<double>(), 5e-4);
 }
 
+// `lc --checkpoints` on the demo's folder with no data flag takes the run's data (dataset, samples,
+// test fraction, split seed) from its report.json, as llc, elasticity and response do; with the
+// demo's radius, dims and seed it writes the demo's lc.csv byte for byte.
+TEST_F(CliDemo, LcCheckpointsTakesTheRunsDataFromItsReport) {
+  ASSERT_EQ(shared_run().exit_code, 0) << shared_run();
+  const json report = read_json(path("run/report.json"));
+  ASSERT_EQ(report.at("config").at("data").at("dataset"), "spirals");
+  const double radius = report.at("local_complexity").at("radius").get<double>();
+  const CliResult r = test::run({"lc", "--checkpoints", path("run"), "--radius", exact_number(radius), "--dims", "2",
+                                 "--out-csv", path("lc_from_report.csv"), "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  const json j = r.json();
+  EXPECT_EQ(j.at("data").at("from"), (fs::path(path("run")) / "report.json").string());
+  EXPECT_EQ(j.at("data").at("dataset"), "spirals");
+  EXPECT_EQ(j.at("data").at("samples_flag"), kSamples);
+  EXPECT_EQ(j.at("checkpoints"), 3);
+  EXPECT_EQ(test::slurp(path("lc_from_report.csv")), test::slurp(path("run/lc.csv")));
+  EXPECT_EQ(lines(path("lc_from_report.csv")).size(), 10u);
+}
+
 TEST_F(CliDemo, LlcRowsEqualTheLlcCommand) {
   ASSERT_EQ(shared_run().exit_code, 0) << shared_run();
   const json report = read_json(path("run/report.json"));

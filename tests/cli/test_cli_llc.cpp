@@ -316,6 +316,87 @@ TEST(CliLlc, CheckpointsCsvEqualsOneRunPerCheckpoint) {
   EXPECT_FALSE(fs::exists(temp_path("mixed.csv")));
 }
 
+// report.json's data paths (run_data, shared by lc, llc, elasticity and response): a relative one
+// names a file of the run folder (the Python Tracker records its inputs.npy so), which keeps a
+// moved folder readable; one the folder lacks is taken relative to the working folder, as the
+// command line that made the run typed it; a file in neither place is a UsageError naming both.
+TEST(CliLlc, ReportDataPathsResolveAgainstTheRunFolder) {
+  std::vector<double> x(80);
+  std::vector<std::int64_t> y(40);
+  for (int i = 0; i < 40; ++i) {
+    x[std::size_t(2 * i)] = std::sin(0.7 * i);
+    x[std::size_t(2 * i + 1)] = std::cos(1.3 * i);
+    y[std::size_t(i)] = (x[std::size_t(2 * i)] * x[std::size_t(2 * i + 1)] > 0) ? 1 : 0;
+  }
+  const std::string dir = temp_path("tracked");
+  fs::create_directories(dir);
+  const std::string xs = (fs::path(dir) / "x.npy").string(), ys = (fs::path(dir) / "y.npy").string();
+  io::write_npy(xs, io::Tensor::from(x.data(), {40, 2}));
+  io::write_npy(ys, io::Tensor::from(y.data(), {40}));
+  const std::vector<std::string> flags{"--inputs", xs, "--targets", ys};
+  const CliResult train = run(std::vector<std::string>{"train", "--arch", "2-6-2", "--steps", "10", "--save-every", "5",
+                                                       "--out-dir", dir, "--quiet"} + flags);
+  ASSERT_EQ(train.exit_code, 0) << train;
+  // A report as the Tracker writes it: the data by names relative to the folder.
+  const auto write_report = [](const std::string& folder, const std::string& inputs, const std::string& targets) {
+    const json data{{"inputs", inputs}, {"targets", targets}, {"samples_flag", 0}, {"test_fraction", 0.0}};
+    std::ofstream((fs::path(folder) / "report.json").string())
+        << json{{"config", {{"command", "python"}, {"seed", 0}, {"loss", "xent"}, {"data", data}}}}.dump(2) << "\n";
+  };
+  write_report(dir, "x.npy", "y.npy");
+  const std::vector<std::string> sampler{"--chains", "2", "--draws", "6", "--burnin", "2", "--seed", "3", "--threads", "1",
+                                         "--quiet"};
+  // The reference: the same data given by flags (absolute paths).
+  const std::string ref_llc = temp_path("ref_llc.csv"), ref_lc = temp_path("ref_lc.csv");
+  const std::vector<std::string> lc_opts{"--radius", "0.05", "--dims", "2", "--seed", "3", "--threads", "1", "--quiet"};
+  CliResult r = run(std::vector<std::string>{"llc", "--checkpoints", dir, "--out-csv", ref_llc} + flags + sampler);
+  ASSERT_EQ(r.exit_code, 0) << r;
+  r = run(std::vector<std::string>{"lc", "--checkpoints", dir, "--out-csv", ref_lc, "--inputs", xs} + lc_opts);
+  ASSERT_EQ(r.exit_code, 0) << r;
+
+  // Moved: the relative names still find the folder's files, and llc and lc (which takes the
+  // run's data too) write the reference's CSVs byte for byte.
+  const std::string moved = temp_path("tracked_moved");
+  fs::rename(dir, moved);
+  const std::string llc_csv = temp_path("moved_llc.csv"), lc_csv = temp_path("moved_lc.csv");
+  r = run(std::vector<std::string>{"llc", "--checkpoints", moved, "--out-csv", llc_csv} + sampler);
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_EQ(r.json().at("data").at("inputs"), (fs::path(moved) / "x.npy").string());
+  EXPECT_EQ(r.json().at("data").at("targets"), (fs::path(moved) / "y.npy").string());
+  EXPECT_EQ(r.json().at("data").at("from"), (fs::path(moved) / "report.json").string());
+  EXPECT_EQ(slurp(llc_csv), slurp(ref_llc));
+  r = run(std::vector<std::string>{"lc", "--checkpoints", moved, "--out-csv", lc_csv} + lc_opts);
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_EQ(r.json().at("data").at("inputs"), (fs::path(moved) / "x.npy").string());
+  EXPECT_FALSE(r.json().at("data").contains("targets"));  // local complexity reads no targets
+  EXPECT_EQ(r.json().at("checkpoints"), 3);
+  EXPECT_EQ(slurp(lc_csv), slurp(ref_lc));
+  EXPECT_EQ(lines(lc_csv).size(), 1u + 3u * 2u);  // train and random points at steps 0, 5, 10
+
+  // A relative path the folder does not hold is the working folder's (a CLI-written report
+  // records --inputs as typed).
+  const std::string cwd_name = "dynascope_cwd_" + std::to_string(::getpid()) + "_x.npy";
+  fs::copy_file(fs::path(moved) / "x.npy", fs::current_path() / cwd_name);
+  write_report(moved, cwd_name, (fs::path(moved) / "y.npy").string());
+  const std::string cwd_csv = temp_path("cwd_llc.csv");
+  r = run(std::vector<std::string>{"llc", "--checkpoints", moved, "--out-csv", cwd_csv} + sampler);
+  fs::remove(fs::current_path() / cwd_name);
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_EQ(r.json().at("data").at("inputs"), cwd_name);
+  EXPECT_EQ(slurp(cwd_csv), slurp(ref_llc));
+
+  // In neither place: refused before any chain runs, naming the key and both places.
+  write_report(moved, "gone.npy", "y.npy");
+  const std::string never = temp_path("never.csv");
+  expect_usage_error(run(std::vector<std::string>{"llc", "--checkpoints", moved, "--out-csv", never} + sampler),
+                     {"--checkpoints", "config.data.inputs", "'gone.npy'", (fs::path(moved) / "gone.npy").string(),
+                      "working folder"});
+  EXPECT_FALSE(fs::exists(never));
+  expect_usage_error(run(std::vector<std::string>{"lc", "--checkpoints", moved, "--out-csv", never} + lc_opts),
+                     {"--checkpoints", "config.data.inputs", "'gone.npy'"});
+  EXPECT_FALSE(fs::exists(never));
+}
+
 TEST(CliLlc, CalibrationSweepEqualsTheLibrary) {
   const Problem p = problem();
   const std::string csv = temp_path("calibrate.csv"), out = temp_path("calibrate.json");

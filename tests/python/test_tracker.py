@@ -121,13 +121,15 @@ def test_train_csv_is_the_loss_of_each_steps_network(run):
     assert list(rows[0].keys()) == ["step", "loss", "accuracy"]
     assert [int(r["step"]) for r in rows] == list(range(12))
     for r, loss in zip(rows, run["losses"]):
-        assert float(r["loss"]) == pytest.approx(loss, rel=1e-15)
+        # The CLI trainer's format: 9 significant digits (C's %.9g).
+        assert r["loss"] == "%.9g" % loss
+        assert float(r["loss"]) == pytest.approx(loss, rel=1e-8)
         assert r["accuracy"] == ""
     # Row t is the loss of the network after t updates (what step_t holds), recomputed here.
     for t in (0, 5, 10):
         model = torch_from_checkpoint(os.path.join(run["dir"], f"step_{t:07d}.safetensors"), run["model"])
         ref = float(F.cross_entropy(model(run["x"]), run["y"]))
-        assert float(rows[t]["loss"]) == pytest.approx(ref, rel=1e-12)
+        assert float(rows[t]["loss"]) == pytest.approx(ref, rel=1e-8)
 
 
 def test_report_records_the_data_and_config(run):
@@ -135,10 +137,11 @@ def test_report_records_the_data_and_config(run):
     with open(os.path.join(d, "report.json")) as f:
         report = json.load(f)
     cfg = report["config"]
-    assert cfg["data"]["inputs"] == os.path.join(d, "inputs.npy")
-    assert cfg["data"]["targets"] == os.path.join(d, "targets.npy")
-    np.testing.assert_array_equal(np.load(cfg["data"]["inputs"]), run["x"].numpy())
-    labels = np.load(cfg["data"]["targets"])
+    # Relative to the folder, so that a moved folder keeps its data.
+    assert cfg["data"]["inputs"] == "inputs.npy"
+    assert cfg["data"]["targets"] == "targets.npy"
+    np.testing.assert_array_equal(np.load(os.path.join(d, cfg["data"]["inputs"])), run["x"].numpy())
+    labels = np.load(os.path.join(d, cfg["data"]["targets"]))
     assert labels.dtype == np.int64
     np.testing.assert_array_equal(labels, run["y"].numpy())
     assert cfg["seed"] == 3 and cfg["loss"] == "xent" and cfg["dtype"] == "float64"
@@ -147,13 +150,24 @@ def test_report_records_the_data_and_config(run):
     assert cfg["network"]["arch"] == "2-8-6-3"
     assert report["finished"] is True and report["steps"] == 12 and report["diverged"] is False
     assert [r["step"] for r in report["checkpoints"]] == [0, 5, 10, 12]
+    assert report["checkpoints"][1]["checkpoint"] == os.path.join(d, "step_0000005.safetensors")
     # The batch loss of each checkpoint's network (the last one has no later update).
     assert report["checkpoints"][1]["batch_loss"] == pytest.approx(run["losses"][5], rel=1e-15)
     assert "batch_loss" not in report["checkpoints"][3]
 
 
 def test_ntk_measure_against_autograd_kernel(run):
-    rows = read_csv(os.path.join(run["dir"], "ntk.csv"))
+    # ntk.csv: the demo's report names, numbers as the CLI's CSVs (10 significant digits); the
+    # full-precision values are report.json's rows.
+    csv_rows = read_csv(os.path.join(run["dir"], "ntk.csv"))
+    assert list(csv_rows[0].keys()) == ["step", "samples", "trace", "frobenius", "eigenvalues1", "eigenvalues2",
+                                        "eigenvalues3", "eigenvalues4", "kta", "kta_centered", "distance_to_init"]
+    with open(os.path.join(run["dir"], "report.json")) as f:
+        rows = json.load(f)["ntk"]["rows"]
+    for c, r in zip(csv_rows, rows):
+        assert c["trace"] == "%.10g" % r["trace"] and c["eigenvalues4"] == "%.10g" % r["eigenvalues"][3]
+        assert c["kta_centered"] == "%.10g" % r["kta_centered"]
+        r.update({f"eigenvalues{i + 1}": v for i, v in enumerate(r["eigenvalues"])})
     assert [int(r["step"]) for r in rows] == [0, 5, 10, 12]
     x10 = run["x"][:10]
     y10 = run["y"][:10].numpy()
@@ -209,13 +223,14 @@ def test_cli_elasticity_response_lc_ntk_read_the_folder(run, tmp_path):
     assert [row["step"] for row in el["rows"]] == [0, 5, 10, 12] and el["sources"] == 24
     re = cli("response", "--checkpoints", d, "--out-csv", tmp_path / "re.csv")
     assert [row["step"] for row in re["rows"]] == [0, 5, 10, 12] and re["rows"][0]["samples"] == 24
-    # lc and ntk take data flags: the folder's inputs.npy / targets.npy.
-    lc = cli("lc", "--checkpoints", d, "--inputs", os.path.join(d, "inputs.npy"), "--radius", 0.05, "--dims", 2,
-             "--out-csv", tmp_path / "lc.csv")
+    # lc takes the run's data from report.json too; ntk takes data flags.
+    lc = cli("lc", "--checkpoints", d, "--radius", 0.05, "--dims", 2, "--out-csv", tmp_path / "lc.csv")
     assert sorted({row["step"] for row in lc["rows"]}) == [0, 5, 10, 12]
+    assert lc["data"]["inputs"] == os.path.join(d, "inputs.npy") and lc["rows"][0]["samples"] == 24
     k = cli("ntk", "--model", os.path.join(d, "step_0000005.safetensors"), "--inputs", os.path.join(d, "inputs.npy"),
             "--targets", os.path.join(d, "targets.npy"), "--samples", 10, "--k", 4)
-    row = read_csv(os.path.join(d, "ntk.csv"))[1]
+    with open(os.path.join(d, "report.json")) as f:
+        row = json.load(f)["ntk"]["rows"][1]
     assert k["trace"] == pytest.approx(float(row["trace"]), rel=1e-12)
     assert k["kta_centered"] == pytest.approx(float(row["kta_centered"]), rel=1e-9)
 
@@ -251,6 +266,38 @@ def test_regression_run_float32_and_cli_mse(tmp_path):
     assert r["rows"][-1]["init_loss"] == pytest.approx(float(F.mse_loss(f, yd)), rel=1e-5)
 
 
+@pytest.mark.skipif(not CLI or not all(n in dynascope.__all__ for n in ("elasticity", "response")),
+                    reason="DYNASCOPE_CLI or the elasticity/response functions are not there")
+def test_moved_folder_keeps_its_data_and_float32_runs_measure_in_float64(tmp_path):
+    """report.json names the data relative to the folder, so a moved folder is still read with no
+    data flags; a float32 network's elasticity and response are computed in float64 by default, as
+    the CLI's are, so the rows equal the CLI's on the moved folder (the checkpoint column names
+    the folder each was written in)."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(2, 6), nn.Tanh(), nn.Linear(6, 3))
+    x, y = make_data(n=12, seed=2)
+    x = x.float()
+    d = tmp_path / "f32"
+    with dynascope.Tracker(model, (x, y), every=2, measures=["elasticity", "response"], out_dir=str(d),
+                           threads=1) as tracker:
+        train(model, x, y, tracker, 3, lr=0.1)
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    os.rename(d, moved)
+    for m in ("elasticity", "response"):
+        r = cli(m, "--checkpoints", moved, "--out-csv", tmp_path / f"{m}.csv")
+        assert r["data"]["inputs"] == str(moved / "inputs.npy") and r["data"]["targets"] == str(moved / "targets.npy")
+        assert r["dtype"] == "float64"
+        mine, theirs = read_csv(moved / f"{m}.csv"), read_csv(tmp_path / f"{m}.csv")
+        assert [r["checkpoint"] for r in mine] == [os.path.join(str(d), f"step_{s:07d}.safetensors") for s in (0, 2, 3)]
+        assert [r["checkpoint"] for r in theirs] == [str(moved / f"step_{s:07d}.safetensors") for s in (0, 2, 3)]
+        for a, b in zip(mine, theirs):
+            a.pop("checkpoint"), b.pop("checkpoint")
+            assert a == b
+    lc = cli("lc", "--checkpoints", moved, "--radius", 0.1, "--dims", 2, "--out-csv", tmp_path / "lc.csv")
+    assert lc["data"]["inputs"] == str(moved / "inputs.npy") and lc["rows"][0]["samples"] == 12
+
+
 def test_measure_dispatch_to_package_functions(tmp_path, monkeypatch):
     """A built-in measure calls the package function by its public name with the model, the first
     `samples` inputs (and targets), the options, and the tracker's seed, threads, progress and loss;
@@ -260,12 +307,15 @@ def test_measure_dispatch_to_package_functions(tmp_path, monkeypatch):
     @dataclasses.dataclass
     class Result:
         total_mean: float
+        all_layers_mean: float
         per_layer_mean: np.ndarray
+        samples: int
         counts: np.ndarray
 
     def local_complexity(model, x, radius, dims=25, seed=0, threads=None, progress=None):
         calls.append((model, x, radius, dims, seed, threads, progress))
-        return Result(float(x.shape[0]), np.array([1.5, 2.5]), np.zeros((x.shape[0], 3), np.int32))
+        return Result(float(x.shape[0]), 1 / 3, np.array([1.5, 2.5, 0.0]), x.shape[0],
+                      np.zeros((x.shape[0], 3), np.int32))
 
     monkeypatch.setattr(dynascope, "local_complexity", local_complexity, raising=False)
     monkeypatch.setattr(dynascope, "__all__", list(dynascope.__all__) + ["local_complexity"])
@@ -283,10 +333,11 @@ def test_measure_dispatch_to_package_functions(tmp_path, monkeypatch):
     diag = float(np.linalg.norm(x.numpy().max(0) - x.numpy().min(0)))
     assert radius == pytest.approx(0.01 * diag, rel=1e-12)
     assert (dims, seed, threads, progress) == (2, 7, 1, False)
-    rows = read_csv(tmp_path / "lc" / "lc.csv")
-    assert list(rows[0].keys()) == ["step", "total_mean", "per_layer_mean1", "per_layer_mean2", "seconds"]
-    assert [(r["step"], float(r["total_mean"]), float(r["per_layer_mean2"])) for r in rows] == [("0", 5.0, 2.5),
-                                                                                               ("2", 5.0, 2.5)]
+    # The CLI's lc.csv columns and number format (the training points' rows).
+    assert (tmp_path / "lc" / "lc.csv").read_text() == (
+        "step,points,samples,total_mean,all_layers_mean,layer1,layer2,layer3\n"
+        "0,train,5,5,0.3333333333,1.5,2.5,0\n"
+        "2,train,5,5,0.3333333333,1.5,2.5,0\n")
     report = json.load(open(tmp_path / "lc" / "report.json"))
     assert report["lc"]["options"] == {"samples": 5, "dims": 2}
     assert report["lc"]["rows"][0]["counts"] == [[0, 0, 0]] * 5
@@ -446,7 +497,8 @@ def test_nan_loss_marks_the_run_diverged(tmp_path):
         tracker.step(2, loss=float("nan"))
     report = json.load(open(tmp_path / "nan" / "report.json"))
     assert report["diverged"] is True and report["diverged_at_step"] == 1
-    assert read_csv(tmp_path / "nan" / "train.csv")[1]["loss"] == ""
+    # As the CLI's trainer writes the loss that diverged.
+    assert read_csv(tmp_path / "nan" / "train.csv")[1]["loss"] == "nan"
 
 
 def test_bad_input(tmp_path, monkeypatch):
@@ -474,6 +526,8 @@ def test_bad_input(tmp_path, monkeypatch):
     bad(Err, "unknown measure 'spectrum'", model, (x, y), measures=["spectrum"])
     bad(Err, "given twice", model, (x, y), measures=["ntk", "ntk"])
     bad(Err, "measures\\[0\\]: expected a measure name", model, (x, y), measures=[42])
+    bad(Err, "'ntk': dtype: expected 'float32' or 'float64', got 'float16'", model, (x, y),
+        measures=[("ntk", {"dtype": "float16"})])
     monkeypatch.setattr(dynascope, "llc", lambda *a, **k: None, raising=False)
     monkeypatch.setattr(dynascope, "__all__", list(dynascope.__all__) + ["llc"])
     bad(Err, "'llc' needs targets: pass data=\\(inputs, targets\\)", model, x, measures=["ntk", "llc"])
@@ -542,28 +596,36 @@ def test_builtin_measures_match_the_cli_and_autograd(tmp_path):
 
         H = torch.autograd.functional.hessian(loss_of, p0).numpy()
         top = np.linalg.eigvalsh(H)[::-1][:3]
-        np.testing.assert_allclose([float(r[f"eigenvalues{i}"]) for i in (1, 2, 3)], top, rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose([float(r[f"top_eigenvalues{i}"]) for i in (1, 2, 3)], top, rtol=1e-8, atol=1e-12)
+    assert list(rows["hessian"][0].keys()) == ["step", "top_eigenvalues1", "top_eigenvalues2", "top_eigenvalues3",
+                                               "matvecs", "converged"]
+    assert rows["hessian"][0]["converged"] == "true"
     if not CLI:
         pytest.skip("DYNASCOPE_CLI (the CLI binary) is not set")
+    # The CLI on the folder (its data from report.json) writes the same files byte for byte: same
+    # columns, order, number format, checkpoint names and values.
+    text = {m: (d / f"{m}.csv").read_text() for m in ("llc", "elasticity", "response", "lc")}
     llc = cli("llc", "--checkpoints", d, "--out-csv", tmp_path / "l.csv", "--chains", 2, "--draws", 5, "--burnin", 2,
               "--seed", 4)
+    assert (tmp_path / "l.csv").read_text() == text["llc"]
     for mine, theirs in zip(rows["llc"], llc["rows"]):
-        assert float(mine["llc_mean"]) == pytest.approx(theirs["llc_mean"], rel=1e-12)
-        assert float(mine["init_loss"]) == pytest.approx(theirs["init_loss"], rel=1e-12)
-    el = cli("elasticity", "--checkpoints", d, "--out-csv", tmp_path / "e.csv", "--seed", 4)
-    for mine, theirs in zip(rows["elasticity"], el["rows"]):
-        assert float(mine["mean"]) == pytest.approx(theirs["mean"], rel=1e-12)
-        assert float(mine["ratio"]) == pytest.approx(theirs["ratio"], rel=1e-12)
-    re = cli("response", "--checkpoints", d, "--out-csv", tmp_path / "r.csv")
-    for mine, theirs in zip(rows["response"], re["rows"]):
-        assert float(mine["mean_diagonal"]) == pytest.approx(theirs["mean_diagonal"], rel=1e-12)
-        assert float(mine["input_grad_norm"]) == pytest.approx(theirs["input_grad_norm"], rel=1e-12)
+        assert float(mine["init_loss"]) == pytest.approx(theirs["init_loss"], rel=1e-9)
+    cli("elasticity", "--checkpoints", d, "--out-csv", tmp_path / "e.csv", "--seed", 4)
+    assert (tmp_path / "e.csv").read_text() == text["elasticity"]
+    assert rows["elasticity"][0]["checkpoint"] == str(d / "step_0000000.safetensors")
+    cli("response", "--checkpoints", d, "--out-csv", tmp_path / "r.csv")
+    assert (tmp_path / "r.csv").read_text() == text["response"]
+    # lc: the CLI adds random points (and test points when the run has a test split) to the
+    # training points' rows, which are the Tracker's.
+    cli("lc", "--checkpoints", d, "--out-csv", tmp_path / "c.csv", "--radius", 0.05, "--dims", 2, "--seed", 4)
+    theirs = (tmp_path / "c.csv").read_text().splitlines(keepends=True)
+    assert [ln.split(",")[1] for ln in theirs[1:]] == ["train", "random"] * 3
+    assert theirs[0] + "".join(ln for ln in theirs[1:] if ln.split(",")[1] == "train") == text["lc"]
     for mine in rows["lc"]:
         lc = cli("lc", "--model", d / f"step_{int(mine['step']):07d}.safetensors", "--inputs", d / "inputs.npy",
                  "--radius", 0.05, "--dims", 2, "--seed", 4)
-        assert float(mine["total_mean"]) == lc["total_mean"]
-        assert [float(mine["per_layer_mean1"]), float(mine["per_layer_mean3"])] == [lc["per_layer_mean"][0],
-                                                                                 lc["per_layer_mean"][2]]
+        assert mine["total_mean"] == "%.10g" % lc["total_mean"]
+        assert [mine["layer1"], mine["layer3"]] == ["%.10g" % lc["per_layer_mean"][0], "%.10g" % lc["per_layer_mean"][2]]
 
 
 def test_core_file_bindings_against_numpy_and_safetensors(tmp_path):
