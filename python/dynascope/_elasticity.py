@@ -7,7 +7,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -18,7 +18,8 @@ from ._mlp import Mlp
 from ._runtime import ProgressArg, progress_callback
 from ._runtime import threads as _threads
 
-__all__ = ["elasticity", "torch_elasticity", "Elasticity", "response", "Response", "LayerFeatures", "aging_fit", "AgingFit"]
+__all__ = ["elasticity", "torch_elasticity", "Elasticity", "response", "torch_response", "Response", "LayerFeatures",
+           "aging_fit", "AgingFit"]
 
 
 # ---- shared with dynascope.train ----
@@ -395,20 +396,21 @@ def _classes(labels: Optional[np.ndarray], labels2: Optional[np.ndarray]) -> Opt
     return classes
 
 
-# ---- elasticity of any torch model ----
+# ---- any torch model: the shared machinery ----
 
-def _func_api() -> Tuple[Any, Any, Any]:
-    """(vmap, grad, functional_call) from torch.func (torch >= 2) or functorch (torch 1.13)."""
+def _func_api() -> SimpleNamespace:
+    """vmap, grad, jacrev and functional_call from torch.func (torch >= 2) or functorch (torch 1.13)."""
     import torch
     func = getattr(torch, "func", None)
     if func is not None and hasattr(func, "functional_call"):
-        return func.vmap, func.grad, func.functional_call
+        return SimpleNamespace(vmap=func.vmap, grad=func.grad, jacrev=func.jacrev, functional_call=func.functional_call)
     try:
         import functorch
     except ImportError:   # pragma: no cover - torch 1.13 ships functorch
-        raise InvalidArgument("torch_elasticity needs torch.func (torch >= 2) or functorch (torch 1.13)") from None
+        raise InvalidArgument("the torch_* functions need torch.func (torch >= 2) or functorch (torch 1.13)") from None
     from torch.nn.utils.stateless import functional_call
-    return functorch.vmap, functorch.grad, functional_call
+    return SimpleNamespace(vmap=functorch.vmap, grad=functorch.grad, jacrev=functorch.jacrev,
+                           functional_call=functional_call)
 
 
 def _as_torch(a: Any, name: str, dtype: Any) -> Any:
@@ -426,6 +428,124 @@ def _as_torch(a: Any, name: str, dtype: Any) -> Any:
         raise InvalidArgument(f"{name}: contains NaN or infinite values")
     return t
 
+
+class _TorchModel:
+    """A torch module as a function of its trainable parameters: the checks, the parameters the step
+    moves (those with requires_grad), the constants (frozen parameters and buffers) and the
+    functional forward f(w, x) -> [B, O] (one sample's outputs flattened)."""
+
+    def __init__(self, model: Any) -> None:
+        import torch
+        if not isinstance(model, torch.nn.Module):
+            raise InvalidArgument(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        if model.training and any(isinstance(m, (torch.nn.modules.batchnorm._BatchNorm,
+                                                 torch.nn.modules.dropout._DropoutNd)) for m in model.modules()):
+            raise InvalidArgument("model: has BatchNorm or Dropout layers in training mode; call model.eval() first")
+        self.params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        if not self.params:
+            raise InvalidArgument("model: no parameter has requires_grad=True, so the step moves nothing")
+        dtypes = {p.dtype for p in self.params.values()}
+        if len(dtypes) != 1 or next(iter(dtypes)) not in (torch.float32, torch.float64):
+            raise InvalidArgument(f"model: expected float32 or float64 parameters of one dtype, got "
+                                  f"{sorted(str(d) for d in dtypes)}")
+        devices = {p.device.type for p in model.parameters()} | {b.device.type for b in model.buffers()}
+        if devices != {"cpu"}:
+            raise InvalidArgument(f"model: has parameters or buffers on {sorted(devices - {'cpu'})}; this version of "
+                                  f"the package computes on the host only: pass model.cpu()")
+        self.module = model
+        self.dtype = next(iter(dtypes))
+        self.dtype_name = str(self.dtype).replace("torch.", "")
+        self.constants = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
+        self.constants.update(dict(model.named_buffers()))
+        self.api = _func_api()
+        self.size = sum(p.numel() for p in self.params.values())
+
+    def f(self, w: Any, xb: Any) -> Any:
+        import torch
+        out = self.api.functional_call(self.module, {**w, **self.constants}, (xb,))
+        if not isinstance(out, torch.Tensor):
+            raise InvalidArgument(f"model: returns {type(out).__name__}; expected one tensor of outputs [B, ...]")
+        if out.ndim == 0 or out.shape[0] != xb.shape[0]:
+            raise ShapeMismatch(f"model: maps a batch of {xb.shape[0]} samples to outputs of shape "
+                                f"{tuple(out.shape)}; expected [{xb.shape[0]}, ...] (one row per sample)")
+        return out.reshape(xb.shape[0], -1)
+
+    def f1(self, w: Any, xi: Any) -> Any:
+        """One sample's outputs [O]."""
+        return self.f(w, xi.unsqueeze(0))[0]
+
+    def targets(self, targets: Any, n: int, o: int) -> Tuple[Any, Optional[np.ndarray]]:
+        """The targets checked against the outputs, as _targets returns them."""
+        shape = SimpleNamespace(widths=[0, o], dtype=self.dtype_name)
+        return _targets(shape, targets, n)   # type: ignore[arg-type]
+
+    def loss_grads(self, x: Any, base: Any, values: Any, labels: Optional[np.ndarray], loss: str) -> Tuple[Any, Any]:
+        """Per-sample parameter gradients {name: [N, ...]} of the loss (= J_i^T dl_i/df) and dl_i/df [N, O],
+        the latter in closed form (the library's per-sample losses)."""
+        import torch
+        n, o = base.shape
+        y = torch.from_numpy(labels) if labels is not None else torch.as_tensor(values).reshape(n, o)
+        # Labels as one-hot rows (indexing by a batched label is not vmap-able).
+        target = torch.nn.functional.one_hot(y, o).to(self.dtype) if labels is not None else y
+
+        def sample_loss(w: Any, xi: Any, ti: Any) -> Any:
+            fo = self.f1(w, xi)
+            if loss == "xent":
+                return -(torch.log_softmax(fo, 0) * ti).sum()
+            return ((fo - ti) ** 2).mean()
+
+        g = self.api.vmap(self.api.grad(sample_loss), in_dims=(None, 0, 0))(self.params, x, target)
+        dldf = torch.softmax(base, 1) - target if loss == "xent" else 2.0 * (base - target) / o
+        return g, dldf
+
+    def step_changes(self, step: Any, eta: float, x1: Any, x2: Optional[Any], base1: Any, base2: Any,
+                     chunk_size: int, report: Any, task: str) -> Tuple[Any, Any]:
+        """The step w - eta step_i of every source, taken: Delta [N1, N2, O] at the targets of the move
+        (x2, or x1 itself) and each source's own change [N1, O], float64. Each chunk of sources goes
+        through one vmap(functional_call) over the targets."""
+        import torch
+        n1, o = base1.shape
+        n2 = base2.shape[0]
+        xt = x1 if x2 is None else x2
+        delta = torch.empty(n1, n2, o, dtype=torch.float64)
+        own = torch.empty(n1, o, dtype=torch.float64)
+        with torch.no_grad():
+            for a in range(0, n1, chunk_size):
+                b = min(n1, a + chunk_size)
+                w = {n: self.params[n].unsqueeze(0) - eta * step[n][a:b] for n in self.params}
+                d = self.api.vmap(self.f, in_dims=(0, None))(w, xt) - base2.unsqueeze(0)
+                delta[a:b] = d.double()
+                if x2 is None:
+                    own[a:b] = torch.stack([d[i - a, i] for i in range(a, b)]).double()   # S_rel(x_i, x_i) = 1 exactly
+                else:
+                    own[a:b] = (self.api.vmap(self.f1)(w, x1[a:b]) - base1[a:b]).double()
+                if report is not None:
+                    report(task, b * n2, n1 * n2)
+        return delta, own
+
+    def unresolved(self, g: Any, dldf: Any, base1: Any, own: Any) -> List[int]:
+        """The step form's sources whose gradient is not zero but whose own change is at the rounding
+        level of the dtype (the library's criterion: 32 epsilon, relative to the outputs)."""
+        import torch
+        n1 = base1.shape[0]
+        resolution = 32 * float(torch.finfo(self.dtype).eps)
+        b1 = base1.double()
+        moved = (dldf != 0).any(1) & torch.stack([(t.reshape(n1, -1) != 0).any(1) for t in g.values()]).any(0)
+        level = resolution * torch.maximum(torch.ones(n1, dtype=torch.float64),
+                                           torch.maximum(b1.abs().amax(1), (b1 + own).abs().amax(1)))
+        return torch.nonzero(moved & (own.abs().amax(1) <= level)).reshape(-1).tolist()
+
+
+def _chunk(chunk_size: Any, per_item: int) -> int:
+    """Items per chunk: as given, or as many as keep ~per_item elements each under ~256 MiB."""
+    if chunk_size is None:
+        return max(1, (1 << 25) // max(1, per_item))
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise InvalidArgument(f"chunk_size: expected an integer >= 1, got {chunk_size!r}")
+    return chunk_size
+
+
+# ---- elasticity of any torch model ----
 
 def torch_elasticity(model: Any, x: Any, targets: Any, x2: Any = None, targets2: Any = None, eta: float = 1e-3,
                      update: str = "sgd", adam_eps: Optional[float] = None, metric: str = "auto",
@@ -454,93 +574,36 @@ def torch_elasticity(model: Any, x: Any, targets: Any, x2: Any = None, targets2:
     (``model.eval()``).
     """
     import torch
-    if not isinstance(model, torch.nn.Module):
-        raise InvalidArgument(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    if model.training and any(isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd))
-                              for m in model.modules()):
-        raise InvalidArgument("model: has BatchNorm or Dropout layers in training mode; call model.eval() first")
-    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-    if not params:
-        raise InvalidArgument("model: no parameter has requires_grad=True, so the step moves nothing")
-    dtypes = {p.dtype for p in params.values()}
-    if len(dtypes) != 1 or next(iter(dtypes)) not in (torch.float32, torch.float64):
-        raise InvalidArgument(f"model: expected float32 or float64 parameters of one dtype, got "
-                              f"{sorted(str(d) for d in dtypes)}")
-    dtype = next(iter(dtypes))
-    constants = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
-    constants.update(dict(model.named_buffers()))
+    tm = _TorchModel(model)
     fw = framework(x, "x")
-    x1t = _as_torch(x, "x", dtype)
-    x2t = None if x2 is None else _as_torch(x2, "x2", dtype)
+    x1t = _as_torch(x, "x", tm.dtype)
+    x2t = None if x2 is None else _as_torch(x2, "x2", tm.dtype)
     if x2t is not None and x2t.shape[1:] != x1t.shape[1:]:
         raise ShapeMismatch(f"x2: expected samples of shape {tuple(x1t.shape[1:])} like x's, got "
                             f"{tuple(x2t.shape[1:])}")
-    vmap, grad, functional_call = _func_api()
-
-    def f(w: Any, xb: Any) -> Any:
-        out = functional_call(model, {**w, **constants}, (xb,))
-        return out.reshape(xb.shape[0], -1)
-
     with torch.no_grad():
-        base1 = f(params, x1t)
-        base2 = base1 if x2t is None else f(params, x2t)
+        base1 = tm.f(tm.params, x1t)
+        base2 = base1 if x2t is None else tm.f(tm.params, x2t)
     n1, o = base1.shape
     n2 = base2.shape[0]
-    # The targets against the outputs (a stand-in carrying the output width and dtype for the checks).
-    shape = SimpleNamespace(widths=[0, o], dtype=str(dtype).replace("torch.", ""))
-    values, labels = _targets(shape, targets, n1)   # type: ignore[arg-type]
+    values, labels = tm.targets(targets, n1, o)
     eta, adam_eps, loss = _step_options(labels, eta, update, adam_eps, "step", metric, loss)
     if metric == "auto":
         metric = "kl" if labels is not None else "abs"
     labels2 = _labels2(labels, x2, targets2)
     classes = _classes(labels, labels2)
-    y = torch.from_numpy(labels) if labels is not None else torch.as_tensor(values).reshape(n1, o)
+    chunk_size = _chunk(chunk_size, tm.size + 16 * n2 * o)
 
-    # Labels as one-hot rows (indexing by a batched label is not vmap-able).
-    target = torch.nn.functional.one_hot(y, o).to(dtype) if labels is not None else y
-
-    def sample_loss(w: Any, xi: Any, ti: Any) -> Any:
-        fo = f(w, xi.unsqueeze(0))[0]
-        if loss == "xent":
-            return -(torch.log_softmax(fo, 0) * ti).sum()
-        return ((fo - ti) ** 2).mean()
-
-    g = vmap(grad(sample_loss), in_dims=(None, 0, 0))(params, x1t, target)
-    # dl/df of the per-sample loss, in closed form.
-    dldf = torch.softmax(base1, 1) - target if loss == "xent" else 2.0 * (base1 - target) / o
+    g, dldf = tm.loss_grads(x1t, base1, values, labels, loss)
     step = g if update == "sgd" else {n: t / (t.abs() + adam_eps) for n, t in g.items()}
-    P = sum(p.numel() for p in params.values())
-    if chunk_size is None:
-        chunk_size = max(1, (1 << 25) // max(1, P + 16 * n2 * o))
-    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise InvalidArgument(f"chunk_size: expected an integer >= 1, got {chunk_size!r}")
-    delta = torch.empty(n1, n2, o, dtype=torch.float64)
-    own = torch.empty(n1, o, dtype=torch.float64)
-    xt = x1t if x2t is None else x2t
-    with progress_callback(progress) as report, torch.no_grad():
-        for a in range(0, n1, chunk_size):
-            b = min(n1, a + chunk_size)
-            w = {n: params[n].unsqueeze(0) - eta * step[n][a:b] for n in params}
-            d = vmap(f, in_dims=(0, None))(w, xt) - base2.unsqueeze(0)
-            delta[a:b] = d.double()
-            if x2t is None:
-                own[a:b] = torch.stack([d[i - a, i] for i in range(a, b)]).double()   # S_rel(x_i, x_i) = 1 exactly
-            else:
-                own[a:b] = (vmap(lambda wi, xi: f(wi, xi.unsqueeze(0))[0])(w, x1t[a:b]) - base1[a:b]).double()
-            if report is not None:
-                report("elasticity", b * n2, n1 * n2)
-    # The step form's precision, as the library's: 32 epsilon of the dtype, relative to the outputs.
-    resolution = 32 * float(torch.finfo(dtype).eps)
-    b1 = base1.double()
-    moved = (dldf != 0).any(1) & torch.stack([(t.reshape(n1, -1) != 0).any(1) for t in g.values()]).any(0)
-    level = resolution * torch.maximum(torch.ones(n1, dtype=torch.float64),
-                                       torch.maximum(b1.abs().amax(1), (b1 + own).abs().amax(1)))
-    unresolved = torch.nonzero(moved & (own.abs().amax(1) <= level)).reshape(-1).tolist()
-    r = _core.elasticity_metrics(b1.numpy(), base2.double().contiguous().numpy(), dldf.double().contiguous().numpy(),
-                                 own.contiguous().numpy(), delta.reshape(n1, n2 * o).numpy(), eta, unresolved,
-                                 metric, "step")
+    with progress_callback(progress) as report:
+        delta, own = tm.step_changes(step, eta, x1t, x2t, base1, base2, chunk_size, report, "elasticity")
+    unresolved = tm.unresolved(g, dldf, base1, own)
+    r = _core.elasticity_metrics(base1.double().contiguous().numpy(), base2.double().contiguous().numpy(),
+                                 dldf.double().contiguous().numpy(), own.contiguous().numpy(),
+                                 delta.reshape(n1, n2 * o).numpy(), eta, unresolved, metric, "step")
     same_set = x2 is None
-    return _finish(r, fw, str(dtype).replace("torch.", ""), "step", update, eta, loss, same_set, labels,
+    return _finish(r, fw, tm.dtype_name, "step", update, eta, loss, same_set, labels,
                    labels if same_set else labels2, classes, None, None)
 
 
@@ -551,17 +614,22 @@ class LayerFeatures:
     """The feature space of one hidden layer (its activations H [N, width] over the samples)."""
 
     layer: int
-    """The hidden layer, 1..L-1."""
+    """The hidden layer, 1..L-1 (:func:`torch_response`: the captured module's place, 1..k, in the
+    order of ``model.named_modules()``)."""
     width: int
-    """Its units."""
+    """Its units (:func:`torch_response`: one sample's captured output, flattened)."""
     effective_rank: float
     """exp of the entropy of the normalised singular values of H (Roy & Vetterli)."""
     participation_ratio: float
     """(sum s^2)^2 / sum s^4 over the singular values s of H."""
     dead: int
     """Units whose activation is exactly zero on every sample."""
-    duplicated: int
-    """Units whose normalised (weights, bias) lie within ``duplicate_tolerance`` of an earlier unit's."""
+    duplicated: Optional[int]
+    """Units whose normalised (weights, bias) lie within ``duplicate_tolerance`` of an earlier unit's
+    (:func:`torch_response`: the rows of the Linear, or output channels of the Conv, that produces
+    the captured output; None when no such layer produces it directly)."""
+    name: Optional[str] = None
+    """:func:`torch_response`: the captured module's qualified name; None for a :class:`Mlp`."""
 
 
 @dataclass
@@ -604,7 +672,28 @@ class Response:
     duplicate_tolerance: float
     """The tolerance ``duplicated`` was counted with."""
     flops: float
-    """Floating-point operations of the model's products."""
+    """Floating-point operations of the model's products (0 for :func:`torch_response`: torch does them)."""
+    layer_names: Optional[List[str]] = None
+    """:func:`torch_response`: the parameter groups behind ``layer_diagonal`` (the qualified names of
+    the modules that own trainable parameters directly, "" for the model itself); None for a
+    :class:`Mlp`, whose layers are 1..L."""
+
+
+def _check_tolerance(duplicate_tolerance: Any) -> None:
+    if (isinstance(duplicate_tolerance, bool) or not isinstance(duplicate_tolerance, (int, float))
+            or not math.isfinite(duplicate_tolerance) or duplicate_tolerance < 0):
+        raise InvalidArgument(f"duplicate_tolerance: expected a finite number >= 0, got {duplicate_tolerance!r}")
+
+
+def _response_warnings(undefined: int, unresolved: int, n: int, dtype: str, form: str, kernel_gap: float) -> None:
+    """The RuntimeWarnings of a response: samples without one, and a step far from its limit."""
+    if undefined:
+        hint = ("use float64 or form='ntk'" if dtype == "float32"
+                else "use form='ntk' or a larger eta" if form == "step" else "use a larger eta")
+        _warn(_undefined_message(undefined, unresolved, n, dtype, hint, "samples"), 4)
+    if math.isfinite(kernel_gap) and kernel_gap > 0.05:
+        _warn(f"the one step differs from its eta -> 0 limit by {100 * kernel_gap:.3g}% (kernel_gap): eta too "
+              f"large for a linear step, or too small for the precision ({dtype})", 4)
 
 
 def response(model: Mlp, x: Any, targets: Any, eta: float = 1e-3, form: str = "step", loss: Optional[str] = None,
@@ -642,20 +731,12 @@ def response(model: Mlp, x: Any, targets: Any, eta: float = 1e-3, form: str = "s
     if form not in ("step", "ntk"):
         raise InvalidArgument(f"form: expected 'step' or 'ntk', got {form!r}")
     loss = _loss(loss, labels)
-    if (isinstance(duplicate_tolerance, bool) or not isinstance(duplicate_tolerance, (int, float))
-            or not math.isfinite(duplicate_tolerance) or duplicate_tolerance < 0):
-        raise InvalidArgument(f"duplicate_tolerance: expected a finite number >= 0, got {duplicate_tolerance!r}")
+    _check_tolerance(duplicate_tolerance)
     with progress_callback(progress) as report:
         r = _core.training_response(model._spec, model.params_view, host_view(x, "x"), values, labels, eta, form, loss,
                                     bool(per_layer), float(duplicate_tolerance), _threads(threads), report)
     undefined, unresolved = r["undefined_sources"], r["unresolved_sources"]
-    if undefined.size:
-        hint = ("use float64 or form='ntk'" if model.dtype == "float32"
-                else "use form='ntk' or a larger eta" if form == "step" else "use a larger eta")
-        _warn(_undefined_message(undefined.size, unresolved.size, n, model.dtype, hint, "samples"))
-    if math.isfinite(r["kernel_gap"]) and r["kernel_gap"] > 0.05:
-        _warn(f"the one step differs from its eta -> 0 limit by {100 * r['kernel_gap']:.3g}% (kernel_gap): eta too "
-              f"large for a linear step, or too small for the precision ({model.dtype})")
+    _response_warnings(undefined.size, unresolved.size, n, model.dtype, form, r["kernel_gap"])
     return Response(
         samples=int(r["samples"]), eta=eta, form=form, loss=loss, matrix=from_numpy(fw, r["matrix"]),
         mean_diagonal=r["mean_diagonal"], mean_off_diagonal=r["mean_off_diagonal"],
@@ -663,6 +744,326 @@ def response(model: Mlp, x: Any, targets: Any, eta: float = 1e-3, form: str = "s
         undefined_sources=from_numpy(fw, undefined), unresolved_sources=from_numpy(fw, unresolved),
         kernel_gap=r["kernel_gap"], features=[LayerFeatures(**f) for f in r["features"]],
         input_grad_norm=r["input_grad_norm"], duplicate_tolerance=float(duplicate_tolerance), flops=r["flops"])
+
+
+# ---- the training response of any torch model ----
+
+# Modules of torch.nn.modules.activation that are not a layer's elementwise activation.
+_NOT_FEATURES = ("Softmax", "Softmin", "LogSoftmax", "Softmax2d", "MultiheadAttention")
+
+
+def _activation_types() -> Tuple[Any, ...]:
+    import torch
+    mod = torch.nn.modules.activation
+    return tuple(c for c in vars(mod).values() if isinstance(c, type) and issubclass(c, torch.nn.Module)
+                 and c.__module__ == mod.__name__ and c.__name__ not in _NOT_FEATURES)
+
+
+def _feature_modules(model: Any, layers: Any) -> Tuple[List[Tuple[str, Any]], bool]:
+    """The modules whose outputs are the feature spaces, and whether the caller named them."""
+    if layers is None:
+        kinds = _activation_types()
+        return [(name, m) for name, m in model.named_modules() if isinstance(m, kinds)], False
+    if isinstance(layers, str) or not isinstance(layers, (list, tuple)):
+        raise InvalidArgument(f"layers: expected a list of module names as model.named_modules() gives them (e.g. "
+                              f"['net.1']), or None for every activation module, got {layers!r}")
+    named = dict(model.named_modules())
+    out: List[Tuple[str, Any]] = []
+    for name in layers:
+        if not isinstance(name, str):
+            raise InvalidArgument(f"layers: expected module names (str), got {name!r}")
+        if name not in named:
+            known = [repr(k) for k in named if k]
+            more = f", ... ({len(known)} in all)" if len(known) > 12 else ""
+            raise InvalidArgument(f"layers: the model has no module named {name!r}; its modules are "
+                                  f"{', '.join(known[:12])}{more}")
+        if any(name == k for k, _ in out):
+            raise InvalidArgument(f"layers: {name!r} is named twice")
+        out.append((name, named[name]))
+    return out, True
+
+
+def _parameter_groups(tm: _TorchModel) -> List[Tuple[str, List[str]]]:
+    """(module name, its trainable parameters' names) for every module that owns trainable parameters
+    directly, in the order of named_modules(); a parameter shared by modules goes to the first."""
+    name_of = {id(p): n for n, p in tm.module.named_parameters()}
+    taken = set()
+    groups = []
+    for mname, m in tm.module.named_modules():
+        names = []
+        for _, p in m.named_parameters(recurse=False):
+            n = name_of.get(id(p))
+            if n is None or n not in tm.params or id(p) in taken:
+                continue
+            taken.add(id(p))
+            names.append(n)
+        if names:
+            groups.append((mname, names))
+    return groups
+
+
+def _group_responses(tm: _TorchModel, x: Any, g: Dict[str, Any], dldf: Any, groups: List[Tuple[str, List[str]]],
+                     chunk: int, report: Any) -> List[Any]:
+    """The eta -> 0 response of every parameter group G, R_G(x_j, x_i) = <g_i, J_G(x_j) v_i> / ||g_i||^2
+    [N, N] float64, with g_i = dl_i/df and v_i = J_G(x_i)^T g_i the group's part of the per-sample
+    gradient (so sum_G R_G = g_i^T Theta(x_j, x_i) g_i / ||g_i||^2). The per-sample Jacobians
+    J(x_j) [O, P] come from vmap(jacrev) over chunks of samples, never all N at once."""
+    import torch
+    n, o = dldf.shape
+    gd = dldf.double()
+    g2 = (gd ** 2).sum(1)
+    v = [torch.cat([g[name].reshape(n, -1) for name in names], 1) for _, names in groups]
+    out = [torch.empty(n, n, dtype=torch.float64) for _ in groups]
+    jac = tm.api.vmap(tm.api.jacrev(tm.f1), in_dims=(None, 0))
+    for a in range(0, n, chunk):
+        b = min(n, a + chunk)
+        j = jac(tm.params, x[a:b])   # {name: [c, O, ...]}
+        for k, (_, names) in enumerate(groups):
+            jg = torch.cat([j[name].reshape((b - a) * o, -1) for name in names], 1)   # [c O, P_G]
+            change = (v[k] @ jg.T).reshape(n, b - a, o)                              # [i, j, a] = (J_G(x_j) v_i)_a
+            out[k][:, a:b] = torch.einsum("ia,ija->ij", gd, change.double())
+        if report is not None:
+            report("response kernel", b, n)
+    return [r / g2[:, None] for r in out]
+
+
+def _response_means(r: Any, defined: np.ndarray) -> Tuple[float, float]:
+    """Mean R(x_i, x_i) and mean R(x_j, x_i) over i != j, over the defined sources i (NaN for none)."""
+    rows = np.flatnonzero(defined)
+    if rows.size == 0:
+        return float("nan"), float("nan")
+    n = r.shape[0]
+    diag = float(r[rows, rows].sum())
+    off = float(r[rows].sum()) - diag
+    return diag / rows.size, off / (rows.size * (n - 1))
+
+
+def _torch_features(tm: _TorchModel, x: Any, modules: List[Tuple[str, Any]], named: bool, tolerance: float,
+                    threads: int, chunk: int, report: Any) -> Tuple[List[LayerFeatures], float]:
+    """The feature space of the chosen modules' outputs (captured by forward hooks, in the order the
+    modules run) and the mean input-Jacobian norm, measured by the library's functions."""
+    import torch
+    from torch import nn
+    producers = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    n = x.shape[0]
+    produced: List[Tuple[Any, Any, int]] = []   # (output, module, version) of this forward's Linear / Conv layers
+    feeding: Dict[int, Any] = {}                # module -> the Linear / Conv whose unchanged output it takes
+    calls = [0] * len(modules)
+    order: List[Tuple[int, int]] = []      # (module, call) in the order the first forward ran them
+    captured: Dict[Tuple[int, int], List[Any]] = {}
+    producer: Dict[Tuple[int, int], Any] = {}
+
+    def on_produce(mod: Any, inputs: Any, output: Any) -> None:
+        produced.append((output, mod, output._version))
+
+    def before(k: int) -> Any:
+        def hook(mod: Any, inputs: Any) -> None:
+            # The input as it arrives: an output modified in place since (ReLU(inplace=True) before a
+            # pooling layer) has a new version and no longer counts as the layer's units.
+            t = inputs[0] if len(inputs) > 0 else None
+            feeding[k] = next((m for o, m, v in produced if t is o and t._version == v), None)
+        return hook
+
+    def capture(k: int) -> Any:
+        name = modules[k][0]
+
+        def hook(mod: Any, inputs: Any, output: Any) -> None:
+            key = (k, calls[k])
+            calls[k] += 1
+            if not isinstance(output, torch.Tensor) or not output.is_floating_point():
+                raise InvalidArgument(f"layers: module {name!r} returns {type(output).__name__}"
+                                      f"{'' if not isinstance(output, torch.Tensor) else ' of ' + str(output.dtype)}; "
+                                      f"its features must be one float tensor [B, ...]")
+            if output.ndim == 0 or output.shape[0] != len_chunk[0]:
+                raise ShapeMismatch(f"layers: module {name!r} returns shape {tuple(output.shape)} for a batch of "
+                                    f"{len_chunk[0]} samples; expected [{len_chunk[0]}, ...]")
+            prod = mod if isinstance(mod, producers) else feeding.pop(k, None)
+            if key not in captured:
+                if not first[0]:
+                    raise InvalidArgument(f"layers: module {name!r} ran more often on samples {len_chunk[1]}.. than "
+                                          f"on the first ones (data-dependent control flow is not supported)")
+                order.append(key)
+                captured[key] = []
+                producer[key] = prod
+            elif producer[key] is not prod:
+                producer[key] = None
+            # A copy: a later in-place operation (ReLU(inplace=True)) must not change what was captured.
+            captured[key].append(output.detach().reshape(output.shape[0], -1).clone())
+        return hook
+
+    handles = [m.register_forward_hook(on_produce) for m in tm.module.modules() if isinstance(m, producers)]
+    handles += [m.register_forward_pre_hook(before(k)) for k, (_, m) in enumerate(modules)]
+    handles += [m.register_forward_hook(capture(k)) for k, (_, m) in enumerate(modules)]
+    first = [True]
+    len_chunk = [0, 0]
+    norm_sum = 0.0
+    try:
+        for a in range(0, n, chunk):
+            b = min(n, a + chunk)
+            len_chunk[:] = [b - a, a]
+            produced.clear()
+            calls[:] = [0] * len(modules)
+            xc = x[a:b].detach().clone().requires_grad_(True)
+            with torch.enable_grad():
+                out = tm.module(xc).reshape(b - a, -1)
+                o = out.shape[1]
+                sq = torch.zeros(b - a, dtype=torch.float64)
+                if out.requires_grad:
+                    # Samples are independent (eval mode), so the gradient of output k summed over the
+                    # batch is row k of every sample's input Jacobian.
+                    for k in range(o):
+                        (gk,) = torch.autograd.grad(out[:, k].sum(), xc, retain_graph=k + 1 < o, allow_unused=True)
+                        if gk is not None:
+                            sq += gk.reshape(b - a, -1).double().pow(2).sum(1)
+            produced.clear()
+            norm_sum += float(sq.sqrt().sum())
+            if first[0]:
+                runs = {k: calls[k] for k in range(len(modules))}
+            elif any(calls[k] != runs[k] for k in range(len(modules))):
+                bad = next(k for k in range(len(modules)) if calls[k] != runs[k])
+                raise InvalidArgument(f"layers: module {modules[bad][0]!r} ran {runs[bad]} times on the first samples "
+                                      f"and {calls[bad]} times on samples {a}.. (data-dependent control flow is not "
+                                      f"supported)")
+            first[0] = False
+            if report is not None:
+                report("feature space", b, n)
+    finally:
+        for h in handles:
+            h.remove()
+    if named:
+        silent = [modules[k][0] for k in range(len(modules)) if runs[k] == 0]
+        if silent:
+            raise InvalidArgument(f"layers: module {silent[0]!r} does not run in the model's forward, so it has no "
+                                  f"features")
+
+    features = []
+    for place, key in enumerate(order, start=1):
+        k, call = key
+        name = modules[k][0] if runs[k] == 1 else f"{modules[k][0]} (call {call + 1})"
+        h = torch.cat(captured.pop(key))
+        if h.dtype not in (torch.float32, torch.float64):
+            h = h.double()
+        bad = torch.nonzero(~torch.isfinite(h))
+        if bad.numel():
+            raise InvalidArgument(f"the features of module {name!r} hold a non-finite value (sample "
+                                  f"{int(bad[0, 0])}, unit {int(bad[0, 1])})")
+        hn = h.contiguous().numpy()
+        s = _core.response_singular_values(hn, threads)
+        duplicated = None
+        prod = producer[key]
+        if prod is not None:
+            w = prod.weight.detach().reshape(prod.weight.shape[0], -1).double().contiguous().numpy()
+            bias = None if prod.bias is None else prod.bias.detach().double().contiguous().numpy()
+            duplicated = int(_core.response_count_duplicated(w, bias, tolerance, threads))
+        features.append(LayerFeatures(layer=place, width=int(hn.shape[1]),
+                                      effective_rank=_core.response_effective_rank(s),
+                                      participation_ratio=_core.response_participation_ratio(s),
+                                      dead=int(_core.response_count_dead(hn, threads)), duplicated=duplicated,
+                                      name=name))
+    return features, norm_sum / n
+
+
+def torch_response(model: Any, x: Any, targets: Any, eta: float = 1e-3, form: str = "step",
+                   loss: Optional[str] = None, duplicate_tolerance: float = 1e-3, per_layer: bool = True,
+                   layers: Optional[Sequence[str]] = None, chunk_size: Optional[int] = None,
+                   threads: Optional[int] = None, progress: ProgressArg = None) -> Response:
+    """:func:`response` of any PyTorch module: the training response over all pairs of the samples,
+    its parts per parameter group, and the feature space of chosen modules' outputs.
+
+    R(x', x) = -<g, Delta f(x')> / (eta ||g||^2) for one SGD step of size ``eta`` on x, g = dl/df(x)
+    (one output: Delta f(x') / (-eta dl/df(x))); the ntk form's limit g^T Theta(x', x) g / ||g||^2.
+
+    * ``model``, ``x`` [N, ...] (N >= 2), ``targets``, ``eta``, ``loss``: as for
+      :func:`torch_elasticity` (the model is not modified).
+    * ``form``: "step" (take the step, as :func:`torch_elasticity`) or "ntk" (its eta -> 0 limit,
+      from per-sample Jacobians).
+    * ``per_layer``: the response of each parameter group's kernel Theta_G (default True): one group
+      per module that owns trainable parameters directly (a Linear's weight and bias, a Conv's),
+      named in :attr:`Response.layer_names`; they sum to the ntk-form total. In the step form they
+      cost a Jacobian pass and give ``kernel_gap``.
+    * ``layers``: the modules whose outputs are the feature spaces, by qualified name
+      (``model.named_modules()``); default: every activation module (ReLU, Tanh, GELU, ... of
+      ``torch.nn``; activations called as functions in ``forward`` are not modules: name the
+      module before them). ``[]`` measures none.
+    * ``duplicate_tolerance``: as for :func:`response`, applied to the Linear / Conv layer that
+      produces a captured output (>= 0, default 1e-3).
+    * ``chunk_size``: samples per batched pass (sources stepped at once; samples per Jacobian and
+      feature pass); default: as many as keep each under ~256 MiB.
+    * ``threads``: host threads of the library's reductions (torch keeps its own setting).
+    * ``progress``: as for :func:`response` (one report per chunk).
+
+    Returns a :class:`Response` (``flops`` 0, ``layer_names`` set, ``features`` named by module).
+    The means, undefined samples, kernel_gap and warnings follow :func:`response`.
+    """
+    import torch
+    tm = _TorchModel(model)
+    fw = framework(x, "x")
+    xt = _as_torch(x, "x", tm.dtype)
+    n = xt.shape[0]
+    if n < 2:
+        raise InvalidArgument(f"x: the response needs at least 2 samples (the off-diagonal response is between two), "
+                              f"got {n}")
+    eta = _positive(eta, "eta")
+    if form not in ("step", "ntk"):
+        raise InvalidArgument(f"form: expected 'step' or 'ntk', got {form!r}")
+    _check_tolerance(duplicate_tolerance)
+    nthreads = _threads(threads)
+    modules, named = _feature_modules(model, layers)
+    with torch.no_grad():
+        base = tm.f(tm.params, xt)
+    o = base.shape[1]
+    values, labels = tm.targets(targets, n, o)
+    loss = _loss(loss, labels)
+    groups = _parameter_groups(tm) if per_layer else [("", list(tm.params))]
+    sample = xt[0].numel()
+
+    g, dldf = tm.loss_grads(xt, base, values, labels, loss)
+    gd = dldf.double()
+    g2 = (gd ** 2).sum(1)
+    unresolved: List[int] = []
+    with progress_callback(progress) as report:
+        if form == "step":
+            delta, own = tm.step_changes(g, eta, xt, None, base, base, _chunk(chunk_size, tm.size + 16 * n * o),
+                                         report, "response")
+            unresolved = tm.unresolved(g, dldf, base, own)
+            matrix = -torch.einsum("ia,ija->ij", gd, delta) / (eta * g2[:, None])
+        parts: List[Any] = []
+        if per_layer or form == "ntk":
+            parts = _group_responses(tm, xt, g, dldf, groups, _chunk(chunk_size, o * tm.size + n * o), report)
+        if form == "ntk":
+            matrix = parts[0].clone()
+            for p in parts[1:]:
+                matrix += p
+        features, input_grad_norm = _torch_features(tm, xt, modules, named, float(duplicate_tolerance), nthreads,
+                                                    _chunk(chunk_size, 256 * sample + 16 * o), report)
+    defined = (g2 != 0).numpy()
+    defined[unresolved] = False
+    matrix = matrix.numpy()
+    matrix[~defined] = float("nan")
+    mean_diagonal, mean_off_diagonal = _response_means(matrix, defined)
+    layer_diagonal, layer_off_diagonal = [], []
+    if per_layer:
+        for p in parts:
+            d, od = _response_means(p.numpy(), defined)
+            layer_diagonal.append(d)
+            layer_off_diagonal.append(od)
+    kernel_gap = float("nan")
+    if form == "step" and per_layer:
+        limit = sum(layer_diagonal)
+        kernel_gap = (abs(mean_diagonal - limit) / abs(limit) if limit != 0
+                      else float("nan") if mean_diagonal == 0 else float("inf"))   # as the library: x / 0
+    undefined = np.flatnonzero(~defined).astype(np.int64)
+    unresolved_arr = np.asarray(sorted(unresolved), dtype=np.int64)
+    _response_warnings(undefined.size, unresolved_arr.size, n, tm.dtype_name, form, kernel_gap)
+    return Response(
+        samples=n, eta=eta, form=form, loss=loss, matrix=from_numpy(fw, np.ascontiguousarray(matrix)),
+        mean_diagonal=mean_diagonal, mean_off_diagonal=mean_off_diagonal,
+        layer_diagonal=from_numpy(fw, np.asarray(layer_diagonal, dtype=np.float64)),
+        layer_off_diagonal=from_numpy(fw, np.asarray(layer_off_diagonal, dtype=np.float64)),
+        undefined_sources=from_numpy(fw, undefined), unresolved_sources=from_numpy(fw, unresolved_arr),
+        kernel_gap=kernel_gap, features=features, input_grad_norm=input_grad_norm,
+        duplicate_tolerance=float(duplicate_tolerance), flops=0.0,
+        layer_names=[name for name, _ in groups] if per_layer else [])
 
 
 # ---- aging fit ----

@@ -221,6 +221,38 @@ nb::dict training_response(const model::MlpSpec& spec, In1<T> params, In2<T> x, 
   return out;
 }
 
+// ---- the feature-space measures, for activations captured elsewhere ----
+// (the generic torch path hooks a module's outputs and measures them with the library's
+// definitions, as feature_space does for an Mlp's hidden layers)
+
+template <class T>
+NumpyArray<double> singular_values_of(In2<T> h, int threads) {
+  std::vector<double> s;
+  Runner run(threads, nb::none());
+  run([&](const Context& ctx) { s = response::singular_values<T>(ctx, view2(h)); });
+  return numpy_of(std::move(s));
+}
+
+double effective_rank_of(DoubleIn1 s) { return response::effective_rank({s.data(), s.shape(0)}); }
+double participation_ratio_of(DoubleIn1 s) { return response::participation_ratio({s.data(), s.shape(0)}); }
+
+template <class T>
+index_t count_dead_of(In2<T> a, int threads) {
+  index_t dead = 0;
+  Runner run(threads, nb::none());
+  run([&](const Context& ctx) { dead = response::count_dead<T>(ctx, view2(a)); });
+  return dead;
+}
+
+template <class T>
+index_t count_duplicated_of(In2<T> w, std::optional<In1<T>> b, double tolerance, int threads) {
+  const VectorView<const T> bv = b ? vector_view(b->data(), static_cast<index_t>(b->shape(0))) : VectorView<const T>{};
+  index_t duplicated = 0;
+  Runner run(threads, nb::none());
+  run([&](const Context& ctx) { duplicated = response::count_duplicated<T>(ctx, view2(w), bv, tolerance); });
+  return duplicated;
+}
+
 nb::dict fit_power_law(DoubleIn1 t, DoubleIn1 r, double t_min, double t_max, double confidence) {
   if (t.shape(0) != r.shape(0))
     throw ShapeMismatch("steps and responses: expected one response per step, got " + std::to_string(t.shape(0)) +
@@ -266,6 +298,22 @@ void register_elasticity(nb::module_& m) {
   m.def("training_response", &training_response<double>, "spec"_a, "params"_a.noconvert(), "x"_a.noconvert(),
         "values"_a.noconvert().none(), "labels"_a.noconvert().none(), "eta"_a, "form"_a, "loss"_a, "per_layer"_a,
         "duplicate_tolerance"_a, "threads"_a, "progress"_a.none());
+  m.def("response_singular_values", &singular_values_of<float>, "h"_a.noconvert(), "threads"_a,
+        "All min(N, width) singular values of h [N, width], descending, float64 (rounding-level ones are 0).");
+  m.def("response_singular_values", &singular_values_of<double>, "h"_a.noconvert(), "threads"_a);
+  m.def("response_effective_rank", &effective_rank_of, "s"_a.noconvert(),
+        "exp of the entropy of the normalised singular values s (0 when all are zero).");
+  m.def("response_participation_ratio", &participation_ratio_of, "s"_a.noconvert(),
+        "(sum s^2)^2 / sum s^4 of the singular values s (0 when all are zero).");
+  m.def("response_count_dead", &count_dead_of<float>, "a"_a.noconvert(), "threads"_a,
+        "Columns (units) of a [N, width] that are exactly zero in every row.");
+  m.def("response_count_dead", &count_dead_of<double>, "a"_a.noconvert(), "threads"_a);
+  m.def("response_count_duplicated", &count_duplicated_of<float>, "w"_a.noconvert(), "b"_a.noconvert().none(),
+        "tolerance"_a, "threads"_a,
+        "Units (rows of w [width, fan_in], with the bias b appended) within `tolerance` of an earlier unit, "
+        "normalised.");
+  m.def("response_count_duplicated", &count_duplicated_of<double>, "w"_a.noconvert(), "b"_a.noconvert().none(),
+        "tolerance"_a, "threads"_a);
   m.def("fit_power_law", &fit_power_law, "t"_a.noconvert(), "r"_a.noconvert(), "t_min"_a, "t_max"_a,
         "confidence"_a, "The aging fit R_t ~ A t^(-beta) by least squares in log-log, with Student's t interval.");
 }

@@ -611,3 +611,240 @@ def test_torch_elasticity_equals_the_mlp_path():
     drop = nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.5)).double()
     with pytest.raises(dynascope.InvalidArgument, match="model.eval()"):
         dynascope.torch_elasticity(drop, x, y)
+
+
+# ---- the training response of any torch model ----
+
+class SharedReluCnn(nn.Module):
+    """Two convolutions sharing one in-place ReLU module (called twice), pooling, a Linear head."""
+
+    def __init__(self, outputs):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 3, 3, padding=1)
+        self.conv2 = nn.Conv2d(3, 4, 3)
+        self.act = nn.ReLU(inplace=True)
+        self.pool = nn.MaxPool2d(2)
+        self.head = nn.Linear(4 * 2 * 2, outputs)
+
+    def forward(self, x):
+        h = self.pool(self.act(self.conv1(x)))
+        return self.head(self.act(self.conv2(h)).flatten(1))
+
+
+def group_columns(model):
+    """(module name, slice of parameters_to_vector) of every module owning parameters directly."""
+    out, start = [], 0
+    for name, m in model.named_modules():
+        size = sum(p.numel() for p in m.parameters(recurse=False))
+        if size:
+            out.append((name, slice(start, start + size)))
+            start += size
+    assert start == flat(model).numel()
+    return out
+
+
+def response_means(r):
+    r = np.asarray(r)
+    off = ~np.eye(r.shape[0], dtype=bool)
+    return r.diagonal().mean(), r[off].mean()
+
+
+def features_reference(h, weights=None, bias=None, tolerance=1e-3):
+    """Effective rank, participation ratio, dead and duplicated units of h [N, width] by NumPy."""
+    s = np.linalg.svd(h, compute_uv=False)
+    s = s[s > max(h.shape) * np.finfo(float).eps * s[0]]
+    p = s / s.sum()
+    dup = None
+    if weights is not None:
+        u = np.concatenate([weights.reshape(weights.shape[0], -1), bias[:, None]], 1)
+        u = u / np.linalg.norm(u, axis=1, keepdims=True)
+        dup = sum(any(np.linalg.norm(u[j] - u[i]) <= tolerance for i in range(j)) for j in range(u.shape[0]))
+    return np.exp(-(p * np.log(p)).sum()), (s ** 2).sum() ** 2 / (s ** 4).sum(), int((np.abs(h).max(0) == 0).sum()), dup
+
+
+@pytest.mark.parametrize("labels", [True, False])
+def test_torch_response_of_a_cnn_matches_torch(labels):
+    torch.manual_seed(41)
+    model = SharedReluCnn(3).double().eval()
+    with torch.no_grad():
+        model.conv1.bias[2] = -1e3                       # channel 2 of the first ReLU is dead everywhere
+        model.conv2.weight[3] = 2.5 * model.conv2.weight[1]   # filter 4 of conv2 duplicates filter 2
+        model.conv2.bias[3] = 2.5 * model.conv2.bias[1]
+    g = torch.Generator().manual_seed(42)
+    x = torch.randn(7, 1, 8, 8, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 1]) if labels else torch.randn(7, 3, generator=g, dtype=torch.float64)
+    loss = "xent" if labels else "mse"
+    eta = 1e-4
+    p0 = flat(model)
+    r = quiet(dynascope.torch_response, model, x, y, eta=eta, chunk_size=3, threads=1, progress=False)
+    assert torch.equal(flat(model), p0)
+    rn = quiet(dynascope.torch_response, model, x.numpy(), y.numpy(), eta=eta, form="ntk", chunk_size=2, threads=1,
+               progress=False)
+    assert isinstance(r.matrix, torch.Tensor) and isinstance(rn.matrix, np.ndarray)
+
+    # The step: per-sample gradients by autograd, the stepped parameters in a copy, the output change.
+    delta, _, df, _, _ = step_changes(model, x, y, x, eta, loss)
+    gn = (df ** 2).sum(-1)
+    step = -torch.einsum("ia,ija->ij", df, delta) / (eta * gn)[:, None]
+    assert r.loss == loss and r.form == "step" and r.samples == 7 and r.flops == 0
+    assert_close(r.matrix, step, 1e-8)
+    diag, off = response_means(step)
+    assert r.mean_diagonal == pytest.approx(diag, rel=1e-8) and r.mean_off_diagonal == pytest.approx(off, rel=1e-8)
+
+    # The eta -> 0 limit and its parts: g^T J_G(x_j) J_G(x_i)^T g / ||g||^2 per module's parameter block.
+    j = jacobians(model, x)
+    groups = group_columns(model)
+    assert r.layer_names == rn.layer_names == [name for name, _ in groups] == ["conv1", "conv2", "head"]
+    parts = [torch.einsum("ia,jap,ibp,ib->ij", df, j[:, :, c], j[:, :, c], df) / gn[:, None] for _, c in groups]
+    total = sum(parts)
+    assert_close(rn.matrix, total, 1e-10)
+    layer = np.array([response_means(p) for p in parts])
+    for res in (r, rn):
+        assert_close(res.layer_diagonal, layer[:, 0], 1e-10)
+        assert_close(res.layer_off_diagonal, layer[:, 1], 1e-10)
+    assert rn.mean_diagonal == pytest.approx(response_means(total)[0], rel=1e-10)
+    assert math.isnan(rn.kernel_gap)
+    limit = layer[:, 0].sum()
+    assert r.kernel_gap == pytest.approx(abs(r.mean_diagonal - limit) / abs(limit), rel=1e-6)
+    assert 0 < r.kernel_gap < 0.05
+
+    # The features: the shared in-place ReLU's two calls, with the convolution feeding each.
+    with torch.no_grad():
+        h1 = F.relu(model.conv1(x))
+        h2 = F.relu(model.conv2(model.pool(h1)))
+    assert [f.name for f in r.features] == ["act (call 1)", "act (call 2)"]
+    for f, h, conv in zip(r.features, (h1, h2), (model.conv1, model.conv2)):
+        hn = h.reshape(7, -1).numpy()
+        er, pr, dead, dup = features_reference(hn, conv.weight.detach().numpy(), conv.bias.detach().numpy())
+        assert f.width == hn.shape[1]
+        assert f.effective_rank == pytest.approx(er, rel=1e-9)
+        assert f.participation_ratio == pytest.approx(pr, rel=1e-9)
+        assert (f.dead, f.duplicated) == (dead, dup)
+    assert r.features[0].dead >= 64 and r.features[1].duplicated == 1 and r.features[0].duplicated == 0
+    norms = [torch.autograd.functional.jacobian(lambda v: model(v[None])[0], x[i]).reshape(3, -1).norm()
+             for i in range(7)]
+    assert r.input_grad_norm == pytest.approx(torch.stack(norms).mean().item(), rel=1e-12)
+
+    # Chosen modules: the pooled features have no Linear / Conv feeding them, so no duplicate count.
+    rp = quiet(dynascope.torch_response, model, x, y, eta=eta, per_layer=False, layers=["pool"], threads=1,
+               progress=False)
+    assert rp.layer_names == [] and rp.layer_diagonal.numel() == 0 and math.isnan(rp.kernel_gap)
+    assert_close(rp.matrix, r.matrix, 1e-12)
+    (fp,) = rp.features
+    hp = model.pool(h1).reshape(7, -1).numpy()
+    er, pr, dead, _ = features_reference(hp)
+    assert fp.name == "pool" and fp.layer == 1 and fp.duplicated is None and fp.dead == dead
+    assert fp.effective_rank == pytest.approx(er, rel=1e-9) and fp.participation_ratio == pytest.approx(pr, rel=1e-9)
+
+
+@pytest.mark.parametrize("form", ["step", "ntk"])
+def test_torch_response_of_a_sequential_equals_the_mlp_path(form):
+    torch.manual_seed(43)
+    model = nn.Sequential(nn.Linear(4, 7), nn.ReLU(), nn.Linear(7, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    with torch.no_grad():
+        model[2].weight[4] = 3.0 * model[2].weight[0]   # a duplicated unit in the second hidden layer
+        model[2].bias[4] = 3.0 * model[2].bias[0]
+    mlp = dynascope.Mlp.from_torch(model)
+    for y in (data(9, 4, 44, labels=3)[1], data(9, 4, 45, outputs=3)[1]):
+        x = data(9, 4, 46)[0]
+        a = quiet(dynascope.response, mlp, x, y, eta=1e-2, form=form, threads=1, progress=False)
+        b = quiet(dynascope.torch_response, model, x, y, eta=1e-2, form=form, chunk_size=4, threads=1, progress=False)
+        assert_close(b.matrix, a.matrix, 1e-12)
+        assert b.mean_diagonal == pytest.approx(a.mean_diagonal, rel=1e-12)
+        assert b.mean_off_diagonal == pytest.approx(a.mean_off_diagonal, rel=1e-12)
+        assert_close(b.layer_diagonal, a.layer_diagonal, 1e-12)
+        assert_close(b.layer_off_diagonal, a.layer_off_diagonal, 1e-12)
+        assert b.layer_names == ["0", "2", "4"]
+        if form == "step":
+            assert b.kernel_gap == pytest.approx(a.kernel_gap, rel=1e-8)
+        else:
+            assert math.isnan(b.kernel_gap) and math.isnan(a.kernel_gap)
+        assert b.input_grad_norm == pytest.approx(a.input_grad_norm, rel=1e-12)
+        assert [f.name for f in b.features] == ["1", "3"]
+        for fa, fb in zip(a.features, b.features):
+            assert (fb.layer, fb.width, fb.dead, fb.duplicated) == (fa.layer, fa.width, fa.dead, fa.duplicated)
+            assert fb.effective_rank == pytest.approx(fa.effective_rank, rel=1e-12)
+            assert fb.participation_ratio == pytest.approx(fa.participation_ratio, rel=1e-12)
+        assert b.features[1].duplicated == 1
+
+    # A sample fitted exactly has no response, in both paths alike (its output is the last bias,
+    # exactly, in any order of summation: x = 0, no first bias, tanh(0) = 0).
+    one = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 1)).double()
+    with torch.no_grad():
+        one[0].bias.zero_()
+    x, y = data(6, 4, 47)
+    x[2] = 0.0
+    y[2] = one[2].bias.detach()
+    with pytest.warns(RuntimeWarning, match="zero loss gradient"):
+        a = dynascope.response(dynascope.Mlp.from_torch(one), x, y, form=form, threads=1, progress=False)
+    with pytest.warns(RuntimeWarning, match="zero loss gradient"):
+        b = dynascope.torch_response(one, x, y, form=form, threads=1, progress=False)
+    assert b.undefined_sources.tolist() == a.undefined_sources.tolist() == [2]
+    assert torch.isnan(b.matrix[2]).all() and torch.isfinite(b.matrix[[0, 1, 3, 4, 5]]).all()
+    assert b.mean_diagonal == pytest.approx(a.mean_diagonal, rel=1e-11)
+    assert b.mean_off_diagonal == pytest.approx(a.mean_off_diagonal, rel=1e-11)
+
+
+def test_torch_response_progress_and_bad_input():
+    torch.manual_seed(48)
+    model = SharedReluCnn(2).double().eval()
+    x = torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    y = torch.tensor([0, 1, 0, 1, 1])
+    calls = []
+    quiet(dynascope.torch_response, model, x, y, chunk_size=2, threads=1,
+          progress=lambda task, done, total: calls.append((task, done, total)))
+    tasks = [t for t, _, _ in calls]
+    assert {"response", "response kernel", "feature space"} == set(tasks)
+    assert all(done <= total for _, done, total in calls) and calls[-1][1] == calls[-1][2]
+
+    class Stop(Exception):
+        pass
+
+    def stop(task, done, total):
+        raise Stop("stopped by the test")
+    with pytest.raises(Stop, match="stopped by the test"):
+        dynascope.torch_response(model, x, y, threads=1, progress=stop)
+
+    R = dynascope.torch_response
+    with pytest.raises(dynascope.InvalidArgument, match="model: expected a torch.nn.Module"):
+        R(dynascope.Mlp.from_torch(make_model((3, 4, 2))), x, y)
+    with pytest.raises(dynascope.InvalidArgument, match="x: dtype float32 differs"):
+        R(model, x.float(), y)
+    with pytest.raises(dynascope.InvalidArgument, match="x: the response needs at least 2 samples"):
+        R(model, x[:1], y[:1])
+    with pytest.raises(dynascope.ShapeMismatch, match=r"targets: expected 5 labels"):
+        R(model, x, y[:4])
+    with pytest.raises(dynascope.InvalidArgument, match="class label 2 at row"):
+        R(model, x, y + 1)
+    with pytest.raises(dynascope.InvalidArgument, match="form: expected 'step' or 'ntk'"):
+        R(model, x, y, form="kernel")
+    with pytest.raises(dynascope.InvalidArgument, match="eta: expected a finite number > 0"):
+        R(model, x, y, eta=float("nan"))
+    with pytest.raises(dynascope.InvalidArgument, match="duplicate_tolerance"):
+        R(model, x, y, duplicate_tolerance=-1.0)
+    with pytest.raises(dynascope.InvalidArgument, match="chunk_size: expected an integer >= 1"):
+        R(model, x, y, chunk_size=0)
+    with pytest.raises(dynascope.InvalidArgument, match="layers: the model has no module named 'conv3'; its modules "
+                                                        "are 'conv1', 'conv2'"):
+        R(model, x, y, layers=["conv3"])
+    with pytest.raises(dynascope.InvalidArgument, match="layers: expected a list of module names"):
+        R(model, x, y, layers="act")
+    unused = SharedReluCnn(2).double().eval()
+    unused.spare = nn.Tanh()
+    with pytest.raises(dynascope.InvalidArgument, match="layers: module 'spare' does not run"):
+        R(unused, x, y, layers=["act", "spare"])
+    assert [f.name for f in quiet(R, unused, x, y, threads=1, progress=False).features] == \
+        ["act (call 1)", "act (call 2)"]      # by default, an activation module that never runs is left out
+    drop = nn.Sequential(nn.Linear(3, 2), nn.Dropout(0.5)).double()
+    with pytest.raises(dynascope.InvalidArgument, match="model.eval()"):
+        R(drop, torch.randn(4, 3, dtype=torch.float64), torch.tensor([0, 1, 0, 1]))
+
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, v):
+            return self.lin(v), v
+    with pytest.raises(dynascope.InvalidArgument, match="model: returns tuple"):
+        R(Pair().double(), torch.randn(4, 3, dtype=torch.float64), torch.tensor([0, 1, 0, 1]))
