@@ -28,8 +28,14 @@ struct Allocator {
 
 enum class LogLevel { debug, info, warning };
 using LogSink = std::function<void(LogLevel level, std::string_view message)>;
-// `done` out of `total` units of `task`; called from the calling thread only.
+// `done` out of `total` units of `task`; called from the calling thread only. A sink may throw
+// (dynascope::Cancelled, say) to stop the computation: the library unwinds cleanly.
 using ProgressSink = std::function<void(std::string_view task, index_t done, index_t total)>;
+// Asked between small units of work (every operator application of an eigensolver, every SGLD
+// step), far more often than progress is reported, from the calling thread only: returning true
+// stops the computation with dynascope::Cancelled (the hook may also throw an exception itself).
+// It must be cheap; a caller that polls something slow throttles it by time itself.
+using CancelCheck = std::function<bool()>;
 
 // What the CUDA runtime says about devices, without ever touching a device when none is usable.
 struct CudaStatus {
@@ -82,8 +88,11 @@ class DYNASCOPE_API Context {
 
   void set_log_sink(LogSink sink);
   void set_progress_sink(ProgressSink sink);
+  void set_cancel_check(CancelCheck check);
   void log(LogLevel level, std::string_view message) const;
   void progress(std::string_view task, index_t done, index_t total) const;
+  // Throws Cancelled when the cancel check says so (no-op without one).
+  void check_cancelled() const;
 
   // Waits for all work queued on the stream (no-op on host).
   void synchronize() const;

@@ -169,6 +169,7 @@ std::shared_ptr<void> Context::allocate_owned(std::size_t bytes) const {
 
 void Context::set_log_sink(LogSink sink) { res_->log = std::move(sink); }
 void Context::set_progress_sink(ProgressSink sink) { res_->progress = std::move(sink); }
+void Context::set_cancel_check(CancelCheck check) { res_->cancel = std::move(check); }
 
 void Context::log(LogLevel level, std::string_view message) const {
   if (res_->log) res_->log(level, message);
@@ -176,6 +177,10 @@ void Context::log(LogLevel level, std::string_view message) const {
 
 void Context::progress(std::string_view task, index_t done, index_t total) const {
   if (res_->progress) res_->progress(task, done, total);
+}
+
+void Context::check_cancelled() const {
+  if (res_->cancel && res_->cancel()) throw Cancelled("cancelled by the caller");
 }
 
 void Context::synchronize() const {

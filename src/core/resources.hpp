@@ -16,6 +16,7 @@ struct Resources {
   Allocator allocator;  // empty: the backend's default
   LogSink log;
   ProgressSink progress;
+  CancelCheck cancel;
 
   std::mutex handle_mutex;
   void* cublas = nullptr;

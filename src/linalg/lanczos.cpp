@@ -70,6 +70,7 @@ void apply_blocks(LinearOperator<T>& op, MatrixView<const T> x, MatrixView<T> y,
   const index_t mb = op.max_block() > 0 ? op.max_block() : x.rows;
   for (index_t r = 0; r < x.rows; r += mb) {
     const index_t k = std::min(mb, x.rows - r);
+    op.context().check_cancelled();   // the caller's Ctrl-C between applications, not only per restart
     op.apply(x.block(r, 0, k, x.cols), y.block(r, 0, k, y.cols));
     matvecs += k;
     if (chunk_done) chunk_done(r + k);

@@ -242,6 +242,7 @@ LlcResult run_chains(const Chains<T>& job) {
   };
 
   for (index_t t = 0; t < total_steps; ++t) {
+    ctx.check_cancelled();   // every step: progress comes only every progress_every steps
     const auto step = static_cast<std::uint32_t>(t);
     if (m > 0) {
       const std::uint64_t seed = o.seed;
