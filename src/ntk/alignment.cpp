@@ -129,7 +129,9 @@ double kernel_distance(MatrixView<const double> k1, MatrixView<const double> k2)
       n2 += k2(i, j) * k2(i, j);
     }
   if (n1 == 0 || n2 == 0) throw InvalidArgument("kernel_distance: a kernel is zero");
-  return 1.0 - dot / (std::sqrt(n1) * std::sqrt(n2));
+  // Cauchy-Schwarz bounds the cosine by 1; rounding can push it a few ulps over (identical kernels
+  // gave -4e-15), and a distance is never negative.
+  return std::max(0.0, 1.0 - dot / (std::sqrt(n1) * std::sqrt(n2)));
 }
 
 std::vector<index_t> energy_ks(index_t m) {
