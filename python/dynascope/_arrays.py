@@ -44,18 +44,28 @@ def host_view(a: Any, name: str) -> Any:
     if is_jax(a):
         devices = {d.platform for d in a.devices()} if hasattr(a, "devices") else {"cpu"}
         if devices != {"cpu"}:
-            raise InvalidArgument(f"{name}: this version of the package computes on the host only; the JAX array "
-                                  f"is on {sorted(devices)}: pass jax.device_get({name})")
+            raise InvalidArgument(f"{name}: dynascope reads JAX arrays on the CPU only (on a GPU, dynascope.ntk "
+                                  f"takes torch CUDA tensors); the JAX array is on {sorted(devices)}: pass "
+                                  f"jax.device_get({name})")
         return np.from_dlpack(a)
     return a
 
 
+def device_of(a: Any) -> str:
+    """Where an array's memory is, as torch names devices: "cpu" or "cuda:N" (torch tensors on a
+    CUDA device). NumPy and JAX CPU arrays are "cpu"."""
+    if is_torch(a) and a.device.type == "cuda":
+        return f"cuda:{a.device.index if a.device.index is not None else 0}"
+    return "cpu"
+
+
 def check_array(a: Any, name: str, ndim: Optional[int], dtype: Optional[str] = None,
-                what: str = "the model's parameters") -> Tuple[str, str]:
+                what: str = "the model's parameters", allow_cuda: bool = False) -> Tuple[str, str]:
     """Checks one input array; returns (framework, dtype name: "float32" or "float64").
 
     ``ndim`` None accepts any rank. ``dtype`` (when given) is the dtype the call needs, that of
-    ``what`` (named in the message).
+    ``what`` (named in the message). ``allow_cuda``: the call computes where the data lives, so
+    torch CUDA tensors are accepted (see :func:`device_of`); else they are refused with the fix.
     Never copies: a wrong dtype or a non-contiguous array gets an error that says how to fix it.
     """
     fw = framework(a, name)
@@ -65,10 +75,10 @@ def check_array(a: Any, name: str, ndim: Optional[int], dtype: Optional[str] = N
         contiguous = a.is_contiguous()
         fix = f"{name}.contiguous()"
         cast = f"{name}.double()"
-        if a.device.type != "cpu":
-            raise InvalidArgument(
-                f"{name}: this version of the package computes on the host only; the tensor is on "
-                f"{a.device}: pass {name}.cpu()")
+        if a.device.type != "cpu" and not (allow_cuda and a.device.type == "cuda"):
+            where = ("this function computes on the host only (dynascope.ntk also takes CUDA tensors)"
+                     if a.device.type == "cuda" else "dynascope computes on the host or on CUDA devices")
+            raise InvalidArgument(f"{name}: {where}; the tensor is on {a.device}: pass {name}.cpu()")
     else:
         view = host_view(a, name) if fw == "jax" else a
         dt = _NUMPY_DTYPES.get(view.dtype)
@@ -99,12 +109,15 @@ def check_finite(a: Any, name: str) -> None:
         raise InvalidArgument(f"{name}: contains NaN or infinite values")
 
 
-def empty(fw: str, shape: Sequence[int], dtype: str) -> Any:
-    """An uninitialised output in a framework the core can write into: torch for torch callers,
-    NumPy for NumPy and JAX callers (JAX arrays are immutable: see `to_framework`)."""
+def empty(fw: str, shape: Sequence[int], dtype: str, device: str = "cpu") -> Any:
+    """An uninitialised output in a framework the core can write into: torch for torch callers
+    (on ``device``, "cpu" or "cuda:N": allocated by torch's own allocator there), NumPy for NumPy
+    and JAX callers (JAX arrays are immutable: see `to_framework`)."""
     if fw == "torch":
         import torch
-        return torch.empty(tuple(shape), dtype=getattr(torch, dtype))
+        return torch.empty(tuple(shape), dtype=getattr(torch, dtype), device=device)
+    if device != "cpu":
+        raise InvalidArgument(f"an output on {device} needs a torch caller")
     return np.empty(tuple(shape), dtype=dtype)
 
 

@@ -7,7 +7,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _core
-from ._arrays import check_array, framework, host_view
+from ._arrays import check_array, device_of, framework, host_view
 from ._core import InvalidArgument, ShapeMismatch
 
 __all__ = ["Mlp"]
@@ -19,9 +19,12 @@ class Mlp:
     ``Mlp("784-512-10", params, activation="relu", parameterization="standard", bias=True)``
 
     * ``spec``: layer widths from input to outputs, e.g. ``"784-512-10"``.
-    * ``params``: 1-D float32/float64 NumPy array or torch CPU tensor, C-contiguous, in
-      ``torch.nn.utils.parameters_to_vector`` order of the equivalent ``nn.Sequential``
-      (W1, b1, W2, b2, ...; each W is [out, in] row-major). It is kept, not copied.
+    * ``params``: 1-D float32/float64 NumPy array, torch tensor (CPU or CUDA) or JAX CPU array,
+      C-contiguous, in ``torch.nn.utils.parameters_to_vector`` order of the equivalent
+      ``nn.Sequential`` (W1, b1, W2, b2, ...; each W is [out, in] row-major). It is kept, not
+      copied. An ``Mlp`` whose parameters are on a CUDA device (see :attr:`device`) works with
+      :func:`dynascope.ntk` on inputs on that device; the other functions compute on the host
+      and ask for :meth:`cpu`.
     * ``activation``: one for every hidden layer: relu, leaky_relu[:slope], abs, tanh, gelu (erf),
       softplus (beta 1, threshold 20), sigmoid, identity.
     * ``parameterization``: "standard" or "ntk".
@@ -45,14 +48,51 @@ class Mlp:
         return self
 
     def _init(self, spec: "_core.MlpSpec", params: Any) -> None:
-        _, dtype = check_array(params, "params", 1)
+        _, dtype = check_array(params, "params", 1, allow_cuda=True)
         if params.shape[0] != spec.num_params:
             raise ShapeMismatch(f"params: the network {spec.arch} has {spec.num_params} parameters, "
                                 f"got {params.shape[0]}")
         self._spec = spec
         self.params = params
-        self.params_view = host_view(params, "params")   # what the core reads (JAX: a NumPy view)
+        self._view = host_view(params, "params")   # what the core reads (JAX: a NumPy view)
         self.dtype = dtype
+
+    @property
+    def params_view(self) -> Any:
+        """The parameters as the host computations read them (JAX: a NumPy view of the same
+        memory). Parameters on a CUDA device are refused with the fix: only :func:`dynascope.ntk`
+        computes there (it reads :attr:`device_params_view`)."""
+        if self.device != "cpu":
+            raise InvalidArgument(f"model: the Mlp's parameters are on {self.device}, and this function computes on "
+                                  f"the host only (dynascope.ntk also computes on CUDA): pass model.cpu()")
+        return self._view
+
+    @property
+    def device_params_view(self) -> Any:
+        """The parameters where they are (host or CUDA), for the computations that run there."""
+        return self._view
+
+    @property
+    def device(self) -> str:
+        """Where the parameters are: "cpu" or "cuda:N" (torch tensors on a CUDA device)."""
+        return device_of(self.params)
+
+    def cpu(self) -> "Mlp":
+        """This model with its parameters on the host: ``self`` when they are there already, else
+        a new ``Mlp`` over one copy (``params.cpu()``)."""
+        if self.device == "cpu":
+            return self
+        return Mlp._from_spec(self._spec, self.params.cpu())
+
+    def to(self, device: Any) -> "Mlp":
+        """This model with torch parameters on ``device`` ("cpu", "cuda", "cuda:1", a
+        ``torch.device``): ``self`` when they are there already, else a new ``Mlp`` over one copy."""
+        from ._arrays import is_torch
+        if not is_torch(self.params):
+            raise InvalidArgument(f"device: only torch parameters move between devices; these are "
+                                  f"{type(self.params).__module__}.{type(self.params).__name__}")
+        moved = self.params.to(device)
+        return self if moved.data_ptr() == self.params.data_ptr() else Mlp._from_spec(self._spec, moved.contiguous())
 
     @classmethod
     def from_pairs(cls, pairs: Sequence[Tuple[Any, Any]], activation: str = "relu",
@@ -120,7 +160,8 @@ class Mlp:
         ``GELU(approximate='none')``, ``Softplus(beta=1, threshold=20)``, ``Sigmoid`` and
         ``Identity``. Two ``Linear`` layers in a row have an identity activation between them. The
         parameters are copied once into a flat vector (``parameters_to_vector`` order), detached,
-        in the model's dtype; the ``Mlp`` does not follow later changes to the model.
+        in the model's dtype and on the model's device (a CUDA model's vector stays on its GPU,
+        never passing through the host); the ``Mlp`` does not follow later changes to the model.
         """
         import torch
         from torch import nn
@@ -164,8 +205,12 @@ class Mlp:
         if len(dtypes) != 1:
             raise InvalidArgument(f"model: parameters of mixed dtypes {sorted(map(str, dtypes))}; convert with "
                                   f"model.double() or model.float()")
+        devices = {str(p.device) for p in model.parameters()}
+        if len(devices) != 1:
+            raise InvalidArgument(f"model: parameters on several devices {sorted(devices)}; move the model to one "
+                                  f"with model.to(device)")
         with torch.no_grad():
-            params = torch.nn.utils.parameters_to_vector(model.parameters()).detach().cpu().contiguous()
+            params = torch.nn.utils.parameters_to_vector(model.parameters()).detach().contiguous()
         spec = _core.MlpSpec(widths, bias, activations, "standard", 1.0)
         return cls._from_spec(spec, params)
 
@@ -197,8 +242,9 @@ class Mlp:
 
     def __repr__(self) -> str:
         acts = ",".join(sorted(set(self.activations))) or "none"
+        where = "" if self.device == "cpu" else f" on {self.device}"
         return (f"dynascope.Mlp({self.arch!r}, activations={acts}, parameterization={self.parameterization!r}, "
-                f"params={self.num_params} {self.dtype})")
+                f"params={self.num_params} {self.dtype}{where})")
 
 
 def _torch_activation(layer: Any, where: str) -> str:

@@ -9,14 +9,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _core
-from ._arrays import check_array, check_finite, empty, framework, from_numpy, host_view, to_framework
+from ._arrays import check_array, check_finite, device_of, empty, framework, from_numpy, host_view, to_framework
 from ._core import InvalidArgument, ShapeMismatch
 from ._mlp import Mlp
-from ._runtime import ProgressArg, progress_callback
+from ._runtime import ProgressArg, check_cuda, cuda_available, cuda_status, cuda_stream, progress_callback
 from ._runtime import threads as _threads
 
+# cuda_available and cuda_status live in _runtime; they are exported here, with the first
+# function that computes on CUDA.
 __all__ = ["ntk", "KernelSummary", "kernel_summary", "kernel_target_alignment", "kernel_eigenvalues",
-           "cumulative_energy", "kernel_distance", "energy_ks"]
+           "cumulative_energy", "kernel_distance", "energy_ks", "cuda_available", "cuda_status"]
 
 
 def ntk(model: Mlp, x1: Any, x2: Any = None, outputs: str = "trace", method: str = "auto",
@@ -24,8 +26,14 @@ def ntk(model: Mlp, x1: Any, x2: Any = None, outputs: str = "trace", method: str
     """The empirical neural tangent kernel of ``model`` between the rows of ``x1`` and ``x2``.
 
     * ``x1`` [N1, D], ``x2`` [N2, D] (None: ``x2 = x1``, computed on the symmetric path): NumPy
-      arrays or torch CPU tensors with the model's dtype (float32 or float64), C-contiguous. They
-      are read in place, never copied.
+      arrays, torch tensors (CPU or CUDA) or JAX CPU arrays with the model's dtype (float32 or
+      float64), C-contiguous. They are read in place, never copied.
+    * CUDA: when ``x1`` is a torch tensor on a CUDA device, the kernel is computed there, on the
+      caller's current stream (``torch.cuda.current_stream(x1.device)``); ``x2`` and the model's
+      parameters must be on the same device (``Mlp.from_torch`` of a CUDA model keeps them
+      there), the result is a torch tensor on that device allocated by torch, and the call waits
+      for the stream before it returns. Needs a dynascope built with CUDA (see
+      :func:`cuda_status`).
     * ``outputs``: "full" [N1, O, N2, O], "diagonal" [N1, N2, O], "trace" [N1, N2] (the sum over
       outputs) or "sum" [N1, N2] (the kernel of the summed output).
     * ``method``: "auto", "structured", "jvp" or "jacobian" (all give the same numbers).
@@ -35,14 +43,24 @@ def ntk(model: Mlp, x1: Any, x2: Any = None, outputs: str = "trace", method: str
     * ``progress``: None (the default: a tqdm bar when tqdm is installed, see
       :func:`dynascope.set_progress`), True, False, or a callable ``(task, done, total)``.
 
-    Returns the kernel in ``x1``'s framework (NumPy in, NumPy out; torch in, torch out), or
-    ``(kernel, [kernel_layer_1, ..., kernel_layer_L])`` when ``per_layer`` is true.
+    Returns the kernel in ``x1``'s framework and on its device (NumPy in, NumPy out; torch in,
+    torch out), or ``(kernel, [kernel_layer_1, ..., kernel_layer_L])`` when ``per_layer`` is true.
     """
     if not isinstance(model, Mlp):
         raise InvalidArgument(f"model: expected a dynascope.Mlp, got {type(model).__name__}")
-    fw, dtype = check_array(x1, "x1", 2, model.dtype)
+    fw, dtype = check_array(x1, "x1", 2, model.dtype, allow_cuda=True)
+    device = device_of(x1)
+    if device != "cpu":
+        check_cuda(device, "x1")   # first: on a host-only build, the fix is x1.cpu()
     if x2 is not None:
-        check_array(x2, "x2", 2, model.dtype)
+        check_array(x2, "x2", 2, model.dtype, allow_cuda=True)
+        if device_of(x2) != device:
+            raise InvalidArgument(f"x2: on {device_of(x2)}, but x1 is on {device}; pass both on one device "
+                                  f"(x2.to(x1.device))")
+    if model.device != device:
+        raise InvalidArgument(f"model: the Mlp's parameters are on {model.device}, but x1 is on {device}; "
+                              f"pass model.to(x1.device) (or model.cpu()), or move x1")
+    stream = cuda_stream(device) if device != "cpu" else 0
     d = model.widths[0]
     for name, x in (("x1", x1), ("x2", x2)):
         if x is not None and x.shape[1] != d:
@@ -50,12 +68,12 @@ def ntk(model: Mlp, x1: Any, x2: Any = None, outputs: str = "trace", method: str
                                 f"got shape {tuple(x.shape)}")
     n2 = x1.shape[0] if x2 is None else x2.shape[0]
     shape = _core.kernel_shape(outputs, x1.shape[0], n2, model.widths[-1])
-    out = empty(fw, shape, dtype)
-    layers = [empty(fw, shape, dtype) for _ in range(len(model.widths) - 1)] if per_layer else []
+    out = empty(fw, shape, dtype, device)
+    layers = [empty(fw, shape, dtype, device) for _ in range(len(model.widths) - 1)] if per_layer else []
     with progress_callback(progress) as report:
-        _core.ntk_into(model._spec, model.params_view, host_view(x1, "x1"),
+        _core.ntk_into(model._spec, model.device_params_view, host_view(x1, "x1"),
                        None if x2 is None else host_view(x2, "x2"), outputs, method, _threads(threads), report,
-                       out, layers)
+                       out, layers, stream)
     if per_layer:
         return to_framework(fw, out), [to_framework(fw, l) for l in layers]
     return to_framework(fw, out)

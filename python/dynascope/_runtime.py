@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Union
 
+from . import _core
 from ._core import InvalidArgument
 
 ProgressArg = Union[None, bool, Callable[[str, int, int], Any]]
@@ -18,6 +19,44 @@ def set_progress(enabled: bool) -> None:
     off for every later call that does not pass ``progress=`` itself."""
     global _default_progress
     _default_progress = bool(enabled)
+
+
+def cuda_status() -> Dict[str, Any]:
+    """What the library knows about CUDA: ``{"built": bool, "device_count": int, "reason": str}``.
+
+    ``built``: this dynascope was compiled with the CUDA backend (``pip install .`` does so when
+    nvcc is found). ``device_count``: the devices it can use (0 without a GPU or driver), and
+    ``reason`` says why none when there is none. Never touches a device when none is usable, and
+    does not need PyTorch.
+    """
+    return dict(_core.cuda_status())
+
+
+def cuda_available() -> bool:
+    """True when the library has the CUDA backend and at least one usable device; then
+    :func:`dynascope.ntk` computes on CUDA tensors where they are."""
+    return bool(_core.cuda_available())
+
+
+def check_cuda(device: str, name: str) -> None:
+    """Refuses, with the fix, a CUDA array ``name`` on ``device`` when this build has no CUDA
+    backend or no usable device (before anything is allocated there)."""
+    st = _core.cuda_status()
+    if not st["built"]:
+        raise InvalidArgument(f"{name}: the tensor is on {device}, but this dynascope was built without the CUDA "
+                              f"backend: pass {name}.cpu() (and model.cpu()), or reinstall it where nvcc is on the "
+                              f"PATH (pip install .)")
+    if st["device_count"] == 0:
+        reason = st["reason"].split("; use --backend host")[0]   # the command line's advice, not Python's
+        raise InvalidArgument(f"{name}: the tensor is on {device}, but the library sees no usable CUDA device "
+                              f"({reason}): pass {name}.cpu()")
+
+
+def cuda_stream(device: str) -> int:
+    """The caller's current CUDA stream on ``device`` (torch's ``current_stream``), as the integer
+    handle the core queues its work on; 0 is the default stream."""
+    import torch
+    return int(torch.cuda.current_stream(torch.device(device)).cuda_stream)
 
 
 def threads(value: Optional[int]) -> int:

@@ -1,7 +1,9 @@
 // The runner (GIL, progress, Ctrl-C) and the exception types shared by every binding.
 #include "common.hpp"
 
+#include <cstdint>
 #include <exception>
+#include <string>
 
 namespace dynascope::python {
 
@@ -21,7 +23,42 @@ PyObject* new_exception(nb::module_& m, const char* name, PyObject* base, PyObje
 }
 }  // namespace
 
-Runner::Runner(int threads, nb::handle progress) : ctx_(Context::host(threads)) {
+namespace {
+Context make_context(int threads, const Placement& where, std::uintptr_t stream) {
+  if (where.backend != Backend::cuda) return Context::host(threads);
+  // cudaStreamLegacy ((cudaStream_t)0x1, driver_types.h; no CUDA header here): the legacy default
+  // stream by an explicit handle. A null stream would make Context::cuda create a stream of its
+  // own, unordered with the caller's work on the default stream.
+  void* s = stream == 0 ? reinterpret_cast<void*>(std::uintptr_t{1}) : reinterpret_cast<void*>(stream);
+  return Context::cuda(where.device, s);
+}
+}  // namespace
+
+std::string placement_name(const Placement& p) {
+  return p.backend == Backend::cuda ? "cuda:" + std::to_string(p.device) : std::string("cpu");
+}
+
+Placement placement(int device_type, int device_id, const char* name) {
+  if (device_type == nb::device::cpu::value) return {Backend::host, 0};
+  if (device_type == nb::device::cuda::value) return {Backend::cuda, device_id};
+  const char* kind = device_type == nb::device::cuda_host::value      ? "pinned CUDA host"
+                     : device_type == nb::device::cuda_managed::value ? "CUDA managed"
+                     : device_type == nb::device::rocm::value         ? "ROCm"
+                                                                      : "non-CPU, non-CUDA";
+  throw InvalidArgument(std::string(name) + ": the array is in " + kind + " memory (DLPack device type " +
+                        std::to_string(device_type) + "); pass a CPU array or a CUDA device array");
+}
+
+void require_placement(const Placement& expected, const Placement& got, const char* name, const char* first) {
+  if (got == expected) return;
+  throw InvalidArgument(std::string(name) + ": on " + placement_name(got) + ", but " + first + " is on " +
+                        placement_name(expected) + "; every array of one call must be on one device");
+}
+
+Runner::Runner(int threads, nb::handle progress) : Runner(threads, progress, Placement{}, 0) {}
+
+Runner::Runner(int threads, nb::handle progress, const Placement& where, std::uintptr_t stream)
+    : ctx_(make_context(threads, where, stream)) {
   if (!progress.is_none()) progress_ = nb::borrow(progress);
   ctx_.set_progress_sink([this](std::string_view task, index_t done, index_t total) {
     nb::gil_scoped_acquire gil;

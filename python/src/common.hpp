@@ -11,9 +11,11 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 
 #include "dynascope/context.hpp"
@@ -33,6 +35,33 @@ template <class T> using Out = nb::ndarray<T, nb::c_contig, nb::device::cpu>;
 template <class T> using Out1 = nb::ndarray<T, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 template <class T> using Out2 = nb::ndarray<T, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 
+// The same without a device constraint: host or CUDA memory (torch CUDA tensors, any DLPack
+// array), for the bindings that compute where the caller's data lives. The binding finds out where
+// with `placement` and checks that every array of a call is in one place.
+template <class T> using DevIn1 = nb::ndarray<const T, nb::ndim<1>, nb::c_contig>;
+template <class T> using DevIn2 = nb::ndarray<const T, nb::ndim<2>, nb::c_contig>;
+template <class T> using DevIn = nb::ndarray<const T, nb::c_contig>;
+template <class T> using DevOut = nb::ndarray<T, nb::c_contig>;
+
+// Where an array's memory lives, in the library's terms (the backend and device of its views).
+struct Placement {
+  Backend backend = Backend::host;
+  int device = 0;  // the cuda device; 0 on the host
+  bool operator==(const Placement&) const = default;
+};
+// "cpu" or "cuda:N", as torch names devices.
+std::string placement_name(const Placement& p);
+// From DLPack's device type and id; InvalidArgument naming `name` for anything but host (kDLCPU)
+// or CUDA device memory (kDLCUDA): pinned host, managed, ROCm, ... memory is refused.
+Placement placement(int device_type, int device_id, const char* name);
+template <class A>
+Placement placement_of(const A& a, const char* name) {
+  return placement(a.device_type(), a.device_id(), name);
+}
+// InvalidArgument unless `got` (the array `name`'s place) is `expected` (that of `first`):
+// one call computes in one place.
+void require_placement(const Placement& expected, const Placement& got, const char* name, const char* first);
+
 template <class T>
 MatrixView<const T> view2(const In2<T>& a) {
   return matrix_view(a.data(), static_cast<index_t>(a.shape(0)), static_cast<index_t>(a.shape(1)));
@@ -43,7 +72,8 @@ MatrixView<T> view2(Out2<T>& a) {
 }
 
 // Runs library code with the GIL released on a host context with `threads` threads (0: OpenMP's
-// default). The context's progress sink takes the GIL, checks for signals (Ctrl-C) and calls
+// default), or on a cuda context (Context::cuda) for a Placement on a CUDA device. The context's
+// progress sink takes the GIL, checks for signals (Ctrl-C) and calls
 // `progress(task: str, done: int, total: int)` when it is not None. When either raises, the sink
 // throws dynascope::Cancelled, the library unwinds, and the Python exception (KeyboardInterrupt,
 // or whatever the callable raised) is re-raised to the caller.
@@ -51,9 +81,17 @@ MatrixView<T> view2(Out2<T>& a) {
 // Use: `Runner run(threads, progress); run([&](const Context& ctx) { ... });`. A Python callback
 // called from inside the computation (an operator's matvec, an LLC loss) takes the GIL itself
 // (nb::gil_scoped_acquire) and reports its exception through `run.fail()`.
+//
+// On CUDA the library's kernels, copies and cuBLAS calls are queued on the caller's stream
+// (`stream`: a cudaStream_t as an integer, e.g. torch.cuda.current_stream().cuda_stream), so they
+// run after the work that produced the inputs; stream 0 is the legacy default stream (torch's
+// default stream), not a stream of the library's own. `run(...)` synchronizes that stream before
+// it returns, so the outputs are complete when Python sees them; on an exception it still waits
+// for the queued work (best effort) before the caller's buffers can be freed.
 class Runner {
  public:
   Runner(int threads, nb::handle progress);
+  Runner(int threads, nb::handle progress, const Placement& where, std::uintptr_t stream);
   Runner(const Runner&) = delete;             // the context's sink points at this object
   Runner& operator=(const Runner&) = delete;
 
@@ -70,7 +108,15 @@ class Runner {
   decltype(auto) operator()(F&& fn) {
     try {
       nb::gil_scoped_release nogil;
-      return std::forward<F>(fn)(static_cast<const Context&>(ctx_));
+      Drain drain{ctx_};
+      if constexpr (std::is_void_v<std::invoke_result_t<F, const Context&>>) {
+        std::forward<F>(fn)(static_cast<const Context&>(ctx_));
+        drain.now();
+      } else {
+        decltype(auto) result = std::forward<F>(fn)(static_cast<const Context&>(ctx_));
+        drain.now();
+        return result;
+      }
     } catch (const Cancelled&) {
       rethrow_pending();
       throw;
@@ -78,6 +124,24 @@ class Runner {
   }
 
  private:
+  // Waits for the context's stream (a no-op on the host): `now()` on success, where a failure of
+  // the queued work is reported; the destructor on unwinding, where it is swallowed (the first
+  // exception is the one to report).
+  struct Drain {
+    const Context& ctx;
+    bool done = false;
+    void now() {
+      done = true;
+      ctx.synchronize();
+    }
+    ~Drain() {
+      if (done) return;
+      try {
+        ctx.synchronize();
+      } catch (...) {
+      }
+    }
+  };
   void rethrow_pending();   // GIL held: re-raises the recorded Python exception, if any
   Context ctx_;
   nb::object progress_;

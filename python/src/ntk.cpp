@@ -23,19 +23,28 @@ using namespace nb::literals;
 namespace {
 
 // The kernel as the row-major matrix the library writes, over the caller's buffer of the
-// kernel's tensor shape (same elements, same order).
+// kernel's tensor shape (same elements, same order), in the caller's memory (host or CUDA).
 template <class T>
-MatrixView<T> kernel_view(Out<T>& out, const ntk::KernelShape& shape, const char* name) {
+MatrixView<T> kernel_view(DevOut<T>& out, const ntk::KernelShape& shape, const Placement& where, const char* name) {
   if (static_cast<index_t>(out.size()) != shape.rows * shape.cols)
     throw InvalidArgument(std::string(name) + ": expected " + std::to_string(shape.rows * shape.cols) +
                           " elements, got " + std::to_string(out.size()));
-  return matrix_view(out.data(), shape.rows, shape.cols);
+  return matrix_view(out.data(), shape.rows, shape.cols, where.backend, where.device);
 }
 
 template <class T>
-void ntk_into(const model::MlpSpec& spec, In1<T> params, In2<T> x1, std::optional<In2<T>> x2,
-              const std::string& outputs, const std::string& method, int threads, nb::handle progress, Out<T> out,
-              std::vector<Out<T>> per_layer) {
+MatrixView<const T> device_view2(const DevIn2<T>& a, const Placement& where) {
+  return matrix_view(a.data(), static_cast<index_t>(a.shape(0)), static_cast<index_t>(a.shape(1)), where.backend,
+                     where.device);
+}
+
+// Computes where x1 lives: on the host, or on its CUDA device with the caller's `stream` (see
+// Runner), reading params, x1 and x2 and writing out and per_layer in place. Every array must be
+// where x1 is (the Python layer says so first, with the fix; this is the binding's own check).
+template <class T>
+void ntk_into(const model::MlpSpec& spec, DevIn1<T> params, DevIn2<T> x1, std::optional<DevIn2<T>> x2,
+              const std::string& outputs, const std::string& method, int threads, nb::handle progress, DevOut<T> out,
+              std::vector<DevOut<T>> per_layer, std::uintptr_t stream) {
   ntk::NtkOptions options;
   options.outputs = ntk::parse_outputs(outputs);
   options.method = ntk::parse_method(method);
@@ -43,17 +52,23 @@ void ntk_into(const model::MlpSpec& spec, In1<T> params, In2<T> x1, std::optiona
   if (static_cast<index_t>(params.shape(0)) != spec.num_params())
     throw ShapeMismatch("params: the network " + spec.arch_string() + " has " + std::to_string(spec.num_params()) +
                         " parameters, got " + std::to_string(params.shape(0)));
+  const Placement where = placement_of(x1, "x1");
+  require_placement(where, placement_of(params, "params"), "params", "x1");
+  if (x2) require_placement(where, placement_of(*x2, "x2"), "x2", "x1");
+  require_placement(where, placement_of(out, "out"), "out", "x1");
+  for (const auto& l : per_layer) require_placement(where, placement_of(l, "per_layer"), "per_layer", "x1");
   const index_t n1 = static_cast<index_t>(x1.shape(0));
   const index_t n2 = x2 ? static_cast<index_t>(x2->shape(0)) : n1;
   const auto shape = ntk::kernel_shape(options.outputs, n1, n2, spec.outputs());
-  MatrixView<T> out_view = kernel_view(out, shape, "out");
+  MatrixView<T> out_view = kernel_view(out, shape, where, "out");
   std::vector<MatrixView<T>> layer_views;
-  for (auto& l : per_layer) layer_views.push_back(kernel_view(l, shape, "per_layer"));
+  for (auto& l : per_layer) layer_views.push_back(kernel_view(l, shape, where, "per_layer"));
   std::optional<MatrixView<const T>> x2_view;
-  if (x2) x2_view = view2(*x2);
-  Runner run(threads, progress);
+  if (x2) x2_view = device_view2(*x2, where);
+  const MatrixView<const T> x1_view = device_view2(x1, where);
+  Runner run(threads, progress, where, stream);
   run([&](const Context& ctx) {
-    ntk::empirical_ntk_into<T>(ctx, spec, params.data(), view2(x1), x2_view, options, out_view, layer_views);
+    ntk::empirical_ntk_into<T>(ctx, spec, params.data(), x1_view, x2_view, options, out_view, layer_views);
   });
 }
 
@@ -127,6 +142,22 @@ std::vector<double> energy_from_vectors(In2<T> vectors, In2<double> y, const std
 }  // namespace
 
 void register_ntk(nb::module_& m) {
+  // The library's view of CUDA (here because dynascope.ntk is the package's first CUDA path).
+  m.def(
+      "cuda_status",
+      [] {
+        const CudaStatus st = cuda_status();
+        nb::dict d;
+        d["built"] = st.built;
+        d["device_count"] = st.device_count;
+        d["reason"] = st.reason;
+        return d;
+      },
+      "{'built', 'device_count', 'reason'}: whether the library has the CUDA backend, how many devices it "
+      "can use, and why none when none (never touches a device when none is usable).");
+  m.def("cuda_available", [] { return cuda_available(); },
+        "True when the library has the CUDA backend and at least one usable device.");
+
   m.def(
       "kernel_shape",
       [](const std::string& outputs, index_t n1, index_t n2, index_t o) {
@@ -135,12 +166,15 @@ void register_ntk(nb::module_& m) {
       "outputs"_a, "n1"_a, "n2"_a, "o"_a, "The NTK's tensor shape for an output mode.");
 
   // float32 first, then float64: with noconvert, nanobind picks the overload matching the dtype.
+  // Arrays on the host or one CUDA device (all of them in one place); `stream`: the caller's
+  // cudaStream_t as an integer (0: the default stream), ignored on the host.
   m.def("ntk_into", &ntk_into<float>, "spec"_a, "params"_a.noconvert(), "x1"_a.noconvert(),
         "x2"_a.noconvert().none(), "outputs"_a, "method"_a, "threads"_a, "progress"_a.none(), "out"_a.noconvert(),
-        "per_layer"_a.noconvert(), "Writes the empirical NTK into `out` (and per-layer kernels into `per_layer`).");
+        "per_layer"_a.noconvert(), "stream"_a = 0,
+        "Writes the empirical NTK into `out` (and per-layer kernels into `per_layer`), where x1 lives.");
   m.def("ntk_into", &ntk_into<double>, "spec"_a, "params"_a.noconvert(), "x1"_a.noconvert(),
         "x2"_a.noconvert().none(), "outputs"_a, "method"_a, "threads"_a, "progress"_a.none(), "out"_a.noconvert(),
-        "per_layer"_a.noconvert());
+        "per_layer"_a.noconvert(), "stream"_a = 0);
 
   m.def("kernel_target_alignment", &alignment<float>, "kernel"_a.noconvert(), "y"_a.noconvert(), "centered"_a,
         "Kernel-target alignment of a square kernel [M, M] with float64 targets [M, C].");
@@ -157,12 +191,12 @@ void register_ntk(nb::module_& m) {
         "E_k of float64 targets [M, C] in the leading eigenvectors (rows of `vectors` [k, M]).");
   m.def("cumulative_energy", &energy_from_vectors<double>, "vectors"_a.noconvert(), "y"_a.noconvert(), "ks"_a);
 
-  // The address nanobind hands to C++ for an input, without conversion: the tests compare it with
-  // the caller's data pointer to check that inputs are never copied.
-  m.def("input_address", [](nb::ndarray<const float, nb::c_contig, nb::device::cpu> a) {
-          return reinterpret_cast<std::uintptr_t>(a.data()); }, "a"_a.noconvert());
-  m.def("input_address", [](nb::ndarray<const double, nb::c_contig, nb::device::cpu> a) {
-          return reinterpret_cast<std::uintptr_t>(a.data()); }, "a"_a.noconvert());
+  // The address nanobind hands to C++ for an input (host or CUDA), without conversion: the tests
+  // compare it with the caller's data pointer to check that inputs are never copied.
+  m.def("input_address", [](DevIn<float> a) { return reinterpret_cast<std::uintptr_t>(a.data()); },
+        "a"_a.noconvert());
+  m.def("input_address", [](DevIn<double> a) { return reinterpret_cast<std::uintptr_t>(a.data()); },
+        "a"_a.noconvert());
 }
 
 }  // namespace dynascope::python
