@@ -6,10 +6,18 @@ in the folder, named relative to it), seed and loss, so that ``dynascope lc|llc|
 --checkpoints DIR`` measure a run trained in PyTorch, JAX or NumPy without data flags. The CSVs that
 share a name with the demo's (train.csv, lc.csv, llc.csv, elasticity.csv, response.csv) have its
 columns and number formats, so one reader reads both.
+
+Any other ``torch.nn.Module`` (a CNN) is tracked too: its checkpoints are its ``state_dict`` as
+safetensors, and the built-in measures go through the package's generic torch paths
+(torch_ntk, torch_curvature_operator, local_complexity with hooks, torch_loss_grad,
+torch_elasticity, torch_response). The command line cannot run such checkpoints; report.json
+says which kind of network a run holds (``network.kind``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import inspect
 import json
@@ -17,7 +25,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -26,7 +34,7 @@ from ._arrays import framework, host_view, is_torch
 from ._core import InvalidArgument, ShapeMismatch
 from ._mlp import Mlp
 
-__all__ = ["Tracker", "load_checkpoint", "save_checkpoint"]
+__all__ = ["Tracker", "load_checkpoint", "save_checkpoint", "save_state_dict", "load_state_dict"]
 
 # The files of a run: the CLI's (training_run.cpp, prepare_out_dir) and the Tracker's data files.
 _RUN_FILES = ("train.csv", "report.json", "lc.csv", "llc.csv", "elasticity.csv", "elasticity_first.npy",
@@ -35,16 +43,31 @@ _RUN_FILES = ("train.csv", "report.json", "lc.csv", "llc.csv", "elasticity.csv",
 # names them (a user's own inputs.npy in the folder is never removed nor replaced).
 _DATA_FILES = ("inputs.npy", "targets.npy")
 
-# Built-in measures: the package function each calls, whether it needs targets, and the default
-# number of samples it measures (the first N of the data; None: all), as the CLI's defaults.
-# elasticity and response compute in float64 unless their `dtype` option says otherwise, as the CLI.
+# The kinds of network a run holds (report.json's network.kind): an MLP the command line can run,
+# or any other torch module, measured through the package's generic torch paths.
+_MLP, _MODULE = "mlp", "torch_module"
+
+# Built-in measures: whether each needs targets, and the default number of samples it measures
+# (the first N of the data; None: all), as the CLI's defaults. elasticity and response compute in
+# float64 unless their `dtype` option says otherwise, as the CLI.
 _BUILTIN = {
-    "ntk": ("ntk", False, 64),
-    "lc": ("local_complexity", False, None),
-    "llc": ("llc", True, None),
-    "elasticity": ("elasticity", True, 512),
-    "response": ("response", True, 128),
-    "hessian": ("eigsh", True, None),
+    "ntk": (False, 64),
+    "lc": (False, None),
+    "llc": (True, None),
+    "elasticity": (True, 512),
+    "response": (True, 128),
+    "hessian": (True, None),
+}
+# The package functions each built-in measure calls, per kind of network (report.json records them
+# as the measure's `calls`).
+_CALLS = {
+    "ntk": {_MLP: ("ntk", "kernel_summary", "kernel_distance"),
+            _MODULE: ("torch_ntk", "kernel_summary", "kernel_distance")},
+    "lc": {_MLP: ("local_complexity",), _MODULE: ("local_complexity",)},
+    "llc": {_MLP: ("llc",), _MODULE: ("torch_loss_grad", "llc")},
+    "elasticity": {_MLP: ("elasticity",), _MODULE: ("torch_elasticity",)},
+    "response": {_MLP: ("response",), _MODULE: ("torch_response",)},
+    "hessian": {_MLP: ("eigsh", "curvature_operator"), _MODULE: ("torch_curvature_operator", "eigsh")},
 }
 _FLOAT64_BY_DEFAULT = ("elasticity", "response")
 # Index lists written to a callable measure's CSV as their length, as the CLI's columns count them.
@@ -53,6 +76,11 @@ _COUNTED = ("undefined_sources", "unresolved_sources")
 _CSV_SKIPPED = ("self_change", "source_rows", "target_rows", "class_pairs", "loss_trace", "distance_trace")
 # Per-measure keys of report.json's rows that no CSV has (the CLI's files have no timing column).
 _NOT_IN_CSV = ("seconds", "checkpoint")
+
+# state_dict entries of these torch dtypes are stored widened (exactly) to a dtype safetensors
+# files here hold, and the metadata "torch_dtypes" records the original for load_state_dict.
+_WIDENED = {"bool": "uint8", "int8": "int32", "int16": "int32", "float16": "float32", "bfloat16": "float32"}
+_STORED = ("float32", "float64", "int32", "int64", "uint8")
 
 # Arrays with more elements than this are left out of report.json (the rows stay readable).
 _JSON_ARRAY_LIMIT = 4096
@@ -66,7 +94,7 @@ def save_checkpoint(path: str, model: Mlp, metadata: Optional[Dict[str, str]] = 
     if not isinstance(model, Mlp):
         raise InvalidArgument(f"model: expected a dynascope.Mlp, got {type(model).__name__}")
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-    _core.save_mlp(os.fspath(path), model._spec, model.params_view, meta)
+    _core.save_mlp(os.fspath(path), model._spec, model.cpu().params_view, meta)
 
 
 def load_checkpoint(path: str, dtype: Optional[str] = None, activation: str = "",
@@ -78,12 +106,103 @@ def load_checkpoint(path: str, dtype: Optional[str] = None, activation: str = ""
     * ``activation``, ``parameterization``: override the file's metadata ("" keeps it; a file
       with hidden layers and no activation metadata needs ``activation``).
 
-    Returns a :class:`dynascope.Mlp` whose parameters are a NumPy array.
+    Returns a :class:`dynascope.Mlp` whose parameters are a NumPy array. A checkpoint of another
+    torch module (a Tracker run of a CNN) is refused: read it with :func:`load_state_dict`.
     """
     if dtype not in (None, "float32", "float64"):
         raise InvalidArgument(f"dtype: expected None, 'float32' or 'float64', got {dtype!r}")
+    meta = _file_metadata(os.fspath(path))
+    if meta.get("network") == _MODULE:
+        raise InvalidArgument(
+            f"path: '{os.fspath(path)}' is the state_dict of a torch module ({meta.get('class', 'unknown class')}), "
+            f"not an MLP: load_checkpoint (and the command line's --model / --checkpoints) read MLPs only; load it "
+            f"into your module with dynascope.load_state_dict(path, module)")
     spec, params = _core.load_mlp(os.fspath(path), dtype or "", activation, parameterization)
     return Mlp._from_spec(spec, params)
+
+
+def save_state_dict(path: str, module: Any, metadata: Optional[Dict[str, str]] = None) -> None:
+    """Writes a ``torch.nn.Module``'s ``state_dict()`` (parameters and buffers, by their names) as
+    a safetensors file, atomically, as the Tracker writes the checkpoints of a module that is not an
+    MLP. The metadata holds ``format`` "pt", ``network`` "torch_module", ``class`` (the module's
+    qualified class name) and the string pairs of ``metadata``. Tensors keep their dtype, except
+    bool (stored as uint8), int8/int16 (int32) and float16/bfloat16 (float32), widened exactly and
+    recorded in the metadata ``torch_dtypes`` so that :func:`load_state_dict` restores them; other
+    dtypes (complex, quantized) are refused. The file is also readable by
+    ``safetensors.torch.load_file``."""
+    tensors, meta = _state_dict_tensors(module, "module")
+    meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
+    _core.write_safetensors(os.fspath(path), tensors, meta)
+
+
+def load_state_dict(path: str, module: Any = None, strict: bool = True) -> Any:
+    """Reads a safetensors file (a Tracker checkpoint of a torch module, or any safetensors file)
+    as torch CPU tensors, in the dtypes :func:`save_state_dict` recorded.
+
+    * ``module``: None returns the ``{name: tensor}`` dict; a ``torch.nn.Module`` gets it through
+      ``module.load_state_dict(state, strict=strict)`` (tensors are copied into the module's, on its
+      device) and is returned.
+    """
+    import torch
+    meta, tensors = _core.read_safetensors(os.fspath(path))
+    dtypes = json.loads(meta.get("torch_dtypes", "{}"))
+    state = {}
+    for name, a in tensors:
+        t = torch.from_numpy(a)
+        if name in dtypes:
+            t = t.to(getattr(torch, dtypes[name]))
+        state[name] = t
+    if module is None:
+        return state
+    if not _is_torch_module(module):
+        raise InvalidArgument(f"module: expected a torch.nn.Module (or None for the dict), got {type(module).__name__}")
+    module.load_state_dict(state, strict=strict)
+    return module
+
+
+def _state_dict_tensors(module: Any, name: str) -> Tuple[List[Tuple[str, np.ndarray]], Dict[str, str]]:
+    """The module's state_dict as (name, NumPy array) pairs in the dtypes safetensors files here
+    hold, and the checkpoint metadata."""
+    import torch
+    tensors: List[Tuple[str, np.ndarray]] = []
+    widened: Dict[str, str] = {}
+    for key, t in module.state_dict().items():
+        if not isinstance(t, torch.Tensor):
+            raise InvalidArgument(f"{name}: state_dict entry '{key}' is a {type(t).__name__}, not a tensor; the "
+                                  f"checkpoints hold tensors only (pass checkpoints=False)")
+        dt = str(t.dtype).replace("torch.", "")
+        if dt in _WIDENED:
+            widened[key] = dt
+            t = t.to(getattr(torch, _WIDENED[dt]))
+        elif dt not in _STORED:
+            raise InvalidArgument(f"{name}: state_dict entry '{key}' is {dt}, which the checkpoints cannot hold "
+                                  f"(float32, float64, int32, int64, uint8, and bool, int8, int16, float16, bfloat16 "
+                                  f"widened); pass checkpoints=False")
+        # torch's contiguous(), not numpy.ascontiguousarray, which makes a 0-d entry 1-d.
+        tensors.append((key, t.detach().cpu().contiguous().numpy()))
+    meta = {"format": "pt", "network": _MODULE, "class": _class_name(module)}
+    if widened:
+        meta["torch_dtypes"] = json.dumps(widened, sort_keys=True)
+    return tensors, meta
+
+
+def _class_name(obj: Any) -> str:
+    t = type(obj)
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def _file_metadata(path: str) -> Dict[str, str]:
+    """A safetensors file's metadata, from its JSON header alone ({} when unreadable: the reader
+    that follows says why)."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= 100_000_000:
+                return {}
+            meta = json.loads(f.read(n)).get("__metadata__")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 class Tracker:
@@ -92,36 +211,46 @@ class Tracker:
 
     ``Tracker(model, data, every=100, measures=(), out_dir="dynascope-run", ...)``
 
-    * ``model``: what is trained. A ``torch.nn.Sequential`` of ``Linear`` layers and supported
-      activations (read at every checkpoint through :meth:`dynascope.Mlp.from_torch`), a
+    * ``model``: what is trained. An MLP: a ``torch.nn.Sequential`` of ``Linear`` layers and
+      supported activations (read at every checkpoint through :meth:`dynascope.Mlp.from_torch`), a
       :class:`dynascope.Mlp` whose ``params`` the loop updates in place, or a callable with no
       arguments returning the current :class:`dynascope.Mlp` (JAX/Flax: ``lambda:
-      dynascope.Mlp.from_pairs(...)``). Checkpoints and the built-in measures need an MLP; any
-      other model (a CNN) is tracked with ``checkpoints=False`` and callable measures only.
+      dynascope.Mlp.from_pairs(...)``). Or any other ``torch.nn.Module`` (a CNN): its checkpoints
+      are its ``state_dict`` (:func:`save_state_dict`), which the command line cannot run, and the
+      built-in measures use the package's generic torch functions, with the module in eval mode
+      during the measure (its modes are restored after). Any other object is tracked with
+      ``checkpoints=False`` and callable measures only.
     * ``data``: ``(inputs, targets)`` or ``inputs`` alone: NumPy, torch or JAX arrays. Inputs
-      [N, D...] (trailing dimensions flattened, as the CLI does); targets [N] integer class labels in
-      [0, outputs) or [N] / [N, O] floats. Copied once, in the model's dtype, and written to
-      ``out_dir/inputs.npy`` and ``out_dir/targets.npy``, which ``report.json`` names as the run's data.
+      [N, D...] (for an MLP trailing dimensions flattened, as the CLI does; a torch module gets
+      them in their shape); targets [N] integer class labels in [0, outputs) or [N, O] floats ([N]
+      for one output). Copied once, in the model's dtype, and written to ``out_dir/inputs.npy`` and
+      ``out_dir/targets.npy``, which ``report.json`` names as the run's data.
     * ``every``: checkpoint when ``step % every == 0``; 0: the first step seen and the last only
       (as the CLI's ``--save-every``).
     * ``measures``: what to measure at each checkpoint. Each item is a built-in measure's name, a
       ``(name, options)`` pair, a callable ``fn(model, step)`` returning a number, a dict or a
       dataclass, or a ``(name, callable)`` pair; a dict ``{name: options}`` works too. Built-in:
-      ``"ntk"`` (:func:`dynascope.ntk`'s trace kernel: trace, frobenius, top-``k`` eigenvalues,
-      kta, kta_centered, distance_to_init), ``"lc"`` (:func:`dynascope.local_complexity`),
-      ``"llc"``, ``"elasticity"``, ``"response"`` (those functions) and ``"hessian"``
-      (:func:`dynascope.eigsh` of :func:`dynascope.curvature_operator`). Options are the
-      function's keyword arguments (named as the CLI's flags) plus ``samples``: the first N
-      samples (defaults: ntk 64, elasticity 512, response 128, the others all), and ``dtype``
-      ("float32" or "float64": a copy of the network and data in that precision; default the
-      model's, float64 for elasticity and response as the CLI). The CSVs of lc, llc, elasticity
-      and response have the CLI's columns and number format (lc: the training points' rows).
+      ``"ntk"`` (:func:`dynascope.ntk`'s, or :func:`dynascope.torch_ntk`'s, trace kernel through
+      :func:`dynascope.kernel_summary`: trace, frobenius, top-``k`` eigenvalues, kta,
+      kta_centered, and :func:`dynascope.kernel_distance` to the first checkpoint's kernel),
+      ``"lc"`` (:func:`dynascope.local_complexity`), ``"llc"`` (:func:`dynascope.llc`, of
+      :func:`dynascope.torch_loss_grad` for a module), ``"elasticity"``, ``"response"``
+      (:func:`dynascope.elasticity` / :func:`dynascope.response`, or ``torch_elasticity`` /
+      ``torch_response``) and ``"hessian"`` (:func:`dynascope.eigsh` of
+      :func:`dynascope.curvature_operator`, or of :func:`dynascope.torch_curvature_operator`).
+      Options are the function's keyword arguments (named as the CLI's flags) plus ``samples``:
+      the first N samples (defaults: ntk 64, elasticity 512, response 128, the others all), and
+      ``dtype`` ("float32" or "float64": a copy of the network and data in that precision; default
+      the model's, float64 for elasticity and response as the CLI). The CSVs of lc, llc,
+      elasticity and response have the CLI's columns and number format (lc: the training points'
+      rows). Rows hold plain Python values (see :attr:`rows`).
     * ``out_dir``: the run folder (created when missing). One that already holds a run is refused
       unless ``overwrite=True``, which removes exactly the run's files first (as ``--overwrite``).
     * ``loss``: "mse" or "xent" (None: xent for class labels, mse for float targets), recorded as
       the run's loss and passed to the measures that take one.
     * ``seed``: recorded as the run's seed and passed to the measures that take one.
-    * ``checkpoints``: write ``step_XXXXXXX.safetensors`` at each checkpoint (needs an MLP).
+    * ``checkpoints``: write ``step_XXXXXXX.safetensors`` at each checkpoint (an MLP, or a torch
+      module's state_dict).
     * ``config``: extra JSON-serialisable entries for ``report.json``'s ``config`` (the optimizer,
       learning rate, ...).
     * ``threads``, ``progress``: passed to every measure (``progress=False`` by default: no bars
@@ -161,20 +290,23 @@ class Tracker:
             try:
                 mlp = self._current_mlp()
             except (InvalidArgument, ShapeMismatch) as e:
-                why = str(e)   # e.g. a Sequential CNN: tracked with checkpoints=False only
-        if self.checkpoints and mlp is None:
+                why = str(e)   # e.g. a Sequential CNN: a torch module, tracked through the generic paths
+        # What the run holds: an MLP (the command line runs its checkpoints), any other torch module
+        # (state_dict checkpoints, generic measures), or None (callable measures only).
+        self.kind: Optional[str] = _MLP if mlp is not None else (_MODULE if _is_torch_module(model) else None)
+        self._not_mlp = None if mlp is not None else why
+        if self.checkpoints and self.kind is None:
             raise InvalidArgument(
                 f"model: the run folder's checkpoints need an MLP (a torch.nn.Sequential of Linear layers and "
-                f"supported activations, a dynascope.Mlp, or a callable returning one); {why}; pass "
-                f"checkpoints=False to track another model with callable measures only")
+                f"supported activations, a dynascope.Mlp, or a callable returning one) or a torch.nn.Module; {why}; "
+                f"pass checkpoints=False to track another model with callable measures only")
+        if self.checkpoints and self.kind == _MODULE:
+            _state_dict_tensors(model, "model")   # refuses what the checkpoints cannot hold, before any file
         self._first_spec = mlp._spec if mlp is not None else None
         self.dtype = mlp.dtype if mlp is not None else _model_dtype(model)
-        self._fw = "torch" if mlp is not None and is_torch(mlp.params) else "numpy"
-        self._x, self._y, self.task = _prepare_data(data, self.dtype, mlp)
+        self._fw = "torch" if self.kind == _MODULE or (mlp is not None and is_torch(mlp.params)) else "numpy"
+        self._x, self._y, self.task = _prepare_data(data, self.dtype, mlp, loss, flatten=self.kind != _MODULE)
         self.loss = loss or ("xent" if self.task == "classification" else "mse")
-        if self.loss == "xent" and self.task == "regression":
-            raise InvalidArgument("loss: 'xent' needs integer class labels as targets, got float targets (use 'mse', "
-                                  "or pass the labels as integers)")
         self._measures = _parse_measures(measures)
         for m in self._measures:
             m.check(self)
@@ -267,7 +399,12 @@ class Tracker:
 
     @property
     def rows(self) -> Dict[str, List[Dict[str, Any]]]:
-        """The measured rows so far: ``{"checkpoints": [...], measure name: [...]}``."""
+        """The measured rows so far: ``{"checkpoints": [...], measure name: [...]}``.
+
+        Every value is a plain Python value, as ``report.json`` holds it: numbers as ``float`` /
+        ``int`` / ``bool`` (NaN stays ``float("nan")``), arrays and tensors as (nested) lists,
+        dataclasses as dicts, and arrays of more than 4096 elements as ``{"omitted": "array of
+        shape [...]"}`` (measure those with a callable of your own to keep them)."""
         out = {"checkpoints": list(self._checkpoint_rows)}
         out.update({k: list(v) for k, v in self._measure_rows.items()})
         return out
@@ -289,14 +426,15 @@ class Tracker:
 
     def _current_mlp(self) -> Mlp:
         m = self.model
+        # On the host: the measures and checkpoints run there (one copy of a GPU model's parameters).
         if isinstance(m, Mlp):
-            return Mlp._from_spec(m._spec, m.params)   # the params as they are now (even if reassigned)
+            return Mlp._from_spec(m._spec, m.params).cpu()   # the params as they are now (even if reassigned)
         if _is_torch_module(m):
-            return Mlp.from_torch(m)
+            return Mlp.from_torch(m).cpu()
         got = m()
         if not isinstance(got, Mlp):
             raise InvalidArgument(f"model: the callable returned {type(got).__name__}, expected a dynascope.Mlp")
-        return got
+        return got.cpu()
 
     def _prepare_out_dir(self, overwrite: bool) -> None:
         d = self.out_dir
@@ -329,11 +467,14 @@ class Tracker:
             _check_same_architecture(self._first_spec, mlp._spec)
         name = f"step_{step:07d}.safetensors"
         if self.checkpoints:
-            save_checkpoint(os.path.join(self.out_dir, name), mlp, {"step": str(step)})
+            if mlp is not None:
+                save_checkpoint(os.path.join(self.out_dir, name), mlp, {"step": str(step)})
+            else:
+                save_state_dict(os.path.join(self.out_dir, name), self.model, {"step": str(step)})
             row["checkpoint"] = os.path.join(self._out_dir_given, name)
         for m in self._measures:
             t0 = time.perf_counter()
-            values = m.measure(self, mlp, step)
+            values = _plain_row(m.measure(self, mlp, step))
             values["seconds"] = time.perf_counter() - t0
             row[m.name] = values
             self._measure_rows[m.name].append(dict({"step": step, "checkpoint": row.get("checkpoint")}, **values))
@@ -366,8 +507,15 @@ class Tracker:
         network: Dict[str, Any] = {"from": f"python: {type(self.model).__module__}.{type(self.model).__name__}"}
         if self._first_spec is not None:
             s = self._first_spec
-            network.update({"arch": s.arch, "activations": list(s.activations), "parameterization": s.parameterization,
-                            "parameters": s.num_params, "bias": list(s.bias)})
+            network.update({"kind": _MLP, "arch": s.arch, "activations": list(s.activations),
+                            "parameterization": s.parameterization, "parameters": s.num_params, "bias": list(s.bias)})
+        elif self.kind == _MODULE:
+            # The command line's --model and --checkpoints read MLPs only: this says why not this one.
+            network.update({"kind": _MODULE, "class": _class_name(self.model),
+                            "parameters": sum(int(p.numel()) for p in self.model.parameters() if p.requires_grad),
+                            "not_mlp": self._not_mlp,
+                            "command_line": "the command line cannot read these checkpoints (state_dicts of a torch "
+                                            "module, not MLPs); load them with dynascope.load_state_dict"})
         config = {"command": "python", "command_line": " ".join(sys.argv), "version": __version__, "backend": "host",
                   "dtype": self.dtype, "seed": self.seed, "network": network, "data": data, "loss": self.loss,
                   "schedule": {"every": self.every}, "out_dir": self._out_dir_given,
@@ -383,7 +531,11 @@ class Tracker:
         if hasattr(self, "_interrupted"):
             report["interrupted"] = self._interrupted
         for m in self._measures:
-            report[m.name] = {"options": m.options_json(), "rows": self._measure_rows[m.name]}
+            entry: Dict[str, Any] = {"options": m.options_json()}
+            if m.fn is None:
+                entry.update({"path": self.kind, "calls": [f"dynascope.{f}" for f in _CALLS[m.name][self.kind]]})
+            entry["rows"] = self._measure_rows[m.name]
+            report[m.name] = entry
         return report
 
 
@@ -464,16 +616,17 @@ class _Measure:
         if self.name not in _BUILTIN:
             raise InvalidArgument(f"measures: unknown measure {self.name!r}; the built-in ones are "
                                   f"{', '.join(sorted(_BUILTIN))}, or pass a callable fn(model, step)")
-        public, needs_targets, _ = _BUILTIN[self.name]
+        needs_targets, _ = _BUILTIN[self.name]
         import dynascope
-        for name in (public, "curvature_operator") if self.name == "hessian" else (public,):
+        kinds = (tracker.kind,) if tracker.kind is not None else (_MLP,)
+        for name in _CALLS[self.name][kinds[0]]:
             if name not in getattr(dynascope, "__all__", ()) or not hasattr(dynascope, name):
                 raise InvalidArgument(f"measures: {self.name!r} calls dynascope.{name}, which this version of the "
                                       f"package does not have; leave it out, or measure it with a callable "
                                       f"fn(model, step)")
-        if tracker._first_spec is None:
-            raise InvalidArgument(f"measures: {self.name!r} needs an MLP model (see Tracker's model); with another "
-                                  f"model use a callable fn(model, step)")
+        if tracker.kind is None:
+            raise InvalidArgument(f"measures: {self.name!r} needs an MLP or a torch.nn.Module model (see Tracker's "
+                                  f"model); with another model use a callable fn(model, step)")
         if needs_targets and tracker._y is None:
             raise InvalidArgument(f"measures: {self.name!r} needs targets: pass data=(inputs, targets)")
         if self.options.get("dtype", "float64") not in ("float32", "float64"):
@@ -483,18 +636,26 @@ class _Measure:
         if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 0):
             raise InvalidArgument(f"measures: {self.name!r}: samples: expected an integer >= 0 (0: all), "
                                   f"got {samples!r}")
+        allowed = _allowed_options(self.name, tracker.kind)
+        unknown = sorted(set(self.options) - allowed)
+        if unknown:
+            raise InvalidArgument(f"measures: {self.name!r}: unknown option{'s' if len(unknown) > 1 else ''} "
+                                  f"{', '.join(map(repr, unknown))} for a{'n' if tracker.kind == _MLP else ''} "
+                                  f"{tracker.kind}; its options are {', '.join(sorted(allowed))}")
 
     def measure(self, tracker: Tracker, mlp: Optional[Mlp], step: int) -> Dict[str, Any]:
         if self.fn is not None:
             return _as_row(self.fn(tracker.model, step), self.name)
         opts = dict(self.options)
-        _, _, default_samples = _BUILTIN[self.name]
+        _, default_samples = _BUILTIN[self.name]
         samples = opts.pop("samples", default_samples)
         x, y = tracker._x, tracker._y
         if samples:
             x = x[:samples]
             y = None if y is None else y[:samples]
         dtype = opts.pop("dtype", "float64" if self.name in _FLOAT64_BY_DEFAULT else None)   # checked by check()
+        if tracker.kind == _MODULE:
+            return _module_measure(self.name, tracker, x, y, dtype, opts)
         if dtype is not None and dtype != mlp.dtype:
             # As the CLI's elasticity and response: float64 by default, whatever the network's dtype
             # (a step's change is a difference of two forwards, which float32 rounds away).
@@ -504,26 +665,124 @@ class _Measure:
                 y = np.ascontiguousarray(y, dtype=dtype)
         else:
             x, y = _in_framework(tracker._fw, x), _in_framework(tracker._fw, y)
-        if self.name == "ntk":
-            return _ntk_measure(tracker, mlp, x, y, opts)
         import dynascope
+        if self.name == "ntk":
+            k = opts.pop("k", 5)
+            kernel = dynascope.ntk(mlp, x, outputs="trace", threads=tracker.threads, progress=tracker.progress, **opts)
+            return _kernel_row(tracker, kernel, k)
         if self.name == "hessian":
-            return _hessian_measure(tracker, mlp, x, y, opts)
-        fn = getattr(dynascope, _BUILTIN[self.name][0])
-        params = inspect.signature(fn).parameters
-        for key, value in (("threads", tracker.threads), ("progress", tracker.progress), ("seed", tracker.seed),
-                           ("loss", tracker.loss)):
-            if key in params and key not in opts:
-                opts[key] = value
-        if self.name == "lc" and "radius" in params and "radius" not in opts:
-            # As the demo: 1% of the diagonal of the training inputs' bounding box.
-            xs = tracker._x
-            opts["radius"] = 0.01 * float(np.linalg.norm(xs.max(axis=0) - xs.min(axis=0))) or 1e-3
-        args = (mlp, x) if not _BUILTIN[self.name][1] else (mlp, x, y)
-        return _as_row(fn(*args, **opts), self.name)
+            return _hessian_row(tracker, opts, lambda curvature: dynascope.curvature_operator(
+                mlp, x, y, curvature=curvature, loss=tracker.loss))
+        fn = getattr(dynascope, _CALLS[self.name][_MLP][0])
+        if self.name == "lc":
+            _default_radius(tracker, fn, opts)
+        args = (mlp, x) if not _BUILTIN[self.name][0] else (mlp, x, y)
+        return _as_row(_call(fn, args, opts, tracker, ("threads", "progress", "seed", "loss")), self.name)
 
 
-def _hessian_measure(tracker: Tracker, mlp: Mlp, x: Any, y: Any, opts: Dict[str, Any]) -> Dict[str, Any]:
+def _allowed_options(name: str, kind: str) -> set:
+    """The options a built-in measure takes: ``samples``, ``dtype`` and the keyword arguments of
+    the functions it calls (those the Tracker passes positionally, or builds itself, excluded)."""
+    import dynascope
+
+    def kw(fn_name: str, *skip: str) -> set:
+        fn = getattr(dynascope, fn_name)
+        return {p.name for p in inspect.signature(fn).parameters.values()
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)} - set(skip)
+
+    out = {"samples", "dtype"}
+    if name == "ntk":
+        out |= {"k"} | ({"method"} if kind == _MLP else {"chunk_size", "max_memory"})
+    elif name == "hessian":
+        out |= {"curvature"} | kw("eigsh", "operator")
+    elif name == "llc":
+        out |= kw("llc", "model", "inputs", "targets") if kind == _MLP else (
+            kw("llc", "model", "inputs", "targets", "w_star", "n", "loss") | {"chunk_size"})
+    else:
+        out |= kw(_CALLS[name][kind][0], "model", "x", "targets")
+    return out
+
+
+def _call(fn: Callable, args: Tuple[Any, ...], opts: Dict[str, Any], tracker: Tracker, keys: Tuple[str, ...]) -> Any:
+    """``fn(*args, **opts)`` with the Tracker's threads, progress, seed and loss where ``fn`` takes
+    them and the options do not set them."""
+    params = inspect.signature(fn).parameters
+    for key in keys:
+        if key in params and key not in opts:
+            opts[key] = {"threads": tracker.threads, "progress": tracker.progress, "seed": tracker.seed,
+                         "loss": tracker.loss}[key]
+    return fn(*args, **opts)
+
+
+def _default_radius(tracker: Tracker, fn: Callable, opts: Dict[str, Any]) -> None:
+    if "radius" in inspect.signature(fn).parameters and "radius" not in opts:
+        # As the demo: 1% of the diagonal of the training inputs' bounding box.
+        xs = tracker._x.reshape(tracker._x.shape[0], -1)
+        opts["radius"] = 0.01 * float(np.linalg.norm(xs.max(axis=0) - xs.min(axis=0))) or 1e-3
+
+
+def _module_measure(name: str, tracker: Tracker, x: np.ndarray, y: Optional[np.ndarray], dtype: Optional[str],
+                    opts: Dict[str, Any]) -> Dict[str, Any]:
+    """A built-in measure of any torch module, through the package's generic torch functions, with
+    the module in eval mode (BatchNorm's running statistics, no dropout; the generic functions
+    refuse modules that mix the samples of a batch) and its modes restored after."""
+    import torch
+    import dynascope
+    module = tracker.model
+    if dtype is not None and dtype != tracker.dtype:
+        # A copy in that precision (the module the loop trains is never changed).
+        module = copy.deepcopy(module).to(getattr(torch, dtype))
+        x = np.ascontiguousarray(x, dtype=dtype)
+        if y is not None and np.issubdtype(y.dtype, np.floating):
+            y = np.ascontiguousarray(y, dtype=dtype)
+    xt = torch.from_numpy(np.ascontiguousarray(x))
+    yt = None if y is None else torch.from_numpy(np.ascontiguousarray(y))
+    with _eval_mode(module):
+        if name == "ntk":
+            k = opts.pop("k", 5)
+            kernel = dynascope.torch_ntk(module, xt, outputs="trace", threads=tracker.threads,
+                                         progress=tracker.progress, **opts)
+            return _kernel_row(tracker, kernel, k)
+        if name == "hessian":
+            loss_fn = _torch_loss_fn(tracker.loss)
+            return _hessian_row(tracker, opts, lambda curvature: dynascope.torch_curvature_operator(
+                module, loss_fn, xt, yt, curvature=curvature))
+        if name == "llc":
+            fn = dynascope.torch_loss_grad(module, tracker.loss, xt, yt, chunk_size=opts.pop("chunk_size", None))
+            return _as_row(_call(dynascope.llc, (fn,), opts, tracker, ("threads", "progress", "seed")), name)
+        fn = getattr(dynascope, _CALLS[name][_MODULE][0])
+        if name == "lc":
+            _default_radius(tracker, fn, opts)
+        args = (module, xt) if not _BUILTIN[name][0] else (module, xt, yt)
+        return _as_row(_call(fn, args, opts, tracker, ("threads", "progress", "seed", "loss")), name)
+
+
+@contextlib.contextmanager
+def _eval_mode(module: Any) -> Iterator[None]:
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _torch_loss_fn(loss: str) -> Callable:
+    """The run's loss as the MLP paths define it: "xent" is F.cross_entropy, "mse" F.mse_loss (mean
+    over all elements) against the targets, one-hot for class labels."""
+    import torch.nn.functional as F
+    if loss == "xent":
+        return F.cross_entropy
+
+    def mse(out: Any, y: Any) -> Any:
+        if not y.is_floating_point():
+            y = F.one_hot(y, out.shape[-1]).to(out.dtype)
+        return F.mse_loss(out, y.reshape(out.shape))
+    return mse
+
+
+def _hessian_row(tracker: Tracker, opts: Dict[str, Any], operator: Callable[[str], Any]) -> Dict[str, Any]:
     """The top eigenvalues of the loss curvature on the data (``dynascope spectrum --operator
     hessian|ggn``): ``curvature`` ("hessian" or "ggn"), ``k`` (default 3) and eigsh's options."""
     import dynascope
@@ -531,42 +790,30 @@ def _hessian_measure(tracker: Tracker, mlp: Mlp, x: Any, y: Any, opts: Dict[str,
     opts.setdefault("k", 3)
     for key, value in (("threads", tracker.threads), ("progress", tracker.progress), ("seed", tracker.seed)):
         opts.setdefault(key, value)
-    op = dynascope.curvature_operator(mlp, x, y, curvature=curvature, loss=tracker.loss)
-    r = dynascope.eigsh(op, **opts)
+    r = dynascope.eigsh(operator(curvature), **opts)
     # Named as the demo's report.json names its Hessian rows (top_eigenvalues, matvecs, converged);
     # the eigenvectors ([k, P]) are not a diagnostic.
     return {"top_eigenvalues": r.eigenvalues, "matvecs": r.matvecs, "converged": bool(r.all_converged),
             "residuals": r.residuals, "status": r.status, "method": r.method, "iterations": r.iterations}
 
 
-def _ntk_measure(tracker: Tracker, mlp: Mlp, x: Any, y: Any, opts: Dict[str, Any]) -> Dict[str, Any]:
-    """The demo's NTK summary: trace, Frobenius norm, the top-k eigenvalues (k = 5), the alignment
-    with the targets (kta, kta_centered) and the distance to the first checkpoint's kernel."""
-    from . import ntk
-    k = opts.pop("k", 5)
-    unknown = set(opts) - {"method"}
-    if unknown:
-        raise InvalidArgument(f"measures: 'ntk': unknown options {sorted(unknown)} (samples, k, method)")
-    kernel = ntk(mlp, x, outputs="trace", threads=tracker.threads, progress=tracker.progress, **opts)
-    K = np.array(kernel.detach().numpy() if is_torch(kernel) else np.asarray(kernel), dtype=np.float64)
-    evals = np.linalg.eigvalsh(K)[::-1][:k]
-    out: Dict[str, Any] = {"samples": int(K.shape[0]), "trace": float(np.trace(K)),
-                           "frobenius": float(np.linalg.norm(K)), "eigenvalues": [float(v) for v in evals]}
-    if tracker._y is not None:
-        yv = np.asarray(tracker._y[:K.shape[0]])
-        Y = np.eye(mlp.widths[-1])[yv] if tracker.task == "classification" else yv.reshape(K.shape[0], -1)
-        out["kta"] = _alignment(K, Y)
-        H = np.eye(K.shape[0]) - 1.0 / K.shape[0]
-        out["kta_centered"] = _alignment(H @ K @ H, H @ Y)
+def _kernel_row(tracker: Tracker, kernel: Any, k: Any) -> Dict[str, Any]:
+    """The demo's NTK summary of a trace kernel, by the package's kernel functions: trace, Frobenius
+    norm, the top-k eigenvalues (k = 5), the alignment with the targets (kta, kta_centered) and the
+    distance to the first checkpoint's kernel."""
+    import dynascope
+    m = int(kernel.shape[0])
+    y = None if tracker._y is None else tracker._y[:m]
+    s = dynascope.kernel_summary(kernel, y, k=min(k, m) if isinstance(k, int) else k, seed=tracker.seed,
+                                 threads=tracker.threads, progress=tracker.progress)
+    out: Dict[str, Any] = {"samples": m, "trace": s.trace, "frobenius": s.frobenius,
+                           "eigenvalues": [] if s.eigenvalues is None else s.eigenvalues}
+    if y is not None:
+        out["kta"], out["kta_centered"] = s.kta, s.kta_centered
+    K = np.array(_to_numpy(kernel, "kernel"), dtype=np.float64)
     first = tracker._state.setdefault("ntk_first", K)
-    out["distance_to_init"] = 1.0 - float(np.sum(first * K) / (np.linalg.norm(first) * np.linalg.norm(K)))
+    out["distance_to_init"] = dynascope.kernel_distance(first, K)
     return out
-
-
-def _alignment(K: np.ndarray, Y: np.ndarray) -> Optional[float]:
-    yy = Y @ Y.T
-    den = np.linalg.norm(K) * np.linalg.norm(yy)
-    return float(np.sum(K * yy) / den) if den > 0 else None
 
 
 def _parse_measures(measures: Any) -> List[_Measure]:
@@ -605,7 +852,8 @@ def _parse_measures(measures: Any) -> List[_Measure]:
 # ---- data -------------------------------------------------------------------------------------------
 
 
-def _prepare_data(data: Any, dtype: str, mlp: Optional[Mlp]) -> Tuple[np.ndarray, Optional[np.ndarray], str]:
+def _prepare_data(data: Any, dtype: str, mlp: Optional[Mlp], loss: Optional[str] = None,
+                  flatten: bool = True) -> Tuple[np.ndarray, Optional[np.ndarray], str]:
     if isinstance(data, (tuple, list)):
         if len(data) != 2:
             raise InvalidArgument(f"data: expected (inputs, targets) or inputs, got a sequence of {len(data)} items")
@@ -617,7 +865,7 @@ def _prepare_data(data: Any, dtype: str, mlp: Optional[Mlp]) -> Tuple[np.ndarray
         raise ShapeMismatch(f"data inputs: expected [N, D...] with N >= 1, got shape {tuple(x.shape)}")
     if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
         raise InvalidArgument(f"data inputs: expected numbers, got dtype {x.dtype}")
-    x = np.ascontiguousarray(x.reshape(x.shape[0], -1), dtype=dtype)
+    x = np.ascontiguousarray(x.reshape(x.shape[0], -1) if flatten else x, dtype=dtype)
     if not np.isfinite(x).all():
         raise InvalidArgument("data inputs: contains NaN or infinite values")
     if mlp is not None and x.shape[1] != mlp.widths[0]:
@@ -641,9 +889,16 @@ def _prepare_data(data: Any, dtype: str, mlp: Optional[Mlp]) -> Tuple[np.ndarray
         return x, y, "classification"
     if not np.issubdtype(y.dtype, np.floating):
         raise InvalidArgument(f"data targets: expected integer class labels or floats, got dtype {y.dtype}")
+    if loss == "xent":
+        # Before the shape: float labels [N] are the usual slip here, and their shape is not the problem.
+        raise InvalidArgument(f"loss: 'xent' needs integer class labels as targets, got float targets ({y.dtype}, "
+                              f"shape {tuple(y.shape)}); pass the labels as integers (y.long(), y.astype(int)), or "
+                              f"use loss='mse' for regression targets")
     if y.ndim not in (1, 2) or (outputs is not None and (y.shape[1] if y.ndim == 2 else 1) != outputs):
-        raise ShapeMismatch(f"data targets: float targets must be [N] or [N, O] with O = {outputs} (the network's "
-                            f"outputs), got shape {tuple(y.shape)}")
+        want = "[N] or [N, 1]" if outputs == 1 else (f"[N, {outputs}], one value per output ([N] only for a network "
+                                                     f"with one output)" if outputs else "[N] or [N, O]")
+        raise ShapeMismatch(f"data targets: float targets are regression values and must be {want}, got shape "
+                            f"{tuple(y.shape)}; class labels must be integers (y.long(), y.astype(int))")
     y = np.ascontiguousarray(y, dtype=dtype)
     if not np.isfinite(y).all():
         raise InvalidArgument("data targets: contains NaN or infinite values")
@@ -693,10 +948,9 @@ def _model_dtype(model: Any) -> str:
 
 
 def _is_torch_module(m: Any) -> bool:
-    if not is_torch(m):
-        return False
-    from torch import nn
-    return isinstance(m, nn.Module)
+    # A user's subclass lives in the user's module: test the class, when torch is loaded at all.
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(m, torch.nn.Module)
 
 
 def _check_same_architecture(first: Any, now: Any) -> None:
@@ -748,6 +1002,24 @@ def _plain(v: Any) -> Any:
         return v.tolist()
     if isinstance(v, np.generic):
         return v.item()
+    return v
+
+
+def _plain_row(row: Dict[str, Any]) -> Dict[str, Any]:
+    """A measure's row in plain Python values (what ``Tracker.rows`` holds): see _plain_deep."""
+    return {k: _plain_deep(v) for k, v in row.items()}
+
+
+def _plain_deep(v: Any) -> Any:
+    """Tensors and arrays as (nested) lists (more than _JSON_ARRAY_LIMIT elements: their shape),
+    NumPy scalars as numbers, dataclasses as dicts, tuples as lists; the rest as it is."""
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: _plain_deep(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    v = _plain(v)
+    if isinstance(v, dict):
+        return {_plain(k): _plain_deep(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain_deep(x) for x in v]
     return v
 
 
@@ -837,11 +1109,20 @@ def _builtin_csv(name: str, rows: List[Dict[str, Any]], spec: Any) -> str:
     formats of the files the CLI writes (training_run.cpp's lc_csv_*, llc_csv_*, elasticity_csv_*,
     response_csv_*), so one reader reads a demo's folder and a Tracker's. ntk and hessian, which have
     no CLI file: the demo's report.json names, numbers as the CLI's csv_value."""
-    layers = len(spec.widths) - 1
+    # A torch module's layers are those its rows name: lc's captured layers, response's parameter
+    # groups and feature spaces (an MLP's: its linear layers and hidden layers, as the CLI's).
+    if spec is not None:
+        layers = len(spec.widths) - 1
+        lc_layers, groups, hidden = layers, layers, layers - 1
+    else:
+        lc_layers = max(len(_values(r.get("per_layer_mean"))) for r in rows)
+        groups = max(len(_values(r.get("layer_diagonal"))) for r in rows)
+        hidden = max(len(r.get("features") or []) for r in rows)
     out: List[str] = []
     if name == "lc":
         # The training points' rows of `dynascope lc --checkpoints` (which adds test and random points).
-        out.append("step,points,samples,total_mean,all_layers_mean" + "".join(f",layer{l + 1}" for l in range(layers)))
+        out.append("step,points,samples,total_mean,all_layers_mean" +
+                   "".join(f",layer{l + 1}" for l in range(lc_layers)))
         for r in rows:
             cells = [str(r["step"]), "train", str(int(r["samples"])), "%.10g" % float(r["total_mean"]),
                      "%.10g" % float(r["all_layers_mean"])] + ["%.10g" % float(v) for v in _values(r["per_layer_mean"])]
@@ -864,21 +1145,23 @@ def _builtin_csv(name: str, rows: List[Dict[str, Any]], spec: Any) -> str:
             out.append(",".join(cells + [str(len(_values(r.get("undefined_sources"))))]))
     elif name == "response":
         head = "step,checkpoint,mean_diagonal,mean_off_diagonal"
-        head += "".join(f",layer{l}_diagonal,layer{l}_off_diagonal" for l in range(1, layers + 1))
-        head += "".join(f",effective_rank{l},participation_ratio{l},dead{l},duplicated{l}" for l in range(1, layers))
+        head += "".join(f",layer{l}_diagonal,layer{l}_off_diagonal" for l in range(1, groups + 1))
+        head += "".join(f",effective_rank{l},participation_ratio{l},dead{l},duplicated{l}"
+                        for l in range(1, hidden + 1))
         out.append(head + ",input_grad_norm")
         for r in rows:
             diag, off = _values(r.get("layer_diagonal")), _values(r.get("layer_off_diagonal"))
             features = list(r.get("features") or [])
             cells = [str(r["step"]), r.get("checkpoint") or "", _g10(r["mean_diagonal"]), _g10(r["mean_off_diagonal"])]
-            for l in range(layers):
+            for l in range(groups):
                 cells += [_g10(diag[l]) if l < len(diag) else "", _g10(off[l]) if l < len(off) else ""]
-            for l in range(layers - 1):
+            for l in range(hidden):
                 if l < len(features):
                     h = features[l]
                     get = (lambda k: h[k]) if isinstance(h, dict) else (lambda k: getattr(h, k))
+                    dup = get("duplicated")   # None for a torch module's feature space no layer feeds directly
                     cells += [_g10(get("effective_rank")), _g10(get("participation_ratio")), str(int(get("dead"))),
-                              str(int(get("duplicated")))]
+                              "" if dup is None else str(int(dup))]
                 else:
                     cells += ["", "", "", ""]
             out.append(",".join(cells + [_g10(r["input_grad_norm"])]))

@@ -344,6 +344,8 @@ def test_measure_dispatch_to_package_functions(tmp_path, monkeypatch):
 
 
 def test_callable_measures_and_a_cnn_without_checkpoints(tmp_path):
+    """Callable measures get the model as given; a module with checkpoints=False writes none; an
+    object that is neither an MLP nor a torch module takes callables only."""
     torch.manual_seed(0)
     cnn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2)).double()
     x = torch.randn(6, 1, 4, 4, dtype=torch.float64)
@@ -352,10 +354,14 @@ def test_callable_measures_and_a_cnn_without_checkpoints(tmp_path):
     def weight_norm(model, step):
         return {"norm": float(torch.cat([p.reshape(-1) for p in model.parameters()]).norm()), "tag": "a,b"}
 
-    with pytest.raises(dynascope.InvalidArgument, match="checkpoints=False"):
-        dynascope.Tracker(cnn, (x, y), out_dir=str(tmp_path / "no"))
-    with pytest.raises(dynascope.InvalidArgument, match="needs an MLP"):
-        dynascope.Tracker(cnn, (x, y), measures=["ntk"], checkpoints=False, out_dir=str(tmp_path / "no"))
+    def opaque():
+        return "a network of another framework"
+
+    with pytest.raises(dynascope.InvalidArgument, match="the callable returned str.*checkpoints=False"):
+        dynascope.Tracker(opaque, (x, y), out_dir=str(tmp_path / "no"))
+    with pytest.raises(dynascope.InvalidArgument, match="'ntk' needs an MLP or a torch.nn.Module model"):
+        dynascope.Tracker(opaque, (x, y), measures=["ntk"], checkpoints=False, out_dir=str(tmp_path / "no"))
+    assert not os.path.exists(tmp_path / "no")
     with dynascope.Tracker(cnn, (x, y), every=1, checkpoints=False, out_dir=str(tmp_path / "cnn"),
                            measures=[weight_norm, ("double", lambda m, s: 2 * s)]) as tracker:
         norms = []
@@ -370,7 +376,11 @@ def test_callable_measures_and_a_cnn_without_checkpoints(tmp_path):
     np.testing.assert_allclose([float(r["norm"]) for r in rows], norms, rtol=1e-15)
     assert rows[0]["tag"] == "a,b"
     assert [float(r["value"]) for r in read_csv(d / "double.csv")] == [0.0, 2.0, 4.0]
-    assert np.load(d / "inputs.npy").shape == (6, 16)   # flattened, as the CLI reads inputs
+    assert np.load(d / "inputs.npy").shape == (6, 1, 4, 4)   # a torch module's inputs keep their shape
+    report = json.load(open(d / "report.json"))
+    assert report["network"]["kind"] == "torch_module"
+    assert report["network"]["class"] == "torch.nn.modules.container.Sequential"
+    assert "Conv2d" in report["network"]["not_mlp"]
 
 
 def test_mlp_numpy_params_and_jax_callable(tmp_path):
@@ -515,7 +525,13 @@ def test_bad_input(tmp_path, monkeypatch):
     bad(dynascope.ShapeMismatch, "takes 2 inputs per sample", model, (torch.randn(6, 3, dtype=torch.float64), y))
     bad(Err, r"label 7 at row 0 is outside \[0, 3\)", model, (x, torch.full((6,), 7)))
     bad(dynascope.ShapeMismatch, "one target per input", model, (x, y[:4]))
-    bad(dynascope.ShapeMismatch, "O = 3", model, (x, torch.randn(6, 2, dtype=torch.float64)))
+    bad(dynascope.ShapeMismatch, r"must be \[N, 3\], one value per output", model,
+        (x, torch.randn(6, 2, dtype=torch.float64)))
+    # Float labels with xent: the labels' type is the problem, not their shape.
+    bad(Err, r"'xent' needs integer class labels as targets, got float targets \(float64, shape \(6,\)\); pass the "
+        r"labels as integers", model, (x, y.double()), loss="xent")
+    bad(dynascope.ShapeMismatch, r"\[N\] only for a network with one output\), got shape \(6,\); class labels must "
+        r"be integers", model, (x, y.double()))
     xn = x.clone()
     xn[2, 1] = float("nan")
     bad(Err, "data inputs: contains NaN", model, (xn, y))
@@ -600,6 +616,9 @@ def test_builtin_measures_match_the_cli_and_autograd(tmp_path):
     assert list(rows["hessian"][0].keys()) == ["step", "top_eigenvalues1", "top_eigenvalues2", "top_eigenvalues3",
                                                "matvecs", "converged"]
     assert rows["hessian"][0]["converged"] == "true"
+    # Rows are plain Python values: lists of floats, as the ntk row's eigenvalues.
+    assert type(tracker.rows["hessian"][0]["top_eigenvalues"]) is list
+    assert type(tracker.rows["response"][0]["features"][0]) is dict
     if not CLI:
         pytest.skip("DYNASCOPE_CLI (the CLI binary) is not set")
     # The CLI on the folder (its data from report.json) writes the same files byte for byte: same
@@ -626,6 +645,166 @@ def test_builtin_measures_match_the_cli_and_autograd(tmp_path):
                  "--radius", 0.05, "--dims", 2, "--seed", 4)
         assert mine["total_mean"] == "%.10g" % lc["total_mean"]
         assert [mine["layer1"], mine["layer3"]] == ["%.10g" % lc["per_layer_mean"][0], "%.10g" % lc["per_layer_mean"][2]]
+
+
+class SmallCnn(nn.Module):
+    """Conv2d -> BatchNorm2d -> ReLU -> AvgPool2d -> Linear, with a bool buffer (stored widened)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+        self.bn = nn.BatchNorm2d(3)
+        self.act = nn.ReLU()
+        self.pool = nn.AvgPool2d(2)
+        self.fc = nn.Linear(12, 3)
+        self.register_buffer("mask", torch.tensor([True, False, True]))
+
+    def forward(self, x):
+        return self.fc(self.pool(self.act(self.bn(self.conv(x)))).flatten(1))
+
+
+@pytest.mark.skipif(not _have("torch_ntk", "kernel_summary", "kernel_distance", "torch_curvature_operator", "eigsh",
+                              "local_complexity", "torch_loss_grad", "llc", "torch_elasticity", "torch_response"),
+                    reason="the generic torch functions are not all there")
+def test_cnn_builtin_measures_through_the_generic_paths(tmp_path):
+    """A CNN (not an MLP) tracked with every built-in measure: its checkpoints are state_dicts that
+    load back into the module, each row is what a direct call of the generic function gives on
+    the checkpoint's module (in eval mode), the NTK is torch autograd's, and report.json says which
+    path each measure took and that the network is a torch module the CLI cannot read."""
+    torch.manual_seed(3)
+    cnn = SmallCnn().double()
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(12, 1, 6, 6, dtype=torch.float64, generator=g)
+    y = torch.randint(0, 3, (12,), generator=g)
+    d = tmp_path / "cnn"
+    measures = ["ntk", ("hessian", {"k": 2}), ("lc", {"dims": 4, "layers": ["bn", "fc"]}),
+                ("llc", {"chains": 2, "draws": 4, "burnin": 2}), "elasticity", ("response", {"samples": 8})]
+    opt = torch.optim.SGD(cnn.parameters(), lr=0.1)
+    states = {}
+    with dynascope.Tracker(cnn, (x, y), every=2, measures=measures, out_dir=str(d), seed=5, threads=1) as tracker:
+        for t in range(4):
+            if t:
+                loss = F.cross_entropy(cnn(x), y)   # train mode: batch statistics, running stats move
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            before = {k: v.clone() for k, v in cnn.state_dict().items()}
+            tracker.step(t, loss=loss if t else None)
+            # Measuring changed nothing: the module is back in train mode, its buffers untouched.
+            assert cnn.training and cnn.bn.training
+            assert all(torch.equal(before[k], v) for k, v in cnn.state_dict().items())
+            states[t] = before
+    steps = [0, 2, 3]
+    assert sorted(f for f in os.listdir(d) if f.startswith("step_")) == [f"step_{s:07d}.safetensors" for s in steps]
+    report = json.load(open(d / "report.json"))
+    net = report["network"]
+    assert net["kind"] == "torch_module" and net["class"].endswith("SmallCnn")
+    assert net["parameters"] == sum(p.numel() for p in cnn.parameters())
+    assert report["ntk"]["path"] == "torch_module"
+    assert report["ntk"]["calls"] == ["dynascope.torch_ntk", "dynascope.kernel_summary", "dynascope.kernel_distance"]
+    assert report["llc"]["calls"] == ["dynascope.torch_loss_grad", "dynascope.llc"]
+    assert report["hessian"]["calls"][0] == "dynascope.torch_curvature_operator"
+    assert report["elasticity"]["calls"] == ["dynascope.torch_elasticity"]
+    assert report["response"]["calls"] == ["dynascope.torch_response"]
+    rows = tracker.rows
+    # Plain Python values, the same for every measure.
+    assert type(rows["ntk"][0]["eigenvalues"]) is list and type(rows["hessian"][0]["top_eigenvalues"]) is list
+    assert all(type(v) is float for v in rows["ntk"][0]["eigenvalues"] + rows["hessian"][0]["top_eigenvalues"])
+    assert type(rows["response"][0]["features"][0]) is dict and type(rows["elasticity"][0]["mean"]) is float
+    diag = float(np.linalg.norm(x.reshape(12, -1).numpy().max(0) - x.reshape(12, -1).numpy().min(0)))
+    first_kernel = None
+    for i, s in enumerate(steps):
+        path = str(d / f"step_{s:07d}.safetensors")
+        with safe_open(path, framework="numpy") as f:
+            meta = f.metadata()
+        assert meta["network"] == "torch_module" and meta["class"] == net["class"] and meta["step"] == str(s)
+        # The checkpoint round trip: the state_dict (buffers, int64 counter and bool mask included).
+        m = dynascope.load_state_dict(path, SmallCnn().double())
+        for k, v in m.state_dict().items():
+            assert v.dtype == states[s][k].dtype and torch.equal(v, states[s][k]), k
+        with pytest.raises(dynascope.InvalidArgument, match="state_dict of a torch module .*SmallCnn.*load_state_dict"):
+            dynascope.load_checkpoint(path)
+        m.eval()
+        # ntk: torch_ntk of the first 64 (all 12) samples, summarised by kernel_summary.
+        K = dynascope.torch_ntk(m, x, threads=1)
+        first_kernel = K if first_kernel is None else first_kernel
+        ks = dynascope.kernel_summary(K, y, k=5, seed=5, threads=1)
+        r = rows["ntk"][i]
+        assert r["step"] == s and r["samples"] == 12
+        assert r["trace"] == pytest.approx(ks.trace, rel=1e-13) and r["kta_centered"] == pytest.approx(ks.kta_centered,
+                                                                                                      rel=1e-12)
+        np.testing.assert_allclose(r["eigenvalues"], ks.eigenvalues.numpy(), rtol=1e-12)
+        assert r["distance_to_init"] == pytest.approx(dynascope.kernel_distance(first_kernel, K), rel=1e-9, abs=1e-13)
+        # ... and the kernel's trace against torch autograd Jacobians directly.
+        assert r["trace"] == pytest.approx(np.trace(ntk_reference(m, x)), rel=1e-10)
+        # hessian: eigsh of torch_curvature_operator with cross-entropy.
+        e = dynascope.eigsh(dynascope.torch_curvature_operator(m, F.cross_entropy, x, y), k=2, seed=5, threads=1,
+                            progress=False)
+        np.testing.assert_allclose(rows["hessian"][i]["top_eigenvalues"], e.eigenvalues.numpy(), rtol=1e-10)
+        # lc: local_complexity with the forward hooks on the given layers, radius 1% of the diagonal.
+        lc = dynascope.local_complexity(m, x, radius=0.01 * diag, dims=4, layers=["bn", "fc"], seed=5, threads=1,
+                                        progress=False)
+        assert rows["lc"][i]["counts"] == lc.counts.tolist() and rows["lc"][i]["layers"] == ["bn", "fc"]
+        assert rows["lc"][i]["total_mean"] == lc.total_mean
+        # llc: the chains of torch_loss_grad's callback with the run's seed.
+        ll = dynascope.llc(dynascope.torch_loss_grad(m, "xent", x, y), chains=2, draws=4, burnin=2, seed=5, threads=1,
+                           progress=False)
+        assert rows["llc"][i]["init_loss"] == pytest.approx(float(F.cross_entropy(m(x), y)), rel=1e-12)
+        np.testing.assert_allclose(rows["llc"][i]["loss_trace"], ll.loss_trace.numpy(), rtol=1e-12)
+        assert rows["llc"][i]["llc_mean"] == pytest.approx(ll.llc_mean, rel=1e-9)
+        # elasticity (float64, all 12 <= 512 samples) and response (the first 8).
+        el = dynascope.torch_elasticity(m, x, y, progress=False)
+        np.testing.assert_allclose(rows["elasticity"][i]["s_rel"], el.s_rel.numpy(), rtol=1e-12)
+        assert rows["elasticity"][i]["ratio"] == pytest.approx(el.ratio, rel=1e-12)
+        re = dynascope.torch_response(m, x[:8], y[:8], threads=1, progress=False)
+        assert rows["response"][i]["mean_diagonal"] == pytest.approx(re.mean_diagonal, rel=1e-12)
+        np.testing.assert_allclose(rows["response"][i]["layer_diagonal"], re.layer_diagonal.numpy(), rtol=1e-12)
+        assert rows["response"][i]["features"][0]["effective_rank"] == pytest.approx(re.features[0].effective_rank,
+                                                                                     rel=1e-12)
+    # The CSVs: lc's columns count the captured layers, response's the parameter groups (conv, bn,
+    # fc) and the feature spaces (the ReLU).
+    assert read_csv(d / "lc.csv")[0].keys() >= {"layer1", "layer2"} and "layer3" not in read_csv(d / "lc.csv")[0]
+    head = list(read_csv(d / "response.csv")[0].keys())
+    assert head[4:10] == ["layer1_diagonal", "layer1_off_diagonal", "layer2_diagonal", "layer2_off_diagonal",
+                          "layer3_diagonal", "layer3_off_diagonal"]
+    assert head[10:] == ["effective_rank1", "participation_ratio1", "dead1", "duplicated1", "input_grad_norm"]
+    assert [int(r["step"]) for r in read_csv(d / "ntk.csv")] == steps
+    if CLI:
+        # The command line reads MLP checkpoints only, and says so.
+        p = subprocess.run([CLI, "llc", "--checkpoints", str(d), "--out-csv", str(tmp_path / "l.csv"), "--quiet"],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode != 0 and "multi-layer perceptron" in p.stderr
+
+
+def test_state_dict_checkpoint_dtypes(tmp_path):
+    """save_state_dict keeps float32/float64/int64/uint8 entries as they are (read by the safetensors
+    package) and widens bool, int8, float16 and bfloat16 exactly, which load_state_dict restores."""
+    m = nn.Linear(3, 2)
+    m.register_buffer("flags", torch.tensor([True, False]))
+    m.register_buffer("small", torch.tensor([-3, 7], dtype=torch.int8))
+    m.register_buffer("h16", torch.tensor([0.1, -2.5], dtype=torch.float16))
+    m.register_buffer("bf", torch.tensor([1.1, 3.0], dtype=torch.bfloat16))
+    m.register_buffer("count", torch.tensor(5, dtype=torch.int64))
+    path = str(tmp_path / "m.safetensors")
+    dynascope.save_state_dict(path, m, {"note": "x"})
+    raw = safetensors_numpy.load_file(path)
+    assert raw["weight"].dtype == np.float32 and raw["count"].dtype == np.int64 and raw["flags"].dtype == np.uint8
+    np.testing.assert_array_equal(raw["weight"], m.weight.detach().numpy())
+    with safe_open(path, framework="numpy") as f:
+        assert f.metadata()["note"] == "x" and f.metadata()["format"] == "pt"
+    back = dynascope.load_state_dict(path)
+    for k, v in m.state_dict().items():
+        assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
+    fresh = nn.Linear(3, 2)
+    for k in ("flags", "small", "h16", "bf", "count"):
+        fresh.register_buffer(k, torch.zeros_like(getattr(m, k)))
+    assert dynascope.load_state_dict(path, fresh) is fresh and torch.equal(fresh.weight, m.weight)
+    m.register_buffer("z", torch.zeros(2, dtype=torch.complex64))
+    with pytest.raises(dynascope.InvalidArgument, match="'z' is complex64, which the checkpoints cannot hold"):
+        dynascope.save_state_dict(path, m)
+    with pytest.raises(dynascope.InvalidArgument, match="'z' is complex64.*checkpoints=False"):
+        dynascope.Tracker(m, torch.randn(4, 3), out_dir=str(tmp_path / "never"))
+    assert not os.path.exists(tmp_path / "never")
 
 
 def test_core_file_bindings_against_numpy_and_safetensors(tmp_path):
