@@ -246,9 +246,8 @@ class _MlpJob:
         labels = values = None
         integer = str(tv.dtype).replace("torch.", "") in ("int64", "int32", "int16", "int8", "uint8")
         if integer:
-            if str(tv.dtype).replace("torch.", "") != "int64":
-                fix = "targets.long()" if tfw == "torch" else "targets.astype(numpy.int64)"
-                raise InvalidArgument(f"targets: integer labels must be int64, got {tv.dtype} (convert: {fix})")
+            if str(tv.dtype).replace("torch.", "") != "int64":   # e.g. JAX's int32 without x64: one copy
+                tv = tv.long() if tfw == "torch" else np.ascontiguousarray(tv, dtype=np.int64)
             if tv.ndim != 1 or tv.shape[0] != n:
                 raise ShapeMismatch(f"targets: expected {n} labels [N] (one per row of inputs), got shape "
                                     f"{tuple(tv.shape)}")

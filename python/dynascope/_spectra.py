@@ -275,7 +275,8 @@ def curvature_operator(model: Mlp, inputs: Any, targets: Any, curvature: str = "
     """The loss curvature of ``model`` in parameter space (size P; ``spectrum --operator ggn|hessian``).
 
     * ``inputs`` [N, D] in the model's dtype.
-    * ``targets``: int64 class labels [N] or float targets [N, O] in the model's dtype.
+    * ``targets``: integer class labels [N] (int64 read in place; other integer dtypes, such as JAX's
+      int32, converted once) or float targets [N, O] in the model's dtype.
     * ``curvature``: "hessian" (the exact loss Hessian, forward-over-reverse) or "ggn" (the
       Gauss-Newton matrix J^T H_loss J; alias "gauss_newton").
     * ``loss``: "mse" (``torch.nn.MSELoss()``; labels become one-hot targets) or "xent"
@@ -331,9 +332,8 @@ def _targets(targets: Any, n: int, model: Mlp):
         int64 = v.dtype == np.int64
     o = model.widths[-1]
     if integer:
-        if not int64:
-            fix = "targets.long()" if fw == "torch" else "targets.astype(numpy.int64)"
-            raise InvalidArgument(f"targets: integer labels must be int64, got {targets.dtype} (pass {fix})")
+        if not int64:   # e.g. JAX's int32 without x64: one copy of the labels as int64
+            v = v.long() if fw == "torch" else np.ascontiguousarray(v, dtype=np.int64)
         if v.ndim != 1 or v.shape[0] != n:
             raise ShapeMismatch(f"targets: expected labels [N] = [{n}], got shape {tuple(v.shape)}")
         contiguous = v.is_contiguous() if fw == "torch" else v.flags.c_contiguous

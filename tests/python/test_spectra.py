@@ -390,8 +390,11 @@ def test_bad_input_messages():
     x = torch.randn(4, 3, dtype=torch.float64)
     with pytest.raises(E, match="loss xent needs integer class labels"):
         dynascope.curvature_operator(mlp, x, torch.randn(4, 3, dtype=torch.float64), loss="xent")
-    with pytest.raises(E, match=r"int64.*targets.long\(\)"):
-        dynascope.curvature_operator(mlp, x, torch.zeros(4, dtype=torch.int32))
+    # Integer labels of another dtype (JAX's int32 without x64) are converted once: the same operator.
+    y32 = torch.tensor([0, 2, 1, 2], dtype=torch.int32)
+    v = torch.randn(mlp.num_params, 1, dtype=torch.float64)
+    assert torch.equal(dynascope.curvature_operator(mlp, x, y32) @ v,
+                       dynascope.curvature_operator(mlp, x, y32.long()) @ v)
     with pytest.raises(E, match=r"labels must be in \[0, 3\)"):
         dynascope.curvature_operator(mlp, x, torch.tensor([0, 1, 2, 3]))
     with pytest.raises(dynascope.ShapeMismatch, match="targets: expected float targets"):
