@@ -32,6 +32,10 @@ def framework(a: Any, name: str) -> str:
     if is_torch(a):
         return "torch"
     if is_jax(a):
+        if "Tracer" in type(a).__name__:
+            raise InvalidArgument(f"{name}: a JAX tracer (inside jax.jit, vmap or grad): dynascope computes eagerly on "
+                                  f"concrete arrays; call it outside the transformed function (or through "
+                                  f"jax.pure_callback)")
         return "jax"
     raise InvalidArgument(
         f"{name}: expected a numpy.ndarray, a torch.Tensor or a jax.Array, got "

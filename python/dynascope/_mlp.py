@@ -7,7 +7,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _core
-from ._arrays import check_array, device_of, framework, host_view
+from ._arrays import check_array, check_finite, device_of, framework, host_view
 from ._core import InvalidArgument, ShapeMismatch
 
 __all__ = ["Mlp"]
@@ -52,6 +52,7 @@ class Mlp:
         if params.shape[0] != spec.num_params:
             raise ShapeMismatch(f"params: the network {spec.arch} has {spec.num_params} parameters, "
                                 f"got {params.shape[0]}")
+        check_finite(params, "params")
         self._spec = spec
         self.params = params
         self._view = host_view(params, "params")   # what the core reads (JAX: a NumPy view)

@@ -66,6 +66,10 @@ def ntk(model: Mlp, x1: Any, x2: Any = None, outputs: str = "trace", method: str
         if x is not None and x.shape[1] != d:
             raise ShapeMismatch(f"{name}: the network {model.arch} takes {d} inputs per sample, "
                                 f"got shape {tuple(x.shape)}")
+        if x is not None and x.shape[0] == 0:
+            raise ShapeMismatch(f"{name}: no samples (shape {tuple(x.shape)}); the kernel needs at least one row")
+        if x is not None:
+            check_finite(x, name)   # one pass; a NaN input would give a silently NaN kernel
     n2 = x1.shape[0] if x2 is None else x2.shape[0]
     shape = _core.kernel_shape(outputs, x1.shape[0], n2, model.widths[-1])
     out = empty(fw, shape, dtype, device)

@@ -159,6 +159,8 @@ def local_complexity(model: Any, x: Any, radius: float, dims: Optional[int] = No
                               "or drawn per sample")
     if frame is not None and dims is not None:
         raise InvalidArgument("frame: refused together with dims: the frame's rows are the directions")
+    if getattr(x, "ndim", 0) >= 1 and x.shape[0] == 0:
+        raise ShapeMismatch(f"x: no samples (shape {tuple(x.shape)}); local complexity needs at least one point")
     if isinstance(model, Mlp):
         return _lc_mlp(model, x, radius, dims, frame, frame_per_sample, seed, threads, progress)
     if not callable(model):
@@ -170,7 +172,10 @@ def local_complexity(model: Any, x: Any, radius: float, dims: Optional[int] = No
 def random_frame(inputs: int, dims: int, seed: int = 0, per_sample: bool = False, sample: int = 0,
                  dtype: str = "float64") -> np.ndarray:
     """The random orthonormal frame [dims, inputs] (NumPy) that :func:`local_complexity` uses for
-    all samples, or with ``per_sample=True`` for sample number ``sample``, given ``seed``."""
+    all samples, or with ``per_sample=True`` for sample number ``sample``, given ``seed``.
+
+    ``inputs`` is the input width D (an integer, ``x.shape[1]``), not the data; ``dims`` the
+    number of directions P."""
     if dtype not in ("float32", "float64"):
         raise InvalidArgument(f"dtype: expected 'float32' or 'float64', got {dtype!r}")
     inputs, dims, sample = _count(inputs, "inputs"), _count(dims, "dims"), _index(sample, "sample")
@@ -651,7 +656,8 @@ def _positive(v: Any, name: str) -> float:
 
 def _count(v: Any, name: str) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise InvalidArgument(f"{name}: expected an integer >= 1, got {v!r}")
+        what = f"{type(v).__name__} of shape {tuple(v.shape)}" if hasattr(v, "shape") else repr(v)
+        raise InvalidArgument(f"{name}: expected an integer >= 1, got {what}")
     return int(v)
 
 

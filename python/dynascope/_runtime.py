@@ -18,7 +18,9 @@ def set_progress(enabled: bool) -> None:
     """Turns the progress bars of long computations on (the default, when tqdm is installed) or
     off for every later call that does not pass ``progress=`` itself."""
     global _default_progress
-    _default_progress = bool(enabled)
+    if not isinstance(enabled, bool):
+        raise InvalidArgument(f"enabled: expected True or False, got {enabled!r}")
+    _default_progress = enabled
 
 
 def cuda_status() -> Dict[str, Any]:
@@ -61,7 +63,8 @@ def cuda_stream(device: str) -> int:
 
 def threads(value: Optional[int]) -> int:
     """Host threads: None means all cores (``os.cpu_count()``, passed explicitly because importing
-    torch lowers OpenMP's default to one thread)."""
+    torch lowers OpenMP's default to one thread); 0 means OpenMP's own default (``OMP_NUM_THREADS``
+    when set)."""
     if value is None:
         return os.cpu_count() or 0
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -94,6 +97,19 @@ class _Bars:
             self._bar = None
 
 
+_warned_no_tqdm = False
+
+
+def _warn_no_tqdm() -> None:
+    global _warned_no_tqdm
+    if not _warned_no_tqdm:
+        _warned_no_tqdm = True
+        import warnings
+        warnings.warn("progress=True shows bars through tqdm, which is not installed (pip install tqdm); "
+                      "pass a callable (task, done, total) to receive the progress reports instead", RuntimeWarning,
+                      stacklevel=4)
+
+
 @contextmanager
 def progress_callback(progress: ProgressArg) -> Iterator[Optional[Callable[[str, int, int], Any]]]:
     """The callable handed to the core for one call: ``progress`` itself when it is callable,
@@ -112,6 +128,8 @@ def progress_callback(progress: ProgressArg) -> Iterator[Optional[Callable[[str,
     try:
         from tqdm.auto import tqdm
     except ImportError:
+        if progress is True:
+            _warn_no_tqdm()
         yield None
         return
     bars = _Bars(tqdm)

@@ -70,6 +70,17 @@ Runner::Runner(int threads, nb::handle progress, const Placement& where, std::ui
       throw fail(std::move(e));
     }
   });
+  // Between small units of work (every SGLD step, every operator application): Ctrl-C within
+  // ~50 ms however far apart progress reports are. Signals are looked at (GIL taken) at most
+  // every 50 ms, so the check costs a clock read per unit.
+  ctx_.set_cancel_check([this] {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_poll_ < std::chrono::milliseconds(50)) return false;
+    last_poll_ = now;
+    nb::gil_scoped_acquire gil;
+    check_signals();
+    return false;
+  });
 }
 
 Cancelled Runner::fail(nb::python_error&& error) {

@@ -12,6 +12,7 @@
 #include <nanobind/ndarray.h>
 
 #include <cstdint>
+#include <chrono>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -76,7 +77,9 @@ MatrixView<T> view2(Out2<T>& a) {
 // progress sink takes the GIL, checks for signals (Ctrl-C) and calls
 // `progress(task: str, done: int, total: int)` when it is not None. When either raises, the sink
 // throws dynascope::Cancelled, the library unwinds, and the Python exception (KeyboardInterrupt,
-// or whatever the callable raised) is re-raised to the caller.
+// or whatever the callable raised) is re-raised to the caller. The context's cancel check
+// (Context::set_cancel_check, asked every SGLD step and operator application) looks for signals
+// too, at most every 50 ms, so Ctrl-C does not wait for the next progress report.
 //
 // Use: `Runner run(threads, progress); run([&](const Context& ctx) { ... });`. A Python callback
 // called from inside the computation (an operator's matvec, an LLC loss) takes the GIL itself
@@ -144,6 +147,7 @@ class Runner {
   };
   void rethrow_pending();   // GIL held: re-raises the recorded Python exception, if any
   Context ctx_;
+  std::chrono::steady_clock::time_point last_poll_{};   // the cancel check's last look at signals
   nb::object progress_;
   std::unique_ptr<nb::python_error> pending_;
 };

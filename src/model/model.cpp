@@ -302,6 +302,14 @@ const char* kWhatIsRead =
 template <class T>
 Mlp<T> load_mlp(const Context& ctx, const std::string& path, const LoadOptions& options) {
   const io::Safetensors file = io::read_safetensors(path);
+  // The Python package's Tracker saves any torch module's state_dict with this mark: say what it is.
+  if (const auto it = file.metadata.find("network"); it != file.metadata.end() && it->second == "torch_module") {
+    const auto cls = file.metadata.find("class");
+    throw FileFormatError(path, "is the state_dict of a torch module (" +
+                                    (cls != file.metadata.end() ? cls->second : std::string("class not recorded")) +
+                                    "), not a multi-layer perceptron: the command line reads MLPs only; load it in "
+                                    "Python with dynascope.load_state_dict(path, module)");
+  }
 
   // Group the tensors into layers by prefix; anything that cannot be part of a dense layer is
   // collected as unexpected, with the reason.

@@ -28,6 +28,8 @@ def _examples():
 @pytest.mark.parametrize("code", list(_examples()))
 def test_example_runs(code, tmp_path):
     pytest.importorskip("torch")
+    if re.search(r"^\s*(import jax|from jax)", code, re.M):
+        pytest.importorskip("jax")
     env = dict(os.environ)
     # The dynascope this test imported (the build's or an installed one), whatever the folder.
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(dynascope.__file__)))  # links unresolved
