@@ -17,6 +17,7 @@ from ._core import InvalidArgument, ShapeMismatch
 from ._mlp import Mlp
 from ._runtime import ProgressArg, progress_callback
 from ._runtime import threads as _threads
+from ._torchfunc import check_batch, func_api
 
 __all__ = ["elasticity", "torch_elasticity", "Elasticity", "response", "torch_response", "Response", "LayerFeatures",
            "aging_fit", "AgingFit"]
@@ -398,34 +399,13 @@ def _classes(labels: Optional[np.ndarray], labels2: Optional[np.ndarray]) -> Opt
 
 # ---- any torch model: the shared machinery ----
 
-def _func_api() -> SimpleNamespace:
-    """vmap, grad, jacrev and functional_call from torch.func (torch >= 2) or functorch (torch 1.13)."""
-    import torch
-    func = getattr(torch, "func", None)
-    if func is not None and hasattr(func, "functional_call"):
-        return SimpleNamespace(vmap=func.vmap, grad=func.grad, jacrev=func.jacrev, functional_call=func.functional_call)
-    try:
-        import functorch
-    except ImportError:   # pragma: no cover - torch 1.13 ships functorch
-        raise InvalidArgument("the torch_* functions need torch.func (torch >= 2) or functorch (torch 1.13)") from None
-    from torch.nn.utils.stateless import functional_call
-    return SimpleNamespace(vmap=functorch.vmap, grad=functorch.grad, jacrev=functorch.jacrev,
-                           functional_call=functional_call)
-
-
 def _as_torch(a: Any, name: str, dtype: Any) -> Any:
     import torch
     fw = framework(a, name)
     t = a if fw == "torch" else torch.from_numpy(np.asarray(host_view(a, name)))
     if t.device.type != "cpu":
         raise InvalidArgument(f"{name}: this version of the package computes on the host only; pass {name}.cpu()")
-    if t.dtype != dtype:
-        raise InvalidArgument(f"{name}: dtype {str(t.dtype).replace('torch.', '')} differs from the model's parameters "
-                              f"({str(dtype).replace('torch.', '')}); convert {name} or the model")
-    if t.ndim < 1 or t.shape[0] == 0:
-        raise ShapeMismatch(f"{name}: expected a batch [N, ...] with N >= 1, got shape {tuple(t.shape)}")
-    if not bool(torch.isfinite(t).all()):
-        raise InvalidArgument(f"{name}: contains NaN or infinite values")
+    check_batch(t, name, dtype, "a batch")
     return t
 
 
@@ -457,7 +437,7 @@ class _TorchModel:
         self.dtype_name = str(self.dtype).replace("torch.", "")
         self.constants = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
         self.constants.update(dict(model.named_buffers()))
-        self.api = _func_api()
+        self.api = func_api("the torch_* functions need torch.func (torch >= 2) or functorch (torch 1.13)")
         self.size = sum(p.numel() for p in self.params.values())
 
     def f(self, w: Any, xb: Any) -> Any:

@@ -12,6 +12,7 @@ from ._arrays import check_array, check_finite, empty, framework, host_view, to_
 from ._core import InvalidArgument, ShapeMismatch
 from ._runtime import ProgressArg, progress_callback
 from ._runtime import threads as _threads
+from ._torchfunc import check_batch, func_api
 __all__ = ["torch_ntk", "gram"]
 
 # Per-sample Jacobians are computed in chunks of samples whose Jacobian stays under this size
@@ -81,21 +82,6 @@ def gram(j1: Any, j2: Any = None, outputs: str = "trace", max_memory: Union[None
         _core.gram_into(host_view(j1, "j1"), None if j2 is None else host_view(j2, "j2"), outputs, nthreads, report,
                         budget, out)
     return to_framework(fw, out)
-
-
-def _torch_api() -> Tuple[Callable, Callable, Callable]:
-    """(vmap, jacrev, functional_call) from torch.func (torch >= 2) or functorch (torch 1.13)."""
-    import torch
-    func = getattr(torch, "func", None)
-    if func is not None and hasattr(func, "functional_call"):
-        return func.vmap, func.jacrev, func.functional_call
-    try:
-        import functorch
-    except ImportError as e:  # pragma: no cover - depends on the installation
-        raise InvalidArgument("torch_ntk needs torch.func (torch >= 2) or functorch (torch 1.13): "
-                              "pip install functorch") from e
-    from torch.nn.utils.stateless import functional_call
-    return functorch.vmap, functorch.jacrev, functional_call
 
 
 def _as_torch(x: Any, name: str) -> Tuple[str, Any]:
@@ -188,17 +174,12 @@ def torch_ntk(model: Any, x1: Any, x2: Any = None, outputs: str = "trace", chunk
     for name, t in (("x1", t1), ("x2", t2)):
         if t is None:
             continue
-        if t.dtype != pdtype:
-            raise InvalidArgument(f"{name}: dtype {str(t.dtype).replace('torch.', '')} differs from the model's "
-                                  f"parameters ({str(pdtype).replace('torch.', '')}); convert {name} or the model")
-        if t.ndim < 1 or t.shape[0] == 0:
-            raise ShapeMismatch(f"{name}: expected samples [N, ...] with N >= 1, got shape {tuple(t.shape)}")
-        if not bool(torch.isfinite(t).all()):
-            raise InvalidArgument(f"{name}: contains NaN or infinite values")
+        check_batch(t, name, pdtype, "samples")
     if t2 is not None and tuple(t2.shape[1:]) != tuple(t1.shape[1:]):
         raise ShapeMismatch(f"x2: expected samples of shape {tuple(t1.shape[1:])} as x1's, got {tuple(t2.shape[1:])}")
 
-    vmap, jacrev, functional_call = _torch_api()
+    api = func_api("torch_ntk needs torch.func (torch >= 2) or functorch (torch 1.13): pip install functorch")
+    vmap, jacrev, functional_call = api.vmap, api.jacrev, api.functional_call
     params = {k: v.detach() for k, v in trainable.items()}
     constants = {k: v.detach() for k, v in model.named_parameters() if not v.requires_grad}
     constants.update({k: v.detach() for k, v in model.named_buffers()})

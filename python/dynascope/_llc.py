@@ -16,6 +16,7 @@ from ._core import InvalidArgument, ShapeMismatch
 from ._mlp import Mlp
 from ._runtime import ProgressArg, progress_callback
 from ._runtime import threads as _threads
+from ._torchfunc import func_api
 
 __all__ = ["llc", "llc_calibrate", "LlcResult", "LlcCalibration", "TorchLossGrad", "torch_loss_grad"]
 
@@ -530,17 +531,6 @@ def llc_calibrate(model: Any, inputs: Any = None, targets: Any = None, *, epsilo
 # ---------------------------------------------------------------------------------------------
 # Any torch module: a batched loss and gradient by vmap(grad) over the chains.
 
-def _torch_func() -> Tuple[Callable, Callable, Callable]:
-    """(vmap, grad_and_value, functional_call): torch.func on torch >= 2, functorch on 1.13."""
-    try:
-        from torch.func import functional_call, grad_and_value, vmap
-        return vmap, grad_and_value, functional_call
-    except ImportError:
-        from functorch import grad_and_value, vmap
-        from torch.nn.utils.stateless import functional_call
-        return vmap, grad_and_value, functional_call
-
-
 class TorchLossGrad:
     """A batched loss and gradient for any ``torch.nn.Module``, the callback :func:`llc` takes.
 
@@ -599,7 +589,8 @@ class TorchLossGrad:
         with torch.no_grad():
             self.w_star = torch.nn.utils.parameters_to_vector([p for _, p in named]).detach().cpu().clone()
         self.loss_fn = _torch_loss(loss_fn, targets)
-        vmap, grad_and_value, functional_call = _torch_func()
+        api = func_api("torch_loss_grad needs torch.func (torch >= 2) or functorch (torch 1.13): pip install functorch")
+        vmap, grad_and_value, functional_call = api.vmap, api.grad_and_value, api.functional_call
 
         def loss_at(flat: Any, x: Any, y: Any) -> Any:
             tensors = [t.view(s) for t, s in zip(torch.split(flat, self._sizes), self._shapes)]

@@ -34,6 +34,12 @@ Context make_context(int threads, const Placement& where, std::uintptr_t stream)
 }
 }  // namespace
 
+void check_params(const model::MlpSpec& spec, std::size_t count) {
+  if (static_cast<index_t>(count) != spec.num_params())
+    throw ShapeMismatch("params: the network " + spec.arch_string() + " has " + std::to_string(spec.num_params()) +
+                        " parameters, got " + std::to_string(count));
+}
+
 std::string placement_name(const Placement& p) {
   return p.backend == Backend::cuda ? "cuda:" + std::to_string(p.device) : std::string("cpu");
 }

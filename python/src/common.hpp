@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -21,6 +22,8 @@
 
 #include "dynascope/context.hpp"
 #include "dynascope/error.hpp"
+#include "dynascope/losses.hpp"
+#include "dynascope/model.hpp"
 #include "dynascope/types.hpp"
 #include "dynascope/view.hpp"
 
@@ -43,6 +46,9 @@ template <class T> using DevIn1 = nb::ndarray<const T, nb::ndim<1>, nb::c_contig
 template <class T> using DevIn2 = nb::ndarray<const T, nb::ndim<2>, nb::c_contig>;
 template <class T> using DevIn = nb::ndarray<const T, nb::c_contig>;
 template <class T> using DevOut = nb::ndarray<T, nb::c_contig>;
+
+// Integer class labels [N] (the Python layer converts any integer dtype to int64 once).
+using Labels = nb::ndarray<const std::int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
 // Where an array's memory lives, in the library's terms (the backend and device of its views).
 struct Placement {
@@ -70,6 +76,23 @@ MatrixView<const T> view2(const In2<T>& a) {
 template <class T>
 MatrixView<T> view2(Out2<T>& a) {
   return matrix_view(a.data(), static_cast<index_t>(a.shape(0)), static_cast<index_t>(a.shape(1)));
+}
+
+// ShapeMismatch naming `params` unless the network `spec` has `count` parameters.
+void check_params(const model::MlpSpec& spec, std::size_t count);
+
+// A loss's targets: float values [N, O] or integer class labels [N], exactly one of the two;
+// InvalidArgument(`message`) otherwise (each family words it as its documentation does).
+template <class T>
+model::Targets<T> targets_of(const std::optional<In2<T>>& values, const std::optional<Labels>& labels,
+                             const char* message) {
+  if (values.has_value() == labels.has_value()) throw InvalidArgument(message);
+  model::Targets<T> t;
+  if (values)
+    t.values = view2(*values);
+  else
+    t.labels = vector_view(labels->data(), static_cast<index_t>(labels->shape(0)));
+  return t;
 }
 
 // Runs library code with the GIL released on a host context with `threads` threads (0: OpenMP's

@@ -26,7 +26,6 @@ using namespace nb::literals;
 
 namespace {
 
-using LabelsIn = nb::ndarray<const std::int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using DoubleIn1 = nb::ndarray<const double, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using DoubleIn2 = nb::ndarray<const double, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 template <class V> using NumpyArray = nb::ndarray<nb::numpy, V>;
@@ -58,25 +57,8 @@ NumpyArray<std::int64_t> numpy_of(const std::vector<index_t>& v) {
   return adopt<std::int64_t>(std::move(copy), data, {n});
 }
 
-template <class T>
-void check_params(const model::MlpSpec& spec, const In1<T>& params) {
-  if (static_cast<index_t>(params.shape(0)) != spec.num_params())
-    throw ShapeMismatch("params: the network " + spec.arch_string() + " has " + std::to_string(spec.num_params()) +
-                        " parameters, got " + std::to_string(params.shape(0)));
-}
-
 // The targets of the step: float values [N, O] or integer labels [N] (exactly one of the two).
-template <class T>
-model::Targets<T> targets_of(const std::optional<In2<T>>& values, const std::optional<LabelsIn>& labels) {
-  if (values.has_value() == labels.has_value())
-    throw InvalidArgument("targets: give either float values [N, O] or integer class labels [N]");
-  model::Targets<T> t;
-  if (values)
-    t.values = view2(*values);
-  else
-    t.labels = vector_view(labels->data(), static_cast<index_t>(labels->shape(0)));
-  return t;
-}
+constexpr const char* kTargets = "targets: give either float values [N, O] or integer class labels [N]";
 
 // The pair result as the Python layer reads it.
 nb::dict pair_dict(elasticity::PairResult&& r) {
@@ -124,10 +106,10 @@ nb::dict metrics_of_changes(DoubleIn2 base1, DoubleIn2 base2, DoubleIn2 loss_gra
 
 template <class T>
 nb::dict elasticity_pairs(const model::MlpSpec& spec, In1<T> params, In2<T> x1, std::optional<In2<T>> values,
-                          std::optional<LabelsIn> labels, std::optional<In2<T>> x2, double eta,
+                          std::optional<Labels> labels, std::optional<In2<T>> x2, double eta,
                           const std::string& update, double adam_eps, const std::string& form,
                           const std::string& metric, const std::string& loss, int threads, nb::handle progress) {
-  check_params(spec, params);
+  check_params(spec, params.shape(0));
   elasticity::Options options;
   options.eta = eta;
   options.update = elasticity::parse_update(update);
@@ -135,7 +117,7 @@ nb::dict elasticity_pairs(const model::MlpSpec& spec, In1<T> params, In2<T> x1, 
   options.form = elasticity::parse_form(form);
   options.metric = elasticity::parse_metric(metric);
   options.loss = model::parse_loss(loss);
-  const model::Targets<T> y1 = targets_of<T>(values, labels);
+  const model::Targets<T> y1 = targets_of<T>(values, labels, kTargets);
   std::optional<MatrixView<const T>> x2_view;
   if (x2) x2_view = view2(*x2);
   elasticity::PairResult r;
@@ -144,7 +126,7 @@ nb::dict elasticity_pairs(const model::MlpSpec& spec, In1<T> params, In2<T> x1, 
   return pair_dict(std::move(r));
 }
 
-nb::dict class_matrix(DoubleIn2 s_rel, LabelsIn labels1, LabelsIn labels2, index_t classes, bool same_set) {
+nb::dict class_matrix(DoubleIn2 s_rel, Labels labels1, Labels labels2, index_t classes, bool same_set) {
   const MatrixView<const double> s =
       matrix_view(s_rel.data(), static_cast<index_t>(s_rel.shape(0)), static_cast<index_t>(s_rel.shape(1)));
   elasticity::ClassMatrix m = elasticity::class_matrix(
@@ -162,7 +144,7 @@ nb::dict class_matrix(DoubleIn2 s_rel, LabelsIn labels1, LabelsIn labels2, index
   return out;
 }
 
-NumpyArray<std::int64_t> sample_per_class(LabelsIn labels, index_t classes, index_t k, std::uint64_t seed) {
+NumpyArray<std::int64_t> sample_per_class(Labels labels, index_t classes, index_t k, std::uint64_t seed) {
   std::vector<std::int64_t> idx = elasticity::sample_per_class(
       vector_view(labels.data(), static_cast<index_t>(labels.shape(0))), classes, k, seed);
   std::int64_t* data = idx.data();
@@ -172,10 +154,10 @@ NumpyArray<std::int64_t> sample_per_class(LabelsIn labels, index_t classes, inde
 
 template <class T>
 nb::dict training_response(const model::MlpSpec& spec, In1<T> params, In2<T> x, std::optional<In2<T>> values,
-                           std::optional<LabelsIn> labels, double eta, const std::string& form,
+                           std::optional<Labels> labels, double eta, const std::string& form,
                            const std::string& loss, bool per_layer, double duplicate_tolerance, int threads,
                            nb::handle progress) {
-  check_params(spec, params);
+  check_params(spec, params.shape(0));
   response::Options options;
   options.eta = eta;
   options.form = elasticity::parse_form(form);
@@ -185,7 +167,7 @@ nb::dict training_response(const model::MlpSpec& spec, In1<T> params, In2<T> x, 
     throw InvalidArgument("duplicate_tolerance: expected a finite value >= 0, got " + std::to_string(duplicate_tolerance));
   response::FeatureOptions feature_options;
   feature_options.duplicate_tolerance = duplicate_tolerance;
-  const model::Targets<T> y = targets_of<T>(values, labels);
+  const model::Targets<T> y = targets_of<T>(values, labels, kTargets);
   response::Response r;
   response::FeatureSpace f;
   Runner run(threads, progress);

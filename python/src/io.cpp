@@ -73,9 +73,7 @@ nb::object numpy_of(io::Tensor&& t) {
 
 template <class T>
 void save_mlp(const std::string& path, const model::MlpSpec& spec, In1<T> params, const Metadata& metadata) {
-  if (static_cast<index_t>(params.shape(0)) != spec.num_params())
-    throw ShapeMismatch("params: the network " + spec.arch_string() + " has " + std::to_string(spec.num_params()) +
-                        " parameters, got " + std::to_string(params.shape(0)));
+  check_params(spec, params.shape(0));
   // The caller's memory, adopted without a copy (save_mlp only reads it); no owner: it lives as
   // long as this call.
   const Array<T> view(const_cast<T*>(params.data()), {spec.num_params()}, Backend::host, nullptr);

@@ -27,8 +27,6 @@ using namespace nb::literals;
 
 namespace {
 
-using Labels = nb::ndarray<const std::int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
-
 // A float64 NumPy array that owns a copy of `values` (the traces, per-chain estimates).
 nb::object numpy_owning(std::vector<double> values, std::initializer_list<std::size_t> shape) {
   auto* heap = new std::vector<double>(std::move(values));
@@ -75,29 +73,14 @@ void report_progress(const Context& ctx, const std::string& task, const sgld::Ll
   ctx.progress(text, p.step, p.total_steps);
 }
 
-template <class T>
-model::Targets<T> make_targets(const std::optional<Labels>& labels, const std::optional<In2<T>>& values) {
-  model::Targets<T> t;
-  if (labels.has_value() == values.has_value())
-    throw InvalidArgument("targets: give either integer labels [N] or float targets [N, O]");
-  if (labels) t.labels = VectorView<const std::int64_t>{labels->data(), static_cast<index_t>(labels->shape(0)), 1};
-  else t.values = view2(*values);
-  return t;
-}
-
-template <class T>
-void check_params(const model::MlpSpec& spec, const In1<T>& params) {
-  if (static_cast<index_t>(params.shape(0)) != spec.num_params())
-    throw ShapeMismatch("params: the network " + spec.arch_string() + " has " + std::to_string(spec.num_params()) +
-                        " parameters, got " + std::to_string(params.shape(0)));
-}
+constexpr const char* kTargets = "targets: give either integer labels [N] or float targets [N, O]";
 
 template <class T>
 nb::dict llc_mlp(const model::MlpSpec& spec, In1<T> params, In2<T> inputs, std::optional<Labels> labels,
                  std::optional<In2<T>> values, const std::string& loss, sgld::LlcOptions options, int threads,
                  nb::handle progress) {
-  check_params(spec, params);
-  const model::Targets<T> targets = make_targets(labels, values);
+  check_params(spec, params.shape(0));
+  const model::Targets<T> targets = targets_of<T>(values, labels, kTargets);
   const model::Loss l = model::parse_loss(loss);
   Runner run(threads, progress);
   const Context& ctx = run.context();
@@ -204,8 +187,8 @@ nb::list calibrate_mlp(const model::MlpSpec& spec, In1<T> params, In2<T> inputs,
                        std::optional<In2<T>> values, const std::string& loss, const sgld::LlcOptions& options,
                        const std::vector<double>& epsilons, const std::vector<double>& nbetas, int threads,
                        nb::handle progress) {
-  check_params(spec, params);
-  const model::Targets<T> targets = make_targets(labels, values);
+  check_params(spec, params.shape(0));
+  const model::Targets<T> targets = targets_of<T>(values, labels, kTargets);
   const model::Loss l = model::parse_loss(loss);
   Runner run(threads, progress);
   return sweep<T>(run, options, epsilons, nbetas, [&](const Context& c, const sgld::LlcOptions& o) {

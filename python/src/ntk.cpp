@@ -49,9 +49,7 @@ void ntk_into(const model::MlpSpec& spec, DevIn1<T> params, DevIn2<T> x1, std::o
   options.outputs = ntk::parse_outputs(outputs);
   options.method = ntk::parse_method(method);
   options.per_layer = !per_layer.empty();
-  if (static_cast<index_t>(params.shape(0)) != spec.num_params())
-    throw ShapeMismatch("params: the network " + spec.arch_string() + " has " + std::to_string(spec.num_params()) +
-                        " parameters, got " + std::to_string(params.shape(0)));
+  check_params(spec, params.shape(0));
   const Placement where = placement_of(x1, "x1");
   require_placement(where, placement_of(params, "params"), "params", "x1");
   if (x2) require_placement(where, placement_of(*x2, "x2"), "x2", "x1");

@@ -23,12 +23,6 @@ using namespace nb::literals;
 
 namespace {
 
-void check_params(const model::MlpSpec& spec, std::size_t n) {
-  if (static_cast<index_t>(n) != spec.num_params())
-    throw ShapeMismatch("params: the network " + spec.arch_string() + " has " + std::to_string(spec.num_params()) +
-                        " parameters, got " + std::to_string(n));
-}
-
 regions::LcOptions lc_options(double radius, index_t dims, const std::string& frame, std::uint64_t seed) {
   regions::LcOptions o;
   o.radius = radius;

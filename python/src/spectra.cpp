@@ -34,7 +34,6 @@ namespace {
 template <class T>
 using Factory = std::function<std::unique_ptr<linalg::LinearOperator<T>>(const Context&, Runner&)>;
 
-using Labels = nb::ndarray<const std::int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
 struct Operator {
   std::string dtype;  // "float32" or "float64"
@@ -126,15 +125,8 @@ Operator callback_operator(index_t size, nb::callable apply, index_t max_block) 
 }
 
 template <class T>
-void check_params(const model::MlpSpec& spec, const In1<T>& params) {
-  if (static_cast<index_t>(params.shape(0)) != spec.num_params())
-    throw ShapeMismatch("params: the network " + spec.arch_string() + " has " + std::to_string(spec.num_params()) +
-                        " parameters, got " + std::to_string(params.shape(0)));
-}
-
-template <class T>
 Operator ntk_operator(const model::MlpSpec& spec, In1<T> params, In2<T> x) {
-  check_params(spec, params);
+  check_params(spec, params.shape(0));
   Operator op;
   op.size = static_cast<index_t>(x.shape(0)) * spec.outputs();
   op.kind = "ntk";
@@ -145,12 +137,13 @@ Operator ntk_operator(const model::MlpSpec& spec, In1<T> params, In2<T> x) {
 }
 
 // Targets: float values [N, O] or int64 labels [N] (exactly one of the two).
+constexpr const char* kTargets = "targets: expected either float targets [N, O] or int64 labels [N]";
+
 template <class T>
 Operator curvature_operator(const model::MlpSpec& spec, In1<T> params, In2<T> x, std::optional<In2<T>> values,
                             std::optional<Labels> labels, const std::string& curvature, const std::string& loss) {
-  check_params(spec, params);
-  if (values.has_value() == labels.has_value())
-    throw InvalidArgument("targets: expected either float targets [N, O] or int64 labels [N]");
+  check_params(spec, params.shape(0));
+  targets_of<T>(values, labels, kTargets);   // checked now; the factory builds them again for its context
   const linalg::Curvature kind = linalg::parse_curvature(curvature);
   const model::Loss l = model::parse_loss(loss);
   Operator op;
@@ -158,9 +151,7 @@ Operator curvature_operator(const model::MlpSpec& spec, In1<T> params, In2<T> x,
   op.kind = linalg::to_string(kind);
   set_factory<T>(op, [spec, params, x, values, labels, kind, l](const Context& ctx,
                                                               Runner&) -> std::unique_ptr<linalg::LinearOperator<T>> {
-    model::Targets<T> t;
-    if (values) t.values = view2(*values);
-    if (labels) t.labels = {labels->data(), static_cast<index_t>(labels->shape(0)), 1};
+    const model::Targets<T> t = targets_of<T>(values, labels, kTargets);
     return std::make_unique<linalg::CurvatureOperator<T>>(ctx, kind, spec, params.data(), view2(x), t, l);
   });
   return op;

@@ -4,8 +4,6 @@
 // local_complexity's and count_patterns' (kernels/regions.cuh), so an Mlp handed back layer by
 // layer gets their numbers exactly.
 #include <algorithm>
-#include <cmath>
-#include <limits>
 #include <string>
 
 #include "core/checks.hpp"
@@ -14,55 +12,10 @@
 #include "dynascope/regions.hpp"
 #include "kernels/launch.cuh"
 #include "kernels/regions.cuh"
+#include "regions/frames.hpp"
 
 namespace dynascope::regions {
 namespace {
-
-// The frames of samples [first, first + count) (per-sample) or the one shared frame, packed
-// [count * P, D] in double on ctx's backend: the same draws as local_complexity's (DrawFrameEntries
-// keyed by (seed, sample), then OrthonormalizeFrame).
-Array<double> draw_frames(const Context& ctx, index_t inputs, index_t p, std::uint64_t seed, bool per_sample,
-                          index_t first, index_t count, const char* call) {
-  Array<int> deficient = Array<int>::zeros(ctx, {1});
-  Array<double> frames(ctx, {count * p, inputs});
-  kern::parallel_for(ctx, count * p * inputs, kern::DrawFrameEntries{frames.data(), p * inputs, seed, first, per_sample});
-  kern::parallel_for(ctx, count, kern::OrthonormalizeFrame{frames.data(), p, inputs, deficient.data()}, 2);
-  int flag = 0;
-  detail::copy_bytes(ctx, &flag, Backend::host, deficient.data(), deficient.backend(), sizeof(int));
-  if (flag)
-    throw InvalidArgument(std::string(call) + ": a random frame came out rank deficient (seed " + std::to_string(seed) +
-                          "); choose another seed");
-  return frames;
-}
-
-// The caller's frame [P, D] as double on ctx's backend, checked as local_complexity checks it.
-template <class T>
-Array<double> given_frame(const Context& ctx, MatrixView<const T> frame, index_t inputs, const char* call) {
-  detail::check_matrix(ctx, frame, call, "frame");
-  if (frame.cols != inputs)
-    throw InvalidArgument(std::string(call) + ": the frame has " + std::to_string(frame.cols) +
-                          " columns but the samples have " + std::to_string(inputs));
-  if (frame.rows < 1 || frame.rows > inputs)
-    throw InvalidArgument(std::string(call) + ": the frame must have between 1 and " + std::to_string(inputs) +
-                          " rows (directions), got " + std::to_string(frame.rows));
-  const index_t p = frame.rows;
-  Array<double> out(ctx, {p, inputs});
-  kern::parallel_for(ctx, p * inputs, kern::FrameToDouble<T>{frame, out.data()});
-  const Array<double> host = out.to_host(ctx);
-  const double* f = host.data();
-  const double tol = 10 * std::sqrt(static_cast<double>(std::numeric_limits<T>::epsilon()));
-  for (index_t i = 0; i < p; ++i)
-    for (index_t k = 0; k <= i; ++k) {
-      double dot = 0;
-      for (index_t c = 0; c < inputs; ++c) dot += f[i * inputs + c] * f[k * inputs + c];
-      const double want = i == k ? 1.0 : 0.0;
-      if (!(std::abs(dot - want) <= tol))
-        throw InvalidArgument(std::string(call) + ": the frame's rows must be orthonormal: row " + std::to_string(i) +
-                              (i == k ? " has squared norm " : " . row " + std::to_string(k) + " = ") +
-                              std::to_string(dot) + " (tolerance " + std::to_string(tol) + ")");
-    }
-  return out;
-}
 
 // counts(first + s, column) <- tile(s, 0): the tile's counts go into the caller's column.
 struct CopyColumn {
@@ -81,28 +34,20 @@ void cross_polytope_vertices(const Context& ctx, MatrixView<const T> x, const Lc
   constexpr const char* call = "cross_polytope_vertices";
   detail::check_matrix(ctx, x, call, "x");
   const index_t m = x.rows, d = x.cols;
-  if (!(options.radius > 0) || !std::isfinite(options.radius))
-    throw InvalidArgument(std::string(call) + ": the radius must be a positive finite number, got " +
-                          std::to_string(options.radius));
+  framing::check_radius(options.radius, call);
   if (first_sample < 0)
     throw InvalidArgument(std::string(call) + ": first_sample must be >= 0, got " + std::to_string(first_sample));
   const bool per_sample = options.frame == Frame::per_sample;
-  index_t p = options.dims;
   Array<double> frames;
-  if (options.frame == Frame::given) {
-    frames = given_frame(ctx, frame, d, call);
-    p = frame.rows;
-  } else {
-    if (p < 1 || p > d)
-      throw InvalidArgument(std::string(call) + ": the number of directions P must be between 1 and the input width " +
-                            std::to_string(d) + ", got " + std::to_string(p));
-    if (frame.data)
-      throw InvalidArgument(std::string(call) + ": a frame was given but the frame option is not Frame::given");
-  }
+  const index_t p = framing::directions(ctx, options, frame, d, call, framing::Width::samples, &frames);
   detail::check_matrix(ctx, out, m * 2 * p, d, call, "out");
   if (m == 0) return;
-  if (options.frame != Frame::given)
-    frames = draw_frames(ctx, d, p, options.seed, per_sample, per_sample ? first_sample : 0, per_sample ? m : 1, call);
+  if (options.frame != Frame::given) {
+    Array<int> deficient = Array<int>::zeros(ctx, {1});
+    frames = framing::draw(ctx, d, p, options.seed, per_sample, per_sample ? first_sample : 0, per_sample ? m : 1,
+                           deficient.data());
+    framing::check_deficient(ctx, deficient, options.seed, call, "seed");
+  }
   kern::parallel_for_2d(ctx, m * 2 * p, d,
                         kern::CrossPolytopeVertices<T>{x, frames.data(), p, options.radius, per_sample, out});
 }

@@ -7,8 +7,6 @@
 #include "dynascope/regions.hpp"
 
 #include <algorithm>
-#include <cmath>
-#include <limits>
 #include <string>
 
 #include "core/checks.hpp"
@@ -17,61 +15,13 @@
 #include "dynascope/error.hpp"
 #include "kernels/launch.cuh"
 #include "kernels/regions.cuh"
+#include "regions/frames.hpp"
 
 namespace dynascope::regions {
 namespace {
 
 constexpr const char* kCall = "local_complexity";
 constexpr index_t kHostTileRows = 8192;
-
-// Random frames for samples [first, first + count) (per-sample) or the one shared frame, packed
-// [count * P, D] in double on ctx's backend. A rank-deficient draw sets *deficient (device memory
-// of ctx), which the caller reads once, after all its tiles: no host round trip per tile.
-Array<double> draw_frames(const Context& ctx, index_t inputs, index_t p, std::uint64_t seed, bool per_sample,
-                          index_t first, index_t count, int* deficient) {
-  Array<double> frames(ctx, {count * p, inputs});
-  kern::parallel_for(ctx, count * p * inputs,
-                     kern::DrawFrameEntries{frames.data(), p * inputs, seed, first, per_sample});
-  kern::parallel_for(ctx, count, kern::OrthonormalizeFrame{frames.data(), p, inputs, deficient}, 2);
-  return frames;
-}
-
-void check_frames(const Context& ctx, const Array<int>& deficient, std::uint64_t seed, const char* call) {
-  int flag = 0;
-  detail::copy_bytes(ctx, &flag, Backend::host, deficient.data(), deficient.backend(), sizeof(int));
-  if (flag)
-    throw InvalidArgument(std::string(call) + ": a random frame came out rank deficient (seed " + std::to_string(seed) +
-                          "); choose another --seed");
-}
-
-// The caller's frame, checked for width and orthonormality, as double [P, D] on ctx's backend.
-template <class T>
-Array<double> given_frame(const Context& ctx, MatrixView<const T> frame, index_t inputs, const char* call) {
-  detail::check_matrix(ctx, frame, call, "frame");
-  if (frame.cols != inputs)
-    throw InvalidArgument(std::string(call) + ": the frame has " + std::to_string(frame.cols) +
-                          " columns but the network takes " + std::to_string(inputs) + " inputs");
-  if (frame.rows < 1 || frame.rows > inputs)
-    throw InvalidArgument(std::string(call) + ": the frame must have between 1 and " + std::to_string(inputs) +
-                          " rows (directions), got " + std::to_string(frame.rows));
-  const index_t p = frame.rows;
-  Array<double> out(ctx, {p, inputs});
-  kern::parallel_for(ctx, p * inputs, kern::FrameToDouble<T>{frame, out.data()});
-  const Array<double> host = out.to_host(ctx);
-  const double* f = host.data();
-  const double tol = 10 * std::sqrt(static_cast<double>(std::numeric_limits<T>::epsilon()));
-  for (index_t i = 0; i < p; ++i)
-    for (index_t k = 0; k <= i; ++k) {
-      double dot = 0;
-      for (index_t c = 0; c < inputs; ++c) dot += f[i * inputs + c] * f[k * inputs + c];
-      const double want = i == k ? 1.0 : 0.0;
-      if (!(std::abs(dot - want) <= tol))
-        throw InvalidArgument(std::string(call) + ": the frame's rows must be orthonormal: row " + std::to_string(i) +
-                              (i == k ? " has squared norm " : " . row " + std::to_string(k) + " = ") +
-                              std::to_string(dot) + " (tolerance " + std::to_string(tol) + ")");
-    }
-  return out;
-}
 
 void throw_non_finite(const Array<std::int32_t>& host_counts, index_t layers, const char* call) {
   for (index_t i = 0; i < host_counts.size(); ++i)
@@ -92,8 +42,8 @@ Array<T> random_frame(const Context& ctx, index_t inputs, index_t dims, std::uin
   if (sample < 0) throw InvalidArgument("random_frame: sample must be >= 0");
   const bool per_sample = kind == Frame::per_sample;
   Array<int> deficient = Array<int>::zeros(ctx, {1});
-  Array<double> f = draw_frames(ctx, inputs, dims, seed, per_sample, per_sample ? sample : 0, 1, deficient.data());
-  check_frames(ctx, deficient, seed, "random_frame");
+  Array<double> f = framing::draw(ctx, inputs, dims, seed, per_sample, per_sample ? sample : 0, 1, deficient.data());
+  framing::check_deficient(ctx, deficient, seed, "random_frame", "--seed");
   Array<T> out(ctx, {dims, inputs});
   const double* src = f.data();
   T* dst = out.data();
@@ -109,24 +59,13 @@ LcResult local_complexity(const Context& ctx, const model::MlpSpec& spec, const 
   const index_t d = spec.inputs();
   const index_t layers = spec.layers();
   detail::check_matrix(ctx, x, n, d, kCall, "x");
-  if (!(options.radius > 0) || !std::isfinite(options.radius))
-    throw InvalidArgument(std::string(kCall) + ": the radius must be a positive finite number, got " +
-                          std::to_string(options.radius));
+  framing::check_radius(options.radius, kCall);
   const bool per_sample = options.frame == Frame::per_sample;
   Array<int> deficient = Array<int>::zeros(ctx, {1});
   Array<double> shared;
-  index_t p = options.dims;
-  if (options.frame == Frame::given) {
-    shared = given_frame(ctx, frame, d, kCall);
-    p = frame.rows;
-  } else {
-    if (p < 1 || p > d)
-      throw InvalidArgument(std::string(kCall) + ": the number of directions P must be between 1 and the input width " +
-                            std::to_string(d) + ", got " + std::to_string(p));
-    if (frame.data)
-      throw InvalidArgument(std::string(kCall) + ": a frame was given but the frame option is not Frame::given");
-    if (!per_sample) shared = draw_frames(ctx, d, p, options.seed, false, 0, 1, deficient.data());
-  }
+  const index_t p = framing::directions(ctx, options, frame, d, kCall, framing::Width::network, &shared);
+  if (options.frame != Frame::given && !per_sample)
+    shared = framing::draw(ctx, d, p, options.seed, false, 0, 1, deficient.data());
 
   LcResult result;
   result.dims = p;
@@ -164,7 +103,7 @@ LcResult local_complexity(const Context& ctx, const model::MlpSpec& spec, const 
     Array<double> own;
     const double* frames = shared.data();
     if (per_sample) {
-      own = draw_frames(ctx, d, p, options.seed, true, s0, m, deficient.data());
+      own = framing::draw(ctx, d, p, options.seed, true, s0, m, deficient.data());
       frames = own.data();
     }
     if (verts.size() < m * vertices * d) verts = Array<T>(ctx, {m * vertices, d});
@@ -187,7 +126,7 @@ LcResult local_complexity(const Context& ctx, const model::MlpSpec& spec, const 
     ctx.progress("local complexity", s0 + m, n);
   }
 
-  if (options.frame != Frame::given) check_frames(ctx, deficient, options.seed, kCall);
+  if (options.frame != Frame::given) framing::check_deficient(ctx, deficient, options.seed, kCall, "--seed");
   const Array<std::int32_t> host = result.counts.to_host(ctx);
   throw_non_finite(host, layers, kCall);
   result.per_layer_mean.assign(std::size_t(layers), 0.0);
@@ -216,10 +155,8 @@ Array<std::int32_t> first_layer_counts(const Context& ctx, const model::MlpSpec&
   const index_t d = spec.inputs();
   const index_t w = spec.fan_out(0);
   detail::check_matrix(ctx, x, n, d, call, "x");
-  if (!(radius > 0) || !std::isfinite(radius))
-    throw InvalidArgument(std::string(call) + ": the radius must be a positive finite number, got " +
-                          std::to_string(radius));
-  (void)given_frame(ctx, frame, d, call);
+  framing::check_radius(radius, call);
+  (void)framing::given(ctx, frame, d, call, framing::Width::network);
   const index_t p = frame.rows;
   // a = c * frame W_1^T [P, w]: every direction through the first layer's weights.
   Array<T> a(ctx, {p, w});

@@ -22,6 +22,8 @@ import pytest
 
 import dynascope
 from dynascope import _core, _runtime
+from helpers import assert_close, jacobians
+from helpers import ntk_reference as reference
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -286,35 +288,6 @@ def make_model(seed=0):
                          nn.Linear(6, 3)).double()
 
 
-def jacobians(model, x):
-    """[N, O, P] per-sample Jacobians w.r.t. all parameters, one output at a time (autograd)."""
-    params = list(model.parameters())
-    rows = []
-    for n in range(x.shape[0]):
-        f = model(x[n:n + 1])[0]
-        rows.append(torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(f[a], params, retain_graph=True)])
-                                 for a in range(f.shape[0])]))
-    return torch.stack(rows)
-
-
-def reference(j1, j2, outputs):
-    if outputs == "full":
-        return torch.einsum("nap,mbp->namb", j1, j2)
-    diag = torch.einsum("nap,map->nma", j1, j2)
-    if outputs == "diagonal":
-        return diag
-    if outputs == "trace":
-        return diag.sum(-1)
-    return j1.sum(1) @ j2.sum(1).T
-
-
-def assert_close(actual, expected, rtol):
-    actual = actual.detach().cpu().numpy()
-    expected = expected.detach().cpu().numpy()
-    assert actual.shape == expected.shape
-    scale = np.abs(expected).max()
-    assert scale > 0
-    np.testing.assert_allclose(actual, expected, rtol=0, atol=rtol * scale)
 
 
 @gpu

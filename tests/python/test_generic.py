@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 import dynascope
+from helpers import assert_close, jacobians
+from helpers import ntk_reference as reference
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -28,40 +30,6 @@ def inputs(n, seed, dtype=torch.float64):
     return torch.randn(n, 2, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-def jacobians(model, x):
-    """[N, O, P]: per-sample Jacobians w.r.t. the trainable parameters, in parameters_to_vector order."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    rows = []
-    for n in range(x.shape[0]):
-        f = model(x[n:n + 1]).reshape(-1)
-        per_output = []
-        for a in range(f.shape[0]):
-            grads = torch.autograd.grad(f[a], params, retain_graph=True)
-            per_output.append(torch.cat([g.reshape(-1) for g in grads]))
-        rows.append(torch.stack(per_output))
-    return torch.stack(rows).detach()
-
-
-def reference(j1, j2, outputs):
-    if outputs == "full":
-        return torch.einsum("nap,mbp->namb", j1, j2)
-    diag = torch.einsum("nap,map->nma", j1, j2)
-    if outputs == "diagonal":
-        return diag
-    if outputs == "trace":
-        return diag.sum(-1)
-    if outputs == "sum":
-        return j1.sum(1) @ j2.sum(1).T
-    raise ValueError(outputs)
-
-
-def assert_close(actual, expected, rtol):
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    assert actual.shape == expected.shape
-    scale = np.abs(expected).max()
-    assert scale > 0
-    np.testing.assert_allclose(actual, expected, rtol=0, atol=rtol * scale)
 
 
 @pytest.fixture(scope="module")

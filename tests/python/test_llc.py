@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import dynascope
+from helpers import PoolCnn
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -279,15 +280,8 @@ def test_mlp_calibrate_grid_and_points():
 # ---------------------------------------------------------------------------------------------
 # Any torch module.
 
-class SmallCnn(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 3, 3)
-        self.pool = nn.AvgPool2d(2)
-        self.fc = nn.Linear(3 * 2 * 2, 3)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(self.pool(torch.relu(self.conv(x))), 1))
+def SmallCnn():
+    return PoolCnn(torch.relu)
 
 
 def test_torch_loss_grad_of_a_cnn_against_autograd_loop():

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 import dynascope
+from helpers import assert_close, jacobians
+from helpers import ntk_reference as reference
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -27,41 +29,6 @@ def make_model(kind="mixed", seed=0):
     return nn.Sequential(*layers).double()
 
 
-def jacobians(model, x):
-    """[N, O, P]: per-sample Jacobians of the outputs w.r.t. all parameters (parameters_to_vector order)."""
-    params = list(model.parameters())
-    rows = []
-    for n in range(x.shape[0]):
-        f = model(x[n:n + 1])[0]
-        per_output = []
-        for a in range(f.shape[0]):
-            grads = torch.autograd.grad(f[a], params, retain_graph=True)
-            per_output.append(torch.cat([g.reshape(-1) for g in grads]))
-        rows.append(torch.stack(per_output))
-    return torch.stack(rows)
-
-
-def reference(j1, j2, outputs):
-    full = torch.einsum("nap,mbp->namb", j1, j2)
-    if outputs == "full":
-        return full
-    diag = torch.einsum("nap,map->nma", j1, j2)
-    if outputs == "diagonal":
-        return diag
-    if outputs == "trace":
-        return diag.sum(-1)
-    if outputs == "sum":
-        return j1.sum(1) @ j2.sum(1).T
-    raise ValueError(outputs)
-
-
-def assert_close(actual, expected, rtol):
-    actual = np.asarray(actual)
-    expected = np.asarray(expected)
-    assert actual.shape == expected.shape
-    scale = np.abs(expected).max()
-    assert scale > 0
-    np.testing.assert_allclose(actual, expected, rtol=0, atol=rtol * scale)
 
 
 @pytest.mark.parametrize("kind", ["mixed", "others"])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import dynascope
+from helpers import PoolCnn
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -269,15 +270,8 @@ def test_mlp_ntk_operator_and_spectrum_modes():
 
 # ---------------------------------------------------------------- any torch model
 
-class SmallCnn(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(1, 3, 3)
-        self.pool = nn.AvgPool2d(2)
-        self.fc = nn.Linear(3 * 2 * 2, 3)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(self.pool(torch.tanh(self.conv(x))), 1))
+def SmallCnn():
+    return PoolCnn(torch.tanh)
 
 
 @pytest.mark.parametrize("kind", ["hessian", "ggn"])

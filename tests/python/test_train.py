@@ -11,24 +11,12 @@ import numpy as np
 import pytest
 
 import dynascope
+import helpers
+from helpers import flat, make_model
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
-
-
-def make_model(widths=(3, 8, 2), act=nn.Tanh, seed=0):
-    torch.manual_seed(seed)
-    layers = []
-    for i in range(len(widths) - 1):
-        layers.append(nn.Linear(widths[i], widths[i + 1]))
-        if i + 2 < len(widths):
-            layers.append(act())
-    return nn.Sequential(*layers).double()
-
-
-def flat(model):
-    return torch.nn.utils.parameters_to_vector(model.parameters()).detach().clone()
 
 
 def criterion(loss, out, y):
@@ -81,10 +69,7 @@ def full_loss(model, w, x, y, loss):
 
 
 def data(n, d, seed, labels=None, outputs=2):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=g, dtype=torch.float64)
-    y = torch.arange(n) % labels if labels else torch.randn(n, outputs, generator=g, dtype=torch.float64)
-    return x, y
+    return helpers.data(n, d, seed, labels, outputs)
 
 
 @pytest.mark.parametrize("optimizer,kw", [
@@ -203,7 +188,7 @@ def test_divergence_is_reported_not_raised():
 
 
 def test_progress_each_step_and_stopping():
-    model = make_model(seed=9)
+    model = make_model((3, 8, 2), seed=9)
     x, y = data(6, 3, 10)
     mlp = dynascope.Mlp.from_torch(model)
     p0 = mlp.params.clone()
@@ -233,7 +218,7 @@ def test_progress_each_step_and_stopping():
 
 
 def test_bad_input_gives_clear_errors():
-    model = make_model(seed=11)
+    model = make_model((3, 8, 2), seed=11)
     mlp = dynascope.Mlp.from_torch(model)
     x, y = data(6, 3, 12)
     xl, yl = data(6, 3, 12, labels=2)
