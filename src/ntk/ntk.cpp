@@ -338,6 +338,7 @@ NtkInfo gram_core(const Context& ctx, const JacobianSource<T>& s1, index_t n1, c
   TileWriter<T> layer_writer{ctx, mode, o, symmetric, {}};
   const index_t rps = rows_per_sample(mode, o), cps = cols_per_sample(mode, o);
   NtkInfo info;
+  double flops = 0;
   const index_t total_tiles = Blocks{n1, n2, b, b, symmetric}.count();
   for (index_t r0 = 0; r0 < n1; r0 += b) {
     const index_t b1 = std::min(b, n1 - r0);
@@ -350,12 +351,23 @@ NtkInfo gram_core(const Context& ctx, const JacobianSource<T>& s1, index_t n1, c
         jb = j2.reserve(ctx, b2 * o, p);
         s2(c0, b2, jb);
       }
-      MatrixView<T> gv = g.reserve(ctx, b1 * o, b2 * o);
       MatrixView<T> tile = tile_buf.reserve(ctx, b1 * rps, b2 * cps);
-      if (per_layer.empty()) {
+      if (per_layer.empty() && mode == Outputs::trace && ja.ld == p && jb.ld == p) {
+        // trace: K[n, m] = sum_a <J_a(n), J_a(m)> is the inner product of rows n and m of J viewed
+        // as [N, O*P] (the O rows of a sample are adjacent): one GEMM with O*P columns instead of
+        // the [b1*O, b2*O] Gram and its diagonal blocks, O times fewer flops (10x on 10 outputs).
+        const MatrixView<const T> ra{ja.data, b1, o * p, o * p, ja.backend, ja.device};
+        const MatrixView<const T> rb{jb.data, b2, o * p, o * p, jb.backend, jb.device};
+        blas::gemm<T>(ctx, Op::none, Op::trans, T(1), ra, rb, T(0), tile);
+        flops += 2.0 * double(b1) * double(b2) * double(o) * double(p);
+      } else if (per_layer.empty()) {
+        MatrixView<T> gv = g.reserve(ctx, b1 * o, b2 * o);
         blas::gemm<T>(ctx, Op::none, Op::trans, T(1), ja, jb, T(0), gv);
         reduce_full_gram<T>(ctx, mode, o, gv, tile, false);
+        flops += 2.0 * double(b1) * double(b2) * double(o) * double(o) * double(p);
       } else {
+        MatrixView<T> gv = g.reserve(ctx, b1 * o, b2 * o);
+        flops += 2.0 * double(b1) * double(b2) * double(o) * double(o) * double(p);
         detail::fill_zero_bytes(ctx, tile.data, tile.backend, std::size_t(tile.size()) * sizeof(T));
         for (std::size_t l = 0; l < layer_cols.size(); ++l) {
           const auto [c_begin, c_end] = layer_cols[l];
@@ -372,8 +384,7 @@ NtkInfo gram_core(const Context& ctx, const JacobianSource<T>& s1, index_t n1, c
       if (total_tiles > 1) ctx.progress("ntk", info.tiles, total_tiles);  // one tile: nothing to tell
     }
   }
-  const double pairs = symmetric ? 0.5 * double(n1) * double(n1 + 1) : double(n1) * double(n2);
-  info.flops = 2.0 * pairs * double(o) * double(o) * double(p);
+  info.flops = flops;   // the GEMMs done (symmetric runs skip the lower tiles)
   return info;
 }
 
