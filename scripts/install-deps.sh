@@ -10,7 +10,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev libeigen3-dev
   clang libclang-rt-14-dev
   dataset-fashion-mnist python3-sklearn python3-numpy
-  python3-dev python3-venv python3-scipy python3-torch
+  python3-dev python3-venv python3-scipy python3-torch python3-matplotlib chromium
 )
 missing=()
 for p in "${packages[@]}"; do

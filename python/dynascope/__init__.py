@@ -17,6 +17,7 @@ from ._mlp import Mlp
 from ._ntk import *  # noqa: F401,F403
 from ._ntk import __all__ as _ntk_all
 from ._runtime import set_progress
+from ._report import report
 from ._spectra import *  # noqa: F401,F403
 from ._spectra import __all__ as _spectra_all
 from ._regions import *  # noqa: F401,F403
@@ -33,6 +34,6 @@ from ._tracker import *  # noqa: F401,F403
 from ._tracker import __all__ as _tracker_all
 
 __version__ = "0.1.0"
-__all__ = (["Mlp", "set_progress", "Error", "InvalidArgument", "ShapeMismatch", "OutOfMemory",
+__all__ = (["Mlp", "set_progress", "report", "Error", "InvalidArgument", "ShapeMismatch", "OutOfMemory",
             "__version__"] + _ntk_all + _spectra_all + _regions_all + _llc_all + _elasticity_all + _train_all + _generic_all
            + _tracker_all)
