@@ -11,6 +11,7 @@
 
 #include "cli/ntk_summary.hpp"
 #include "cli/region_map.hpp"
+#include "cli/report.hpp"
 #include "cli/training_run.hpp"
 #include "dynascope/curvature.hpp"
 #include "dynascope/elasticity.hpp"
@@ -78,16 +79,21 @@ struct DemoCommand {
   RegionFlags regions;
   LlcFlags llc;
   ProbeFlags probes;
+  bool no_density = false;
+  bool no_report = false;
+  bool long_run = false;
   CLI::App* app = nullptr;
 };
 
 // The NTK section: at each checkpoint, the trace kernel on a fixed subset of the training set,
 // summarised exactly as `dynascope ntk --k 5 --energy 1,2,5,10,20` does (kernel_summary): top
 // eigenvalues, E_k of the centred targets, uncentred and centred kernel-target alignment; plus
-// the distance to the kernel at initialisation.
+// the distance to the kernel at initialisation and to the previous checkpoint's kernel (the
+// kernel's velocity between checkpoints; none at the first).
 struct NtkRow {
   json summary;
   double distance_to_init = 0;
+  std::optional<double> distance_to_previous;
 };
 const std::vector<index_t> kEnergyKs{1, 2, 5, 10, 20};
 
@@ -119,6 +125,9 @@ class NtkTracker {
     std::vector<double> kd(k.begin(), k.end());
     if (k0_.empty()) k0_ = kd;
     row.distance_to_init = ntk::kernel_distance({k0_.data(), n_, n_, n_}, {kd.data(), n_, n_, n_});
+    if (!previous_.empty())
+      row.distance_to_previous = ntk::kernel_distance({previous_.data(), n_, n_, n_}, {kd.data(), n_, n_, n_});
+    previous_ = std::move(kd);
     return row;
   }
   index_t samples() const { return n_; }
@@ -131,24 +140,31 @@ class NtkTracker {
   Array<T> x_;
   KernelTargets targets_;
   KernelSummaryRequest request_;
-  std::vector<double> k0_;
+  std::vector<double> k0_, previous_;
 };
 
 // The curvature section: the loss Hessian's top eigenvalues (Lanczos, warm-started from the
-// previous checkpoint's eigenvectors) and its trace (Hutch++), on the whole training set.
+// previous checkpoint's eigenvectors), its trace (Hutch++) and its spectral density (stochastic
+// Lanczos quadrature), on the whole training set.
 struct CurvatureRow {
   std::vector<double> top;
   double trace = 0;
   index_t matvecs = 0;
   bool converged = false;
+  std::optional<linalg::SpectralDensity> density;
 };
+// The density's settings: `dynascope spectrum --density`'s defaults (PyHessian's 90 Lanczos steps
+// and 10 probes), so that each checkpoint's density is what that command gives for it with the
+// demo's data flags and seed. They cost 900 Hessian-vector products per checkpoint, about 0.5 s
+// for the default network on 2 cores.
+constexpr index_t kDensitySteps = 90, kDensityProbes = 10, kDensityGrid = 1000;
 
 template <class T>
 class CurvatureTracker {
  public:
   CurvatureTracker(const Context& ctx, const model::MlpSpec& spec, const data::Split& split, model::Loss loss)
       : ctx_(ctx), spec_(spec), data_(model::to_device<T>(ctx, split.train)), loss_(loss) {}
-  CurvatureRow measure(const Array<T>& params, std::uint64_t seed) {
+  CurvatureRow measure(const Array<T>& params, std::uint64_t seed, bool density) {
     linalg::CurvatureOperator<T> h(ctx_, linalg::Curvature::hessian, spec_, params.data(), data_.x.matrix(), data_.targets(), loss_);
     linalg::LanczosOptions o;
     o.k = 3;
@@ -161,7 +177,16 @@ class CurvatureTracker {
     const auto e = linalg::eigsh<T>(h, o, warm);
     previous_ = e.vectors.to(ctx_);
     const auto t = linalg::hutchpp<T>(h, 30, seed);
-    return {e.values, t.trace, e.matvecs + t.matvecs, e.all_converged};
+    CurvatureRow row{e.values, t.trace, e.matvecs + t.matvecs, e.all_converged, std::nullopt};
+    if (density) {
+      linalg::SlqOptions so;
+      so.steps = kDensitySteps;
+      so.probes = kDensityProbes;
+      so.grid = kDensityGrid;
+      so.seed = seed;
+      row.density = linalg::slq<T>(h, so);
+    }
+    return row;
   }
 
  private:
@@ -344,6 +369,16 @@ json llc_section(const Context& ctx, const DemoCommand& c, const std::vector<Che
   const std::string csv_file = (std::filesystem::path(c.train.out_dir) / "llc.csv").string();
   io::write_text_atomic(csv_file, csv);
   json section;
+  // The chains' loss traces at the last checkpoint estimated, so that a bad calibration (a drift,
+  // chains that have not mixed, a loss below L_n(w*)) can be seen: what `dynascope llc --model
+  // CHECKPOINT --out-trace F` writes for it.
+  if (!chosen.empty()) {
+    const sgld::LlcResult& last = *per_row[chosen.back()];
+    io::write_npy((std::filesystem::path(c.train.out_dir) / "llc_trace_last.npy").string(),
+                  io::Tensor::from(last.loss_trace.data(), {last.chains, last.draws}));
+    section["trace_file"] = "llc_trace_last.npy";
+    section["trace_step"] = rows[chosen.back()].step;
+  }
   o.on_progress = nullptr;
   section["options"] = llc_options_json(o);
   section["samples"] = split.train.n;
@@ -352,7 +387,9 @@ json llc_section(const Context& ctx, const DemoCommand& c, const std::vector<Che
                     "over SGLD chains localized at the checkpoint's weights w* (library defaults: epsilon 1e-4, gamma "
                     "100, n*beta = n / ln n with n the training samples, full batch), on the training set with the run's "
                     "loss; llc_stderr = std over chains / sqrt(chains). The same numbers as `dynascope llc --model "
-                    "CHECKPOINT --chains C --draws D --burnin B --seed S` with the demo's data flags.";
+                    "CHECKPOINT --chains C --draws D --burnin B --seed S` with the demo's data flags. trace_file: the loss "
+                    "L_B(w) of every chain [chains, draws] (float64) at the checkpoint of step trace_step, as "
+                    "`--out-trace` writes it.";
   section["rows"] = out_rows;
   section["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return section;
@@ -752,6 +789,29 @@ LcSettings lc_settings(const DemoCommand& c, const data::Split& split) {
   return s;
 }
 
+// The report of the run folder (DIR/report/index.html and its figures), by `dynascope report`'s
+// code. The run folder is complete before it starts, so a report that cannot be written (no Python
+// extension in this build, no matplotlib) is a warning: the demo itself succeeded, and `dynascope
+// report DIR` writes the figures once the cause is fixed.
+void write_report(const DemoCommand& c) {
+  std::fflush(stdout);  // the report runs in a child process that shares stdout and stderr
+  print_status(c.common, "demo: writing the report (figures of every section) in " + c.train.out_dir + "/report/");
+  // Quiet: the demo prints the page's path itself, with or without its own --quiet (which silences
+  // progress on stderr only; the table and the files written always go to stdout).
+  const int rc = run_report({c.train.out_dir}, true);
+  const std::string index = (std::filesystem::path(c.train.out_dir) / "report" / "index.html").string();
+  std::error_code ec;
+  if (rc == 0 && std::filesystem::is_regular_file(index, ec)) {
+    std::printf("report: %s\n", index.c_str());
+    return;
+  }
+  std::fprintf(stderr,
+               "demo: warning: the report's figures were not written (exit status %d; the reason is above). The run "
+               "folder %s is complete; `dynascope report %s` writes them once that is fixed, and --no-report skips "
+               "this step.\n",
+               rc, c.train.out_dir.c_str(), c.train.out_dir.c_str());
+}
+
 template <class T>
 int run(const DemoCommand& c) {
   const auto start = std::chrono::steady_clock::now();
@@ -799,7 +859,7 @@ int run(const DemoCommand& c) {
       if (elasticity_tracker) elasticity_summary.push_back(elasticity_tracker->measure(step, file, p64));
       if (response_tracker) response_summary.push_back(response_tracker->measure(step, file, p64));
     }
-    curvature_rows.push_back(curvature.measure(params, c.common.seed));
+    curvature_rows.push_back(curvature.measure(params, c.common.seed, !c.no_density));
     if (lc_tracker) lc_totals.push_back(lc_tracker->measure(step, params));
     if (do_map) {
       if (first_step < 0) {
@@ -896,6 +956,7 @@ int run(const DemoCommand& c) {
     j["checkpoint"] = r.file;
     json ntk_json = nr.summary;
     ntk_json["distance_to_init"] = nr.distance_to_init;
+    ntk_json["distance_to_previous"] = nr.distance_to_previous ? json(*nr.distance_to_previous) : json(nullptr);
     j["ntk"] = ntk_json;
     const CurvatureRow& cr = curvature_rows[i];
     j["hessian"] = {{"top_eigenvalues", cr.top}, {"trace_hutchpp", cr.trace}, {"matvecs", cr.matvecs}, {"converged", cr.converged}};
@@ -915,6 +976,44 @@ int run(const DemoCommand& c) {
   report["hessian"] = {{"samples", split.train.n},
                        {"note", "exact loss Hessian (R-operator) on the training set: top-3 eigenvalues by block Lanczos "
                                 "(tol 1e-4, warm-started), trace by Hutch++ with 30 Hessian-vector products"}};
+  if (c.no_density) {
+    report["hessian"]["density"] = {{"skipped", "--no-density"}};
+  } else {
+    // One row per grid point per checkpoint. Each checkpoint has its own grid (the range of its
+    // Ritz values, padded), as `dynascope spectrum --density` lays it out.
+    std::string csv = "step,lambda,density\n";
+    json sigma2 = json::array(), traces = json::array(), matvecs = json::array();
+    for (std::size_t i = 0; i < outcome.rows.size(); ++i) {
+      const linalg::SpectralDensity& d = *curvature_rows[i].density;
+      char line[96];
+      for (std::size_t g = 0; g < d.grid.size(); ++g) {
+        std::snprintf(line, sizeof line, "%lld,%.10g,%.10g\n", static_cast<long long>(outcome.rows[i].step), d.grid[g],
+                      d.density[g]);
+        csv += line;
+      }
+      sigma2.push_back(d.sigma2);
+      traces.push_back(finite_json(d.trace_estimate));
+      matvecs.push_back(d.matvecs);
+    }
+    io::write_text_atomic((out_dir / "hessian_density.csv").string(), csv);
+    report["hessian"]["density"] = {
+        {"steps", kDensitySteps},
+        {"probes", kDensityProbes},
+        {"grid", kDensityGrid},
+        {"seed", c.common.seed},
+        {"file", "hessian_density.csv"},
+        {"sigma2", sigma2},
+        {"trace_slq", traces},
+        {"matvecs", matvecs},
+        {"note", "spectral density of the same Hessian by stochastic Lanczos quadrature (Ghorbani, Krishnan & Xiao; "
+                 "PyHessian's conventions): `probes` Rademacher probes, `steps` Lanczos steps each with full "
+                 "reorthogonalization; the Ritz values, weighted by the squared first components of their vectors, "
+                 "smoothed by Gaussians of variance sigma2 (1e-5 max(1, range of the Ritz values)) on `grid` points "
+                 "spanning that range, padded; the density integrates to 1. trace_slq = n mean over probes of the "
+                 "quadrature of lambda. hessian_density.csv: step,lambda,density, one row per grid point per "
+                 "checkpoint. Each checkpoint's density is what `dynascope spectrum --model CHECKPOINT --operator "
+                 "hessian --density --steps S --probes V --grid G --seed SEED` gives with the demo's data flags."}};
+  }
   report["ntk"] = {{"samples", tracker.samples()},
                    {"outputs", "trace"},
                    {"k", tracker.request().top_k},
@@ -923,7 +1022,9 @@ int run(const DemoCommand& c) {
                    {"note", "trace kernel on the first training samples, summarised as `dynascope ntk --k 5 --energy "
                             "1,2,5,10,20` does: eigenvalues = the top eigenvalues; energy[k] = E_k(y), the share of the "
                             "centred targets' energy (one-hot for classes) in the top-k eigenvectors; kta = uncentred "
-                            "and kta_centered = centred kernel-target alignment; distance_to_init = 1 - <K0,K>/(|K0||K|)"}};
+                            "and kta_centered = centred kernel-target alignment; distance_to_init = 1 - <K0,K>/(|K0||K|) with K0 the "
+                            "kernel at the first checkpoint; distance_to_previous = the same distance to the previous "
+                            "checkpoint's kernel (the kernel's velocity; null at the first)"}};
   report["local_complexity"] = lc_json;
   report["region_maps"] = maps_json;
   report["llc"] = llc_report;
@@ -993,8 +1094,10 @@ int run(const DemoCommand& c) {
     }
   }
   std::string files = c.train.out_dir + "/report.json, " + c.train.out_dir + "/train.csv";
+  if (!c.no_density) files += ", " + c.train.out_dir + "/hessian_density.csv";
   if (lc_tracker) files += ", " + c.train.out_dir + "/lc.csv";
   if (llc_report.contains("csv_file")) files += ", " + c.train.out_dir + "/llc.csv";
+  if (llc_report.contains("trace_file")) files += ", " + c.train.out_dir + "/llc_trace_last.npy";
   if (elasticity_report.contains("csv_file")) files += ", " + c.train.out_dir + "/elasticity.csv";
   if (elasticity_report.contains("first"))
     files += ", " + c.train.out_dir + "/elasticity_first.npy, " + c.train.out_dir + "/elasticity_last.npy";
@@ -1003,9 +1106,55 @@ int run(const DemoCommand& c) {
     files += ", " + c.train.out_dir + "/region_map_first.png";
   if (maps_json.contains("last") && maps_json["last"].contains("file"))
     files += ", " + c.train.out_dir + "/region_map_last.png";
-  std::printf("report: %s, %zu checkpoints (%.1f s)\n", files.c_str(), outcome.rows.size(), report["seconds"].get<double>());
+  std::printf("run folder: %s, %zu checkpoints (%.1f s)\n", files.c_str(), outcome.rows.size(),
+              report["seconds"].get<double>());
   if (!c.common.out.empty()) emit_result("demo", c.common, ctx, report, start);
+  if (!c.no_report) write_report(c);
   return outcome.result.diverged ? 1 : 0;
+}
+
+// --long: a training long enough for grokking to show. Modular addition (a + b) mod 23 on one-hot
+// pairs, 60% of the 529 pairs for training, a 46-256-23 ReLU network with its initial weights
+// scaled up and AdamW with a strong weight decay (Liu, Michaud & Tegmark's Omnigrok recipe: a large
+// initialization memorises first, and weight decay then pulls the weights down to the norm where
+// the network generalises). The training set is fitted within ~1000 steps while the test accuracy
+// stays at chance (1% at step 1000); it rises long after (23% at step 3000, 90% at step 10000). Checkpoints every 500 steps (the LC curve's phases and the
+// NTK's late alignment need several). Each default applies only where its flag is not given.
+// On this run the training points' local complexity jumps while the training set is memorised
+// (17 -> 51 by step 500), stays flat while the test accuracy is at chance, and climbs again as it
+// rises (76 at step 10000); the late descent of Humayun et al.'s curves does not show within 10000
+// steps.
+constexpr const char* kLongHelp =
+    "a longer run that shows memorisation, then late generalisation (grokking), and the local complexity moving with "
+    "them: "
+    "modular addition (modadd, 60% train), a 46-256-23 ReLU network at --init-scale 3, AdamW (lr 3e-3, weight decay "
+    "1), 10000 full-batch steps, a checkpoint every 500, the LLC at --llc-epsilon 3e-3, into dynascope-demo-long/; any "
+    "flag given explicitly wins";
+
+void apply_long_defaults(DemoCommand& c) {
+  const CLI::App& cmd = *c.app;
+  const auto unless = [&](const char* flag, auto& field, auto value) {
+    if (!given(cmd, flag)) field = value;
+  };
+  if (!given(cmd, "--inputs")) {  // data of one's own replaces the dataset
+    unless("--dataset", c.data.dataset, std::string("modadd"));
+    unless("--samples", c.data.samples, index_t(0));
+  }
+  unless("--test-fraction", c.data.test_fraction, 0.4);
+  if (!given(cmd, "--model")) {  // so does a network of one's own
+    unless("--arch", c.model.arch, std::string("-256-"));
+    unless("--init-scale", c.model.init_scale, 3.0);
+  }
+  unless("--optimizer", c.train.optimizer, std::string("adamw"));
+  unless("--lr", c.train.lr, 3e-3);
+  unless("--weight-decay", c.train.weight_decay, 1.0);
+  unless("--steps", c.train.steps, index_t(10000));
+  unless("--save-every", c.train.save_every, index_t(500));
+  unless("--out-dir", c.train.out_dir, std::string("dynascope-demo-long"));
+  // Calibrated with `dynascope llc --calibrate` on this run's last checkpoint: at 3e-3 the 4 chains
+  // mix at steps 0, 5000 and 10000 (R-hat 1.01-1.06, MALA acceptance 0.56); the spirals' 3e-4 left
+  // R-hat at 1.5.
+  unless("--llc-epsilon", c.llc.epsilon, 3e-3);
 }
 
 }  // namespace
@@ -1029,9 +1178,10 @@ Command register_demo(CLI::App& app) {
   add_model_flags(*cmd, c->model, false);
   add_data_flags(*cmd, c->data, true);
   add_train_flags(*cmd, c->train);
-  add_out_dir_flags(*cmd, c->train, "run folder (checkpoints, train.csv, report.json, lc.csv, llc.csv, "
-                                     "elasticity.csv, elasticity_first.npy, elasticity_last.npy, response.csv, "
-                                     "region_map_first.png, region_map_last.png)");
+  add_out_dir_flags(*cmd, c->train, "run folder (checkpoints, train.csv, report.json, hessian_density.csv, lc.csv, "
+                                     "llc.csv, llc_trace_last.npy, elasticity.csv, elasticity_first.npy, "
+                                     "elasticity_last.npy, response.csv, region_map_first.png, region_map_last.png, "
+                                     "report/)");
   cmd->add_option("--ntk-samples", c->ntk_samples, "training samples the NTK section uses, >= 1")
       ->check(at_least(1))
       ->capture_default_str();
@@ -1073,6 +1223,12 @@ Command register_demo(CLI::App& app) {
   cmd->add_option("--llc-epsilon", lf.epsilon, "SGLD step size epsilon, > 0 (llc --calibrate shows how to choose it)")
       ->check(finite_at_least(0.0, true))
       ->capture_default_str();
+  cmd->add_flag("--no-density", c->no_density,
+                "no spectral density of the Hessian (hessian_density.csv and the report's hessian.density)");
+  cmd->add_flag("--no-report", c->no_report,
+                "do not write the report (report/index.html and its figures) at the end; `dynascope report DIR` "
+                "writes it later");
+  cmd->add_flag("--long", c->long_run, kLongHelp);
   ProbeFlags& pf = c->probes;
   cmd->add_flag("--no-elasticity", pf.no_elasticity,
                 "no local elasticity (elasticity.csv, elasticity_{first,last}.npy, the report's elasticity section, the "
@@ -1094,6 +1250,7 @@ Command register_demo(CLI::App& app) {
       ->check(finite_at_least(0.0, true))
       ->capture_default_str();
   return {cmd, [c] {
+            if (c->long_run) apply_long_defaults(*c);
             resolve_dtype(c->common, {c->model.model, c->data.inputs});
             return dispatch_float(parse_dtype(c->common.dtype),
                                   [&](auto precision) { return run<typename decltype(precision)::type>(*c); });

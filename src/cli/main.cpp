@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cli/common.hpp"
+#include "cli/report.hpp"
 #include "cli/training_run.hpp"
 #include "dynascope/config.hpp"
 #include "dynascope/error.hpp"
@@ -57,6 +58,7 @@ int main(int argc, char** argv) {
   commands.push_back(register_regions(app));
   commands.push_back(register_elasticity(app));
   commands.push_back(register_response(app));
+  commands.push_back(register_report(app));
   std::string names;
   for (const Command& c : commands) names += (names.empty() ? "" : ", ") + c.app->get_name();
   if (argc > 1 && argv[1][0] != '-') {

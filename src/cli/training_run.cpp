@@ -41,9 +41,10 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
 void add_out_dir_flags(CLI::App& cmd, TrainFlags& f, const std::string& what) {
   cmd.add_option("--out-dir", f.out_dir, what)->capture_default_str();
   cmd.add_flag("--overwrite", f.overwrite,
-               "replace an earlier run in --out-dir (its step_*.safetensors, train.csv, report.json and the demo's "
-               "lc.csv, llc.csv, elasticity.csv, elasticity_{first,last}.npy, response.csv and "
-               "region_map_{first,last}.png are removed first); without it such a folder is refused");
+               "replace an earlier run in --out-dir (its step_*.safetensors, train.csv, report.json, report/ and the "
+               "demo's hessian_density.csv, lc.csv, llc.csv, llc_trace_last.npy, elasticity.csv, "
+               "elasticity_{first,last}.npy, response.csv and region_map_{first,last}.png are removed first); without "
+               "it such a folder is refused");
 }
 
 void prepare_out_dir(const TrainFlags& f) {
@@ -53,11 +54,13 @@ void prepare_out_dir(const TrainFlags& f) {
   const fs::path dir(f.out_dir);
   if (fs::exists(dir, ec) && !fs::is_directory(dir, ec))
     throw UsageError("--out-dir: '" + f.out_dir + "' exists and is not a folder");
-  // The files a run writes: train's, and the demo's report and sections.
-  const std::vector<std::string> run_files{"train.csv",           "report.json",          "lc.csv",
-                                           "llc.csv",             "elasticity.csv",       "elasticity_first.npy",
-                                           "elasticity_last.npy", "response.csv",         "region_map_first.png",
-                                           "region_map_last.png"};
+  // The files a run writes: train's, and the demo's report and sections; and the folder of figures
+  // `dynascope report` (and the demo at its end) writes.
+  const std::vector<std::string> run_files{"train.csv",           "report.json",          "hessian_density.csv",
+                                           "lc.csv",              "llc.csv",              "llc_trace_last.npy",
+                                           "elasticity.csv",      "elasticity_first.npy", "elasticity_last.npy",
+                                           "response.csv",        "region_map_first.png", "region_map_last.png",
+                                           "report"};
   std::vector<fs::path> earlier;
   std::vector<std::string> others;  // the run files found that are not checkpoints, for the message
   if (fs::is_directory(dir, ec)) {
@@ -77,7 +80,8 @@ void prepare_out_dir(const TrainFlags& f) {
                      "); choose another folder, or pass --overwrite to remove them first");
   }
   for (const auto& p : earlier) {
-    fs::remove(p, ec);
+    if (fs::is_directory(p, ec)) fs::remove_all(p, ec);  // report/: the figures of the earlier run
+    else fs::remove(p, ec);
     if (ec) throw UsageError("--overwrite: cannot remove '" + p.string() + "': " + ec.message());
   }
   fs::create_directories(dir, ec);

@@ -32,10 +32,11 @@ void add_out_dir_flags(CLI::App& cmd, TrainFlags& f, const std::string& what);
 model::OptimizerOptions optimizer_options(const TrainFlags& f);
 
 // Makes the run folder ready before any work: created if missing; a folder that holds an earlier
-// run (step_*.safetensors, train.csv, report.json, and the demo's lc.csv, llc.csv, elasticity.csv,
-// elasticity_first.npy, elasticity_last.npy, response.csv, region_map_first.png and
-// region_map_last.png) is refused unless --overwrite, which removes exactly those files first, so
-// two runs never mix.
+// run (step_*.safetensors, train.csv, report.json, the report/ folder of figures, and the demo's
+// hessian_density.csv, lc.csv, llc.csv, llc_trace_last.npy, elasticity.csv, elasticity_first.npy,
+// elasticity_last.npy, response.csv, region_map_first.png and region_map_last.png) is refused
+// unless --overwrite, which removes exactly those (report/ with its contents) first, so two runs
+// never mix.
 void prepare_out_dir(const TrainFlags& f);
 
 // The whole configuration of a run, for report.json and the train result: command line, version,

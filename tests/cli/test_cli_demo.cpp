@@ -4,7 +4,11 @@
 // --exact-2d --image` draws for the same checkpoint, plane and training points; its elasticity and
 // response rows equal `dynascope elasticity` and `dynascope response` on the run folder, its class
 // matrices hold the CSV's within/across-class means and its aging fit is the least-squares line
-// recomputed here. Plus lc.csv, the stdout table, the switches, runs that never mix and bad flags.
+// recomputed here. Its Hessian density equals `dynascope spectrum --density` on the same checkpoint
+// and, on a network small enough for SLQ to be exact, sits on the dense eigenvalues; its kernel
+// velocity is the distance of consecutive `dynascope ntk` kernels computed here; its LLC trace is
+// `dynascope llc --out-trace`'s. Plus lc.csv, the stdout table, the switches, the report at the end,
+// --long's defaults, runs that never mix and bad flags.
 #include <gtest/gtest.h>
 #include <png.h>
 #include <unistd.h>
@@ -32,11 +36,13 @@ using test::lines;
 
 // One small demo run shared by the read-only checks: 160 spirals samples (120 train / 40 test),
 // checkpoints at steps 0, 20 and 40, 96-pixel maps, the LLC from 3 chains of 10 + 30 steps, the
-// elasticity on 32 samples of each class (the default) and the response on all 120 training samples.
+// elasticity on 32 samples of each class (the default) and the response on all 120 training samples;
+// no report (one test writes it).
 constexpr int kSamples = 160, kTrain = 120, kTest = 40, kResolution = 96;
 const std::vector<std::string> kLlc{"--llc-chains", "3", "--llc-draws", "30", "--llc-burnin", "10"};
 const std::vector<std::string> kSmall = [] {
-  std::vector<std::string> a{"--samples", "160", "--steps", "40", "--save-every", "20", "--ntk-samples", "16", "--quiet"};
+  std::vector<std::string> a{"--samples",     "160", "--steps", "40",         "--save-every", "20",
+                             "--ntk-samples", "16",  "--quiet", "--no-report"};
   a.insert(a.end(), kLlc.begin(), kLlc.end());  // last: a run with --no-llc leaves them out
   return a;
 }();
@@ -291,11 +297,30 @@ TEST_F(CliDemo, LlcRowsEqualTheLlcCommand) {
   // burn-in and seed: the same estimate, number for number.
   const std::vector<std::string> data{"--dataset", "spirals", "--samples", std::to_string(kSamples), "--test-fraction", "0.25"};
   std::vector<std::string> args{"llc", "--model", path("run/step_0000040.safetensors"), "--chains", "3", "--draws", "30",
-                                "--burnin", "10", "--epsilon", "3e-4", "--quiet"};
+                                "--burnin", "10", "--epsilon", "3e-4", "--out-trace", path("llc_trace_theirs.npy"),
+                                "--quiet"};
   args.insert(args.end(), data.begin(), data.end());
   CliResult r = test::run(args);
   ASSERT_EQ(r.exit_code, 0) << r;
   const json one = r.json();
+  // The chains' loss traces of the last checkpoint: what --out-trace writes, value for value; and
+  // each chain's estimate is n beta (its mean traced loss - L_n(w*)), recomputed here from them.
+  EXPECT_EQ(llc.at("trace_file"), "llc_trace_last.npy");
+  EXPECT_EQ(llc.at("trace_step"), 40);
+  const io::Tensor mine = io::read_array(path("run/llc_trace_last.npy")),
+                   theirs_trace = io::read_array(path("llc_trace_theirs.npy"));
+  ASSERT_EQ(mine.shape, (std::vector<index_t>{3, 30}));
+  ASSERT_EQ(theirs_trace.shape, mine.shape);
+  const std::vector<double> trace = mine.to_vector<double>();
+  EXPECT_EQ(trace, theirs_trace.to_vector<double>());
+  const double nbeta = rows[2].at("nbeta").get<double>(), init = rows[2].at("init_loss").get<double>();
+  for (std::size_t chain = 0; chain < 3; ++chain) {
+    double mean = 0;
+    for (std::size_t d = 0; d < 30; ++d) mean += trace[chain * 30 + d];
+    mean /= 30;
+    const double expected = rows[2].at("llc_per_chain")[chain].get<double>();
+    EXPECT_NEAR(nbeta * (mean - init), expected, 1e-9 * std::max(1.0, std::abs(expected))) << "chain " << chain;
+  }
   for (const char* key : {"llc_mean", "llc_std", "llc_stderr", "llc_per_chain", "init_loss", "nbeta", "r_hat", "ess",
                           "mala_acceptance", "diverged", "warnings", "gradient_evaluations"})
     EXPECT_EQ(one.at(key), rows[2].at(key)) << key;
@@ -720,6 +745,244 @@ TEST_F(CliDemo, SwitchesRadiusAndDims) {
   EXPECT_NE(report.at("region_maps").at("skipped").get<std::string>().find("2-D inputs only"), std::string::npos);
   EXPECT_EQ(report.at("local_complexity").at("dims"), 8);
   EXPECT_FALSE(fs::exists(path("gauss/region_map_first.png")));
+}
+
+// The rows of hessian_density.csv of one step: (lambda, density) pairs in grid order.
+std::vector<std::pair<double, double>> density_rows(const std::string& file, long long step) {
+  const std::vector<std::string> csv = lines(file);
+  std::vector<std::pair<double, double>> out;
+  EXPECT_FALSE(csv.empty()) << file;
+  if (csv.empty()) return out;
+  EXPECT_EQ(csv[0], "step,lambda,density");
+  for (std::size_t i = 1; i < csv.size(); ++i) {
+    const std::vector<std::string> f = fields(csv[i]);
+    EXPECT_EQ(f.size(), 3u) << csv[i];
+    // strtod: far in the tails the density is subnormal, which std::stod refuses.
+    if (f.size() == 3 && std::stoll(f[0]) == step)
+      out.emplace_back(std::strtod(f[1].c_str(), nullptr), std::strtod(f[2].c_str(), nullptr));
+  }
+  return out;
+}
+
+TEST_F(CliDemo, HessianDensityEqualsTheSpectrumCommand) {
+  ASSERT_EQ(shared_run().exit_code, 0) << shared_run();
+  const json report = read_json(path("run/report.json"));
+  const json& d = report.at("hessian").at("density");
+  EXPECT_EQ(d.at("steps"), 90);
+  EXPECT_EQ(d.at("probes"), 10);
+  EXPECT_EQ(d.at("grid"), 1000);
+  EXPECT_EQ(d.at("file"), "hessian_density.csv");
+  ASSERT_EQ(d.at("sigma2").size(), 3u);
+  // 1000 rows per checkpoint, in step order.
+  EXPECT_EQ(lines(path("run/hessian_density.csv")).size(), 1u + 3 * 1000);
+  for (long long step : {0, 20, 40}) EXPECT_EQ(density_rows(path("run/hessian_density.csv"), step).size(), 1000u);
+
+  // `dynascope spectrum --density` on the last checkpoint with the demo's data flags and seed: the
+  // same grid and density, to the 10 digits the CSV keeps.
+  const std::vector<std::pair<double, double>> mine = density_rows(path("run/hessian_density.csv"), 40);
+  CliResult r = test::run({"spectrum", "--model", path("run/step_0000040.safetensors"), "--operator", "hessian",
+                           "--density", "--steps", "90", "--probes", "10", "--grid", "1000", "--seed", "0", "--dataset",
+                           "spirals", "--samples", std::to_string(kSamples), "--test-fraction", "0.25", "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  const json theirs = r.json();
+  const auto grid = theirs.at("grid").get<std::vector<double>>(), density = theirs.at("density").get<std::vector<double>>();
+  ASSERT_EQ(grid.size(), mine.size());
+  double peak = 0;
+  for (double v : density) peak = std::max(peak, v);
+  for (std::size_t g = 0; g < grid.size(); ++g) {
+    EXPECT_NEAR(mine[g].first, grid[g], 1e-9 * std::max(1.0, std::abs(grid[g]))) << g;
+    EXPECT_NEAR(mine[g].second, density[g], 1e-9 * density[g] + 1e-12 * peak) << g;
+  }
+  EXPECT_EQ(d.at("sigma2")[2].get<double>(), theirs.at("sigma2").get<double>());
+  EXPECT_EQ(d.at("trace_slq")[2].get<double>(), theirs.at("trace_estimate").get<double>());
+}
+
+// On a 2-8-2 network (42 parameters) SLQ's 90 Lanczos steps span the whole space: every probe's
+// Ritz values are the Hessian's eigenvalues. So the density is a sum of Gaussians of variance sigma2
+// centred on the dense eigenvalues (`spectrum --k 42 --method dense`): its grid spans exactly
+// [lambda_min, lambda_max] plus the padding, it integrates to 1, its peaks sit on eigenvalues, and
+// n times its mean is the trace to within the probes' standard error.
+TEST_F(CliDemo, HessianDensitySitsOnTheDenseEigenvalues) {
+  const CliResult run = test::run({"demo", "--out-dir", path("tiny"), "--arch", "-8-", "--samples", "160", "--steps",
+                                   "40", "--save-every", "40", "--ntk-samples", "8", "--no-lc", "--no-region-map",
+                                   "--no-llc", "--no-elasticity", "--no-response", "--no-report", "--quiet"});
+  ASSERT_EQ(run.exit_code, 0) << run;
+  const json report = read_json(path("tiny/report.json"));
+  const CliResult r = test::run({"spectrum", "--model", path("tiny/step_0000040.safetensors"), "--operator", "hessian",
+                                 "--k", "42", "--method", "dense", "--dataset", "spirals", "--samples",
+                                 std::to_string(kSamples), "--test-fraction", "0.25", "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  std::vector<double> eig = r.json().at("eigenvalues").get<std::vector<double>>();
+  ASSERT_EQ(eig.size(), 42u);
+  std::sort(eig.begin(), eig.end());
+  const double scale = std::max(std::abs(eig.front()), std::abs(eig.back()));
+  double dense_trace = 0;
+  for (double v : eig) dense_trace += v;
+
+  const std::vector<std::pair<double, double>> rows = density_rows(path("tiny/hessian_density.csv"), 40);
+  ASSERT_EQ(rows.size(), 1000u);
+  const double sigma2 = report.at("hessian").at("density").at("sigma2")[1].get<double>(), sigma = std::sqrt(sigma2);
+  // The grid: [lo - pad, hi + pad], pad = max(5 sigma, 1% of hi - lo).
+  const double g0 = rows.front().first, g1 = rows.back().first;
+  double range = (g1 - g0) - 10 * sigma;
+  if (5 * sigma < 0.01 * range) range = (g1 - g0) / 1.02;
+  const double pad = std::max(5 * sigma, 0.01 * range);
+  EXPECT_NEAR(g0 + pad, eig.front(), 1e-4 * scale);
+  EXPECT_NEAR(g1 - pad, eig.back(), 1e-4 * scale);
+  // Trapezoid rule: the integral and the mean.
+  double integral = 0, first_moment = 0;
+  for (std::size_t g = 1; g < rows.size(); ++g) {
+    const double h = rows[g].first - rows[g - 1].first;
+    integral += 0.5 * h * (rows[g].second + rows[g - 1].second);
+    first_moment += 0.5 * h * (rows[g].first * rows[g].second + rows[g - 1].first * rows[g - 1].second);
+  }
+  EXPECT_NEAR(integral, 1.0, 1e-3);
+  const json& row = report.at("checkpoints")[1];
+  EXPECT_EQ(row.at("step"), 40);
+  // n * mean = the SLQ trace estimate; a Hutchinson estimate of the dense trace (10 probes).
+  const double slq_trace = report.at("hessian").at("density").at("trace_slq")[1].get<double>();
+  EXPECT_NEAR(42 * first_moment, slq_trace, 2e-3 * (std::abs(slq_trace) + scale));
+  double spread = 0;
+  for (double v : eig) spread += v * v;
+  // Rademacher probes: Var(z^T H z) <= 2 |H|_F^2; 10 probes, 5 standard deviations.
+  EXPECT_NEAR(slq_trace, dense_trace, 5 * std::sqrt(2 * spread / 10)) << "dense trace " << dense_trace;
+  // Every clear peak of the density (a local maximum above 1% of the highest) lies within 3 sigma
+  // of an eigenvalue.
+  double top = 0;
+  for (const auto& p : rows) top = std::max(top, p.second);
+  int peaks = 0;
+  for (std::size_t g = 1; g + 1 < rows.size(); ++g) {
+    if (!(rows[g].second > rows[g - 1].second && rows[g].second >= rows[g + 1].second && rows[g].second > 0.01 * top))
+      continue;
+    ++peaks;
+    double nearest = INFINITY;
+    for (double v : eig) nearest = std::min(nearest, std::abs(v - rows[g].first));
+    EXPECT_LE(nearest, 3 * sigma + (rows[g + 1].first - rows[g].first)) << "peak at " << rows[g].first;
+  }
+  EXPECT_GE(peaks, 2);
+}
+
+TEST_F(CliDemo, KernelVelocityIsTheDistanceOfConsecutiveKernels) {
+  ASSERT_EQ(shared_run().exit_code, 0) << shared_run();
+  const json report = read_json(path("run/report.json"));
+  const json& rows = report.at("checkpoints");
+  ASSERT_EQ(rows.size(), 3u);
+  // The NTK section's samples: the first 16 training samples of the split, computed here.
+  const data::Split split = data::train_test_split(data::load_dataset("spirals", {.samples = kSamples}), 0.25, 0);
+  io::write_npy(path("x16.npy"), io::Tensor::from(split.train.x.data(), {16, 2}));
+  // Each checkpoint's trace kernel by `dynascope ntk`, and 1 - <K1, K2> / (|K1| |K2|) in float64 loops.
+  std::vector<std::vector<double>> kernels;
+  for (int step : {0, 20, 40}) {
+    char name[64], k_name[32];
+    std::snprintf(name, sizeof name, "run/step_%07d.safetensors", step);
+    std::snprintf(k_name, sizeof k_name, "K%d.npy", step);  // not a chain of string + (GCC 12's false -Wrestrict)
+    const std::string k_file = path(k_name);
+    const CliResult r = test::run({"ntk", "--model", path(name), "--inputs", path("x16.npy"), "--outputs", "trace",
+                                   "--out-matrix", k_file, "--quiet"});
+    ASSERT_EQ(r.exit_code, 0) << r;
+    kernels.push_back(io::read_array(k_file).to_vector<double>());
+    ASSERT_EQ(kernels.back().size(), 256u);
+  }
+  const auto distance = [](const std::vector<double>& a, const std::vector<double>& b) {
+    double ab = 0, aa = 0, bb = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      ab += a[i] * b[i];
+      aa += a[i] * a[i];
+      bb += b[i] * b[i];
+    }
+    return 1 - ab / std::sqrt(aa * bb);
+  };
+  EXPECT_TRUE(rows[0].at("ntk").at("distance_to_previous").is_null()) << rows[0].at("ntk");
+  for (std::size_t q = 1; q < 3; ++q) {
+    const json& ntk = rows[q].at("ntk");
+    const double velocity = ntk.at("distance_to_previous").get<double>();
+    EXPECT_NEAR(velocity, distance(kernels[q - 1], kernels[q]), 1e-5) << "checkpoint " << q;
+    EXPECT_NEAR(ntk.at("distance_to_init").get<double>(), distance(kernels[0], kernels[q]), 1e-5) << "checkpoint " << q;
+    EXPECT_GT(velocity, 0.0);
+  }
+  // At the second checkpoint the previous kernel is the initial one.
+  EXPECT_EQ(rows[1].at("ntk").at("distance_to_previous"), rows[1].at("ntk").at("distance_to_init"));
+}
+
+// The demo ends with the report of its run folder: DIR/report/index.html, whose path it prints. A
+// build that cannot draw it (no Python extension, no matplotlib) warns with the fix and the demo
+// still succeeds; --no-report skips it.
+TEST_F(CliDemo, ReportAtTheEnd) {
+  std::vector<std::string> args{"demo", "--out-dir", path("rep"), "--samples", "160", "--steps", "40", "--save-every",
+                                "20", "--ntk-samples", "16", "--llc-chains", "2", "--llc-draws", "20",
+                                "--map-resolution", "64", "--quiet"};
+  const CliResult r = test::run(args);
+  ASSERT_EQ(r.exit_code, 0) << r;
+  const std::string index = path("rep/report/index.html");
+  if (fs::exists(index)) {
+    EXPECT_NE(r.out.find(index), std::string::npos) << r;
+    EXPECT_EQ(r.err.find("warning"), std::string::npos) << r;
+    EXPECT_NE(test::slurp(index).find("<img"), std::string::npos);
+  } else {
+    // No report: the reason, the run folder complete and the command that writes the report later.
+    EXPECT_NE(r.err.find("demo: warning: the report's figures were not written"), std::string::npos) << r;
+    EXPECT_NE(r.err.find("dynascope report " + path("rep")), std::string::npos) << r;
+    EXPECT_TRUE(fs::exists(path("rep/report.json")));
+    EXPECT_FALSE(fs::exists(path("rep/report"))) << "a half-written report folder";
+  }
+  // A second run refuses the folder, report/ included, unless --overwrite, which removes it first.
+  args.emplace_back("--no-report");
+  if (fs::exists(path("rep/report"))) {
+    test::expect_usage_error(test::run(args), {"--out-dir", "earlier run", "report", "--overwrite"});
+    EXPECT_TRUE(fs::exists(index));
+  }
+  args.emplace_back("--overwrite");
+  const CliResult again = test::run(args);
+  ASSERT_EQ(again.exit_code, 0) << again;
+  EXPECT_FALSE(fs::exists(path("rep/report")));
+  EXPECT_EQ(again.err.find("warning"), std::string::npos) << again;
+  EXPECT_EQ(again.out.find("index.html"), std::string::npos) << again;
+  EXPECT_TRUE(fs::exists(path("rep/hessian_density.csv")));
+  EXPECT_TRUE(fs::exists(path("rep/llc_trace_last.npy")));
+}
+
+// --long: modular addition with a large initialisation, AdamW and weight decay; every flag given
+// explicitly wins over its defaults. Checked on 2 steps with every section off but the NTK and the
+// curvature's top eigenvalues.
+TEST_F(CliDemo, LongSetsItsDefaultsUnlessGiven) {
+  const std::vector<std::string> off{"--no-lc",       "--no-llc",      "--no-elasticity", "--no-response",
+                                     "--no-density",  "--no-report",   "--ntk-samples",   "8",
+                                     "--quiet"};
+  std::vector<std::string> args{"demo", "--long", "--steps", "2", "--save-every", "1", "--out-dir", path("long")};
+  args.insert(args.end(), off.begin(), off.end());
+  CliResult r = test::run(args);
+  ASSERT_EQ(r.exit_code, 0) << r;
+  json config = read_json(path("long/report.json")).at("config");
+  EXPECT_EQ(config.at("data").at("dataset"), "modadd");
+  EXPECT_EQ(config.at("data").at("test_fraction").get<double>(), 0.4);
+  EXPECT_EQ(config.at("data").at("train_samples").get<int>() + config.at("data").at("test_samples").get<int>(), 529);
+  EXPECT_EQ(config.at("network").at("init").at("scale").get<double>(), 3.0);
+  EXPECT_EQ(config.at("optimizer").at("kind"), "adamw");
+  EXPECT_EQ(config.at("optimizer").at("lr").get<double>(), 3e-3);
+  EXPECT_EQ(config.at("optimizer").at("weight_decay").get<double>(), 1.0);
+  EXPECT_EQ(read_json(path("long/report.json")).at("steps"), 2);
+  EXPECT_EQ(read_json(path("long/report.json")).at("network").at("arch"), "46-256-23");
+  EXPECT_EQ(read_json(path("long/report.json")).at("hessian").at("density"), json({{"skipped", "--no-density"}}));
+  // Its LLC step size, with the LLC on (one checkpoint, two short chains).
+  args = {"demo", "--long", "--steps", "1", "--out-dir", path("long_llc"), "--no-lc", "--no-elasticity", "--no-response",
+          "--no-density", "--no-report", "--ntk-samples", "8", "--llc-checkpoints", "1", "--llc-chains", "2",
+          "--llc-draws", "5", "--llc-burnin", "0", "--quiet"};
+  r = test::run(args);
+  ASSERT_EQ(r.exit_code, 0) << r;
+  EXPECT_EQ(read_json(path("long_llc/report.json")).at("llc").at("options").at("epsilon").get<double>(), 3e-3);
+  // Flags of one's own win.
+  args = {"demo", "--long", "--steps", "1", "--arch", "-16-", "--init-scale", "1", "--optimizer", "adam", "--lr", "0.01",
+          "--test-fraction", "0.5", "--out-dir", path("long2")};
+  args.insert(args.end(), off.begin(), off.end());
+  r = test::run(args);
+  ASSERT_EQ(r.exit_code, 0) << r;
+  config = read_json(path("long2/report.json")).at("config");
+  EXPECT_EQ(config.at("data").at("dataset"), "modadd");
+  EXPECT_EQ(config.at("data").at("test_fraction").get<double>(), 0.5);
+  EXPECT_EQ(config.at("network").at("init").at("scale").get<double>(), 1.0);
+  EXPECT_EQ(config.at("optimizer").at("kind"), "adam");
+  EXPECT_EQ(config.at("optimizer").at("lr").get<double>(), 0.01);
+  EXPECT_EQ(read_json(path("long2/report.json")).at("network").at("arch"), "46-16-23");
 }
 
 TEST_F(CliDemo, RunsNeverMixAndBadFlagsAreRefused) {
