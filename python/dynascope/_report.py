@@ -368,9 +368,11 @@ _CAPTIONS = {
     "hessian": ("Sharpness: the largest eigenvalue of the training loss Hessian (left) and its trace (right) at "
                 "each checkpoint (log scale when they span decades).", _hessian_detail),
     "hessian_density": ("Spectral density of the training loss Hessian at each checkpoint: a heat map over "
-                        "checkpoints (columns) and eigenvalues &lambda; (rows), log colour scale floored at "
-                        "10<sup>&minus;6</sup> of the maximum (left); the densities of the first and last "
-                        "checkpoints on a log axis (right).", _density_detail),
+                        "checkpoints (columns) and eigenvalues &lambda; (rows) of each checkpoint's mass in 150 "
+                        "&lambda; bins shared by all checkpoints (the integral of its density over the bin, "
+                        "divided by the bin width), log colour scale floored at 10<sup>&minus;4</sup> of the "
+                        "maximum (left); the densities of the first and last checkpoints on a log axis (right).",
+                        _density_detail),
     "lc": ("Local complexity (Humayun, Balestriero &amp; Baraniuk): at each point, the number of neurons whose "
            "pre-activation sign changes within a small cross-polytope around it, averaged over the training, test "
            "and random points (left, hidden layers summed) and per linear layer on the training points (right); "

@@ -123,6 +123,21 @@ def _plain_log_ticks(ax, axis: str = "x") -> None:
         a.set_minor_formatter(fmt)
 
 
+def _readable_log_ticks(ax, axis: str = "y") -> None:
+    """Labelled ticks at 1, 2, 5 x 10^k (every integer multiple under half a decade) on a log axis
+    spanning less than three decades, where matplotlib would label one power of ten or none."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    a = ax.xaxis if axis == "x" else ax.yaxis
+    lo, hi = (ax.get_xlim() if axis == "x" else ax.get_ylim())
+    if a.get_scale() != "log" or not 0 < lo < hi or hi / lo >= 1e3:
+        return
+    subs = np.arange(1.0, 10.0) if hi / lo < 3 else (1.0, 2.0, 5.0)
+    a.set_major_locator(LogLocator(base=10, subs=subs, numticks=30))
+    a.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}" if 1e-4 <= abs(v) < 1e6 else f"{v:.0e}"))
+    a.set_minor_locator(LogLocator(base=10, subs=np.arange(1.0, 10.0), numticks=30))
+    a.set_minor_formatter(NullFormatter())
+
+
 def _legend(ax, **kw) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if handles:
@@ -354,9 +369,46 @@ def fig_hessian(runs):
     return fig, data
 
 
+DENSITY_BINS = 150          # the heat map's shared lambda bins
+DENSITY_FLOOR_DECADES = 4   # its colour scale spans this many decades below the largest binned density
+
+
+def _binned_density(lam: np.ndarray, d: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The mass of the piecewise-linear density (lam, d) in each bin [edges[k], edges[k+1]], divided by
+    the bin's width: a density again, on the shared grid. The mass is the exact integral of the linear
+    interpolant (the trapezoid rule on the checkpoint's own grid, split at the bin edges), zero outside
+    the checkpoint's grid, so that the bins' masses add up to the trapezoid integral of the whole density."""
+    lam = np.asarray(lam, dtype=float)
+    d = np.asarray(d, dtype=float)
+    if lam.size < 2:
+        return np.zeros(edges.size - 1)
+    h = np.diff(lam)
+    cum = np.concatenate([[0.0], np.cumsum(h * (d[1:] + d[:-1]) / 2)])  # the integral from lam[0] to lam[k]
+    x = np.clip(edges, lam[0], lam[-1])
+    k = np.clip(np.searchsorted(lam, x, side="right") - 1, 0, lam.size - 2)
+    t = x - lam[k]
+    F = cum[k] + d[k] * t + (d[k + 1] - d[k]) * t * t / (2 * h[k])  # the integral from lam[0] to x
+    return np.diff(F) / np.diff(edges)
+
+
+def _column_edges(steps: np.ndarray) -> np.ndarray:
+    """[n, 2]: each checkpoint's column centred on its step, as wide as the smaller gap to a neighbour
+    (uneven spacing leaves gaps rather than shifting a column off its step)."""
+    if steps.size < 2:
+        w = np.array([max(abs(float(steps[0])) * 0.1, 1.0)]) if steps.size else np.array([])
+    else:
+        gaps = np.diff(steps)
+        w = np.minimum(np.concatenate([[gaps[0]], gaps]), np.concatenate([gaps, [gaps[-1]]]))
+    return np.stack([steps - w / 2, steps + w / 2], axis=1)
+
+
 def fig_hessian_density(runs):
     """Per run: the SLQ density as a heat map (checkpoints on x, lambda on y, log colour), and the
-    density of the first and last checkpoints as curves."""
+    density of the first and last checkpoints as curves.
+
+    Each checkpoint's density lives on its own lambda grid and is a sum of narrow Gaussians, so the heat
+    map shows instead its mass binned onto one lambda grid shared by all the run's checkpoints
+    (DENSITY_BINS bins over the union of their ranges), divided by the bin width."""
     from matplotlib.colors import LogNorm
     runs = [(i, r) for i, r in runs if r.density]
     if not runs:
@@ -367,32 +419,34 @@ def fig_hessian_density(runs):
     for row, (i, r) in enumerate(runs):
         ax, axc = axes[row, 0], axes[row, 1]
         steps = np.array([s for s, _, _ in r.density], dtype=float)
-        # Columns centred on the checkpoints, edges halfway between them.
-        if steps.size > 1:
-            mid = (steps[1:] + steps[:-1]) / 2
-            edges = np.concatenate([[steps[0] - (mid[0] - steps[0])], mid, [steps[-1] + (steps[-1] - mid[-1])]])
-        else:
-            edges = np.array([steps[0] - 0.5, steps[0] + 0.5])
-        positive = np.concatenate([d[d > 0] for _, _, d in r.density])
-        dmax = float(positive.max()) if positive.size else 1.0
-        floor = dmax * 1e-6
-        norm = LogNorm(vmin=floor, vmax=dmax)
+        cols = _column_edges(steps)
+        lo = min(float(lam[0]) for _, lam, _ in r.density)
+        hi = max(float(lam[-1]) for _, lam, _ in r.density)
+        if not hi > lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        edges = np.linspace(lo, hi, DENSITY_BINS + 1)
+        binned = np.stack([_binned_density(lam, d, edges) for _, lam, d in r.density], axis=1)  # [bins, checkpoints]
+        bmax = float(binned.max()) if (binned > 0).any() else 1.0
+        floor = bmax * 10.0 ** -DENSITY_FLOOR_DECADES
+        norm = LogNorm(vmin=floor, vmax=bmax)
+        shown = np.maximum(binned, floor)
         mesh = None
         ax.grid(False)
-        for j, (s, lam, d) in enumerate(r.density):
-            ledges = np.concatenate([[lam[0] - (lam[1] - lam[0]) / 2 if lam.size > 1 else lam[0] - 0.5],
-                                     (lam[1:] + lam[:-1]) / 2,
-                                     [lam[-1] + (lam[-1] - lam[-2]) / 2 if lam.size > 1 else lam[-1] + 0.5]])
-            mesh = ax.pcolormesh(edges[j:j + 2], ledges, np.maximum(d, floor)[:, None], norm=norm,
-                                 cmap="magma", shading="flat", rasterized=True)
+        for j, (s, _, _) in enumerate(r.density):
+            mesh = ax.pcolormesh(cols[j], edges, shown[:, j:j + 1], norm=norm, cmap="magma_r", shading="flat",
+                                 rasterized=True)
             mesh.set_gid(f"{r.name}|density@{s}")
-            data[f"{r.name}|density@{s}"] = {"x": float(s), "lambda": lam, "density": d}
-        ax.set_xlim(edges[0], edges[-1])
+        data[f"{r.name}|density"] = {"steps": steps, "column_edges": cols, "lambda_edges": edges,
+                                     "density": binned, "floor": floor}
+        ax.set_xlim(cols[0, 0], cols[-1, 1])
+        ax.set_ylim(edges[0], edges[-1])
         ax.set_ylabel(r"Hessian eigenvalue $\lambda$")
         ax.set_xlabel("training step")
         ax.set_title(("Hessian spectral density (SLQ)" if len(runs) == 1 else f"{r.name}: SLQ density"))
         cb = fig.colorbar(mesh, ax=ax, pad=0.01)
-        cb.set_label("density (log scale)")
+        cb.set_label(f"density, {DENSITY_BINS} bins (log; floor $10^{{-{DENSITY_FLOOR_DECADES}}}$ of max)")
+        positive = np.concatenate([d[d > 0] for _, _, d in r.density])
+        dmax = float(positive.max()) if positive.size else 1.0
         picks = [0, len(r.density) - 1] if len(r.density) > 1 else [0]
         for n, j in enumerate(picks):
             s, lam, d = r.density[j]
@@ -400,7 +454,7 @@ def fig_hessian_density(runs):
             _plot(axc, data, r.name, f"density_curve@{s}", lam[ok], d[ok], color=_colour(i),
                   ls="--" if n == 0 and len(picks) > 1 else "-", lw=1.4, label=f"step {s}")
         axc.set_yscale("log")
-        axc.set_ylim(floor, dmax * 2)  # the heat map's floor: the curves' tails below it carry no mass
+        axc.set_ylim(dmax * 1e-6, dmax * 2)  # the curves' far tails carry no visible mass
         axc.set_xlabel(r"Hessian eigenvalue $\lambda$")
         axc.set_ylabel("density")
         axc.set_title("First and last checkpoint")
@@ -644,6 +698,7 @@ def fig_response(runs):
     ax.set_xscale("log")
     ax.set_yscale("log")
     _plain_log_ticks(ax, "x")
+    _readable_log_ticks(ax, "y")
     ax.set_xlabel("training step $t$ (log)")
     ax.set_ylabel("mean response $R$ (log)")
     ax.set_title("Training response")
@@ -671,6 +726,7 @@ def fig_response(runs):
         _log_if_decades(axl, [r.response.cols["layer_diagonal"][r.response.steps > 0] for _, r in runs
                               if "layer_diagonal" in r.response], decades=0.0)
         _plain_log_ticks(axl, "x")
+        _readable_log_ticks(axl, "y")
         axl.set_xlabel("training step $t$ (log)")
         axl.set_ylabel("diagonal response per layer")
         axl.set_title("Per-layer NTK share of the response")

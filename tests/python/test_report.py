@@ -87,6 +87,7 @@ def make_run(d, parts=("train", "evals", "ntk", "hessian", "density", "lc", "llc
         for s in STEPS:
             lam = np.linspace(-1, 5 + s / 100, 50)
             dens = np.exp(-lam ** 2 * 20) * 5 + 0.01 * np.exp(-(lam - 3) ** 2)
+            dens /= np.sum(np.diff(lam) * (dens[1:] + dens[:-1]) / 2)  # unit mass, as SLQ's
             rows += [(s, l, v) for l, v in zip(lam, dens)]
         _write_csv(d / "hessian_density.csv", ["step", "lambda", "density"], rows)
     if "lc" in parts:
@@ -289,21 +290,47 @@ def test_plotted_data_equals_files(tmp_path):
     np.testing.assert_array_equal(H[f"{n}|lambda_max"][1], [c["hessian"]["top_eigenvalues"][0] for c in cps])
     np.testing.assert_array_equal(H[f"{n}|trace"][1], [c["hessian"]["trace_hutchpp"] for c in cps])
 
-    # The density: every checkpoint's column of the heat map holds the CSV's values.
+    # The density: the heat map's cells are each checkpoint's mass binned onto one lambda grid (150 bins
+    # over the union of the checkpoints' ranges) divided by the bin width, recomputed here bin by bin: the
+    # trapezoid rule over the CSV's grid points inside the bin plus the bin's ends (linear interpolation).
     dens = _csv_cols(run / "hessian_density.csv")
     fig = figs["hessian_density"].figure
     meshes = {m.get_gid(): m for ax in fig.axes for m in ax.collections if m.get_gid()}
     assert set(meshes) == {f"{n}|density@{s}" for s in STEPS}
-    for s in STEPS:
+    plotted = figs["hessian_density"].data[f"{n}|density"]
+    edges = np.linspace(dens("lambda").min(), dens("lambda").max(), 151)
+    np.testing.assert_array_equal(plotted["lambda_edges"], edges)
+    want = np.zeros((150, len(STEPS)))
+    for j, s in enumerate(STEPS):
         sel = lambda r, s=s: int(r["step"]) == s  # noqa: E731
-        want = dens("density", sel)
-        got = np.asarray(meshes[f"{n}|density@{s}"].get_array(), float).ravel()
-        floor = dens("density").max() * 1e-6
-        np.testing.assert_array_equal(got, np.maximum(want, floor))
-        lam = dens("lambda", sel)
-        edges = meshes[f"{n}|density@{s}"].get_coordinates()[:, 0, 1]  # the cells' lambda edges
-        np.testing.assert_array_equal(edges[1:-1], (lam[1:] + lam[:-1]) / 2)  # halfway between grid points
-        assert edges[0] < lam[0] < edges[1] and edges[-2] < lam[-1] < edges[-1]
+        lam, d = dens("lambda", sel), dens("density", sel)
+        for k in range(150):
+            a, b = max(edges[k], lam[0]), min(edges[k + 1], lam[-1])
+            if b <= a:
+                continue
+            x = np.concatenate([[a], lam[(lam > a) & (lam < b)], [b]])
+            y = np.interp(x, lam, d)
+            want[k, j] = np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2) / (edges[k + 1] - edges[k])
+        # Each column holds the checkpoint's whole mass: the integral of its density, 1 up to the CSV's rounding.
+        total = np.sum(np.diff(lam) * (d[1:] + d[:-1]) / 2)
+        np.testing.assert_allclose(np.sum(want[:, j] * np.diff(edges)), total, rtol=1e-12)
+        np.testing.assert_allclose(np.sum(plotted["density"][:, j] * np.diff(edges)), total, rtol=1e-12)
+        assert abs(total - 1) < 1e-8
+    assert want[:, -1].max() > 0 and (want[:, 0] == 0).sum() > 10  # the last grid reaches past the first's
+    np.testing.assert_allclose(plotted["density"], want, rtol=1e-11, atol=1e-13 * want.max())
+    floor = want.max() * 1e-4
+    assert plotted["floor"] == pytest.approx(floor, rel=1e-12)
+    width = np.diff(STEPS)
+    width = np.minimum(np.concatenate([[width[0]], width]), np.concatenate([width, [width[-1]]]))
+    for j, s in enumerate(STEPS):
+        m = meshes[f"{n}|density@{s}"]
+        got = np.asarray(m.get_array(), float).ravel()
+        np.testing.assert_allclose(got, np.maximum(want[:, j], plotted["floor"]), rtol=1e-11, atol=1e-13 * want.max())
+        xy = m.get_coordinates()  # [lambda edges, step edges, (x, y)]
+        np.testing.assert_array_equal(xy[:, 0, 1], edges)
+        np.testing.assert_array_equal(xy[0, :, 0], [s - width[j] / 2, s + width[j] / 2])  # centred on the step
+    assert "floor $10^{-4}$ of max" in fig.axes[-1].get_ylabel() or any(
+        "floor $10^{-4}$ of max" in ax.get_ylabel() for ax in fig.axes)
     C = _lines(fig)
     np.testing.assert_array_equal(C[f"{n}|density_curve@{STEPS[-1]}"][1], dens("density", lambda r: int(r["step"]) == STEPS[-1]))
 
@@ -371,6 +398,29 @@ def test_response_fit_when_report_json_has_none(tmp_path):
     assert abs(fit["beta"] - 0.35) < 1e-9 and abs(fit["amplitude"] - 7.5) < 1e-8 and fit["points"] == 4
     x, y = _lines(_figures([d])["response"].figure)["r|fit"]
     np.testing.assert_allclose(y, 7.5 * x ** -0.35, rtol=1e-8)
+
+
+def test_response_log_axes_have_readable_tick_labels(tmp_path):
+    """A log y axis spanning about a decade (the demo's response: 450 .. 6500) gets several labelled ticks
+    whose text is the tick's value, not a single 10^3."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    d = tmp_path / "r"
+    d.mkdir()
+    t = np.array([100, 200, 300, 400, 500, 600], float)
+    r = 1500 * (t / 100) ** 0.65
+    _write_csv(d / "response.csv", ["step", "checkpoint", "mean_diagonal", "mean_off_diagonal", "layer1_diagonal",
+                                    "layer2_diagonal"],
+               [(s, "c", v, v / 4, v / 2, v / 20) for s, v in zip(t, r)])
+    fig = _figures([d])["response"].figure
+    FigureCanvasAgg(fig).draw()
+    for ax in fig.axes[:2]:
+        assert ax.get_yscale() == "log"
+        lo, hi = ax.get_ylim()
+        shown = [(tick.get_loc(), tick.label1.get_text()) for tick in ax.yaxis.get_major_ticks() + ax.yaxis.get_minor_ticks()
+                 if lo <= tick.get_loc() <= hi and tick.label1.get_visible() and tick.label1.get_text()]
+        assert len(shown) >= 3, shown
+        for loc, text in shown:
+            assert float(text) == pytest.approx(loc, rel=1e-9), (loc, text)
 
 
 # -- several runs -------------------------------------------------------------------------------
