@@ -101,31 +101,10 @@ def check_array(a: Any, name: str, ndim: Optional[int], dtype: Optional[str] = N
     return fw, dt
 
 
-def _torch_numpy_floats() -> tuple:
-    try:
-        import torch
-    except ImportError:
-        return ()
-    return (torch.float32, torch.float64)
-
-
-class _LazyFloats:
-    """torch's float32/float64 dtypes, looked up on first use (NumPy users never import torch)."""
-    _value: Optional[tuple] = None
-
-    def __contains__(self, dtype: Any) -> bool:
-        if _LazyFloats._value is None:
-            _LazyFloats._value = _torch_numpy_floats()
-        return dtype in _LazyFloats._value
-
-
-_TORCH_NUMPY_FLOATS = _LazyFloats()
-
-
 def check_finite(a: Any, name: str) -> None:
     """Refuses NaN and infinite values (one pass over the array)."""
     v = host_view(a, name)
-    if is_torch(v) and v.device.type == "cpu" and v.dtype in _TORCH_NUMPY_FLOATS:
+    if is_torch(v) and v.device.type == "cpu" and str(v.dtype) in ("torch.float32", "torch.float64"):
         # NumPy on the same memory: ~20x faster than torch.isfinite(v).all() (0.04 vs 0.7 ms at
         # 512 x 784 float32), which would cost a few % of a call on the README's example.
         ok = bool(np.isfinite(v.detach().numpy()).all())
