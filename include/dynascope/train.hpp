@@ -5,6 +5,7 @@
 #include <functional>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "dynascope/datasets.hpp"
 #include "dynascope/engine.hpp"
@@ -74,11 +75,21 @@ struct TrainOptions {
   index_t batch = 0;        // 0: full batch
   std::uint64_t seed = 0;   // minibatch order
   index_t checkpoint_every = 0;  // 0: only the end
+  // Further checkpoints at these steps (each in 1..steps, any order, repeats allowed), on top of
+  // checkpoint_every: e.g. log-spaced steps, so that the early phase of training is sampled as
+  // densely as the late one (log_spaced_steps).
+  std::vector<index_t> checkpoint_steps;
   // Called with every minibatch record (before the update).
   std::function<void(const TrainRecord&)> on_record;
-  // Called at step 0, every checkpoint_every steps and at the end, with the parameters then.
+  // Called at step 0, every checkpoint_every steps, at checkpoint_steps and at the end, with the
+  // parameters then; once per step, in increasing order.
   std::function<void(index_t step, const Array<T>& params)> on_checkpoint;
 };
+
+// `count` steps spaced evenly in log(step) over [1, steps]: round(steps^(i/count)), i = 1..count,
+// repeats dropped (so fewer than `count` when steps is small), increasing, the last one `steps`.
+// count >= 0, steps >= 0; empty when either is 0.
+DYNASCOPE_API std::vector<index_t> log_spaced_steps(index_t steps, index_t count);
 
 struct TrainResult {
   index_t steps = 0;

@@ -319,7 +319,16 @@ def _elasticity_detail(r: Run) -> Optional[str]:
                      ("samples", "samples"), ("dtype", "precision"), ("seed", "seed")):
         if o.get(k) is not None and not isinstance(o.get(k), (dict, list)):
             bits.append(f"{label} {_e(_g(o[k]))}")
-    return ", ".join(bits) + "." if bits else None
+    text = ", ".join(bits) + "." if bits else ""
+    # KL elasticities of confident sources run into the millions (their own change, the denominator,
+    # scales with the probability left to the other classes): say so where the matrices show it.
+    largest = max((float(np.nanmax(mat)) for _, _, mat in (r.elasticity_matrices or [])
+                   if np.isfinite(mat).any()), default=0.0)
+    if o.get("metric") == "kl" and largest > 100:
+        text += (f" Entries reach {_e(_g(largest))}: with the KL metric a source the network already fits with "
+                 "confidence changes its own prediction very little, so the ratio of a target's change to it is "
+                 "large; the within/across ratio is the number to compare.")
+    return text.strip() or None
 
 
 def _response_detail(r: Run) -> Optional[str]:

@@ -82,23 +82,39 @@ def _errorbar(ax, data, run, series, x, y, err, **kw):
 
 
 def _log_if_decades(ax, values: Sequence[np.ndarray], axis: str = "y", decades: float = 1.5) -> bool:
-    """A log axis when every value is positive and they span more than ``decades`` decades."""
+    """A log axis when every value is positive and they span more than ``decades`` decades (call it
+    after plotting: the tick labels follow the data's range)."""
     v = np.concatenate([np.ravel(np.asarray(a, dtype=float)) for a in values]) if values else np.array([])
     v = v[np.isfinite(v)]
     if v.size and (v > 0).all() and math.log10(v.max() / v.min()) > decades:
         (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+        _readable_log_ticks(ax, axis)
         return True
     return False
 
 
-def _step_axis(ax, steps: Sequence[np.ndarray], log: bool = False, label: str = "training step") -> None:
-    """Steps on x: linear, or symmetric-log (step 0 kept, linear up to the first positive step)."""
+# Checkpoints whose positive steps span this factor or more get a log step axis unless the figure
+# says otherwise: log-spaced checkpoints (the CLI's --save-log) would crowd into the left edge of a
+# linear axis; evenly spaced ones (--save-every K of S steps, S/K < LOG_STEPS_RATIO) stay linear.
+LOG_STEPS_RATIO = 100.0
+
+
+def _step_axis(ax, steps: Sequence[np.ndarray], log: Optional[bool] = None, label: str = "training step") -> None:
+    """Steps on x: linear, or symmetric-log (step 0 kept, linear up to the first positive step).
+    ``log=None``: log when the positive steps span LOG_STEPS_RATIO or more."""
     ax.set_xlabel(label)
     s = np.concatenate([np.ravel(a) for a in steps]) if steps else np.array([])
     pos = s[s > 0]
+    if log is None:
+        log = bool(pos.size) and pos.max() / pos.min() >= LOG_STEPS_RATIO
     if log and pos.size and pos.max() / pos.min() >= 10:
         from matplotlib.ticker import LogLocator, NullFormatter
+        from matplotlib.ticker import FixedLocator
         ax.set_xscale("symlog", linthresh=float(pos.min()), linscale=0.4)
+        # Major ticks at 0 (when shown) and the powers of ten from the first positive step on: the
+        # default symlog ticks put 10^0 next to 0 inside the linear part.
+        decades = range(math.ceil(math.log10(pos.min())), math.floor(math.log10(pos.max())) + 1)
+        ax.xaxis.set_major_locator(FixedLocator(([0.0] if s.min() <= 0 else []) + [10.0 ** k for k in decades]))
         ax.xaxis.set_minor_locator(LogLocator(subs=np.arange(2, 10) * 0.1, numticks=20))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlim(0 if s.min() <= 0 else pos.min() / 1.3, pos.max() * 1.15)
@@ -106,7 +122,7 @@ def _step_axis(ax, steps: Sequence[np.ndarray], log: bool = False, label: str = 
         return
     if s.size:
         lo, hi = float(s.min()), float(s.max())
-        if not log and hi > lo:
+        if hi > lo:
             pad = 0.02 * (hi - lo)
             ax.set_xlim(lo - pad, hi + pad)
 
@@ -156,11 +172,21 @@ def _run_legend(fig, runs: Sequence[Run]) -> None:
                ncol=min(len(runs), 4), frameon=False, fontsize=9.5)
 
 
-def _series_legend(ax, entries: Sequence[Tuple[str, Dict[str, Any]]], **kw) -> None:
-    """A legend of the series styles (black, one per style) when the colour means the run."""
+def _series_legend(ax, entries: Sequence[Tuple[str, Dict[str, Any]]], coloured: bool = False, **kw) -> None:
+    """A legend of the series styles: dark grey, one per style, when the colour means the run;
+    ``coloured``: the entries carry their own colours (one run, a colour per series)."""
     from matplotlib.lines import Line2D
-    handles = [Line2D([], [], color="0.25", **style) for _, style in entries]
+    handles = [Line2D([], [], **({"color": "0.25"} | style)) if coloured else
+               Line2D([], [], **(style | {"color": "0.25"})) for _, style in entries]
     ax.legend(handles, [label for label, _ in entries], **kw)
+
+
+def _sequential_colours(n: int) -> List[str]:
+    """n colours in order along viridis (dark to light, the light end left out: it fades on white)."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+    cmap = colormaps["viridis"]
+    return [to_hex(cmap(0.85 * j / max(n - 1, 1))) for j in range(n)]
 
 
 def _multi(runs) -> bool:
@@ -261,6 +287,9 @@ def fig_ntk_eigenvalues(runs):
 
 
 def fig_ntk_energy(runs):
+    """E_k(y) over steps for every recorded k. One run: a colour per k (E_k grows with k, so the lines
+    never cross and the colour order is the k order); several runs: a colour per run, a line style and
+    marker per k."""
     runs = [(i, r) for i, r in runs if r.energy is not None and r.energy[1]]
     if not runs:
         return None
@@ -269,19 +298,29 @@ def fig_ntk_energy(runs):
     data: Dict[str, Any] = {}
     steps = []
     ks = sorted({k for _, r in runs for k in r.energy[1]})
+    one = len(runs) == 1
+    k_colours = _sequential_colours(len(ks))
+
+    def style(j: int) -> Dict[str, Any]:
+        return ({"color": k_colours[j], "ls": "-"} if one else {"ls": LINESTYLES[j % len(LINESTYLES)]}) | {
+            "marker": MARKERS[j % len(MARKERS)]}
+
+    top = 0.0
     for i, r in runs:
         st, en = r.energy
         for j, k in enumerate(ks):
             if k in en:
-                _plot(ax, data, r.name, f"E_{k}", st, en[k], color=_colour(i), ls=LINESTYLES[j % len(LINESTYLES)],
-                      marker=MARKERS[j % len(MARKERS)])
+                _plot(ax, data, r.name, f"E_{k}", st, en[k], **({"color": _colour(i)} | style(j)))
+                top = max(top, float(np.nanmax(en[k])) if len(en[k]) else 0.0)
         steps.append(st)
     ax.set_ylabel("$E_k(y)$: share of the target energy")
-    ax.set_ylim(-0.02, 1.02)
+    # E_k lies in [0, 1]; the axis ends a little above the largest value, not at 1, so that small
+    # shares (many classes, few k) stay apart.
+    ax.set_ylim(0.0, min(1.0, top * 1.15) + 0.02 if top > 0 else 1.02)
     ax.set_title("Target energy in the top-$k$ NTK eigenvectors")
     _step_axis(ax, steps)
-    _series_legend(ax, [(f"$k={k}$", {"ls": LINESTYLES[j % len(LINESTYLES)], "marker": MARKERS[j % len(MARKERS)]})
-                        for j, k in enumerate(ks)], loc="center left", bbox_to_anchor=(1.0, 0.5))
+    _series_legend(ax, [(f"$k={k}$", style(j)) for j, k in enumerate(ks)], coloured=one, loc="center left",
+                   bbox_to_anchor=(1.0, 0.5))
     _run_legend(fig, [r for _, r in runs])
     return fig, data
 
@@ -392,14 +431,17 @@ def _binned_density(lam: np.ndarray, d: np.ndarray, edges: np.ndarray) -> np.nda
 
 
 def _column_edges(steps: np.ndarray) -> np.ndarray:
-    """[n, 2]: each checkpoint's column centred on its step, as wide as the smaller gap to a neighbour
-    (uneven spacing leaves gaps rather than shifting a column off its step)."""
+    """[n, 2]: each checkpoint's column, reaching halfway to its neighbours (the first and last reach as
+    far out as in), so the columns tile the axis without gaps however unevenly the checkpoints are
+    spaced. The caller passes the steps in the step axis' coordinates (log ones for a log axis) and
+    maps the edges back."""
     if steps.size < 2:
-        w = np.array([max(abs(float(steps[0])) * 0.1, 1.0)]) if steps.size else np.array([])
-    else:
-        gaps = np.diff(steps)
-        w = np.minimum(np.concatenate([[gaps[0]], gaps]), np.concatenate([gaps, [gaps[-1]]]))
-    return np.stack([steps - w / 2, steps + w / 2], axis=1)
+        w = max(abs(float(steps[0])) * 0.1, 1.0) if steps.size else 0.0
+        return np.stack([steps - w / 2, steps + w / 2], axis=1)
+    mid = (steps[1:] + steps[:-1]) / 2
+    lo = np.concatenate([[steps[0] - (mid[0] - steps[0])], mid])
+    hi = np.concatenate([mid, [steps[-1] + (steps[-1] - mid[-1])]])
+    return np.stack([lo, hi], axis=1)
 
 
 def fig_hessian_density(runs):
@@ -419,7 +461,10 @@ def fig_hessian_density(runs):
     for row, (i, r) in enumerate(runs):
         ax, axc = axes[row, 0], axes[row, 1]
         steps = np.array([s for s, _, _ in r.density], dtype=float)
-        cols = _column_edges(steps)
+        _step_axis(ax, [steps])
+        # Columns in the axis' coordinates: a log axis gets them as even as the checkpoints look there.
+        to_axis = ax.xaxis.get_transform()
+        cols = to_axis.inverted().transform(_column_edges(to_axis.transform(steps)).reshape(-1)).reshape(-1, 2)
         lo = min(float(lam[0]) for _, lam, _ in r.density)
         hi = max(float(lam[-1]) for _, lam, _ in r.density)
         if not hi > lo:
@@ -441,7 +486,6 @@ def fig_hessian_density(runs):
         ax.set_xlim(cols[0, 0], cols[-1, 1])
         ax.set_ylim(edges[0], edges[-1])
         ax.set_ylabel(r"Hessian eigenvalue $\lambda$")
-        ax.set_xlabel("training step")
         ax.set_title(("Hessian spectral density (SLQ)" if len(runs) == 1 else f"{r.name}: SLQ density"))
         cb = fig.colorbar(mesh, ax=ax, pad=0.01)
         cb.set_label(f"density, {DENSITY_BINS} bins (log; floor $10^{{-{DENSITY_FLOOR_DECADES}}}$ of max)")

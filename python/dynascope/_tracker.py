@@ -23,6 +23,7 @@ import inspect
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -36,9 +37,11 @@ from ._mlp import Mlp
 
 __all__ = ["Tracker", "load_checkpoint", "save_checkpoint", "save_state_dict", "load_state_dict"]
 
-# The files of a run: the CLI's (training_run.cpp, prepare_out_dir) and the Tracker's data files.
-_RUN_FILES = ("train.csv", "report.json", "lc.csv", "llc.csv", "elasticity.csv", "elasticity_first.npy",
-              "elasticity_last.npy", "response.csv", "region_map_first.png", "region_map_last.png")
+# The files of a run: the CLI's (training_run.cpp, prepare_out_dir; "report" is the folder of
+# figures dynascope.report writes) and the Tracker's data files.
+_RUN_FILES = ("train.csv", "report.json", "hessian_density.csv", "lc.csv", "llc.csv", "llc_trace_last.npy",
+              "elasticity.csv", "elasticity_first.npy", "elasticity_last.npy", "response.csv",
+              "region_map_first.png", "region_map_last.png", "report")
 # Where the Tracker writes the run's data: run files only when an earlier Tracker's report.json
 # names them (a user's own inputs.npy in the folder is never removed nor replaced).
 _DATA_FILES = ("inputs.npy", "targets.npy")
@@ -455,7 +458,11 @@ class Tracker:
             raise InvalidArgument(f"out_dir: '{d}' holds an earlier run ({shown}); choose another folder, or pass "
                                   f"overwrite=True to remove those files first")
         for name in earlier:
-            os.remove(os.path.join(d, name))
+            path = os.path.join(d, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)   # report/: the figures of the earlier run
+            else:
+                os.remove(path)
         os.makedirs(d, exist_ok=True)
         _core.check_writable(os.path.join(d, "train.csv"))
 

@@ -61,8 +61,8 @@ class TrainResult:
     history_accuracy: Any
     """float64 [S]: the minibatch accuracy (class labels; None for float targets)."""
     checkpoints: List[Checkpoint]
-    """The network at step 0, every ``save_every`` steps and at the end (step 0 and the end only
-    when ``save_every`` is 0)."""
+    """The network at step 0, every ``save_every`` steps, at the ``save_log`` steps and at the end
+    (step 0 and the end only when both are 0)."""
 
 
 def _optional_number(value: Any, name: str, low: float = 0.0, below: Optional[float] = None) -> float:
@@ -84,7 +84,8 @@ def _count(value: Any, name: str, what: str) -> int:
 def train(model: Mlp, x: Any, targets: Any, loss: Optional[str] = None, optimizer: str = "sgd",
           lr: Optional[float] = None, momentum: Optional[float] = None, betas: Tuple[float, float] = (0.9, 0.999),
           eps: float = 1e-8, weight_decay: Optional[float] = None, steps: int = 1000, batch: int = 0, seed: int = 0,
-          save_every: int = 0, threads: Optional[int] = None, progress: ProgressArg = None) -> TrainResult:
+          save_every: int = 0, save_log: int = 0, threads: Optional[int] = None,
+          progress: ProgressArg = None) -> TrainResult:
     """Trains a copy of ``model`` on ``(x, targets)`` with the library's trainer (the command-line
     tool's ``train``: PyTorch's losses and update rules).
 
@@ -108,6 +109,9 @@ def train(model: Mlp, x: Any, targets: Any, loss: Optional[str] = None, optimize
       seeded permutation of the samples in consecutive slices.
     * ``seed``: the minibatch order.
     * ``save_every``: keep a checkpoint every K steps (0, the default: only the first and the last).
+    * ``save_log``: further checkpoints at K steps spaced evenly in log(step),
+      ``round(steps ** (i / K))`` for i = 1..K, repeats dropped (the CLI's ``--save-log``; 0, the
+      default: none), so the early phase of training is sampled as densely as the late one.
     * ``threads``: host threads (None: ``os.cpu_count()``).
     * ``progress``: None (a tqdm bar when tqdm is installed), True, False, or a callable
       ``(task, done, total)`` called after every update; an exception it raises stops training and
@@ -140,6 +144,7 @@ def train(model: Mlp, x: Any, targets: Any, loss: Optional[str] = None, optimize
     if batch > n:
         raise InvalidArgument(f"batch: {batch} is larger than the {n} training samples")
     save_every = _count(save_every, "save_every", "0 = only the first and the last step")
+    save_log = _count(save_log, "save_log", "0 = no log-spaced checkpoints")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 64:
         raise InvalidArgument(f"seed: expected an integer in [0, 2**64), got {seed!r}")
 
@@ -148,7 +153,7 @@ def train(model: Mlp, x: Any, targets: Any, loss: Optional[str] = None, optimize
     with progress_callback(progress) as report:
         r = _core.train(model._spec, model.params_view, host_view(x, "x"), values, labels, loss, optimizer, lr_v,
                         momentum_v, beta1, beta2, eps_v, weight_decay_v, steps, batch, int(seed), save_every,
-                        _threads(threads), report, out)
+                        save_log, _threads(threads), report, out)
     trained = Mlp._from_spec(model._spec, to_framework(pfw, out))
     saved = from_numpy(pfw, r["checkpoint_params"])
     checkpoints = []

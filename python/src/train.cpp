@@ -68,7 +68,7 @@ template <class T>
 nb::dict train(const model::MlpSpec& spec, In1<T> params, In2<T> x, std::optional<In2<T>> values,
                std::optional<LabelsIn> labels, const std::string& loss, const std::string& optimizer, double lr,
                double momentum, double beta1, double beta2, double eps, double weight_decay, index_t steps,
-               index_t batch, std::uint64_t seed, index_t save_every, int threads, nb::handle progress, Out1<T> out) {
+               index_t batch, std::uint64_t seed, index_t save_every, index_t save_log, int threads, nb::handle progress, Out1<T> out) {
   const index_t p = spec.num_params();
   if (static_cast<index_t>(params.shape(0)) != p || static_cast<index_t>(out.shape(0)) != p)
     throw ShapeMismatch("params: the network " + spec.arch_string() + " has " + std::to_string(p) +
@@ -78,6 +78,8 @@ nb::dict train(const model::MlpSpec& spec, In1<T> params, In2<T> x, std::optiona
   if (save_every < 0)
     throw InvalidArgument("save_every: expected an integer >= 0 (0 = the first and last step only), got " +
                           std::to_string(save_every));
+  if (save_log < 0)
+    throw InvalidArgument("save_log: expected an integer >= 0 (0 = no log-spaced checkpoints), got " + std::to_string(save_log));
   const data::Dataset data = dataset_of<T>(x, values, labels, spec.outputs());
   if (batch > data.n)
     throw InvalidArgument("batch: " + std::to_string(batch) + " is larger than the " + std::to_string(data.n) +
@@ -96,6 +98,7 @@ nb::dict train(const model::MlpSpec& spec, In1<T> params, In2<T> x, std::optiona
   options.batch = batch;
   options.seed = seed;
   options.checkpoint_every = save_every;
+  options.checkpoint_steps = model::log_spaced_steps(steps, save_log);
 
   // The network trains in the caller's output buffer (host memory the library does not own).
   if (out.data() != params.data()) std::memcpy(out.data(), params.data(), std::size_t(p) * sizeof(T));
@@ -159,12 +162,12 @@ void register_train(nb::module_& m) {
   // float32 first, then float64: with noconvert, nanobind picks the overload matching the dtype.
   m.def("train", &train<float>, "spec"_a, "params"_a.noconvert(), "x"_a.noconvert(), "values"_a.noconvert().none(),
         "labels"_a.noconvert().none(), "loss"_a, "optimizer"_a, "lr"_a, "momentum"_a, "beta1"_a, "beta2"_a, "eps"_a,
-        "weight_decay"_a, "steps"_a, "batch"_a, "seed"_a, "save_every"_a, "threads"_a, "progress"_a.none(),
+        "weight_decay"_a, "steps"_a, "batch"_a, "seed"_a, "save_every"_a, "save_log"_a, "threads"_a, "progress"_a.none(),
         "out"_a.noconvert(),
         "Trains a copy of `params` in `out`; returns the history and the checkpoints as a dict.");
   m.def("train", &train<double>, "spec"_a, "params"_a.noconvert(), "x"_a.noconvert(), "values"_a.noconvert().none(),
         "labels"_a.noconvert().none(), "loss"_a, "optimizer"_a, "lr"_a, "momentum"_a, "beta1"_a, "beta2"_a, "eps"_a,
-        "weight_decay"_a, "steps"_a, "batch"_a, "seed"_a, "save_every"_a, "threads"_a, "progress"_a.none(),
+        "weight_decay"_a, "steps"_a, "batch"_a, "seed"_a, "save_every"_a, "save_log"_a, "threads"_a, "progress"_a.none(),
         "out"_a.noconvert());
 }
 

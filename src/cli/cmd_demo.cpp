@@ -1128,8 +1128,8 @@ constexpr const char* kLongHelp =
     "a longer run that shows memorisation, then late generalisation (grokking), and the local complexity moving with "
     "them: "
     "modular addition (modadd, 60% train), a 46-256-23 ReLU network at --init-scale 3, AdamW (lr 3e-3, weight decay "
-    "1), 10000 full-batch steps, a checkpoint every 500, the LLC at --llc-epsilon 3e-3, into dynascope-demo-long/; any "
-    "flag given explicitly wins";
+    "1), 10000 full-batch steps, a checkpoint every 1000 and at 16 log-spaced steps (--save-log), the LLC at "
+    "--llc-epsilon 3e-3, into dynascope-demo-long/; any flag given explicitly wins";
 
 void apply_long_defaults(DemoCommand& c) {
   const CLI::App& cmd = *c.app;
@@ -1149,7 +1149,10 @@ void apply_long_defaults(DemoCommand& c) {
   unless("--lr", c.train.lr, 3e-3);
   unless("--weight-decay", c.train.weight_decay, 1.0);
   unless("--steps", c.train.steps, index_t(10000));
-  unless("--save-every", c.train.save_every, index_t(500));
+  unless("--save-every", c.train.save_every, index_t(1000));
+  // Log-spaced checkpoints as well: memorisation happens in the first few hundred steps, and the
+  // LC's first phases with it, so even spacing alone would leave one or two points there.
+  unless("--save-log", c.train.save_log, index_t(16));
   unless("--out-dir", c.train.out_dir, std::string("dynascope-demo-long"));
   // Calibrated with `dynascope llc --calibrate` on this run's last checkpoint: at 3e-3 the 4 chains
   // mix at steps 0, 5000 and 10000 (R-hat 1.01-1.06, MALA acceptance 0.56); the spirals' 3e-4 left

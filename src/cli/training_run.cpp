@@ -36,6 +36,11 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
       ->capture_default_str();
   cmd.add_option("--save-every", f.save_every, "checkpoint every K steps, >= 0 (0 = only the first and last)")
       ->check(at_least(0));
+  cmd.add_option("--save-log", f.save_log,
+                 "further checkpoints at K steps spaced evenly in log(step), round(steps^(i/K)) for i = 1..K (repeats "
+                 "dropped), on top of --save-every: the early phase of training as densely sampled as the late one; "
+                 ">= 0 (0 = none)")
+      ->check(at_least(0));
 }
 
 void add_out_dir_flags(CLI::App& cmd, TrainFlags& f, const std::string& what) {
@@ -129,7 +134,8 @@ json run_config(const std::string& command, const CommonOptions& common, const C
   const model::OptimizerOptions o = optimizer_options(train);
   j["optimizer"] = {{"kind", model::to_string(o.kind)}, {"lr", o.lr}, {"momentum", o.momentum},
                     {"betas", {o.beta1, o.beta2}},       {"eps", o.eps}, {"weight_decay", o.weight_decay}};
-  j["schedule"] = {{"steps", train.steps}, {"batch", train.batch}, {"save_every", train.save_every}};
+  j["schedule"] = {{"steps", train.steps}, {"batch", train.batch}, {"save_every", train.save_every},
+                    {"save_log", train.save_log}};
   j["out_dir"] = train.out_dir;
   return j;
 }
@@ -185,6 +191,7 @@ RunOutcome<T> run_training(const Context& ctx, const CommonOptions& common, cons
   to.batch = flags.batch;
   to.seed = common.seed;
   to.checkpoint_every = flags.save_every;
+  to.checkpoint_steps = model::log_spaced_steps(flags.steps, flags.save_log);
   if (flags.batch > train.n)
     throw UsageError("--batch " + std::to_string(flags.batch) + " is larger than the " + std::to_string(train.n) + " training samples");
   // Everything is checked; only now is the run folder touched.

@@ -23,6 +23,7 @@ struct TrainFlags {
   index_t steps = 1000;
   index_t batch = 0;
   index_t save_every = 0;
+  index_t save_log = 0;  // further checkpoints at this many log-spaced steps
   std::string out_dir;
   bool overwrite = false;
 };

@@ -164,6 +164,15 @@ TrainResult train(const Context& ctx, Mlp<T>& net, const data::Dataset& ds, cons
   detail::require_on_context(ctx, net.params.vector(), "train", "the parameter vector");
   if (options.steps < 0 || options.batch < 0 || options.checkpoint_every < 0)
     throw InvalidArgument("train: steps, batch and checkpoint interval must be >= 0");
+  // One flag per step: a checkpoint after this many updates (the end is always one).
+  std::vector<char> checkpoint_at(static_cast<std::size_t>(options.steps) + 1, 0);
+  if (options.checkpoint_every > 0)
+    for (index_t s = options.checkpoint_every; s <= options.steps; s += options.checkpoint_every) checkpoint_at[s] = 1;
+  for (index_t s : options.checkpoint_steps) {
+    if (s < 1 || s > options.steps)
+      throw InvalidArgument("train: checkpoint step " + std::to_string(s) + " is outside 1.." + std::to_string(options.steps));
+    checkpoint_at[s] = 1;
+  }
 
   const DeviceData<T> full = to_device<T>(ctx, ds);
   const index_t n = ds.n, d = ds.d, o = spec.outputs();
@@ -236,8 +245,7 @@ TrainResult train(const Context& ctx, Mlp<T>& net, const data::Dataset& ds, cons
     opt.step(net.params.data(), grad.data());
     result.steps = step + 1;
     ctx.progress("train", step + 1, options.steps);
-    if (options.on_checkpoint && options.checkpoint_every > 0 && (step + 1) % options.checkpoint_every == 0 &&
-        step + 1 != options.steps)
+    if (options.on_checkpoint && checkpoint_at[step + 1] && step + 1 != options.steps)
       options.on_checkpoint(step + 1, net.params);
   }
   const LossValue final_value = evaluate<T>(ctx, engine, net.params.data(), full, options.loss);
@@ -249,6 +257,20 @@ TrainResult train(const Context& ctx, Mlp<T>& net, const data::Dataset& ds, cons
   }
   if (options.on_checkpoint && result.steps > 0) options.on_checkpoint(result.steps, net.params);
   return result;
+}
+
+std::vector<index_t> log_spaced_steps(index_t steps, index_t count) {
+  if (steps < 0 || count < 0) throw InvalidArgument("log_spaced_steps: steps and count must be >= 0");
+  std::vector<index_t> out;
+  if (steps == 0 || count == 0) return out;
+  const double log_steps = std::log(static_cast<double>(steps));
+  for (index_t i = 1; i <= count; ++i) {
+    // The last one is exactly `steps` (no rounding of exp(log(steps))).
+    const index_t s = i == count ? steps
+                                 : std::clamp<index_t>(static_cast<index_t>(std::llround(std::exp(log_steps * static_cast<double>(i) / static_cast<double>(count)))), 1, steps);
+    if (out.empty() || s > out.back()) out.push_back(s);
+  }
+  return out;
 }
 
 #define DS_INSTANTIATE(T)                                                                                          \

@@ -3,6 +3,7 @@
 // the checked ranges of --samples, --init-scale and --test-fraction. Every refusal is exit code 2
 // with a message that names the flag or file; every accepted network is checked against a float64
 // reference computed here.
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <string>
@@ -236,6 +237,26 @@ TEST(CliModel, NumericModelAndDataFlagsHaveCheckedRanges) {
                      {"--init-scale", "--model"});
   const CliResult ok = with({"--init-scale", "0.5", "--test-fraction", "0.5"});
   EXPECT_EQ(ok.exit_code, 0) << ok;
+}
+
+TEST(CliModel, SaveLogAddsLogSpacedCheckpointsToSaveEvery) {
+  // 100 steps, --save-every 40, --save-log 4: round(100^(i/4)) = 3, 10, 32, 100.
+  const std::string dir = temp_path("logrun");
+  const CliResult r = run({"train", "--arch", "2-4-2", "--dataset", "spirals", "--samples", "32", "--steps", "100",
+                           "--save-every", "40", "--save-log", "4", "--out-dir", dir, "--quiet"});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  std::vector<std::string> files;
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    if (e.path().extension() == ".safetensors") files.push_back(e.path().filename().string());
+  std::sort(files.begin(), files.end());
+  const std::vector<std::string> expect{"step_0000000.safetensors", "step_0000003.safetensors", "step_0000010.safetensors",
+                                        "step_0000032.safetensors", "step_0000040.safetensors", "step_0000080.safetensors",
+                                        "step_0000100.safetensors"};
+  EXPECT_EQ(files, expect);
+  EXPECT_EQ(r.json().at("config").at("schedule").at("save_log"), 4);
+  expect_usage_error(run({"train", "--arch", "2-4-2", "--steps", "10", "--save-log", "-1", "--out-dir", temp_path("neg"),
+                          "--quiet"}),
+                     {"--save-log"});
 }
 
 TEST(CliModel, HelpTextsPointAtTheUserDocumentation) {

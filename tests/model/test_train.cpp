@@ -88,6 +88,43 @@ TEST(Train, SgdStepsAreRecordedAndCheckpointed) {
   EXPECT_EQ(checkpoints, (std::vector<index_t>{0, 4, 8, 10}));
 }
 
+TEST(Train, ExtraCheckpointStepsJoinTheIntervalOnceEachInOrder) {
+  Context ctx = Context::host();
+  const data::Dataset ds = data::load_dataset("teacher", {.samples = 32, .seed = 1});
+  model::Mlp<double> net{model::MlpSpec::from_arch("16-4-1", model::parse_activation("tanh")), {}};
+  net.params = model::init_params<double>(ctx, net.spec, {});
+  model::TrainOptions<double> to;
+  to.steps = 10;
+  to.checkpoint_every = 4;
+  to.checkpoint_steps = {3, 8, 1, 3, 10};  // 8 is an interval step as well, 10 the end
+  std::vector<index_t> checkpoints;
+  to.on_checkpoint = [&](index_t step, const Array<double>&) { checkpoints.push_back(step); };
+  model::train<double>(ctx, net, ds, to);
+  EXPECT_EQ(checkpoints, (std::vector<index_t>{0, 1, 3, 4, 8, 10}));
+  for (index_t bad : {index_t(0), index_t(11), index_t(-2)}) {
+    to.checkpoint_steps = {bad};
+    EXPECT_THROW(model::train<double>(ctx, net, ds, to), InvalidArgument) << bad;
+  }
+}
+
+TEST(Train, LogSpacedStepsAreRoundedPowersOfTheLastStep) {
+  // round(10000^(i/4)) = 10, 100, 1000, 10000: exact powers.
+  EXPECT_EQ(model::log_spaced_steps(10000, 4), (std::vector<index_t>{10, 100, 1000, 10000}));
+  // Against the formula in double precision, repeats dropped.
+  for (index_t steps : {index_t(1), index_t(7), index_t(600), index_t(10000)})
+    for (index_t count : {index_t(1), index_t(5), index_t(16), index_t(40)}) {
+      std::vector<index_t> expect;
+      for (index_t i = 1; i <= count; ++i) {
+        const auto s = static_cast<index_t>(std::llround(std::pow(double(steps), double(i) / double(count))));
+        if (expect.empty() || s > expect.back()) expect.push_back(s);
+      }
+      EXPECT_EQ(model::log_spaced_steps(steps, count), expect) << steps << " " << count;
+    }
+  EXPECT_TRUE(model::log_spaced_steps(0, 5).empty());
+  EXPECT_TRUE(model::log_spaced_steps(100, 0).empty());
+  EXPECT_THROW(model::log_spaced_steps(-1, 3), InvalidArgument);
+}
+
 TEST(Train, DivergenceIsReportedNotThrown) {
   Context ctx = Context::host();
   const data::Dataset ds = data::load_dataset("teacher", {.samples = 64, .seed = 1});

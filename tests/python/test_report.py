@@ -6,6 +6,7 @@ folder and a Tracker's folder give a report."""
 import csv
 import io
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -254,6 +255,54 @@ def test_empty_folder_and_missing_folder_are_errors(tmp_path):
 # -- the plotted numbers are the files' numbers ------------------------------------------------
 
 
+def test_step_axes_go_log_for_checkpoints_spanning_decades_and_ek_colours_follow_k(tmp_path):
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    def energy_axes(runs):
+        fig = _figures(runs)["ntk_energy"].figure
+        ax = fig.axes[0]
+        return ax, {line.get_gid(): to_hex(line.get_color()) for line in ax.lines if line.get_gid()}
+
+    log_run = make_run(tmp_path / "log", parts=("ntk",))          # steps 0, 10, 100, 1000
+    even_run = make_run(tmp_path / "even", parts=("ntk",), seed=1)
+    meta = json.loads((even_run / "report.json").read_text())
+    for c, s in zip(meta["checkpoints"], [0, 100, 200, 300]):   # evenly spaced: a linear axis
+        c["step"] = s
+    (even_run / "report.json").write_text(json.dumps(meta))
+    ax, colours = energy_axes([log_run])
+    assert ax.get_xscale() == "symlog"
+    # One run: a colour per k along viridis, in k order.
+    viridis = colormaps["viridis"]
+    assert colours == {f"log|E_{k}": to_hex(viridis(0.85 * j / 2)) for j, k in enumerate([1, 2, 5])}
+    ax, colours = energy_axes([even_run])
+    assert ax.get_xscale() == "linear"
+    # Several runs: a colour per run (the first run's colour in every figure), a style per k.
+    ax, colours = energy_axes([log_run, even_run])
+    assert ax.get_xscale() == "symlog"
+    assert set(colours.values()) == {to_hex(c) for c in RUN_COLOURS[:2]}
+    assert all(colours[f"log|E_{k}"] == to_hex(RUN_COLOURS[0]) for k in (1, 2, 5))
+
+
+def test_kl_elasticity_captions_explain_huge_entries(tmp_path):
+    # KL elasticities of confident sources reach millions: the caption says why, with the largest
+    # entry; small entries or another metric get no such sentence.
+    def captions(name, metric, scale):
+        run = make_run(tmp_path / name, parts=("train", "elasticity", "elasticity_npy"))
+        np.save(run / "elasticity_last.npy", np.array([[1.0, 2.0], [np.nan, scale]]))
+        meta = json.loads((run / "report.json").read_text())
+        meta["elasticity"]["metric"] = metric
+        (run / "report.json").write_text(json.dumps(meta))
+        figs = _figures([run])
+        return figs["elasticity_matrices"].caption, figs["elasticity_ratio"].caption
+
+    for caption in captions("big", "kl", 2.5e6):
+        assert "Entries reach 2.5e+06: with the KL metric" in caption
+    for name, metric, scale in (("small", "kl", 50.0), ("abs", "abs", 2.5e6)):
+        for caption in captions(name, metric, scale):
+            assert "Entries reach" not in caption and "KL metric" not in caption
+
+
 def test_plotted_data_equals_files(tmp_path):
     run = make_run(tmp_path / "run")
     figs = _figures([run])
@@ -320,15 +369,19 @@ def test_plotted_data_equals_files(tmp_path):
     np.testing.assert_allclose(plotted["density"], want, rtol=1e-11, atol=1e-13 * want.max())
     floor = want.max() * 1e-4
     assert plotted["floor"] == pytest.approx(floor, rel=1e-12)
-    width = np.diff(STEPS)
-    width = np.minimum(np.concatenate([[width[0]], width]), np.concatenate([width, [width[-1]]]))
+    # STEPS = 0, 10, 100, 1000 span two decades: a symmetric-log step axis, linear below 10. The
+    # columns reach halfway to their neighbours in the axis' coordinates: 5 between 0 and 10 (the
+    # linear part), the geometric means 10^1.5 and 10^2.5 above, as far out at the ends as in.
+    assert STEPS == [0, 10, 100, 1000] and meshes[f"{n}|density@0"].axes.get_xscale() == "symlog"
+    r = math.sqrt(10)
+    columns = [[-5, 5], [5, 10 * r], [10 * r, 100 * r], [100 * r, 1000 * r]]
     for j, s in enumerate(STEPS):
         m = meshes[f"{n}|density@{s}"]
         got = np.asarray(m.get_array(), float).ravel()
         np.testing.assert_allclose(got, np.maximum(want[:, j], plotted["floor"]), rtol=1e-11, atol=1e-13 * want.max())
         xy = m.get_coordinates()  # [lambda edges, step edges, (x, y)]
         np.testing.assert_array_equal(xy[:, 0, 1], edges)
-        np.testing.assert_array_equal(xy[0, :, 0], [s - width[j] / 2, s + width[j] / 2])  # centred on the step
+        np.testing.assert_allclose(xy[0, :, 0], columns[j], rtol=1e-12, atol=1e-12)
     assert "floor $10^{-4}$ of max" in fig.axes[-1].get_ylabel() or any(
         "floor $10^{-4}$ of max" in ax.get_ylabel() for ax in fig.axes)
     C = _lines(fig)

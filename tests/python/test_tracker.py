@@ -443,8 +443,11 @@ def test_out_dir_refuses_an_earlier_run_unless_overwrite(tmp_path):
     t.close()
     assert (d / "mine.csv").exists()
     (d / "notes.txt").write_text("mine")
+    (d / "report").mkdir()                 # the figures of dynascope.report(d): replaced with the run
+    (d / "report" / "index.html").write_text("<html></html>")
     with pytest.raises(dynascope.InvalidArgument, match="holds an earlier run .*overwrite=True"):
         dynascope.Tracker(make_model(), (x, y), out_dir=str(d))
+    assert (d / "report" / "index.html").exists()
     dynascope.Tracker(make_model(), (x, y), out_dir=str(d), overwrite=True)
     assert sorted(os.listdir(d)) == ["inputs.npy", "notes.txt", "report.json", "targets.npy", "train.csv"]
     # A user's own inputs.npy is neither removed nor replaced.

@@ -86,7 +86,7 @@ def test_full_batch_matches_torch_optim(optimizer, kw, task):
     mlp = dynascope.Mlp.from_torch(model)
     p0 = mlp.params.clone()
     r = dynascope.train(mlp, x, y, loss=loss if task == "mse-labels" else None, optimizer=optimizer, steps=steps,
-                        save_every=5, threads=1, progress=False, **kw)
+                        save_every=5, save_log=3, threads=1, progress=False, **kw)
     assert r.loss == loss and r.steps_done == steps and not r.diverged and r.diverged_at_step is None
     assert torch.equal(mlp.params, p0)                     # the model passed in is not changed
     assert isinstance(r.model.params, torch.Tensor) and r.model.arch == mlp.arch
@@ -97,8 +97,9 @@ def test_full_batch_matches_torch_optim(optimizer, kw, task):
     else:
         np.testing.assert_array_equal(r.history_accuracy.numpy(), accuracies)
     np.testing.assert_allclose(r.model.params.numpy(), params[-1].numpy(), rtol=0, atol=1e-12)
-    # Checkpoints at 0, every 5 steps, and the end, with the loss over the whole set.
-    assert [c.step for c in r.checkpoints] == [0, 5, 10, 12]
+    # Checkpoints at 0, every 5 steps, at round(12 ** (i / 3)) = 2, 5, 12, and the end, with the
+    # loss over the whole set.
+    assert [c.step for c in r.checkpoints] == [0, 2, 5, 10, 12]
     for c in r.checkpoints:
         np.testing.assert_allclose(c.model.params.numpy(), params[c.step].numpy(), rtol=0, atol=1e-12)
         value, accuracy = full_loss(model, params[c.step], x, y, loss)
@@ -237,6 +238,8 @@ def test_bad_input_gives_clear_errors():
         T(mlp, x, y, steps=-1)
     with pytest.raises(dynascope.InvalidArgument, match="save_every"):
         T(mlp, x, y, save_every=1.5)
+    with pytest.raises(dynascope.InvalidArgument, match="save_log"):
+        T(mlp, x, y, save_log=-1)
     with pytest.raises(dynascope.InvalidArgument, match="class label 2 at row"):
         T(mlp, xl, yl * 2)
     with pytest.raises(dynascope.ShapeMismatch, match=r"targets: expected float targets of shape \[6, 2\]"):
