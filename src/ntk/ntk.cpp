@@ -12,7 +12,9 @@
 #include "core/buffer.hpp"
 #include "core/checks.hpp"
 #include "dynascope/blas.hpp"
+#include "kernels/activation.cuh"
 #include "kernels/launch.cuh"
+#include "model/kernel_activation.hpp"
 
 namespace dynascope::ntk {
 
@@ -48,45 +50,38 @@ index_t cols_per_sample(Outputs m, index_t o) { return m == Outputs::trace || m 
 // full and trace/sum: the matrix transpose; diagonal: the transpose of each output's block.
 template <class T>
 void mirror_tile(const Context& ctx, Outputs mode, index_t o, MatrixView<const T> tile, MatrixView<T> dst) {
-  const index_t r = tile.rows, c = tile.cols;
   if (mode == Outputs::diagonal) {
-    // tile is [b1, b2*o] -> dst [b2, b1*o]
-    kern::parallel_for(ctx, r * c, [=] DYNASCOPE_HD(index_t idx) {
-      const index_t n = idx / c, rest = idx % c, m = rest / o, a = rest % o;
-      dst(m, n * o + a) = tile(n, rest);
+    // tile is [b1, b2*o] -> dst [b2, b1*o]: one (n, m) pair per body, its o entries inside
+    kern::parallel_for_2d(ctx, tile.rows, tile.cols / o, [=] DYNASCOPE_HD(index_t n, index_t m) {
+      for (index_t a = 0; a < o; ++a) dst(m, n * o + a) = tile(n, m * o + a);
     });
   } else {
-    kern::parallel_for(ctx, r * c, [=] DYNASCOPE_HD(index_t idx) {
-      const index_t i = idx / c, j = idx % c;
-      dst(j, i) = tile(i, j);
-    });
+    kern::parallel_for_2d(ctx, tile.rows, tile.cols, [=] DYNASCOPE_HD(index_t i, index_t j) { dst(j, i) = tile(i, j); });
   }
 }
 
 // A diagonal tile of the symmetric path (I == J) holds both entries of each pair (n, m), (m, n),
 // and BLAS may round the two differently (they sit in different places of its kernels: row tails,
-// thread partitions). Its upper triangle is kept and mirrored, as the off-diagonal tiles are, so
-// that the symmetric kernel is exactly symmetric whatever BLAS kernel ran. One pass over the
-// diagonal tiles only: nothing next to the GEMMs that fill them.
+// thread partitions), or leave one of them unwritten (the full mode computes the upper part only).
+// Its upper triangle is kept and mirrored, as the off-diagonal tiles are, so that the symmetric
+// kernel is exactly symmetric whatever BLAS kernel ran.
 template <class T>
 void symmetrize_tile(const Context& ctx, Outputs mode, index_t o, MatrixView<const T> tile, MatrixView<T> dst) {
-  const index_t r = tile.rows, c = tile.cols;
   if (mode == Outputs::diagonal) {
     // tile is [b, b*o]: (n, m*o + a) pairs with (m, n*o + a)
-    kern::parallel_for(ctx, r * c, [=] DYNASCOPE_HD(index_t idx) {
-      const index_t n = idx / c, rest = idx % c, m = rest / o, a = rest % o;
-      dst(n, rest) = m >= n ? tile(n, rest) : tile(m, n * o + a);
+    kern::parallel_for_2d(ctx, tile.rows, tile.cols / o, [=] DYNASCOPE_HD(index_t n, index_t m) {
+      for (index_t a = 0; a < o; ++a) dst(n, m * o + a) = m >= n ? tile(n, m * o + a) : tile(m, n * o + a);
     });
   } else {
-    kern::parallel_for(ctx, r * c, [=] DYNASCOPE_HD(index_t idx) {
-      const index_t i = idx / c, j = idx % c;
+    kern::parallel_for_2d(ctx, tile.rows, tile.cols, [=] DYNASCOPE_HD(index_t i, index_t j) {
       dst(i, j) = j >= i ? tile(i, j) : tile(j, i);
     });
   }
 }
 
 // Tiles of the output over sample blocks, with the bookkeeping shared by the engines: a scratch
-// tile on the context's backend, copied (and mirrored) into the caller's output.
+// tile on the context's backend, written (and mirrored) into the caller's output, directly when
+// the output is on the context's backend, else through a staging buffer and a copy.
 template <class T>
 struct TileWriter {
   const Context& ctx;
@@ -97,18 +92,25 @@ struct TileWriter {
 
   void write(MatrixView<const T> tile, index_t r0, index_t c0, MatrixView<T> out) {
     const index_t rps = rows_per_sample(mode, o), cps = cols_per_sample(mode, o);
+    const bool direct = out.backend == ctx.backend() && (ctx.is_host() || out.device == ctx.device());
+    const auto place = [&](index_t rows, index_t cols, index_t at_r, index_t at_c, auto&& fill) {
+      MatrixView<T> target = out.block(at_r, at_c, rows, cols);
+      if (direct) {
+        fill(target);
+        return;
+      }
+      MatrixView<T> m = mirror.reserve(ctx, rows, cols);
+      fill(m);
+      copy(ctx, MatrixView<const T>(m), target);
+    };
     if (symmetric && r0 == c0) {
-      MatrixView<T> m = mirror.reserve(ctx, tile.rows, tile.cols);
-      symmetrize_tile<T>(ctx, mode, o, tile, m);
-      copy(ctx, MatrixView<const T>(m), out.block(r0 * rps, c0 * cps, tile.rows, tile.cols));
+      place(tile.rows, tile.cols, r0 * rps, c0 * cps, [&](MatrixView<T> d) { symmetrize_tile<T>(ctx, mode, o, tile, d); });
       return;
     }
     copy(ctx, tile, out.block(r0 * rps, c0 * cps, tile.rows, tile.cols));
     if (!symmetric) return;
     const index_t b1 = tile.rows / rps, b2 = tile.cols / cps;
-    MatrixView<T> m = mirror.reserve(ctx, b2 * rps, b1 * cps);
-    mirror_tile<T>(ctx, mode, o, tile, m);
-    copy(ctx, MatrixView<const T>(m), out.block(c0 * rps, r0 * cps, m.rows, m.cols));
+    place(b2 * rps, b1 * cps, c0 * rps, r0 * cps, [&](MatrixView<T> d) { mirror_tile<T>(ctx, mode, o, tile, d); });
   }
 };
 
@@ -124,58 +126,186 @@ struct Blocks {
 // ---------------------------------------------------------------------------------------------
 // structured: Theta_l = (c_l^2 A A'^T + beta^2 [bias]) .* (Delta Delta'^T), summed over layers
 // ---------------------------------------------------------------------------------------------
+//
+// Cost model (what the method must do; NtkInfo::flops counts exactly this). Layer l = 1..L maps
+// width w_{l-1} to w_l; k = O cotangents (full, diagonal, trace) or 1 (sum).
+//   Per sample: the forward pass, sum_l 2 w_{l-1} w_l, and the deltas Delta_l = d f / d z_l for
+//     l < L, one batched backward sweep of the k cotangents: 2 k w_{l+1} w_l for l = 1..L-2. No
+//     sweep into the input (nothing needs d f / d x), none through the output layer (Delta_L is
+//     the identity: Delta_{L-1,a} = c_L W_L[a, :] .* s'(z_{L-1}), elementwise), and in trace mode
+//     of a two-layer network none at all.
+//   Per pair of samples (N (N + 1) / 2 pairs for a symmetric kernel: SYRK on the diagonal tiles
+//     and only the upper tiles; N1 N2 otherwise), per layer: A A'^T, 2 w_{l-1}; and the delta Gram
+//     - output layer: none. Delta_L Delta_L'^T is I_O (full), 1 (diagonal), O (trace, sum).
+//     - layer L-1 in trace mode: sum_a Delta_a(n) . Delta_a(m) = s'(n)^T D s'(m) with
+//       D = diag(c_L^2 sum_a W_L[a, j]^2): one product of width w_{L-1}, 2 w_{L-1}, instead of O.
+//     - otherwise 2 k w_l (trace, sum: one GEMM over the deltas laid out sample-major as
+//       [N, k w_l]), 2 O w_l (diagonal: O GEMMs), 2 O^2 w_l (full: the [N O, w_l] Gram, already
+//       in the output's (n, a) x (m, b) layout).
+//   The Hadamard products and sums are O(tile) memory passes, not counted.
+// On 784-512-512-10, trace, N = 256: 1.68 GFLOP per call in the per-sample work (80 % of it the
+// backward sweep [N O, 512] x [512, 512]) and 0.49 GFLOP in the Grams.
 
-// Features of one sample block: activations and the deltas of every output (or of their sum).
+// Features of one sample block: the forward pass, and the deltas of every layer below the output
+// one in sample-major layout: delta(l) is [b, k * w_l], row n holding Delta_{l,0}(n), ...,
+// Delta_{l,k-1}(n) (so [b * k, w_l] row-major is the same memory: the batched sweep is one GEMM
+// and the full mode's Gram comes out in the kernel's own row order). In trace mode `collapsed` holds
+// s'(z_{L-1}) .* sqrt(diag D) [b, w_{L-1}], the factor of layer L-1's collapsed Gram.
 template <class T>
 struct Features {
   MlpEngine<T> engine;
-  Buffer<T> cot;
+  std::vector<Buffer<T>> delta;  // index 1..L-1
+  Buffer<T> collapsed;
   index_t rows = 0, first = -1;
-  Features(const Context& ctx, const MlpSpec& s) : engine(ctx, s) {}
+  Features(const Context& ctx, const MlpSpec& s) : engine(ctx, s), delta(std::size_t(s.layers())) {}
 
-  // block = number of cotangent blocks: O (one-hot e_a) or 1 (all ones, the kernel of sum_a f_a).
-  void compute(const Context& ctx, const T* params, MatrixView<const T> x, index_t row0, index_t b, index_t blocks) {
+  MatrixView<const T> deltas(index_t l, index_t k) const {
+    return delta[std::size_t(l)].view(rows, k * engine.spec().widths[std::size_t(l)]);
+  }
+  MatrixView<const T> collapsed_view() const {
+    const MlpSpec& s = engine.spec();
+    return collapsed.view(rows, s.widths[std::size_t(s.layers() - 1)]);
+  }
+
+  // head: [k, w_{L-1}], row a = c_L W_L[a, :] (k = O) or c_L sum_a W_L[a, :] (k = 1); sqrt_d
+  // [w_{L-1}] (trace mode only, else null).
+  void compute(const Context& ctx, const T* params, MatrixView<const T> x, index_t row0, index_t b, index_t k,
+                 MatrixView<const T> head, const T* sqrt_d) {
     if (first == row0 && rows == b) return;
-    const index_t o = engine.spec().outputs();
+    const MlpSpec& s = engine.spec();
+    const index_t L = s.layers();
     engine.forward(params, x.block(row0, 0, b, x.cols));
-    MatrixView<T> c = cot.reserve(ctx, blocks * b, o);
-    const bool one_hot = blocks > 1 || o == 1;
-    kern::parallel_for(ctx, blocks * b * o, [=] DYNASCOPE_HD(index_t idx) {
-      const index_t a = idx % o, blk = idx / (b * o);
-      c.data[idx] = one_hot ? (a == blk ? T(1) : T(0)) : T(1);
-    });
-    engine.backprop(params, c, blocks);
     first = row0;
     rows = b;
+    if (L == 1) return;
+    const index_t top = L - 1, wt = s.widths[std::size_t(top)];
+    const kern::ActParams act_top = model::internal::act_params(s.activations[std::size_t(top - 1)]);
+    const T* z_top = engine.preactivation(top).data;
+    if (sqrt_d != nullptr) {  // trace: the collapsed factor of layer L-1
+      MatrixView<T> cf = collapsed.reserve(ctx, b, wt);
+      const double slope = act_top.slope;
+      DYNASCOPE_WITH_ACT(act_top.kind, A, kern::parallel_for_2d(ctx, b, wt, [=] DYNASCOPE_HD(index_t n, index_t j) {
+        cf.data[n * wt + j] = kern::act_deriv(kern::ActParams{A, slope}, z_top[n * wt + j]) * sqrt_d[j];
+      }));
+      if (top == 1) return;  // nothing below needs the deltas
+    }
+    // Delta_{L-1}[n, a w + j] = head[a, j] s'(z_{L-1}(n))_j: the output layer's sweep, elementwise.
+    MatrixView<T> d_top = delta[std::size_t(top)].reserve(ctx, b, k * wt);
+    {
+      const double slope = act_top.slope;
+      const MatrixView<const T> h = head;
+      DYNASCOPE_WITH_ACT(act_top.kind, A, kern::parallel_for_2d(ctx, b * k, wt, [=] DYNASCOPE_HD(index_t r, index_t j) {
+        const index_t n = r / k, a = r % k;
+        d_top.data[r * wt + j] = h(a, j) * kern::act_deriv(kern::ActParams{A, slope}, z_top[n * wt + j]);
+      }));
+    }
+    // Delta_l = (c_{l+1} Delta_{l+1} W_{l+1}) .* s'(z_l), all k cotangents in one GEMM.
+    for (index_t l = top - 1; l >= 1; --l) {
+      const index_t w_out = s.widths[std::size_t(l + 1)], w = s.widths[std::size_t(l)];
+      const MatrixView<const T> above = delta[std::size_t(l + 1)].view(b * k, w_out);
+      const MatrixView<const T> weight{params + s.weight_offset(l), w_out, w, w, ctx.backend(), ctx.device()};
+      MatrixView<T> below = delta[std::size_t(l)].reserve(ctx, b * k, w);
+      blas::gemm<T>(ctx, Op::none, Op::none, static_cast<T>(s.weight_scale(l)), above, weight, T(0), below);
+      const kern::ActParams act = model::internal::act_params(s.activations[std::size_t(l - 1)]);
+      const double slope = act.slope;
+      const T* z = engine.preactivation(l).data;
+      DYNASCOPE_WITH_ACT(act.kind, A, kern::parallel_for_2d(ctx, b * k, w, [=] DYNASCOPE_HD(index_t r, index_t j) {
+        below.data[r * w + j] *= kern::act_deriv(kern::ActParams{A, slope}, z[(r / k) * w + j]);
+      }));
+    }
   }
 };
 
+// Cotangent blocks: O, or 1 for the kernel of sum_a f_a.
+index_t cotangents(Outputs mode, index_t o) { return mode == Outputs::sum ? 1 : o; }
+
+// Full mode: samples per panel of the delta Gram, so that a panel [panel*o, b2*o] stays near 4 MB
+// (in cache for its Hadamard product) while its GEMM keeps a few hundred rows.
+constexpr std::size_t kFullPanelBytes = std::size_t(4) << 20;
 template <class T>
-std::size_t structured_bytes(const MlpSpec& s, Outputs mode, index_t b, bool per_layer) {
-  const index_t o = s.outputs(), k = mode == Outputs::sum ? 1 : o;
-  index_t widths = 0, outs = 0;
-  for (index_t l = 1; l <= s.layers(); ++l) {
-    widths += s.widths[std::size_t(l)];
-    outs += s.widths[std::size_t(l)];
-  }
-  const index_t engine = 2 * b * widths + k * b * outs + k * b * o;
-  const index_t gd = mode == Outputs::full ? o * o * b * b : mode == Outputs::diagonal ? o * b * b : b * b;
-  const index_t tile = b * b * rows_per_sample(mode, o) * cols_per_sample(mode, o);
-  const index_t scratch = b * b + gd + tile * (per_layer ? 3 : 2);
-  return sizeof(T) * std::size_t(2 * engine + scratch);
+index_t full_panel(index_t o, index_t b1, index_t b2) {
+  const std::size_t per_sample = sizeof(T) * std::size_t(o) * std::size_t(o) * std::size_t(std::max<index_t>(b2, 1));
+  return std::clamp<index_t>(static_cast<index_t>(kFullPanelBytes / per_sample), 1, std::max<index_t>(b1, 1));
 }
 
 template <class T>
-double structured_flops(const MlpSpec& s, Outputs mode, index_t n1, index_t n2, bool symmetric) {
-  const double o = double(s.outputs()), k = mode == Outputs::sum ? 1.0 : o;
-  double per_pair = 0, per_sample = 0;
-  for (index_t l = 0; l < s.layers(); ++l) {
-    const double a = double(s.fan_in(l)), b = double(s.fan_out(l));
-    per_pair += 2 * a + 2 * b * (mode == Outputs::full ? o * o : k);
-    per_sample += 2 * a * b * (1 + k);
+std::size_t structured_bytes(const MlpSpec& s, Outputs mode, index_t b, bool per_layer) {
+  const index_t o = s.outputs(), k = cotangents(mode, o), L = s.layers();
+  index_t widths = 0, hidden = 0, wmax = 0;
+  for (index_t l = 1; l <= L; ++l) widths += s.widths[std::size_t(l)];
+  for (index_t l = 1; l < L; ++l) {
+    hidden += s.widths[std::size_t(l)];
+    wmax = std::max(wmax, s.widths[std::size_t(l)]);
   }
-  const double pairs = symmetric ? 0.5 * double(n1) * double(n1 + 1) : double(n1) * double(n2);
-  return pairs * per_pair + double(n1 + (symmetric ? 0 : n2)) * per_sample;
+  // Per Features: the engine's activations and pre-activations, the deltas, the collapsed factor.
+  const index_t features = 2 * b * widths + k * b * hidden + b * wmax;
+  const index_t gd = mode == Outputs::full ? full_panel<T>(o, b, b) * o * o * b : mode == Outputs::diagonal ? o * b * b : b * b;
+  const index_t tile = b * b * rows_per_sample(mode, o) * cols_per_sample(mode, o);
+  const index_t scratch = b * b + gd + tile * (per_layer ? 3 : 2) + k * wmax + wmax;
+  return sizeof(T) * std::size_t(2 * features + scratch);
+}
+
+// The cost model above for whole inputs (every sample's features once).
+template <class T>
+double structured_flops(const MlpSpec& s, Outputs mode, index_t n1, index_t n2, bool symmetric) {
+  const index_t o = s.outputs(), k = cotangents(mode, o), L = s.layers();
+  // A Gram of rows r1 x r2 over width K: 2 r1 r2 K, or r1 (r1 + 1) K by SYRK on the symmetric path.
+  const auto gram_cost = [&](index_t per_sample, double width) {
+    const double r1 = double(n1 * per_sample), r2 = double(n2 * per_sample);
+    return (symmetric ? r1 * (r1 + 1) : 2.0 * r1 * r2) * width;
+  };
+  double flops = 0, per_sample = 0;
+  for (index_t l = 0; l < L; ++l) per_sample += 2.0 * double(s.fan_in(l)) * double(s.fan_out(l));
+  for (index_t l = 1; l <= L - 2; ++l)  // the sweep's GEMMs give Delta_l for l = 1..L-2
+    per_sample += 2.0 * double(k) * double(s.widths[std::size_t(l + 1)]) * double(s.widths[std::size_t(l)]);
+  for (index_t l = 1; l <= L; ++l) {
+    const double w_in = double(s.widths[std::size_t(l - 1)]), w = double(s.widths[std::size_t(l)]);
+    flops += gram_cost(1, w_in);
+    if (l == L) continue;  // the output layer's delta Gram is a constant
+    if (mode == Outputs::trace && l == L - 1) flops += gram_cost(1, w);  // collapsed
+    else if (mode == Outputs::full) flops += gram_cost(o, w);            // the [N O, w] Gram
+    else flops += double(mode == Outputs::diagonal ? o : 1) * gram_cost(1, double(mode == Outputs::diagonal ? 1 : k) * w);
+  }
+  return flops + double(n1 + (symmetric ? 0 : n2)) * per_sample;
+}
+
+// G = X Y^T, or X X^T by SYRK when the two blocks are the same samples (both triangles written).
+// Returns the flops done.
+template <class T>
+double gram(const Context& ctx, MatrixView<const T> x, MatrixView<const T> y, bool same, MatrixView<T> g) {
+  if (same) {
+    blas::syrk<T>(ctx, Op::none, T(1), x, T(0), g);
+    return double(x.rows) * double(x.rows + 1) * double(x.cols);
+  }
+  blas::gemm<T>(ctx, Op::none, Op::trans, T(1), x, y, T(0), g);
+  return 2.0 * double(x.rows) * double(y.rows) * double(x.cols);
+}
+
+// Full mode, panel [p0, p1) of a tile: dst[r, m*o + q] (+)= (w ga(n, m) + bb) * G[r, m*o + q] for its rows
+// r = n*o + a and the columns of samples m in [c0, c1), with G the panel's delta Gram gp (its row 0 is
+// row p0*o, its column 0 column c0*o) or, for the output layer, I_O (G = 1 where q == a).
+template <bool Identity, bool Accumulate, class T>
+void full_hadamard(const Context& ctx, index_t o, index_t p0, index_t p1, index_t c0, index_t c1, T w, T bb,
+                   MatrixView<const T> ga, MatrixView<const T> gp, MatrixView<T> dst) {
+  kern::parallel_for_2d(ctx, (p1 - p0) * o, c1 - c0, [=] DYNASCOPE_HD(index_t rl, index_t ml) {
+    const index_t r = p0 * o + rl, m = c0 + ml;
+    const T g = w * ga(r / o, m) + bb;
+    T* row = dst.data + r * dst.ld + m * o;
+    if constexpr (Identity) {
+      const index_t a = r % o;
+      if constexpr (Accumulate) {
+        row[a] += g;
+      } else {
+        for (index_t q = 0; q < o; ++q) row[q] = q == a ? g : T(0);
+      }
+    } else {
+      const T* gr = gp.data + rl * gp.ld + ml * o;
+      for (index_t q = 0; q < o; ++q) {
+        if constexpr (Accumulate) row[q] += g * gr[q];
+        else row[q] = g * gr[q];
+      }
+    }
+  });
 }
 
 template <class T>
@@ -183,69 +313,115 @@ void structured_tile(const Context& ctx, const MlpSpec& s, Outputs mode, const F
                      index_t b1, index_t b2, Buffer<T>& ga_buf, Buffer<T>& gd_buf, MatrixView<T> total,
                      Buffer<T>* layer_buf, const std::function<void(index_t, MatrixView<const T>)>& layer_out,
                      NtkInfo& info) {
-  const index_t o = s.outputs(), k = mode == Outputs::sum ? 1 : o;
-  const index_t tc = total.cols;
+  const index_t o = s.outputs(), k = cotangents(mode, o), L = s.layers();
+  const bool same = &f1 == &f2;  // a diagonal tile of the symmetric kernel
   MatrixView<T> ga = ga_buf.reserve(ctx, b1, b2);
-  for (index_t l = 1; l <= s.layers(); ++l) {
+  for (index_t l = 1; l <= L; ++l) {
     const index_t out = s.widths[std::size_t(l)];
     const auto t0 = std::chrono::steady_clock::now();
     const T w = static_cast<T>(s.weight_scale(l - 1) * s.weight_scale(l - 1));
     const T bb = s.bias[std::size_t(l - 1)] ? static_cast<T>(s.bias_scale * s.bias_scale) : T(0);
-    blas::gemm<T>(ctx, Op::none, Op::trans, T(1), f1.engine.activation(l - 1), f2.engine.activation(l - 1), T(0), ga);
-    MatrixView<const T> d1 = f1.engine.delta(l), d2 = f2.engine.delta(l);
-    // Delta Delta'^T in the layout each mode needs.
+    double flops = gram<T>(ctx, f1.engine.activation(l - 1), f2.engine.activation(l - 1), same, ga);
+    // Delta Delta'^T in the layout each mode needs; none for the output layer (its value is
+    // `unit`: I_O, 1 or O).
     MatrixView<T> gd;
-    if (mode == Outputs::full) {
-      gd = gd_buf.reserve(ctx, o * b1, o * b2);  // rows a*b1 + n, cols b*b2 + m
-      blas::gemm<T>(ctx, Op::none, Op::trans, T(1), d1, d2, T(0), gd);
-    } else if (mode == Outputs::diagonal) {
-      gd = gd_buf.reserve(ctx, o * b1, b2);  // block a: Delta_a Delta'_a^T
-      blas::gemm_strided_batched<T>(ctx, Op::none, Op::trans, T(1), d1.block(0, 0, b1, out), b1 * out,
-                                    d2.block(0, 0, b2, out), b2 * out, T(0), gd.block(0, 0, b1, b2), b1 * b2, o);
-    } else {
-      gd = gd_buf.reserve(ctx, b1, b2);  // sum over the k blocks
-      for (index_t a = 0; a < k; ++a)
-        blas::gemm<T>(ctx, Op::none, Op::trans, T(1), d1.block(a * b1, 0, b1, out), d2.block(a * b2, 0, b2, out),
-                      a == 0 ? T(0) : T(1), gd);
+    const bool output_layer = l == L;
+    if (!output_layer) {
+      if (mode == Outputs::trace && l == L - 1) {
+        gd = gd_buf.reserve(ctx, b1, b2);
+        flops += gram<T>(ctx, f1.collapsed_view(), f2.collapsed_view(), same, gd);
+      } else if (mode == Outputs::full) {
+        // Panel by panel below, each fused with its Hadamard product.
+      } else if (mode == Outputs::diagonal) {
+        gd = gd_buf.reserve(ctx, o * b1, b2);  // block a: Delta_a Delta'_a^T
+        const MatrixView<const T> d1 = f1.deltas(l, k), d2 = f2.deltas(l, k);
+        for (index_t a = 0; a < o; ++a)
+          flops += gram<T>(ctx, d1.block(0, a * out, b1, out), d2.block(0, a * out, b2, out), same, gd.block(a * b1, 0, b1, b2));
+      } else {  // trace, sum: one product over the k cotangents side by side
+        gd = gd_buf.reserve(ctx, b1, b2);
+        flops += gram<T>(ctx, f1.deltas(l, k), f2.deltas(l, k), same, gd);
+      }
     }
     if (ctx.is_host()) {
       info.gram_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      const double kk = mode == Outputs::full ? double(o * o) : double(k);
-      info.gram_flops += 2.0 * double(b1) * double(b2) * (double(s.widths[std::size_t(l - 1)]) + kk * double(out));
+      info.gram_flops += flops;
     }
+    const MatrixView<const T> gac = ga;
+    // The tile is written by the first layer and accumulated by the others (no zero fill); per-layer
+    // kernels go to their own buffer and are added after.
     MatrixView<T> dst = total;
-    bool accumulate = true;
+    bool accumulate = l > 1;
     if (layer_buf) {
       dst = layer_buf->reserve(ctx, total.rows, total.cols);
       accumulate = false;
+      // The full mode's diagonal tiles leave the lower part unwritten (the writer mirrors the upper
+      // one); the sum over layers below reads the whole buffer.
+      if (mode == Outputs::full && same) detail::fill_zero_bytes(ctx, dst.data, dst.backend, std::size_t(dst.size()) * sizeof(T));
     }
-    const MatrixView<const T> gac = ga, gdc = gd;
-    const index_t tile_size = total.rows * total.cols;
-    kern::parallel_for(ctx, tile_size, [=] DYNASCOPE_HD(index_t idx) {
-      const index_t r = idx / tc, c = idx % tc;
-      index_t n, m, a = 0, b = 0;
-      T g;
-      switch (mode) {
-        case Outputs::full:
-          n = r / o, a = r % o, m = c / o, b = c % o;
-          g = gdc(a * b1 + n, b * b2 + m);
-          break;
-        case Outputs::diagonal:
-          n = r, m = c / o, a = c % o;
-          g = gdc(a * b1 + n, m);
-          break;
-        default:
-          n = r, m = c;
-          g = gdc(n, m);
-          break;
+    const MatrixView<const T> gdc = gd;
+    const T unit = mode == Outputs::trace || mode == Outputs::sum ? static_cast<T>(o) : T(1);
+    // (c_l^2 A A'^T + beta^2) .* Delta Delta'^T, one sample pair (n, m) per body call, its O x O
+    // (full) or O (diagonal) entries in an inner loop: no index division per entry.
+    switch (mode) {
+      case Outputs::full: {
+        // Panels of `panel` samples (rows n*o + a): the panel's delta Gram [panel*o, cols*o], then at
+        // once its Hadamard product while the panel is in cache. On a diagonal tile of the symmetric
+        // kernel only the columns from the panel's first sample on (the upper part the writer
+        // mirrors): SYRK for the panel's own block, GEMM right of it.
+        const index_t panel = full_panel<T>(o, b1, b2);
+        for (index_t p0 = 0; p0 < b1; p0 += panel) {
+          const index_t p1 = std::min(b1, p0 + panel), c0 = same ? p0 : 0;
+          MatrixView<const T> gp;
+          if (!output_layer) {
+            const auto tg = std::chrono::steady_clock::now();
+            MatrixView<T> g = gd_buf.reserve(ctx, (p1 - p0) * o, (b2 - c0) * o);
+            const MatrixView<const T> d1 = f1.deltas(l, k), d2 = f2.deltas(l, k);
+            const MatrixView<const T> rows{d1.data + p0 * o * out, (p1 - p0) * o, out, out, d1.backend, d1.device};
+            double pf = 0;
+            if (same) {
+              pf += gram<T>(ctx, rows, rows, true, g.block(0, 0, (p1 - p0) * o, (p1 - p0) * o));
+              if (p1 < b2)
+                pf += gram<T>(ctx, rows, {d2.data + p1 * o * out, (b2 - p1) * o, out, out, d2.backend, d2.device}, false,
+                              g.block(0, (p1 - p0) * o, (p1 - p0) * o, (b2 - p1) * o));
+            } else {
+              pf += gram<T>(ctx, rows, {d2.data, b2 * o, out, out, d2.backend, d2.device}, false, g);
+            }
+            gp = g;
+            if (ctx.is_host()) {
+              info.gram_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - tg).count();
+              info.gram_flops += pf;
+            }
+          }
+          if (output_layer)
+            (accumulate ? full_hadamard<true, true, T> : full_hadamard<true, false, T>)(ctx, o, p0, p1, c0, b2, w, bb, gac, gp, dst);
+          else
+            (accumulate ? full_hadamard<false, true, T> : full_hadamard<false, false, T>)(ctx, o, p0, p1, c0, b2, w, bb, gac, gp, dst);
+        }
+        break;
       }
-      const T v = (w * gac(n, m) + bb) * g;
-      dst(r, c) = accumulate ? dst(r, c) + v : v;
-    });
+      case Outputs::diagonal:
+        kern::parallel_for_2d(ctx, b1, b2, [=] DYNASCOPE_HD(index_t n, index_t m) {
+          const T g = w * gac(n, m) + bb;
+          T* row = dst.data + n * dst.ld + m * o;
+          for (index_t q = 0; q < o; ++q) {
+            const T v = g * (output_layer ? T(1) : gdc(q * b1 + n, m));
+            row[q] = accumulate ? row[q] + v : v;
+          }
+        });
+        break;
+      default:
+        kern::parallel_for_2d(ctx, b1, b2, [=] DYNASCOPE_HD(index_t n, index_t m) {
+          const T v = (w * gac(n, m) + bb) * (output_layer ? unit : gdc(n, m));
+          dst(n, m) = accumulate ? dst(n, m) + v : v;
+        });
+        break;
+    }
     if (layer_buf) {
       layer_out(l - 1, dst);
       MatrixView<T> tot = total;
-      kern::parallel_for(ctx, tile_size, [=] DYNASCOPE_HD(index_t idx) { tot.data[idx] += dst.data[idx]; });
+      const MatrixView<const T> layer = dst;
+      if (l == 1) copy(ctx, layer, tot);
+      else kern::parallel_for(ctx, tot.rows * tot.cols, [=] DYNASCOPE_HD(index_t idx) { tot.data[idx] += layer.data[idx]; });
     }
   }
 }
@@ -253,10 +429,39 @@ void structured_tile(const Context& ctx, const MlpSpec& s, Outputs mode, const F
 template <class T>
 NtkInfo structured(const Context& ctx, const MlpSpec& s, const T* params, MatrixView<const T> x1, MatrixView<const T> x2,
                    bool symmetric, Outputs mode, index_t b, MatrixView<T> out, const std::vector<MatrixView<T>>& per_layer) {
-  const index_t o = s.outputs(), k = mode == Outputs::sum ? 1 : o;
+  const index_t o = s.outputs(), k = cotangents(mode, o), L = s.layers();
   const index_t n1 = x1.rows, n2 = x2.rows;
   Features<T> f1(ctx, s), f2(ctx, s);
-  Buffer<T> ga, gd, tile_buf, layer_buf;
+  Buffer<T> ga, gd, tile_buf, layer_buf, head_buf, sqrt_d_buf;
+  // The output layer's backward step, once: head[a, :] = c_L W_L[a, :] (or their sum), and in
+  // trace mode sqrt(D)_j = c_L sqrt(sum_a W_L[a, j]^2).
+  MatrixView<const T> head;
+  const T* sqrt_d = nullptr;
+  if (L >= 2) {
+    const index_t wt = s.widths[std::size_t(L - 1)];
+    const T c = static_cast<T>(s.weight_scale(L - 1));
+    const MatrixView<const T> wl{params + s.weight_offset(L - 1), o, wt, wt, ctx.backend(), ctx.device()};
+    MatrixView<T> h = head_buf.reserve(ctx, k, wt);
+    const bool summed = k == 1 && o > 1;
+    kern::parallel_for_2d(ctx, k, wt, [=] DYNASCOPE_HD(index_t a, index_t j) {
+      T v = T(0);
+      if (summed)
+        for (index_t q = 0; q < o; ++q) v += wl(q, j);
+      else
+        v = wl(a, j);
+      h(a, j) = c * v;
+    });
+    head = h;
+    if (mode == Outputs::trace) {
+      MatrixView<T> d = sqrt_d_buf.reserve(ctx, 1, wt);
+      kern::parallel_for(ctx, wt, [=] DYNASCOPE_HD(index_t j) {
+        double acc = 0;
+        for (index_t q = 0; q < o; ++q) acc += double(wl(q, j)) * double(wl(q, j));
+        d.data[j] = static_cast<T>(double(c) * sqrt(acc));
+      });
+      sqrt_d = d.data;
+    }
+  }
   TileWriter<T> writer{ctx, mode, o, symmetric, {}};
   TileWriter<T> layer_writer{ctx, mode, o, symmetric, {}};
   const index_t rps = rows_per_sample(mode, o), cps = cols_per_sample(mode, o);
@@ -265,16 +470,15 @@ NtkInfo structured(const Context& ctx, const MlpSpec& s, const T* params, Matrix
   const index_t total_tiles = blocks.count();
   for (index_t r0 = 0; r0 < n1; r0 += b) {
     const index_t b1 = std::min(b, n1 - r0);
-    f1.compute(ctx, params, x1, r0, b1, k);
+    f1.compute(ctx, params, x1, r0, b1, k, head, sqrt_d);
     for (index_t c0 = symmetric ? r0 : 0; c0 < n2; c0 += b) {
       const index_t b2 = std::min(b, n2 - c0);
       const Features<T>* g2 = &f1;
       if (!(symmetric && c0 == r0)) {
-        f2.compute(ctx, params, x2, c0, b2, k);
+        f2.compute(ctx, params, x2, c0, b2, k, head, sqrt_d);
         g2 = &f2;
       }
-      MatrixView<T> tile = tile_buf.reserve(ctx, b1 * rps, b2 * cps);
-      detail::fill_zero_bytes(ctx, tile.data, tile.backend, std::size_t(tile.size()) * sizeof(T));
+      MatrixView<T> tile = tile_buf.reserve(ctx, b1 * rps, b2 * cps);  // written whole by the first layer
       std::function<void(index_t, MatrixView<const T>)> layer_out = [&](index_t l, MatrixView<const T> t) {
         layer_writer.write(t, r0, c0, per_layer[std::size_t(l)]);
       };

@@ -249,6 +249,104 @@ TEST(Ntk, TinyWorkspaceBudgetsGiveTheSameKernelAsOneTile) {
       }
 }
 
+// The structured method's shortcuts, each checked layer by layer against the Jacobian method (the
+// unoptimised path: G = J J'^T from the engine's per-sample gradients, reduced to the mode) in
+// float64: the output layer's identity delta (no Gram), layer L-1 collapsed to one product with
+// D = diag(c_L^2 sum_a W_L[a, :]^2) in trace mode, the sample-major sweep of every cotangent below
+// it, and no sweep at all for a two-layer network in trace mode. One to four layers, three
+// activations, with and without biases, both parameterizations, every mode, symmetric and not.
+TEST(Ntk, StructuredShortcutsMatchTheJacobianPathLayerByLayer) {
+  const char* archs[] = {"5-3", "5-6-3", "5-6-4-3", "4-5-6-5-3", "5-7-1", "5-6-4-1"};
+  const char* acts[] = {"relu", "tanh", "gelu"};
+  int variant = 0;
+  for (const char* arch : archs)
+    for (const char* act : acts)
+      for (bool bias : {true, false}) {
+        const auto param = ++variant % 2 ? model::Parameterization::standard : model::Parameterization::ntk;
+        MlpSpec s = MlpSpec::from_arch(arch, model::parse_activation(act), param);
+        for (std::size_t l = 0; l < s.bias.size(); ++l) s.bias[l] = bias || l + 1 == s.bias.size();
+        if (param == model::Parameterization::ntk) s.bias_scale = 0.7;
+        const index_t n1 = 6, n2 = 4, D = s.inputs();
+        const auto w = test::random_vector(std::size_t(s.num_params()), 20 + variant, 0.8),
+                   x1 = test::random_vector(std::size_t(n1 * D), 40 + variant), x2 = test::random_vector(std::size_t(n2 * D), 60 + variant);
+        Context ctx = Context::host();
+        for (Outputs mode : {Outputs::full, Outputs::diagonal, Outputs::trace, Outputs::sum})
+          for (bool sym : {true, false}) {
+            std::optional<MatrixView<const double>> second;
+            if (!sym) second = MatrixView<const double>{x2.data(), n2, D, D};
+            const MatrixView<const double> first{x1.data(), n1, D, D};
+            const auto fast = ntk::empirical_ntk<double>(ctx, s, w.data(), first, second, {mode, Method::structured, true});
+            const auto slow = ntk::empirical_ntk<double>(ctx, s, w.data(), first, second, {mode, Method::jacobian, true});
+            ASSERT_EQ(fast.per_layer.size(), slow.per_layer.size());
+            for (std::size_t l = 0; l < fast.per_layer.size(); ++l) {
+              const std::vector<double> ref(slow.per_layer[l].data(), slow.per_layer[l].data() + slow.per_layer[l].size());
+              EXPECT_LT(rel_err(fast.per_layer[l].data(), ref), 1e-12)
+                  << arch << " " << act << (bias ? " bias " : " nobias ") << ntk::to_string(mode) << (sym ? " sym" : " rect")
+                  << " layer " << l + 1;
+            }
+          }
+      }
+}
+
+// Symmetric kernels compute only the upper tiles, and the diagonal tiles' Grams by SYRK; the
+// rectangular path (the same samples passed as X2) does every product by GEMM. Both agree in
+// float64 for every mode, in one tile and in many of unequal sizes.
+TEST(Ntk, SymmetricHalvesEqualTheFullProducts) {
+  const MlpSpec s = MlpSpec::from_arch("6-16-12-3", model::parse_activation("tanh"));
+  const index_t n = 29, D = 6;
+  const auto w = test::random_vector(std::size_t(s.num_params()), 81, 0.6), x = test::random_vector(std::size_t(n * D), 82);
+  const MatrixView<const double> v{x.data(), n, D, D};
+  for (Outputs mode : {Outputs::full, Outputs::diagonal, Outputs::trace, Outputs::sum})
+    for (bool tiled : {false, true}) {
+      Context ctx = Context::host();
+      if (tiled) ctx.set_workspace_budget(30000);
+      const auto sym = ntk::empirical_ntk<double>(ctx, s, w.data(), v, std::nullopt, {mode, Method::structured});
+      const auto rect = ntk::empirical_ntk<double>(ctx, s, w.data(), v, v, {mode, Method::structured});
+      if (tiled) {
+        EXPECT_GT(sym.info.tiles, 2) << ntk::to_string(mode);
+        EXPECT_LT(sym.info.tiles, rect.info.tiles) << ntk::to_string(mode);  // upper tiles only
+      }
+      const std::vector<double> ref(rect.kernel.data(), rect.kernel.data() + rect.kernel.size());
+      EXPECT_LT(rel_err(sym.kernel.data(), ref), 1e-13) << ntk::to_string(mode) << (tiled ? " tiled" : "");
+    }
+}
+
+// The cost model (NtkInfo::flops) against the products the code runs: in one tile, the Gram flops
+// counted at every GEMM/SYRK call equal the model's per-pair part, written out here per mode for a
+// 7-9-8-5 network (layer widths w0..w3 = 7, 9, 8, 5; O = 5). Symmetric: n (n + 1) / 2 sample
+// pairs, except the full mode's delta Grams, which are SYRKs over n O rows.
+TEST(Ntk, StructuredFlopModelCountsTheProductsDone) {
+  const MlpSpec s = MlpSpec::from_arch("7-9-8-5", model::parse_activation("relu"));
+  const index_t n1 = 11, n2 = 6, D = 7;
+  const double O = 5;
+  const auto w = test::random_vector(std::size_t(s.num_params()), 90, 0.6), x1 = test::random_vector(std::size_t(n1 * D), 91),
+             x2 = test::random_vector(std::size_t(n2 * D), 92);
+  // Per pair: activations' Grams 2 (7 + 9 + 8) for every mode, plus the deltas' Grams of layers 1
+  // and 2 (none for the output layer).
+  const double acts = 2.0 * (7 + 9 + 8);
+  const std::pair<Outputs, double> per_pair[] = {
+      {Outputs::full, acts + 2 * O * O * 9 + 2 * O * O * 8},
+      {Outputs::diagonal, acts + 2 * O * 9 + 2 * O * 8},
+      {Outputs::trace, acts + 2 * O * 9 + 2 * 8},  // layer 2 collapsed
+      {Outputs::sum, acts + 2 * 9 + 2 * 8}};
+  // Per sample: the forward pass, and one sweep GEMM (Delta_2 -> Delta_1) of k cotangents.
+  const double forward = 2.0 * (7 * 9 + 9 * 8 + 8 * 5);
+  Context ctx = Context::host();
+  for (const auto& [mode, pair] : per_pair) {
+    const double k = mode == Outputs::sum ? 1 : O;
+    const double sample = forward + 2 * k * 8 * 9;
+    const auto sym = ntk::empirical_ntk<double>(ctx, s, w.data(), {x1.data(), n1, D, D}, std::nullopt, {mode, Method::structured});
+    const double pairs = 0.5 * double(n1) * double(n1 + 1), rows = double(n1) * O;
+    const double sym_gram = mode == Outputs::full ? pairs * acts + rows * (rows + 1) * (9 + 8) : pairs * pair;
+    EXPECT_DOUBLE_EQ(sym.info.gram_flops, sym_gram) << ntk::to_string(mode);
+    EXPECT_DOUBLE_EQ(sym.info.flops, sym_gram + double(n1) * sample) << ntk::to_string(mode);
+    const auto rect = ntk::empirical_ntk<double>(ctx, s, w.data(), {x1.data(), n1, D, D}, MatrixView<const double>{x2.data(), n2, D, D},
+                                                 {mode, Method::structured});
+    EXPECT_DOUBLE_EQ(rect.info.gram_flops, double(n1 * n2) * pair) << ntk::to_string(mode);
+    EXPECT_DOUBLE_EQ(rect.info.flops, double(n1 * n2) * pair + double(n1 + n2) * sample) << ntk::to_string(mode);
+  }
+}
+
 TEST(Ntk, GenericGramOfTheNetworksOwnJacobiansEqualsTheBuiltInKernel) {
   const MlpSpec s = MlpSpec::from_arch("4-12-2", model::parse_activation("gelu"));
   const index_t n = 9, D = 4, O = 2, P = s.num_params();
