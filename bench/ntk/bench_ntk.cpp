@@ -1,7 +1,8 @@
 // The empirical NTK of an MLP 784-512-512-10 (float32): each method at the sizes it can finish,
-// modes trace and full. Counters: flops (the method's real work, as a rate), of_sgemm (that rate
-// over this binary's sgemm rate), and for structured the Gram GEMM phase alone (gram_rate, FLOP/s
-// and gram_of_sgemm).
+// modes trace and full. Counters: gflop (the method's cost model, NtkInfo::flops: for structured
+// the work it must do, see the model in src/ntk/ntk.cpp), flops (that count over the time, a
+// rate), of_sgemm (that rate over this binary's sgemm rate), and for structured the Gram products
+// alone (gram_rate, FLOP/s, and gram_of_sgemm).
 #include <benchmark/benchmark.h>
 
 #include "bench_util.hpp"
@@ -46,6 +47,7 @@ void BM_ntk(benchmark::State& state) {
     state.counters["gram_of_sgemm"] = gram_flops / gram_seconds * 1e-9 / bench::sgemm_gflops();
   }
   state.counters["tiles"] = double(info.tiles);
+  state.counters["gflop"] = info.flops * 1e-9;
   state.SetLabel(std::string(ntk::to_string(method)) + " " + ntk::to_string(mode) + " N=" + std::to_string(n));
 }
 

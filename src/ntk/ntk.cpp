@@ -79,6 +79,22 @@ void symmetrize_tile(const Context& ctx, Outputs mode, index_t o, MatrixView<con
   }
 }
 
+// symmetrize_tile in place: the lower part of a diagonal tile from its upper part (only the lower
+// entries are written).
+template <class T>
+void symmetrize_in_place(const Context& ctx, Outputs mode, index_t o, MatrixView<T> t) {
+  if (mode == Outputs::diagonal) {
+    kern::parallel_for_2d(ctx, t.rows, t.cols / o, [=] DYNASCOPE_HD(index_t n, index_t m) {
+      if (m < n)
+        for (index_t a = 0; a < o; ++a) t(n, m * o + a) = t(m, n * o + a);
+    });
+  } else {
+    kern::parallel_for_2d(ctx, t.rows, t.cols, [=] DYNASCOPE_HD(index_t i, index_t j) {
+      if (j < i) t(i, j) = t(j, i);
+    });
+  }
+}
+
 // Tiles of the output over sample blocks, with the bookkeeping shared by the engines: a scratch
 // tile on the context's backend, written (and mirrored) into the caller's output, directly when
 // the output is on the context's backend, else through a staging buffer and a copy.
@@ -90,9 +106,23 @@ struct TileWriter {
   bool symmetric;
   Buffer<T> mirror;
 
+  // Whether `out` is on the context's backend (and device): tiles can be computed in it.
+  bool direct(MatrixView<T> out) const {
+    return out.backend == ctx.backend() && (ctx.is_host() || out.device == ctx.device());
+  }
+
+  // A tile computed in place in `out` at sample offsets (r0, c0), b1 x b2 samples: its mirror.
+  void finish_in_place(index_t r0, index_t c0, index_t b1, index_t b2, MatrixView<T> out) {
+    if (!symmetric) return;
+    const index_t rps = rows_per_sample(mode, o), cps = cols_per_sample(mode, o);
+    MatrixView<T> t = out.block(r0 * rps, c0 * cps, b1 * rps, b2 * cps);
+    if (r0 == c0) symmetrize_in_place<T>(ctx, mode, o, t);
+    else mirror_tile<T>(ctx, mode, o, t, out.block(c0 * rps, r0 * cps, b2 * rps, b1 * cps));
+  }
+
   void write(MatrixView<const T> tile, index_t r0, index_t c0, MatrixView<T> out) {
     const index_t rps = rows_per_sample(mode, o), cps = cols_per_sample(mode, o);
-    const bool direct = out.backend == ctx.backend() && (ctx.is_host() || out.device == ctx.device());
+    const bool direct = this->direct(out);
     const auto place = [&](index_t rows, index_t cols, index_t at_r, index_t at_c, auto&& fill) {
       MatrixView<T> target = out.block(at_r, at_c, rows, cols);
       if (direct) {
@@ -291,18 +321,21 @@ void full_hadamard(const Context& ctx, index_t o, index_t p0, index_t p1, index_
     const index_t r = p0 * o + rl, m = c0 + ml;
     const T g = w * ga(r / o, m) + bb;
     T* row = dst.data + r * dst.ld + m * o;
-    if constexpr (Identity) {
+    // Plain ifs on the template constants (nvcc refuses a first capture inside if constexpr in an
+    // extended lambda); each instantiation folds them away.
+    if (Identity) {
       const index_t a = r % o;
-      if constexpr (Accumulate) {
+      if (Accumulate) {
         row[a] += g;
       } else {
         for (index_t q = 0; q < o; ++q) row[q] = q == a ? g : T(0);
       }
     } else {
       const T* gr = gp.data + rl * gp.ld + ml * o;
-      for (index_t q = 0; q < o; ++q) {
-        if constexpr (Accumulate) row[q] += g * gr[q];
-        else row[q] = g * gr[q];
+      if (Accumulate) {
+        for (index_t q = 0; q < o; ++q) row[q] += g * gr[q];
+      } else {
+        for (index_t q = 0; q < o; ++q) row[q] = g * gr[q];
       }
     }
   });
@@ -421,7 +454,7 @@ void structured_tile(const Context& ctx, const MlpSpec& s, Outputs mode, const F
       MatrixView<T> tot = total;
       const MatrixView<const T> layer = dst;
       if (l == 1) copy(ctx, layer, tot);
-      else kern::parallel_for(ctx, tot.rows * tot.cols, [=] DYNASCOPE_HD(index_t idx) { tot.data[idx] += layer.data[idx]; });
+      else kern::parallel_for_2d(ctx, tot.rows, tot.cols, [=] DYNASCOPE_HD(index_t i, index_t j) { tot(i, j) += layer(i, j); });
     }
   }
 }
@@ -468,6 +501,7 @@ NtkInfo structured(const Context& ctx, const MlpSpec& s, const T* params, Matrix
   NtkInfo info;
   const Blocks blocks{n1, n2, b, b, symmetric};
   const index_t total_tiles = blocks.count();
+  const bool in_place = writer.direct(out);
   for (index_t r0 = 0; r0 < n1; r0 += b) {
     const index_t b1 = std::min(b, n1 - r0);
     f1.compute(ctx, params, x1, r0, b1, k, head, sqrt_d);
@@ -478,13 +512,16 @@ NtkInfo structured(const Context& ctx, const MlpSpec& s, const T* params, Matrix
         f2.compute(ctx, params, x2, c0, b2, k, head, sqrt_d);
         g2 = &f2;
       }
-      MatrixView<T> tile = tile_buf.reserve(ctx, b1 * rps, b2 * cps);  // written whole by the first layer
+      // Written whole by the first layer (the upper part on diagonal tiles of the full mode), in the
+      // output itself when it is on the context's backend.
+      MatrixView<T> tile = in_place ? out.block(r0 * rps, c0 * cps, b1 * rps, b2 * cps) : tile_buf.reserve(ctx, b1 * rps, b2 * cps);
       std::function<void(index_t, MatrixView<const T>)> layer_out = [&](index_t l, MatrixView<const T> t) {
         layer_writer.write(t, r0, c0, per_layer[std::size_t(l)]);
       };
       structured_tile<T>(ctx, s, mode, f1, *g2, b1, b2, ga, gd, tile, per_layer.empty() ? nullptr : &layer_buf, layer_out,
                          info);
-      writer.write(tile, r0, c0, out);
+      if (in_place) writer.finish_in_place(r0, c0, b1, b2, out);
+      else writer.write(tile, r0, c0, out);
       ++info.tiles;
       if (total_tiles > 1) ctx.progress("ntk", info.tiles, total_tiles);  // one tile: nothing to tell
     }
