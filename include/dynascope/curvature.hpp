@@ -23,17 +23,30 @@ static_assert(well_formed(curvature_names));
 DYNASCOPE_API Curvature parse_curvature(const std::string& text);  // "ggn" (or "gauss_newton"), "hessian"
 DYNASCOPE_API const char* to_string(Curvature c) noexcept;         // "ggn", "hessian"
 
+struct CurvatureOptions {
+  // On host contexts the samples are split into this many contiguous chunks of rows, each with
+  // its own engine; a product runs the chunks on the context's threads at once, each chunk's
+  // GEMMs on one thread, and sums the chunks' products in chunk order. One parallel region per
+  // product instead of a threaded BLAS call and an elementwise loop per layer. 0: one chunk per
+  // host thread, each of at least 256 samples. The chunk count changes only rounding (the sum
+  // over samples is split); cuda contexts always use one chunk.
+  index_t sample_chunks = 0;
+};
+
 template <class T>
 class DYNASCOPE_API CurvatureOperator final : public LinearOperator<T> {
  public:
-  // x [N, D] and the targets stay owned by the caller.
+  // x [N, D] and the targets stay owned by the caller. The forward pass, the loss gradient and
+  // what the products share (hvp_prepare, the softmax) are computed here, once.
   CurvatureOperator(const Context& ctx, Curvature kind, const model::MlpSpec& spec, const T* params,
-                    MatrixView<const T> x, const model::Targets<T>& targets, model::Loss loss);
+                    MatrixView<const T> x, const model::Targets<T>& targets, model::Loss loss,
+                    const CurvatureOptions& options = {});
   ~CurvatureOperator() override;
   index_t size() const override;
   void apply(MatrixView<const T> v, MatrixView<T> y) override;
   const Context& context() const override { return ctx_; }
   double loss_value() const;  // L(w) at the parameters
+  index_t sample_chunks() const;  // the chunks the samples were split into (CurvatureOptions)
 
  private:
   Context ctx_;

@@ -56,9 +56,15 @@ class DYNASCOPE_API MlpEngine {
   // Forward-over-reverse (the R-operator) for exact Hessian-vector products of a loss
   // L(w) = loss(f(X; w)), after forward. hvp_forward pushes parameter tangents V [k, P] through
   // the network, keeping every layer's tangents, and returns fdot = J V as [k*N, d_L].
-  // hvp_backward takes g = dL/df [N, d_L] and gdot = (d/dt) g along V [k*N, d_L] (for a loss
-  // H_loss fdot) and writes H V [k, P], with H the full Hessian of L in parameter space.
+  // hvp_prepare takes g = dL/df [N, d_L] and keeps what every product at these parameters shares
+  // (the deltas of g, and the sigma'' term of activations that have one) until the next forward;
+  // hvp_backward then takes gdot = (d/dt) g along V [k*N, d_L] (for a loss, H_loss fdot) and
+  // writes H V [k, P], with H the full Hessian of L in parameter space. The overload with g is
+  // hvp_prepare followed by the other. Cost per vector: 2 m_1 + 6 sum_{l>=2} m_l flops with
+  // m_l = 2 N d_{l-1} d_l (hvp_prepare adds sum_{l>=2} m_l once, twice for smooth activations).
+  void hvp_prepare(const T* params, MatrixView<const T> g);
   MatrixView<const T> hvp_forward(const T* params, MatrixView<const T> tangents);
+  void hvp_backward(const T* params, MatrixView<const T> gdot, MatrixView<const T> tangents, MatrixView<T> out);
   void hvp_backward(const T* params, MatrixView<const T> g, MatrixView<const T> gdot, MatrixView<const T> tangents,
                     MatrixView<T> out);
 

@@ -31,9 +31,10 @@ struct MlpEngine<T>::Impl {
   std::vector<Buffer<T>> z, a, delta;  // index 1..L (0 unused)
   Buffer<T> tangent[2];                // ping-pong for jvp
   std::vector<Buffer<T>> zdot, adot;   // hvp: per-layer tangents, index 1..L
-  Buffer<T> ddelta[2], pre_delta;      // hvp: tangent of delta (ping-pong), c delta_l W_l
+  Buffer<T> ddelta[2];                 // hvp: tangent of delta (ping-pong)
+  std::vector<Buffer<T>> gdelta, curv; // hvp_prepare: deltas of g, c (delta_l W_l) sigma''(z_{l-1})
   index_t hvp_k = 0;
-  bool have_hvp = false;
+  bool have_hvp = false, have_prep = false;
   Buffer<T> ones, zero_bias;
   bool have_forward = false, have_backprop = false;
 
@@ -45,6 +46,8 @@ struct MlpEngine<T>::Impl {
     delta.resize(std::size_t(L + 1));
     zdot.resize(std::size_t(L + 1));
     adot.resize(std::size_t(L + 1));
+    gdelta.resize(std::size_t(L + 1));
+    curv.resize(std::size_t(L + 1));
   }
 
   T scale(index_t l) const { return static_cast<T>(spec.weight_scale(l - 1)); }
@@ -120,6 +123,109 @@ MatrixView<const T> MlpEngine<T>::delta(index_t l) const {
   return s.delta[std::size_t(l)].view(s.k * s.n, s.width(l));
 }
 
+namespace {
+
+bool piecewise_linear(kern::Act a) {
+  return a == kern::Act::identity || a == kern::Act::relu || a == kern::Act::leaky_relu || a == kern::Act::abs;
+}
+
+// The R-operator's elementwise passes over k blocks of n samples ([k*n, cols], sample r % n of
+// the forward pass), each with operator()(r, j) for the cuda launch and row(r) for the host: the
+// same arithmetic on one row through restrict pointers, so that the host loop vectorizes (the
+// per-element lambda, with its r / n and r % n, did not). Vectorizing an elementwise loop changes
+// no result.
+
+// v = zd + beta bdot_{block} ;  zd = v (keep) ;  ad = sigma'(z) v (ad may be zd: in place)
+template <class T, kern::Act A>
+struct TangentActivation {
+  T* zd;
+  T* ad;
+  const T* z;
+  const T* bdot;  // null: no bias
+  index_t tld, n, cols;
+  T beta;
+  bool keep;
+  double slope;
+  DYNASCOPE_HD void operator()(index_t r, index_t j) const {
+    const index_t idx = r * cols + j;
+    T v = zd[idx];
+    if (bdot) v += beta * bdot[(r / n) * tld + j];
+    if (keep) zd[idx] = v;
+    ad[idx] = kern::act_deriv(kern::ActParams{A, slope}, z[(r % n) * cols + j]) * v;
+  }
+  void row(index_t r) const {
+    const kern::ActParams p{A, slope};
+    const T* __restrict sr = z + (r % n) * cols;
+    if (ad == zd) {  // in place (jvp): ad is zd
+      T* __restrict ar = ad + r * cols;
+      const T* __restrict br = bdot ? bdot + (r / n) * tld : nullptr;
+      if (br)
+        for (index_t j = 0; j < cols; ++j) ar[j] = kern::act_deriv(p, sr[j]) * (ar[j] + beta * br[j]);
+      else
+        for (index_t j = 0; j < cols; ++j) ar[j] *= kern::act_deriv(p, sr[j]);
+      return;
+    }
+    T* __restrict zr = zd + r * cols;
+    T* __restrict ar = ad + r * cols;
+    if (bdot) {
+      const T* __restrict br = bdot + (r / n) * tld;
+      if (keep)
+        for (index_t j = 0; j < cols; ++j) {
+          const T v = zr[j] + beta * br[j];
+          zr[j] = v;
+          ar[j] = kern::act_deriv(p, sr[j]) * v;
+        }
+      else
+        for (index_t j = 0; j < cols; ++j) ar[j] = kern::act_deriv(p, sr[j]) * (zr[j] + beta * br[j]);
+    } else {
+      for (index_t j = 0; j < cols; ++j) ar[j] = kern::act_deriv(p, sr[j]) * zr[j];
+    }
+  }
+};
+
+// d = d sigma'(z) [+ curv zd]: the tangent of delta below a layer (curv null: sigma'' = 0).
+template <class T, kern::Act A>
+struct TangentDelta {
+  T* d;
+  const T* z;
+  const T* curv;
+  const T* zd;
+  index_t n, cols;
+  double slope;
+  DYNASCOPE_HD void operator()(index_t r, index_t j) const {
+    const index_t idx = r * cols + j, zi = (r % n) * cols + j;
+    T v = d[idx] * kern::act_deriv(kern::ActParams{A, slope}, z[zi]);
+    if (curv) v += curv[zi] * zd[idx];
+    d[idx] = v;
+  }
+  void row(index_t r) const {
+    const kern::ActParams p{A, slope};
+    T* __restrict dr = d + r * cols;
+    const T* __restrict sr = z + (r % n) * cols;
+    if (curv) {
+      const T* __restrict cr = curv + (r % n) * cols;
+      const T* __restrict tr = zd + r * cols;
+      for (index_t j = 0; j < cols; ++j) dr[j] = dr[j] * kern::act_deriv(p, sr[j]) + cr[j] * tr[j];
+    } else {
+      for (index_t j = 0; j < cols; ++j) dr[j] *= kern::act_deriv(p, sr[j]);
+    }
+  }
+};
+
+// All rows of f: one launch on cuda; on host the rows shared among threads (serially below
+// kSerialBelow elements, as parallel_for_2d).
+template <class F>
+void all_rows(const Context& ctx, index_t rows, index_t cols, const F& f) {
+  if (ctx.is_cuda()) {
+    kern::parallel_for_2d(ctx, rows, cols, f);
+    return;
+  }
+  kern::host_parallel_for(
+      ctx, rows, [&f](index_t r) { f.row(r); }, (kern::kSerialBelow + cols - 1) / std::max<index_t>(cols, 1));
+}
+
+}  // namespace
+
 // z_l = c_l a_{l-1} W_l^T + beta b_l ;  a_l = sigma_l(z_l)
 template <class T>
 MatrixView<const T> MlpEngine<T>::forward(const T* params, MatrixView<const T> x) {
@@ -129,6 +235,7 @@ MatrixView<const T> MlpEngine<T>::forward(const T* params, MatrixView<const T> x
   s.x = x;
   s.have_backprop = false;
   s.have_hvp = false;
+  s.have_prep = false;
   const index_t n = s.n;
   for (index_t l = 1; l <= s.L; ++l) {
     const index_t out = s.width(l);
@@ -171,11 +278,9 @@ void MlpEngine<T>::backprop(const T* params, MatrixView<const T> cotangents, ind
                   s.weight(params, l), T(0), below);
     const T* zp = s.z[std::size_t(l - 1)].data();
     const kern::ActParams act = s.act(l - 1);
-    const double slope = act.slope;
-    DYNASCOPE_WITH_ACT(act.kind, A, kern::parallel_for_2d(s.ctx, rows, in, [=] DYNASCOPE_HD(index_t r, index_t j) {
-      // the same sample in every block
-      below.data[r * in + j] *= kern::act_deriv(kern::ActParams{A, slope}, zp[(r % n) * in + j]);
-    }));
+    // the same sample in every block
+    DYNASCOPE_WITH_ACT(act.kind, A,
+                       all_rows(s.ctx, rows, in, TangentDelta<T, A>{below.data, zp, nullptr, nullptr, n, in, act.slope}));
   }
   s.have_backprop = true;
 }
@@ -284,12 +389,10 @@ void tangent_sweep(Impl& s, const T* params, MatrixView<const T> tangents, Matri
         });
       return;
     }
-    const double slope = act.slope;
-    DYNASCOPE_WITH_ACT(act.kind, A, kern::parallel_for_2d(s.ctx, rows, o, [=] DYNASCOPE_HD(index_t r, index_t j) {
-      T v = zdot.data[r * zld + j];
-      if (bdot) v += beta * bdot[(r / n) * tld + j];
-      zdot.data[r * zld + j] = kern::act_deriv(kern::ActParams{A, slope}, zp[(r % n) * o + j]) * v;
-    }));
+    // zdot of a hidden layer is a contiguous buffer (zld = o)
+    DYNASCOPE_WITH_ACT(act.kind, A,
+                       all_rows(s.ctx, rows, o,
+                                TangentActivation<T, A>{zdot.data, zdot.data, zp, bdot, tld, n, o, beta, false, act.slope}));
     prev = zdot;
   }
 }
@@ -317,6 +420,58 @@ void MlpEngine<T>::jvp_inputs(const T* params, MatrixView<const T> tangents, ind
   tangent_sweep<T>(s, params, MatrixView<const T>{}, tangents, t, out);
 }
 
+// ---- Hessian-vector products (the R-operator) ----
+//
+// Cost model, per tangent vector, for layers l = 1..L with m_l = 2 N d_{l-1} d_l (N samples):
+//   R-forward    zdot_l = c (a_{l-1} Wdot_l^T + adot_{l-1} W_l^T)    m_1 + 2 m_l for l >= 2
+//   R-backward   HW_l = c (ddelta_l^T a_{l-1} + delta_l^T adot_{l-1}) m_1 + 2 m_l for l >= 2
+//                ddelta_{l-1} = c (ddelta_l W_l + delta_l Wdot_l) ...  2 m_l for l >= 2
+// so 2 m_1 + 6 sum_{l>=2} m_l in all (784-128-128-10, N = 1024: 628 MFLOP, two thirds of it the
+// first layer's two products, which no product can avoid: the input has no tangent, and nothing
+// is propagated below the first layer). What depends only on the parameters and the loss
+// gradient g is computed once by hvp_prepare and shared by every product until the next forward:
+// the deltas of g (m_l for l >= 2) and, for activations with a second derivative, the term
+// c (delta_l W_l) sigma''(z_{l-1}) (another m_l); a piecewise-linear activation (identity, relu,
+// leaky_relu, abs) has sigma'' = 0 almost everywhere, so it has no such term and the R-backward
+// skips its multiply-add. Before hvp_prepare existed every product redid both (2 sum_{l>=2} m_l
+// more, +11% here). The elementwise work (bias tangent, sigma', the sigma'' term) is one pass per
+// layer and direction, fused after the GEMMs.
+
+
+// delta_L = g ;  u = c_l delta_l W_l ;  delta_{l-1} = u sigma'(z_{l-1}) ;  curv_{l-1} = u sigma''(z_{l-1})
+template <class T>
+void MlpEngine<T>::hvp_prepare(const T* params, MatrixView<const T> g) {
+  Impl& s = *impl_;
+  s.require_forward("MlpEngine::hvp_prepare");
+  const index_t n = s.n;
+  check_matrix(s.ctx, g, n, s.width(s.L), "MlpEngine::hvp_prepare", "g");
+  copy(s.ctx, g, s.gdelta[std::size_t(s.L)].reserve(s.ctx, n, s.width(s.L)));
+  for (index_t l = s.L; l >= 2; --l) {
+    const index_t in = s.width(l - 1);
+    MatrixView<T> below = s.gdelta[std::size_t(l - 1)].reserve(s.ctx, n, in);
+    blas::gemm<T>(s.ctx, Op::none, Op::none, s.scale(l), s.gdelta[std::size_t(l)].view(n, s.width(l)),
+                  s.weight(params, l), T(0), below);
+    const T* zp = s.z[std::size_t(l - 1)].data();
+    const kern::ActParams act = s.act(l - 1);
+    const double slope = act.slope;
+    if (piecewise_linear(act.kind)) {
+      DYNASCOPE_WITH_ACT(act.kind, A, kern::parallel_for_2d(s.ctx, n, in, [=] DYNASCOPE_HD(index_t r, index_t j) {
+        below.data[r * in + j] *= kern::act_deriv(kern::ActParams{A, slope}, zp[r * in + j]);
+      }));
+      continue;
+    }
+    MatrixView<T> curv = s.curv[std::size_t(l - 1)].reserve(s.ctx, n, in);
+    DYNASCOPE_WITH_ACT(act.kind, A, kern::parallel_for_2d(s.ctx, n, in, [=] DYNASCOPE_HD(index_t r, index_t j) {
+      const index_t idx = r * in + j;
+      const kern::ActParams p{A, slope};
+      const T u = below.data[idx], z = zp[idx];
+      curv.data[idx] = u * kern::act_deriv2(p, z);
+      below.data[idx] = u * kern::act_deriv(p, z);
+    }));
+  }
+  s.have_prep = true;
+}
+
 // zdot_l = c_l (a_{l-1} Wdot^T + adot_{l-1} W_l^T) + beta bdot ;  adot_l = sigma'(z_l) zdot_l
 template <class T>
 MatrixView<const T> MlpEngine<T>::hvp_forward(const T* params, MatrixView<const T> tangents) {
@@ -337,75 +492,80 @@ MatrixView<const T> MlpEngine<T>::hvp_forward(const T* params, MatrixView<const 
     const T* bdot = s.has_bias(l) ? tangents.data + s.spec.bias_offset(l - 1) : nullptr;
     const index_t tld = tangents.ld;
     const T beta = s.beta();
-    if (bdot)
-      kern::parallel_for(s.ctx, rows * o, [=] DYNASCOPE_HD(index_t idx) {
-        zd.data[idx] += beta * bdot[(idx / (n * o)) * tld + idx % o];
-      });
-    if (l == s.L) continue;
+    if (l == s.L) {
+      if (bdot)
+        kern::parallel_for_2d(s.ctx, rows, o, [=] DYNASCOPE_HD(index_t r, index_t j) {
+          zd.data[r * o + j] += beta * bdot[(r / n) * tld + j];
+        });
+      continue;
+    }
+    // The bias tangent and sigma' in one pass; zdot itself is kept (with its bias) only where
+    // the R-backward reads it, for activations with a second derivative.
     MatrixView<T> ad = s.adot[std::size_t(l)].reserve(s.ctx, rows, o);
     const T* zp = s.z[std::size_t(l)].data();
     const kern::ActParams act = s.act(l);
-    const double slope = act.slope;
-    DYNASCOPE_WITH_ACT(act.kind, A, kern::parallel_for_2d(s.ctx, rows, o, [=] DYNASCOPE_HD(index_t r, index_t j) {
-      ad.data[r * o + j] = kern::act_deriv(kern::ActParams{A, slope}, zp[(r % n) * o + j]) * zd.data[r * o + j];
-    }));
+    const bool keep = !piecewise_linear(act.kind);
+    DYNASCOPE_WITH_ACT(act.kind, A,
+                       all_rows(s.ctx, rows, o,
+                                TangentActivation<T, A>{zd.data, ad.data, zp, bdot, tld, n, o, beta, keep, act.slope}));
   }
   s.hvp_k = k;
   s.have_hvp = true;
   return s.zdot[std::size_t(s.L)].view(rows, s.width(s.L));
 }
 
-// With delta_l from g and ddelta_l its tangent (ddelta_L = gdot):
-//   dW_l' = c (ddelta_l^T a_{l-1} + delta_l^T adot_{l-1}) ;  db_l' = beta sum_n ddelta_l
-//   ddelta_{l-1} = c (ddelta_l W_l + delta_l Wdot_l) * sigma'(z_{l-1}) + c (delta_l W_l) * sigma''(z_{l-1}) * zdot_{l-1}
 template <class T>
 void MlpEngine<T>::hvp_backward(const T* params, MatrixView<const T> g, MatrixView<const T> gdot,
                                 MatrixView<const T> tangents, MatrixView<T> out) {
+  hvp_prepare(params, g);
+  hvp_backward(params, gdot, tangents, out);
+}
+
+// With delta_l from g and ddelta_l its tangent (ddelta_L = gdot):
+//   HW_l = c (ddelta_l^T a_{l-1} + delta_l^T adot_{l-1}) ;  Hb_l = beta sum_n ddelta_l
+//   ddelta_{l-1} = c (ddelta_l W_l + delta_l Wdot_l) * sigma'(z_{l-1}) + curv_{l-1} * zdot_{l-1}
+// The first layer sends nothing further down: the inputs have no tangent.
+template <class T>
+void MlpEngine<T>::hvp_backward(const T* params, MatrixView<const T> gdot, MatrixView<const T> tangents,
+                                MatrixView<T> out) {
   Impl& s = *impl_;
   if (!s.have_hvp) throw InvalidArgument("MlpEngine::hvp_backward: call hvp_forward first");
+  if (!s.have_prep) throw InvalidArgument("MlpEngine::hvp_backward: call hvp_prepare (or pass g) first");
   const index_t k = s.hvp_k, n = s.n, rows = k * n, P = s.spec.num_params();
-  check_matrix(s.ctx, g, n, s.width(s.L), "MlpEngine::hvp_backward", "g");
   check_matrix(s.ctx, gdot, rows, s.width(s.L), "MlpEngine::hvp_backward", "gdot");
   check_matrix(s.ctx, tangents, k, P, "MlpEngine::hvp_backward", "tangents");
   check_matrix(s.ctx, out, k, P, "MlpEngine::hvp_backward", "out");
-  backprop(params, g, 1);  // delta_l for the loss gradient
   MatrixView<T> ones = s.ones.reserve(s.ctx, 1, n);
   kern::parallel_for(s.ctx, n, [=] DYNASCOPE_HD(index_t i) { ones.data[i] = T(1); });
-  MatrixView<T> dd = s.ddelta[s.L % 2].reserve(s.ctx, rows, s.width(s.L));
-  copy(s.ctx, gdot, dd);
+  MatrixView<const T> dd = gdot;
   for (index_t l = s.L; l >= 1; --l) {
     const index_t o = s.width(l), in = s.width(l - 1);
     const T c = s.scale(l);
-    MatrixView<const T> d = s.delta[std::size_t(l)].view(n, o);
+    MatrixView<const T> d = s.gdelta[std::size_t(l)].view(n, o);
     MatrixView<T> gw{out.data + s.spec.weight_offset(l - 1), o, in, in, out.backend, out.device};
-    blas::gemm_strided_batched<T>(s.ctx, Op::trans, Op::none, c, MatrixView<const T>(dd.block(0, 0, n, o)), n * o,
-                                  s.act_in(l), 0, T(0), gw, out.ld, k);
+    blas::gemm_strided_batched<T>(s.ctx, Op::trans, Op::none, c, MatrixView<const T>{dd.data, n, o, dd.ld, dd.backend, dd.device},
+                                  n * dd.ld, s.act_in(l), 0, T(0), gw, out.ld, k);
     if (l > 1)
       blas::gemm_strided_batched<T>(s.ctx, Op::trans, Op::none, c, d, 0, s.adot[std::size_t(l - 1)].view(n, in), n * in,
                                     T(1), gw, out.ld, k);
     if (s.has_bias(l))
       for (index_t b = 0; b < k; ++b)
-        blas::gemv<T>(s.ctx, Op::trans, s.beta(), MatrixView<const T>(dd.block(b * n, 0, n, o)),
+        blas::gemv<T>(s.ctx, Op::trans, s.beta(), MatrixView<const T>{dd.data + b * n * dd.ld, n, o, dd.ld, dd.backend, dd.device},
                       VectorView<const T>{ones.data, n, 1, ones.backend, ones.device}, T(0),
                       VectorView<T>{out.data + b * out.ld + s.spec.bias_offset(l - 1), o, 1, out.backend, out.device});
     if (l == 1) break;
     MatrixView<T> below = s.ddelta[(l - 1) % 2].reserve(s.ctx, rows, in);
-    blas::gemm<T>(s.ctx, Op::none, Op::none, c, MatrixView<const T>(dd), s.weight(params, l), T(0), below);
+    blas::gemm<T>(s.ctx, Op::none, Op::none, c, dd, s.weight(params, l), T(0), below);
     MatrixView<const T> wdot{tangents.data + s.spec.weight_offset(l - 1), o, in, in, tangents.backend, tangents.device};
     blas::gemm_strided_batched<T>(s.ctx, Op::none, Op::none, c, d, 0, wdot, tangents.ld, T(1), below.block(0, 0, n, in),
                                   n * in, k);
-    MatrixView<T> u = s.pre_delta.reserve(s.ctx, n, in);
-    blas::gemm<T>(s.ctx, Op::none, Op::none, c, d, s.weight(params, l), T(0), u);
     const T* zp = s.z[std::size_t(l - 1)].data();
-    const T* zd = s.zdot[std::size_t(l - 1)].data();
     const kern::ActParams act = s.act(l - 1);
-    const double slope = act.slope;
-    DYNASCOPE_WITH_ACT(act.kind, A, kern::parallel_for_2d(s.ctx, rows, in, [=] DYNASCOPE_HD(index_t r, index_t j) {
-      const index_t idx = r * in + j, zi = (r % n) * in + j;
-      const T z = zp[zi];
-      const kern::ActParams p{A, slope};
-      below.data[idx] = below.data[idx] * kern::act_deriv(p, z) + u.data[zi] * kern::act_deriv2(p, z) * zd[idx];
-    }));
+    const bool smooth = !piecewise_linear(act.kind);
+    const T* cv = smooth ? s.curv[std::size_t(l - 1)].data() : nullptr;
+    const T* zd = smooth ? s.zdot[std::size_t(l - 1)].data() : nullptr;
+    DYNASCOPE_WITH_ACT(act.kind, A,
+                       all_rows(s.ctx, rows, in, TangentDelta<T, A>{below.data, zp, cv, zd, n, in, act.slope}));
     dd = below;
   }
 }

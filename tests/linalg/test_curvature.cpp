@@ -151,6 +151,190 @@ TEST(Curvature, GaussNewtonEqualsJtHJFromExplicitJacobians) {
   }
 }
 
+// The operators' shortcuts on the activation, bias, parameterization and loss cases: the
+// forward pass, loss gradient, hvp_prepare and softmax computed once in the constructor and
+// shared by every product; the samples split into chunks whose shares are summed; blocks of
+// vectors. Hessian against the dense Hessian from central differences of the gradient (float64),
+// Gauss-Newton against J^T H_loss J from explicit Jacobians; chunked against one chunk to
+// rounding; blocks against single products; repeated products bit for bit.
+struct ShortcutCase {
+  std::string act;
+  bool bias;
+  model::Parameterization param;
+  Loss loss;
+};
+
+std::vector<ShortcutCase> shortcut_cases() {
+  std::vector<ShortcutCase> cases;
+  for (const char* act : {"relu", "tanh", "gelu"})
+    for (bool bias : {true, false})
+      for (auto param : {model::Parameterization::standard, model::Parameterization::ntk})
+        for (Loss loss : {Loss::mse, Loss::xent}) cases.push_back({act, bias, param, loss});
+  return cases;
+}
+
+class CurvatureShortcuts : public ::testing::TestWithParam<ShortcutCase> {
+ protected:
+  Problem problem() const {
+    const ShortcutCase& c = GetParam();
+    Problem pb;
+    pb.spec = MlpSpec::from_arch("3-5-4-3", model::parse_activation(c.act), c.param);
+    for (std::size_t l = 0; l < pb.spec.bias.size(); ++l) pb.spec.bias[l] = c.bias;
+    if (c.param == model::Parameterization::ntk) pb.spec.bias_scale = 0.5;
+    pb.loss = c.loss;
+    pb.n = 11;
+    pb.w = test::random_vector(std::size_t(pb.spec.num_params()), 41, 0.7);
+    pb.x = test::random_vector(std::size_t(pb.n * pb.spec.inputs()), 42);
+    pb.y = test::random_vector(std::size_t(pb.n * pb.spec.outputs()), 43);
+    for (index_t i = 0; i < pb.n; ++i) pb.labels.push_back((i * 7) % pb.spec.outputs());
+    return pb;
+  }
+};
+
+// op applied to the identity: its dense matrix, column c in row c.
+std::vector<double> dense_of(linalg::CurvatureOperator<double>& op) {
+  const index_t P = op.size();
+  std::vector<double> eye(std::size_t(P * P), 0.0), out(static_cast<std::size_t>(P * P));
+  for (index_t i = 0; i < P; ++i) eye[std::size_t(i * P + i)] = 1.0;
+  op.apply({eye.data(), P, P, P}, {out.data(), P, P, P});
+  return out;
+}
+
+TEST_P(CurvatureShortcuts, HessianAgreesWithFiniteDifferencesInChunksAndBlocks) {
+  const Problem pb = problem();
+  const index_t P = pb.spec.num_params(), D = pb.spec.inputs(), n = pb.n;
+  Context ctx = Context::host(2);
+  const auto make = [&](index_t chunks) {
+    linalg::CurvatureOptions o;
+    o.sample_chunks = chunks;
+    return linalg::CurvatureOperator<double>(ctx, linalg::Curvature::hessian, pb.spec, pb.w.data(), {pb.x.data(), n, D, D},
+                                             pb.targets(), pb.loss, o);
+  };
+  auto one = make(1), three = make(3);
+  EXPECT_EQ(one.sample_chunks(), 1);
+  EXPECT_EQ(three.sample_chunks(), 3);
+  EXPECT_NEAR(three.loss_value(), one.loss_value(), 1e-14 * std::abs(one.loss_value()));
+  const auto h1 = dense_of(one), h3 = dense_of(three);
+  const double step = 1e-5;
+  double scale = 0;
+  std::vector<double> fd(static_cast<std::size_t>(P * P));
+  for (index_t c = 0; c < P; ++c) {
+    auto wp = pb.w, wm = pb.w;
+    wp[std::size_t(c)] += step;
+    wm[std::size_t(c)] -= step;
+    const auto gp = pb.gradient(wp), gm = pb.gradient(wm);
+    for (index_t r = 0; r < P; ++r) {
+      fd[std::size_t(c * P + r)] = (gp[std::size_t(r)] - gm[std::size_t(r)]) / (2 * step);
+      scale = std::max(scale, std::abs(fd[std::size_t(c * P + r)]));
+    }
+  }
+  ASSERT_GT(scale, 1e-3);
+  for (index_t i = 0; i < P * P; ++i) {
+    EXPECT_NEAR(h1[std::size_t(i)], fd[std::size_t(i)], 1e-6 * scale) << "entry " << i;
+    EXPECT_NEAR(h3[std::size_t(i)], h1[std::size_t(i)], 1e-13 * scale) << "entry " << i;
+  }
+  // A block of 3 random vectors, twice with another block in between (the shared state is read
+  // only), against the dense matrix; the first block's shares run in parallel on 2 threads.
+  const auto v = test::random_vector(std::size_t(3 * P), 44), u = test::random_vector(std::size_t(2 * P), 45);
+  std::vector<double> hv(static_cast<std::size_t>(3 * P)), again(static_cast<std::size_t>(3 * P)), hu(static_cast<std::size_t>(2 * P));
+  for (auto* op : {&one, &three}) {
+    op->apply({v.data(), 3, P, P}, {hv.data(), 3, P, P});
+    op->apply({u.data(), 2, P, P}, {hu.data(), 2, P, P});
+    op->apply({v.data(), 3, P, P}, {again.data(), 3, P, P});
+    EXPECT_EQ(again, hv);
+    for (index_t b = 0; b < 3; ++b)
+      for (index_t r = 0; r < P; ++r) {
+        double ref = 0;
+        for (index_t c = 0; c < P; ++c) ref += h1[std::size_t(c * P + r)] * v[std::size_t(b * P + c)];
+        EXPECT_NEAR(hv[std::size_t(b * P + r)], ref, 1e-12 * scale * P) << "vector " << b << " param " << r;
+      }
+  }
+}
+
+TEST_P(CurvatureShortcuts, GaussNewtonAgreesWithExplicitJacobiansInChunksAndBlocks) {
+  const Problem pb = problem();
+  const index_t P = pb.spec.num_params(), D = pb.spec.inputs(), O = pb.spec.outputs(), n = pb.n;
+  Context ctx = Context::host(2);
+  std::vector<double> jac(static_cast<std::size_t>(n * O * P));
+  for (index_t a = 0; a < O; ++a) {
+    std::vector<double> cot(std::size_t(n * O), 0.0), g(static_cast<std::size_t>(n * P));
+    for (index_t i = 0; i < n; ++i) cot[std::size_t(i * O + a)] = 1.0;
+    model::per_sample_gradients<double>(ctx, pb.spec, pb.w.data(), {pb.x.data(), n, D, D}, {cot.data(), n, O, O},
+                                        {g.data(), n, P, P});
+    for (index_t i = 0; i < n; ++i)
+      for (index_t p = 0; p < P; ++p) jac[std::size_t((i * O + a) * P + p)] = g[std::size_t(i * P + p)];
+  }
+  const auto f = test::naive_forward(pb.spec, pb.w, pb.x, n);
+  std::vector<double> ref(std::size_t(P * P), 0.0);
+  for (index_t i = 0; i < n; ++i) {
+    std::vector<double> p(static_cast<std::size_t>(O));
+    double mx = -1e300, se = 0;
+    for (index_t a = 0; a < O; ++a) mx = std::max(mx, f[std::size_t(i * O + a)]);
+    for (index_t a = 0; a < O; ++a) se += std::exp(f[std::size_t(i * O + a)] - mx);
+    for (index_t a = 0; a < O; ++a) p[std::size_t(a)] = std::exp(f[std::size_t(i * O + a)] - mx) / se;
+    for (index_t a = 0; a < O; ++a)
+      for (index_t b = 0; b < O; ++b) {
+        const double hl = pb.loss == Loss::mse ? (a == b ? 2.0 / double(n * O) : 0.0)
+                                               : ((a == b ? p[std::size_t(a)] : 0.0) - p[std::size_t(a)] * p[std::size_t(b)]) / double(n);
+        if (hl == 0) continue;
+        for (index_t r = 0; r < P; ++r)
+          for (index_t c = 0; c < P; ++c)
+            ref[std::size_t(c * P + r)] += jac[std::size_t((i * O + a) * P + r)] * hl * jac[std::size_t((i * O + b) * P + c)];
+      }
+  }
+  double scale = 0;
+  for (double r : ref) scale = std::max(scale, std::abs(r));
+  ASSERT_GT(scale, 1e-3);
+  for (index_t chunks : {1, 3, 11}) {
+    linalg::CurvatureOptions o;
+    o.sample_chunks = chunks;
+    linalg::CurvatureOperator<double> ggn(ctx, linalg::Curvature::gauss_newton, pb.spec, pb.w.data(),
+                                          {pb.x.data(), n, D, D}, pb.targets(), pb.loss, o);
+    EXPECT_EQ(ggn.sample_chunks(), chunks);
+    const auto g = dense_of(ggn);
+    for (index_t i = 0; i < P * P; ++i) EXPECT_NEAR(g[std::size_t(i)], ref[std::size_t(i)], 1e-13 * scale) << chunks << " chunks";
+    const auto v = test::random_vector(std::size_t(2 * P), 46);
+    std::vector<double> gv(static_cast<std::size_t>(2 * P));
+    ggn.apply({v.data(), 2, P, P}, {gv.data(), 2, P, P});  // in parallel: the block size is sized
+    for (index_t b = 0; b < 2; ++b)
+      for (index_t r = 0; r < P; ++r) {
+        double want = 0;
+        for (index_t c = 0; c < P; ++c) want += ref[std::size_t(c * P + r)] * v[std::size_t(b * P + c)];
+        EXPECT_NEAR(gv[std::size_t(b * P + r)], want, 1e-12 * scale * P);
+      }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(ActivationsBiasParameterizationLoss, CurvatureShortcuts, ::testing::ValuesIn(shortcut_cases()),
+                         [](const ::testing::TestParamInfo<ShortcutCase>& pinfo) {
+                           const ShortcutCase& c = pinfo.param;
+                           return c.act + (c.bias ? "_bias" : "_nobias") +
+                                  (c.param == model::Parameterization::ntk ? "_ntk_" : "_std_") + model::to_string(c.loss);
+                         });
+
+TEST(Curvature, SampleChunksAreClampedAndValidated) {
+  const Problem pb = make_problem("3-4-2", "relu", Loss::xent, 51);
+  const index_t D = pb.spec.inputs();
+  Context ctx = Context::host();
+  linalg::CurvatureOptions o;
+  o.sample_chunks = 100;  // more chunks than samples: one sample each
+  linalg::CurvatureOperator<double> op(ctx, linalg::Curvature::hessian, pb.spec, pb.w.data(), {pb.x.data(), pb.n, D, D},
+                                       pb.targets(), pb.loss, o);
+  EXPECT_EQ(op.sample_chunks(), pb.n);
+  o.sample_chunks = 0;  // automatic: under 256 samples per chunk is not worth a split
+  linalg::CurvatureOperator<double> automatic(ctx, linalg::Curvature::hessian, pb.spec, pb.w.data(),
+                                              {pb.x.data(), pb.n, D, D}, pb.targets(), pb.loss, o);
+  EXPECT_EQ(automatic.sample_chunks(), 1);
+  o.sample_chunks = -1;
+  try {
+    linalg::CurvatureOperator<double> bad(ctx, linalg::Curvature::hessian, pb.spec, pb.w.data(), {pb.x.data(), pb.n, D, D},
+                                          pb.targets(), pb.loss, o);
+    FAIL() << "negative sample_chunks accepted";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("sample_chunks"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Curvature, NtkOperatorTopEigenpairsMatchTheDenseKernel) {
   const MlpSpec s = MlpSpec::from_arch("5-32-32-3", model::parse_activation("gelu"));
   const index_t n = 150, D = 5, m = n * 3;

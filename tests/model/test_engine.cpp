@@ -181,6 +181,67 @@ TEST_P(EngineFD, PerSampleGradientsSumToTheBatchGradient) {
   }
 }
 
+// The R-operator on L(w) = sum_n (|f_n|^2 / 2 + <c_n, f_n>): g = f + c, gdot = fdot, so every
+// term of the Hessian is exercised (the output layer's, the deltas' and, for smooth activations,
+// sigma''). Against central differences of the engine's gradient of L; products share one
+// hvp_prepare (the cache must not go stale across products or block sizes), a block of T
+// tangents equals T single products, and the overload that takes g equals prepare + product.
+TEST_P(EngineFD, HvpMatchesFiniteDifferencesAndPreparedProductsAgree) {
+  const MlpSpec s = make_spec(GetParam());
+  const index_t n = 4, P = s.num_params(), O = s.outputs(), D = s.inputs(), T = 3;
+  auto w = test::random_vector(std::size_t(P), 23, 0.7), x = test::random_vector(std::size_t(n * D), 24);
+  const auto c = test::random_vector(std::size_t(n * O), 25);
+  auto v = test::random_vector(std::size_t(T * P), 26);
+  const auto gradient = [&](const std::vector<double>& wv) {
+    MlpEngine<double> e(ctx, s);
+    auto f = e.forward(wv.data(), {x.data(), n, D, D});
+    std::vector<double> g(static_cast<std::size_t>(n * O)), grad(static_cast<std::size_t>(P));
+    for (index_t i = 0; i < n * O; ++i) g[std::size_t(i)] = f.data[i] + c[std::size_t(i)];
+    e.backprop(wv.data(), {g.data(), n, O, O});
+    e.param_grads({grad.data(), 1, P, P});
+    return grad;
+  };
+  MlpEngine<double> e(ctx, s);
+  auto f = e.forward(w.data(), {x.data(), n, D, D});
+  std::vector<double> g(static_cast<std::size_t>(n * O));
+  for (index_t i = 0; i < n * O; ++i) g[std::size_t(i)] = f.data[i] + c[std::size_t(i)];
+  e.hvp_prepare(w.data(), {g.data(), n, O, O});
+  // Single products, twice over with another block in between: the prepared state is read only.
+  const auto single = [&](index_t t) {
+    auto fd = e.hvp_forward(w.data(), {v.data() + t * P, 1, P, P});
+    std::vector<double> gd(fd.data, fd.data + n * O), hv(static_cast<std::size_t>(P));
+    e.hvp_backward(w.data(), {gd.data(), n, O, O}, {v.data() + t * P, 1, P, P}, {hv.data(), 1, P, P});
+    return hv;
+  };
+  std::vector<std::vector<double>> hv1;
+  for (index_t t = 0; t < T; ++t) hv1.push_back(single(t));
+  auto fdb = e.hvp_forward(w.data(), {v.data(), T, P, P});
+  std::vector<double> gdb(fdb.data, fdb.data + T * n * O), hvb(static_cast<std::size_t>(T * P));
+  e.hvp_backward(w.data(), {gdb.data(), T * n, O, O}, {v.data(), T, P, P}, {hvb.data(), T, P, P});
+  for (index_t t = 0; t < T; ++t) EXPECT_EQ(single(t), hv1[std::size_t(t)]) << "tangent " << t;
+  // The overload with g, on a fresh engine.
+  MlpEngine<double> e2(ctx, s);
+  e2.forward(w.data(), {x.data(), n, D, D});
+  auto fd2 = e2.hvp_forward(w.data(), {v.data(), T, P, P});
+  std::vector<double> gd2(fd2.data, fd2.data + T * n * O), hv2(static_cast<std::size_t>(T * P));
+  e2.hvp_backward(w.data(), {g.data(), n, O, O}, {gd2.data(), T * n, O, O}, {v.data(), T, P, P}, {hv2.data(), T, P, P});
+  EXPECT_EQ(hv2, hvb);
+  const double h = 1e-5;
+  for (index_t t = 0; t < T; ++t) {
+    auto wp = w, wm = w;
+    for (index_t p = 0; p < P; ++p) {
+      wp[std::size_t(p)] += h * v[std::size_t(t * P + p)];
+      wm[std::size_t(p)] -= h * v[std::size_t(t * P + p)];
+    }
+    const auto gp = gradient(wp), gm = gradient(wm);
+    for (index_t p = 0; p < P; ++p) {
+      const double fd = (gp[std::size_t(p)] - gm[std::size_t(p)]) / (2 * h);
+      EXPECT_NEAR(hv1[std::size_t(t)][std::size_t(p)], fd, 1e-6 * (1 + std::abs(fd))) << "tangent " << t << " param " << p;
+      EXPECT_NEAR(hvb[std::size_t(t * P + p)], hv1[std::size_t(t)][std::size_t(p)], 1e-12 * (1 + std::abs(fd)));
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllActivationsDepthsAndParameterizations, EngineFD, ::testing::ValuesIn(all_cases()),
                          [](const ::testing::TestParamInfo<Case>& pinfo) {
                            std::string name = pinfo.param.activation + "_" + pinfo.param.arch + (pinfo.param.bias ? "_bias" : "_nobias") +
@@ -346,6 +407,20 @@ TEST(Engine, BadShapesAreClearErrors) {
   e.forward(w.data(), {x.data(), 4, 3, 3});
   EXPECT_THROW(e.backprop(w.data(), {g.data(), 2, 4, 4}), ShapeMismatch);
   EXPECT_THROW(e.param_grads({w.data(), 1, 3, 3}), InvalidArgument);  // no backprop yet
+  // The R-operator: a product needs hvp_forward and the prepared gradient, and a forward
+  // invalidates both.
+  std::vector<double> v(std::size_t(s.num_params())), out(std::size_t(s.num_params()));
+  const MatrixView<const double> vv{v.data(), 1, s.num_params(), s.num_params()};
+  const MatrixView<double> ov{out.data(), 1, s.num_params(), s.num_params()};
+  e.hvp_forward(w.data(), vv);
+  EXPECT_THROW(e.hvp_backward(w.data(), {g.data(), 4, 2, 2}, vv, ov), InvalidArgument);  // no hvp_prepare
+  EXPECT_THROW(e.hvp_prepare(w.data(), {g.data(), 2, 4, 4}), ShapeMismatch);
+  e.hvp_prepare(w.data(), {g.data(), 4, 2, 2});
+  EXPECT_NO_THROW(e.hvp_backward(w.data(), {g.data(), 4, 2, 2}, vv, ov));
+  e.forward(w.data(), {x.data(), 4, 3, 3});
+  EXPECT_THROW(e.hvp_backward(w.data(), {g.data(), 4, 2, 2}, vv, ov), InvalidArgument);  // forward invalidated both
+  e.hvp_forward(w.data(), vv);
+  EXPECT_THROW(e.hvp_backward(w.data(), {g.data(), 4, 2, 2}, vv, ov), InvalidArgument);
   MlpSpec bad = s;
   bad.activations.clear();
   EXPECT_THROW(MlpEngine<double>(ctx, bad), InvalidArgument);
