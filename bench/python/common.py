@@ -138,3 +138,14 @@ def load_fashion_mnist(n=None):
         y = np.frombuffer(f.read(), dtype=np.uint8)
     n = count if n is None else min(n, count)
     return (x[:n].astype(np.float32) / 255.0), y[:n].astype(np.int64)
+
+
+def pin_cpus(threads):
+    """Restricts this process to `threads` of the CPUs it may use (os.sched_setaffinity) when it may
+    use more, so that a peer's own thread pool (XLA's, sized from the CPUs it sees) and dynascope's
+    `threads` threads compute on the same cores; call it before importing the peer. Returns the
+    CPUs used."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if threads < len(cpus):
+        os.sched_setaffinity(0, cpus[:threads])
+    return sorted(os.sched_getaffinity(0))
