@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "core/buffer.hpp"
 #include "core/checks.hpp"
@@ -269,7 +270,8 @@ std::size_t structured_bytes(const MlpSpec& s, Outputs mode, index_t b, bool per
   }
   // Per Features: the engine's activations and pre-activations, the deltas, the collapsed factor.
   const index_t features = 2 * b * widths + k * b * hidden + b * wmax;
-  const index_t gd = mode == Outputs::full ? full_panel<T>(o, b, b) * o * o * b : mode == Outputs::diagonal ? o * b * b : b * b;
+  const index_t gd = mode == Outputs::full ? L * (b * b + full_panel<T>(o, b, b) * o * o * b)
+                                           : mode == Outputs::diagonal ? o * b * b : b * b;
   const index_t tile = b * b * rows_per_sample(mode, o) * cols_per_sample(mode, o);
   const index_t scratch = b * b + gd + tile * (per_layer ? 3 : 2) + k * wmax + wmax;
   return sizeof(T) * std::size_t(2 * features + scratch);
@@ -341,13 +343,98 @@ void full_hadamard(const Context& ctx, index_t o, index_t p0, index_t p1, index_
   });
 }
 
+// Full mode without per-layer kernels, all layers fused: the activation Grams of every layer first
+// (b1 x b2 each), then panel by panel the delta Gram panels of every layer below the output one and
+// one pass that writes sum_l (c_l^2 A A'^T + beta^2) .* Delta Delta'^T into the tile: the O^2-sized
+// tile is written once instead of read and written once per layer. Up to kMaxFused layers (deeper
+// networks take the layer-by-layer path).
+constexpr int kMaxFused = 8;
+
+template <class T>
+struct FusedLayers {
+  int count = 0;  // layers, the last one the output layer (its delta Gram is I_O)
+  T w[kMaxFused], bb[kMaxFused];
+  const T* ga[kMaxFused];
+  index_t ga_ld[kMaxFused];
+  const T* gp[kMaxFused];  // the panel's delta Gram of layers 1..count-1
+  index_t gp_ld[kMaxFused];
+};
+
+template <class T>
+struct FusedScratch {
+  std::vector<Buffer<T>> ga, gd;
+};
+
+template <class T>
+void full_tile_fused(const Context& ctx, const MlpSpec& s, const Features<T>& f1, const Features<T>& f2, index_t b1,
+                     index_t b2, FusedScratch<T>& scratch, MatrixView<T> dst, NtkInfo& info) {
+  const index_t o = s.outputs(), L = s.layers();
+  const bool same = &f1 == &f2;
+  scratch.ga.resize(std::size_t(L));
+  scratch.gd.resize(std::size_t(L));
+  FusedLayers<T> fl;
+  fl.count = static_cast<int>(L);
+  auto t0 = std::chrono::steady_clock::now();
+  double flops = 0;
+  for (index_t l = 1; l <= L; ++l) {
+    MatrixView<T> ga = scratch.ga[std::size_t(l - 1)].reserve(ctx, b1, b2);
+    flops += gram<T>(ctx, f1.engine.activation(l - 1), f2.engine.activation(l - 1), same, ga);
+    fl.w[l - 1] = static_cast<T>(s.weight_scale(l - 1) * s.weight_scale(l - 1));
+    fl.bb[l - 1] = s.bias[std::size_t(l - 1)] ? static_cast<T>(s.bias_scale * s.bias_scale) : T(0);
+    fl.ga[l - 1] = ga.data;
+    fl.ga_ld[l - 1] = ga.ld;
+  }
+  const index_t panel = full_panel<T>(o, b1, b2);
+  for (index_t p0 = 0; p0 < b1; p0 += panel) {
+    const index_t p1 = std::min(b1, p0 + panel), c0 = same ? p0 : 0, rows = (p1 - p0) * o;
+    for (index_t l = 1; l < L; ++l) {
+      const index_t out = s.widths[std::size_t(l)];
+      MatrixView<T> g = scratch.gd[std::size_t(l - 1)].reserve(ctx, rows, (b2 - c0) * o);
+      const MatrixView<const T> d1 = f1.deltas(l, o), d2 = f2.deltas(l, o);
+      const MatrixView<const T> r1{d1.data + p0 * o * out, rows, out, out, d1.backend, d1.device};
+      if (same) {
+        flops += gram<T>(ctx, r1, r1, true, g.block(0, 0, rows, rows));
+        if (p1 < b2)
+          flops += gram<T>(ctx, r1, {d2.data + p1 * o * out, (b2 - p1) * o, out, out, d2.backend, d2.device}, false,
+                           g.block(0, rows, rows, (b2 - p1) * o));
+      } else {
+        flops += gram<T>(ctx, r1, {d2.data, b2 * o, out, out, d2.backend, d2.device}, false, g);
+      }
+      fl.gp[l - 1] = g.data;
+      fl.gp_ld[l - 1] = g.ld;
+    }
+    if (ctx.is_host()) {
+      info.gram_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      info.gram_flops += flops;
+    }
+    flops = 0;
+    kern::parallel_for_2d(ctx, rows, b2 - c0, [=] DYNASCOPE_HD(index_t rl, index_t ml) {
+      const index_t r = p0 * o + rl, m = c0 + ml, n = r / o, a = r % o;
+      T* row = dst.data + r * dst.ld + m * o;
+      const int last = fl.count - 1;
+      const T g_out = fl.w[last] * fl.ga[last][n * fl.ga_ld[last] + m] + fl.bb[last];
+      for (index_t q = 0; q < o; ++q) row[q] = q == a ? g_out : T(0);
+      for (int l = 0; l < last; ++l) {
+        const T g = fl.w[l] * fl.ga[l][n * fl.ga_ld[l] + m] + fl.bb[l];
+        const T* gr = fl.gp[l] + rl * fl.gp_ld[l] + ml * o;
+        for (index_t q = 0; q < o; ++q) row[q] += g * gr[q];
+      }
+    });
+    t0 = std::chrono::steady_clock::now();
+  }
+}
+
 template <class T>
 void structured_tile(const Context& ctx, const MlpSpec& s, Outputs mode, const Features<T>& f1, const Features<T>& f2,
                      index_t b1, index_t b2, Buffer<T>& ga_buf, Buffer<T>& gd_buf, MatrixView<T> total,
                      Buffer<T>* layer_buf, const std::function<void(index_t, MatrixView<const T>)>& layer_out,
-                     NtkInfo& info) {
+                     NtkInfo& info, FusedScratch<T>& fused) {
   const index_t o = s.outputs(), k = cotangents(mode, o), L = s.layers();
   const bool same = &f1 == &f2;  // a diagonal tile of the symmetric kernel
+  if (mode == Outputs::full && layer_buf == nullptr && L <= kMaxFused) {
+    full_tile_fused<T>(ctx, s, f1, f2, b1, b2, fused, total, info);
+    return;
+  }
   MatrixView<T> ga = ga_buf.reserve(ctx, b1, b2);
   for (index_t l = 1; l <= L; ++l) {
     const index_t out = s.widths[std::size_t(l)];
@@ -466,6 +553,7 @@ NtkInfo structured(const Context& ctx, const MlpSpec& s, const T* params, Matrix
   const index_t n1 = x1.rows, n2 = x2.rows;
   Features<T> f1(ctx, s), f2(ctx, s);
   Buffer<T> ga, gd, tile_buf, layer_buf, head_buf, sqrt_d_buf;
+  FusedScratch<T> fused;
   // The output layer's backward step, once: head[a, :] = c_L W_L[a, :] (or their sum), and in
   // trace mode sqrt(D)_j = c_L sqrt(sum_a W_L[a, j]^2).
   MatrixView<const T> head;
@@ -519,7 +607,7 @@ NtkInfo structured(const Context& ctx, const MlpSpec& s, const T* params, Matrix
         layer_writer.write(t, r0, c0, per_layer[std::size_t(l)]);
       };
       structured_tile<T>(ctx, s, mode, f1, *g2, b1, b2, ga, gd, tile, per_layer.empty() ? nullptr : &layer_buf, layer_out,
-                         info);
+                         info, fused);
       if (in_place) writer.finish_in_place(r0, c0, b1, b2, out);
       else writer.write(tile, r0, c0, out);
       ++info.tiles;
