@@ -127,7 +127,11 @@ class Operator:
         return (self.size, self.size)
 
     def matmat(self, x: Any, threads: Optional[int] = None) -> Any:
-        """A X for X [n] or [n, b] (NumPy or torch, the operator's dtype); result in X's framework."""
+        """A X for X [n] or [n, b] (NumPy or torch, the operator's dtype); result in X's framework.
+
+        The NTK and curvature operators are built for each call from their arrays as they are now
+        (forward pass, and gradient for curvature): pass many vectors as the columns of one X, or
+        use the solvers, which build the operator once for all their products."""
         fw, _ = check_array(x, "x", None, self.dtype)
         if x.ndim not in (1, 2) or x.shape[0] != self.size:
             raise ShapeMismatch(f"x: expected [{self.size}] or [{self.size}, b], got shape {tuple(x.shape)}")
