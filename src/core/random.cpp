@@ -30,9 +30,12 @@ void fill_normal(const Context& ctx, Stream s, VectorView<T> x, T mean, T stddev
 template <class T>
 void fill_rademacher(const Context& ctx, Stream s, VectorView<T> x) {
   detail::check_vector(ctx, x, "random::fill_rademacher", "x");
-  kern::parallel_for(ctx, x.size, [=] DYNASCOPE_HD(index_t i) {
-    const std::uint32_t w = kern::philox_u32(s.seed, s.stream, s.step, static_cast<std::uint64_t>(i));
-    x[i] = (w >> 31) ? T(1) : T(-1);
+  // Element i takes word i % 4 of Philox block i / 4 (as kern::philox_u32): one block per four
+  // elements, the same values as drawing them one by one.
+  const index_t n = x.size;
+  kern::parallel_for(ctx, (n + 3) / 4, [=] DYNASCOPE_HD(index_t b) {
+    const kern::PhiloxBlock r = kern::philox_block(s.seed, s.stream, s.step, static_cast<std::uint64_t>(b));
+    for (index_t j = 0; j < 4 && 4 * b + j < n; ++j) x[4 * b + j] = (r.v[j] >> 31) ? T(1) : T(-1);
   });
 }
 
