@@ -90,8 +90,17 @@ void symmetrize_in_place(const Context& ctx, Outputs mode, index_t o, MatrixView
         for (index_t a = 0; a < o; ++a) t(n, m * o + a) = t(m, n * o + a);
     });
   } else {
-    kern::parallel_for_2d(ctx, t.rows, t.cols, [=] DYNASCOPE_HD(index_t i, index_t j) {
-      if (j < i) t(i, j) = t(j, i);
+    // In 32 x 32 blocks (the block pairs below the diagonal and the diagonal ones), so that the
+    // transposed reads stay within a few cache lines: row by row, each read of a large tile (the
+    // full mode's N O x N O) would touch a new line.
+    constexpr index_t kB = 32;
+    const index_t nb = (t.rows + kB - 1) / kB;
+    kern::parallel_for_2d(ctx, nb, nb, [=] DYNASCOPE_HD(index_t bi, index_t bj) {
+      if (bj > bi) return;
+      const index_t i1 = bi * kB + kB < t.rows ? bi * kB + kB : t.rows;
+      const index_t j1 = bj * kB + kB < t.cols ? bj * kB + kB : t.cols;
+      for (index_t i = bi * kB; i < i1; ++i)
+        for (index_t j = bj * kB; j < j1 && j < i; ++j) t(i, j) = t(j, i);
     });
   }
 }
@@ -250,13 +259,14 @@ struct Features {
 // Cotangent blocks: O, or 1 for the kernel of sum_a f_a.
 index_t cotangents(Outputs mode, index_t o) { return mode == Outputs::sum ? 1 : o; }
 
-// Full mode: samples per panel of the delta Gram, so that a panel [panel*o, b2*o] stays near 4 MB
-// (in cache for its Hadamard product) while its GEMM keeps a few hundred rows.
-constexpr std::size_t kFullPanelBytes = std::size_t(4) << 20;
+// Full mode: samples per panel of the delta Gram [panel*o, b2*o]: about 400 rows, enough for the
+// panel's GEMM to run near the machine's rate (at 4 MB panels, 100 rows for N = 1024, O = 10, ran
+// at 70 % of it), while a panel of each layer stays small enough to be read back from cache by its
+// Hadamard product (384 b2 o floats: 16 MB at b2 = 1024, O = 10).
+constexpr index_t kFullPanelRows = 384;
 template <class T>
-index_t full_panel(index_t o, index_t b1, index_t b2) {
-  const std::size_t per_sample = sizeof(T) * std::size_t(o) * std::size_t(o) * std::size_t(std::max<index_t>(b2, 1));
-  return std::clamp<index_t>(static_cast<index_t>(kFullPanelBytes / per_sample), 1, std::max<index_t>(b1, 1));
+index_t full_panel(index_t o, index_t b1, index_t /*b2*/) {
+  return std::clamp<index_t>((kFullPanelRows + o - 1) / std::max<index_t>(o, 1), 1, std::max<index_t>(b1, 1));
 }
 
 template <class T>
