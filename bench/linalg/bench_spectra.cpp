@@ -233,7 +233,7 @@ void BM_sgemm_shape(benchmark::State& state) {
   state.SetLabel(tangent ? "x W^T: [1024,784] x [784,128]" : "d^T x: [128,1024] x [1024,784]");
 }
 
-BENCHMARK(BM_hvp)->Name("hvp/f32")->Arg(1)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_hvp)->Name("hvp/f32")->Arg(1)->Arg(4)->Arg(16)->Arg(100)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_ggn)->Name("ggn/f32")->Arg(1)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_sgemm_shape)->Name("sgemm_shape/f32")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_dense_top20)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(1);

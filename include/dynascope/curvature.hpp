@@ -45,6 +45,11 @@ class DYNASCOPE_API CurvatureOperator final : public LinearOperator<T> {
   index_t size() const override;
   void apply(MatrixView<const T> v, MatrixView<T> y) override;
   const Context& context() const override { return ctx_; }
+  // Blocks of at most this many vectors per apply (solvers split larger ones): each vector of a
+  // block holds per-sample tangents of every layer and a product share per chunk, so a block of a
+  // hundred probes would page-fault hundreds of MB for no speed; the block's buffers stay within
+  // min(64 MiB, a quarter of the context's workspace budget), at least one vector.
+  index_t max_block() const override;
   double loss_value() const;  // L(w) at the parameters
   index_t sample_chunks() const;  // the chunks the samples were split into (CurvatureOptions)
 

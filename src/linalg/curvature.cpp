@@ -190,6 +190,23 @@ double CurvatureOperator<T>::loss_value() const { return impl_->value; }
 template <class T>
 index_t CurvatureOperator<T>::sample_chunks() const { return index_t(impl_->chunks.size()); }
 
+template <class T>
+index_t CurvatureOperator<T>::max_block() const {
+  const Impl& s = *impl_;
+  const model::MlpSpec& spec = s.chunks.front().engine.spec();
+  index_t widths = 0, widest = 0;
+  for (index_t l = 1; l <= spec.layers(); ++l) {
+    widths += spec.widths[std::size_t(l)];
+    widest = std::max(widest, spec.widths[std::size_t(l)]);
+  }
+  // Per vector: the tangents of z and a of every layer, the delta tangents (ping-pong and
+  // pre-activation), output tangents, and a product share for every chunk but the first.
+  const double per_vector = double(sizeof(T)) * (double(s.n) * double(2 * widths + 3 * widest + 2 * s.o) +
+                                                 double(index_t(s.chunks.size()) - 1) * double(spec.num_params()));
+  const double budget = std::min(double(std::size_t(64) << 20), double(s.ctx.workspace_budget()) / 4);
+  return std::max<index_t>(1, static_cast<index_t>(budget / std::max(per_vector, 1.0)));
+}
+
 // Gauss-Newton: J^T (H_loss (J V)). Hessian: the R-operator through the network.
 template <class T>
 void CurvatureOperator<T>::apply(MatrixView<const T> v, MatrixView<T> y) {

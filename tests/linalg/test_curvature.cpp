@@ -312,6 +312,26 @@ INSTANTIATE_TEST_SUITE_P(ActivationsBiasParameterizationLoss, CurvatureShortcuts
                                   (c.param == model::Parameterization::ntk ? "_ntk_" : "_std_") + model::to_string(c.loss);
                          });
 
+// The largest block an apply gets is bounded by the workspace: per vector, the tangents of every
+// layer for every sample (8 bytes each in float64) and a product share per extra chunk. A
+// Hutchinson trace split into such blocks equals the one of a single block (the same probes).
+TEST(Curvature, BlocksAreBoundedByTheWorkspaceAndSplittingThemChangesNothing) {
+  const Problem pb = make_problem("3-6-5-2", "tanh", Loss::xent, 61);
+  const index_t D = pb.spec.inputs();
+  // Per vector: n (2 sum w + 3 max w + 2 O) doubles = 5 * (2 * 13 + 18 + 4) * 8 bytes = 1920 bytes.
+  const double per_vector = 5.0 * (2 * 13 + 3 * 6 + 2 * 2) * 8;
+  double traces[2];
+  for (int big = 0; big < 2; ++big) {
+    Context ctx = Context::host();
+    ctx.set_workspace_budget(big ? std::size_t(1) << 30 : std::size_t(4 * 1920 * 3));  // a quarter holds 3 vectors
+    linalg::CurvatureOperator<double> op(ctx, linalg::Curvature::hessian, pb.spec, pb.w.data(), {pb.x.data(), pb.n, D, D},
+                                         pb.targets(), pb.loss);
+    EXPECT_EQ(op.max_block(), big ? index_t((64 << 20) / per_vector) : 3);
+    traces[big] = linalg::hutchinson<double>(op, 20, 5).trace;
+  }
+  EXPECT_NEAR(traces[0], traces[1], 1e-12 * std::abs(traces[1]));
+}
+
 TEST(Curvature, SampleChunksAreClampedAndValidated) {
   const Problem pb = make_problem("3-4-2", "relu", Loss::xent, 51);
   const index_t D = pb.spec.inputs();
