@@ -104,11 +104,14 @@ template <class T>
 void cgs_dgks(const Context& ctx, MatrixView<const T> v, MatrixView<T> w, Array<T>& scratch) {
   if (v.rows == 0) return;
   if (scratch.size() < v.rows) scratch = Array<T>(ctx, {v.rows});
-  MatrixView<T> c{scratch.data(), v.rows, 1, 1, ctx.backend(), ctx.device()};
+  // Matrix-vector products (GEMV: V streamed once each, no packing of V as a GEMM with one
+  // column would do).
+  const VectorView<T> c{scratch.data(), v.rows, 1, ctx.backend(), ctx.device()};
+  const VectorView<T> wr = w.row(0);
   double before = double(blas::nrm2<T>(ctx, MatrixView<const T>(w).row(0)));
   for (int pass = 0; pass < 2; ++pass) {
-    blas::gemm<T>(ctx, Op::none, Op::trans, T(1), v, w, T(0), c);  // c = V w^T
-    blas::gemm<T>(ctx, Op::trans, Op::none, T(-1), c, v, T(1), w);  // w -= c^T V
+    blas::gemv<T>(ctx, Op::none, T(1), v, VectorView<const T>(wr), T(0), c);  // c = V w
+    blas::gemv<T>(ctx, Op::trans, T(-1), v, VectorView<const T>(c), T(1), wr);  // w -= V^T c
     const double after = double(blas::nrm2<T>(ctx, MatrixView<const T>(w).row(0)));
     if (!(after < std::sqrt(0.5) * before)) return;
     before = after;
