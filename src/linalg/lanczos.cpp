@@ -87,8 +87,14 @@ std::vector<double> cgs2(const Context& ctx, MatrixView<const T> v, MatrixView<T
   if (scratch.size() < nv * nw) scratch = Array<T>(ctx, {nv * nw});
   MatrixView<T> c{scratch.data(), nv, nw, nw, ctx.backend(), ctx.device()};
   for (int pass = 0; pass < 2; ++pass) {
-    blas::gemm<T>(ctx, Op::none, Op::trans, T(1), v, w, T(0), c);            // C = V W^T
-    blas::gemm<T>(ctx, Op::trans, Op::none, T(-1), c, v, T(1), w);            // W -= C^T V
+    if (nw == 1) {  // one vector: GEMV streams V once, where a one-column GEMM packs all of it
+      const VectorView<T> cv{c.data, nv, 1, c.backend, c.device}, wr = w.row(0);
+      blas::gemv<T>(ctx, Op::none, T(1), v, VectorView<const T>(wr), T(0), cv);    // c = V w
+      blas::gemv<T>(ctx, Op::trans, T(-1), v, VectorView<const T>(cv), T(1), wr);  // w -= V^T c
+    } else {
+      blas::gemm<T>(ctx, Op::none, Op::trans, T(1), v, w, T(0), c);  // C = V W^T
+      blas::gemm<T>(ctx, Op::trans, Op::none, T(-1), c, v, T(1), w);  // W -= C^T V
+    }
     const auto h = to_host_doubles<T>(ctx, c);
     for (std::size_t i = 0; i < h.size(); ++i) total[i] += h[i];
   }
