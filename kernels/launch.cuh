@@ -116,6 +116,19 @@ void parallel_for_2d(const Context& ctx, index_t rows, index_t cols, F body) {
   for (index_t i = 0; i < rows; ++i) row(i);
 }
 
+// A functor's rows: f(r, c) is one element (one launch on cuda), f.row(r) a whole row (on host the
+// rows are shared among threads, serially below kSerialBelow elements as parallel_for_2d), so the
+// host row loop can be written for the compiler to vectorize.
+template <class F>
+void all_rows(const Context& ctx, index_t rows, index_t cols, const F& f) {
+  if (ctx.is_cuda()) {
+    parallel_for_2d(ctx, rows, cols, f);
+    return;
+  }
+  host_parallel_for(
+      ctx, rows, [&f](index_t r) { f.row(r); }, (kSerialBelow + cols - 1) / (cols > 1 ? cols : 1));
+}
+
 // Sum of body(i) (a double) over i in [0, n), returned to the host (on cuda this waits for the
 // stream). The host sum is deterministic: fixed blocks of items, blocks added in order, so the
 // result does not depend on the thread count.

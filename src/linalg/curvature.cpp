@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "core/buffer.hpp"
+#include "core/one_blas_thread.hpp"
 #include "dynascope/engine.hpp"
 #include "dynascope/losses.hpp"
 #include "linalg/operator_checks.hpp"
@@ -42,22 +43,7 @@ namespace {
 // many rows; at 256 the first layer's single-thread sgemm still runs at its full rate).
 constexpr index_t kMinChunkRows = 256;
 
-// Inside the chunks' parallel region every BLAS call runs on its own thread: the OpenMP build of
-// OpenBLAS threads a call with the calling thread's nthreads ICV, so the ICV is 1 for the scope.
-class OneBlasThread {
- public:
-  OneBlasThread() : saved_(omp_get_max_threads()) {
-    if (saved_ != 1) omp_set_num_threads(1);
-  }
-  ~OneBlasThread() {
-    if (omp_get_max_threads() != saved_) omp_set_num_threads(saved_);
-  }
-  OneBlasThread(const OneBlasThread&) = delete;
-  OneBlasThread& operator=(const OneBlasThread&) = delete;
-
- private:
-  int saved_;
-};
+using detail::OneBlasThread;
 
 int host_threads(const Context& ctx) { return ctx.threads() > 0 ? ctx.threads() : omp_get_max_threads(); }
 

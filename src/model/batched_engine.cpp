@@ -20,6 +20,7 @@
 
 #include "core/buffer.hpp"
 #include "core/checks.hpp"
+#include "core/one_blas_thread.hpp"
 #include "dynascope/blas.hpp"
 #include "kernels/activation.cuh"
 #include "kernels/launch.cuh"
@@ -50,23 +51,7 @@ void set_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, index_t m, index_t n, inde
   cblas_dgemm(CblasRowMajor, ta, tb, int(m), int(n), int(k), alpha, a, int(lda), b, int(ldb), 0.0, c, int(ldc));
 }
 
-// The OpenMP build of OpenBLAS threads a call with the calling thread's nthreads ICV unless it is
-// inside an active parallel region. A one-thread team is not active, so the ICV is set to 1 for
-// the scope (and restored): inside the per-set schedule every BLAS call runs on its own thread.
-class OneBlasThread {
- public:
-  OneBlasThread() : saved_(omp_get_max_threads()) {
-    if (saved_ != 1) omp_set_num_threads(1);
-  }
-  ~OneBlasThread() {
-    if (omp_get_max_threads() != saved_) omp_set_num_threads(saved_);
-  }
-  OneBlasThread(const OneBlasThread&) = delete;
-  OneBlasThread& operator=(const OneBlasThread&) = delete;
-
- private:
-  int saved_;
-};
+using detail::OneBlasThread;
 
 // body(c) for every set c, the sets handed out one at a time to the context's threads, each body
 // on one thread with one-thread BLAS (a thread that loses its core to another process delays only
@@ -162,18 +147,6 @@ struct TimesDerivative {
 template <class F>
 void serial_rows(index_t r0, index_t r1, const F& f) {
   for (index_t r = r0; r < r1; ++r) f.row(r);
-}
-
-// All rows of f: one launch on cuda; on host the rows shared among threads (serially below
-// kSerialBelow elements, as parallel_for_2d).
-template <class F>
-void all_rows(const Context& ctx, index_t rows, index_t cols, const F& f) {
-  if (ctx.is_cuda()) {
-    kern::parallel_for_2d(ctx, rows, cols, f);
-    return;
-  }
-  kern::host_parallel_for(
-      ctx, rows, [&f](index_t r) { f.row(r); }, (kern::kSerialBelow + cols - 1) / std::max<index_t>(cols, 1));
 }
 
 template <class T>
@@ -345,7 +318,7 @@ MatrixView<const T> BatchedMlpEngine<T>::Impl::forward(MatrixView<const T> param
     T* al = hidden ? a[std::size_t(l)].data() : zl;
     const kern::ActParams ap = act(l);
     const T* b = bias ? params.data + spec.bias_offset(l - 1) : nullptr;
-    DYNASCOPE_WITH_ACT(ap.kind, A, all_rows(ctx, rows, o, BiasActivation<T, A>{zl, al, b, pld, n, o, bscale, ap.slope}));
+    DYNASCOPE_WITH_ACT(ap.kind, A, kern::all_rows(ctx, rows, o, BiasActivation<T, A>{zl, al, b, pld, n, o, bscale, ap.slope}));
   }
   return out;
 }
@@ -454,7 +427,7 @@ void BatchedMlpEngine<T>::backprop(MatrixView<const T> params, MatrixView<const 
                                   MatrixView<T>{below, n, in, in, s.ctx.backend(), s.ctx.device()}, n * in, sets);
     const kern::ActParams ap = s.act(l - 1);
     const T* zp = s.z[std::size_t(l - 1)].data();
-    DYNASCOPE_WITH_ACT(ap.kind, A, all_rows(s.ctx, rows, in, TimesDerivative<T, A>{below, zp, in, ap.slope}));
+    DYNASCOPE_WITH_ACT(ap.kind, A, kern::all_rows(s.ctx, rows, in, TimesDerivative<T, A>{below, zp, in, ap.slope}));
   }
 }
 

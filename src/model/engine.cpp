@@ -212,18 +212,6 @@ struct TangentDelta {
   }
 };
 
-// All rows of f: one launch on cuda; on host the rows shared among threads (serially below
-// kSerialBelow elements, as parallel_for_2d).
-template <class F>
-void all_rows(const Context& ctx, index_t rows, index_t cols, const F& f) {
-  if (ctx.is_cuda()) {
-    kern::parallel_for_2d(ctx, rows, cols, f);
-    return;
-  }
-  kern::host_parallel_for(
-      ctx, rows, [&f](index_t r) { f.row(r); }, (kern::kSerialBelow + cols - 1) / std::max<index_t>(cols, 1));
-}
-
 }  // namespace
 
 // z_l = c_l a_{l-1} W_l^T + beta b_l ;  a_l = sigma_l(z_l)
@@ -280,7 +268,7 @@ void MlpEngine<T>::backprop(const T* params, MatrixView<const T> cotangents, ind
     const kern::ActParams act = s.act(l - 1);
     // the same sample in every block
     DYNASCOPE_WITH_ACT(act.kind, A,
-                       all_rows(s.ctx, rows, in, TangentDelta<T, A>{below.data, zp, nullptr, nullptr, n, in, act.slope}));
+                       kern::all_rows(s.ctx, rows, in, TangentDelta<T, A>{below.data, zp, nullptr, nullptr, n, in, act.slope}));
   }
   s.have_backprop = true;
 }
@@ -391,7 +379,7 @@ void tangent_sweep(Impl& s, const T* params, MatrixView<const T> tangents, Matri
     }
     // zdot of a hidden layer is a contiguous buffer (zld = o)
     DYNASCOPE_WITH_ACT(act.kind, A,
-                       all_rows(s.ctx, rows, o,
+                       kern::all_rows(s.ctx, rows, o,
                                 TangentActivation<T, A>{zdot.data, zdot.data, zp, bdot, tld, n, o, beta, false, act.slope}));
     prev = zdot;
   }
@@ -506,7 +494,7 @@ MatrixView<const T> MlpEngine<T>::hvp_forward(const T* params, MatrixView<const 
     const kern::ActParams act = s.act(l);
     const bool keep = !piecewise_linear(act.kind);
     DYNASCOPE_WITH_ACT(act.kind, A,
-                       all_rows(s.ctx, rows, o,
+                       kern::all_rows(s.ctx, rows, o,
                                 TangentActivation<T, A>{zd.data, ad.data, zp, bdot, tld, n, o, beta, keep, act.slope}));
   }
   s.hvp_k = k;
@@ -565,7 +553,7 @@ void MlpEngine<T>::hvp_backward(const T* params, MatrixView<const T> gdot, Matri
     const T* cv = smooth ? s.curv[std::size_t(l - 1)].data() : nullptr;
     const T* zd = smooth ? s.zdot[std::size_t(l - 1)].data() : nullptr;
     DYNASCOPE_WITH_ACT(act.kind, A,
-                       all_rows(s.ctx, rows, in, TangentDelta<T, A>{below.data, zp, cv, zd, n, in, act.slope}));
+                       kern::all_rows(s.ctx, rows, in, TangentDelta<T, A>{below.data, zp, cv, zd, n, in, act.slope}));
     dd = below;
   }
 }
