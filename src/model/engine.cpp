@@ -425,7 +425,6 @@ void MlpEngine<T>::jvp_inputs(const T* params, MatrixView<const T> tangents, ind
 // more, +11% here). The elementwise work (bias tangent, sigma', the sigma'' term) is one pass per
 // layer and direction, fused after the GEMMs.
 
-
 // delta_L = g ;  u = c_l delta_l W_l ;  delta_{l-1} = u sigma'(z_{l-1}) ;  curv_{l-1} = u sigma''(z_{l-1})
 template <class T>
 void MlpEngine<T>::hvp_prepare(const T* params, MatrixView<const T> g) {
