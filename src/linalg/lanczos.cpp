@@ -77,6 +77,14 @@ void apply_blocks(LinearOperator<T>& op, MatrixView<const T> x, MatrixView<T> y,
   }
 }
 
+// w -= V^T (V w) for one vector w, the coefficients V w left in c: two GEMVs, which stream V once
+// each, where a GEMM with one column would pack all of V first.
+template <class T>
+void project_out_row(const Context& ctx, MatrixView<const T> v, VectorView<T> w, VectorView<T> c) {
+  blas::gemv<T>(ctx, Op::none, T(1), v, VectorView<const T>(w), T(0), c);   // c = V w
+  blas::gemv<T>(ctx, Op::trans, T(-1), v, VectorView<const T>(c), T(1), w);  // w -= V^T c
+}
+
 // y -= V^T (V y) twice for the rows of W against the rows of V; returns the accumulated
 // coefficients C [rows(V), rows(W)] in float64.
 template <class T>
@@ -87,10 +95,8 @@ std::vector<double> cgs2(const Context& ctx, MatrixView<const T> v, MatrixView<T
   if (scratch.size() < nv * nw) scratch = Array<T>(ctx, {nv * nw});
   MatrixView<T> c{scratch.data(), nv, nw, nw, ctx.backend(), ctx.device()};
   for (int pass = 0; pass < 2; ++pass) {
-    if (nw == 1) {  // one vector: GEMV streams V once, where a one-column GEMM packs all of it
-      const VectorView<T> cv{c.data, nv, 1, c.backend, c.device}, wr = w.row(0);
-      blas::gemv<T>(ctx, Op::none, T(1), v, VectorView<const T>(wr), T(0), cv);    // c = V w
-      blas::gemv<T>(ctx, Op::trans, T(-1), v, VectorView<const T>(cv), T(1), wr);  // w -= V^T c
+    if (nw == 1) {
+      project_out_row<T>(ctx, v, w.row(0), {c.data, nv, 1, c.backend, c.device});
     } else {
       blas::gemm<T>(ctx, Op::none, Op::trans, T(1), v, w, T(0), c);  // C = V W^T
       blas::gemm<T>(ctx, Op::trans, Op::none, T(-1), c, v, T(1), w);  // W -= C^T V
@@ -106,22 +112,21 @@ std::vector<double> cgs2(const Context& ctx, MatrixView<const T> v, MatrixView<T
 // Gragg, Kaufman and Stewart), which keeps w orthogonal to V's rows to working precision. Most
 // Lanczos steps need one pass: half the memory traffic of cgs2, the largest cost of SLQ's full
 // reorthogonalization after the operator's products.
+// Returns ||w|| after (the caller's next Lanczos coefficient, without another norm).
 template <class T>
-void cgs_dgks(const Context& ctx, MatrixView<const T> v, MatrixView<T> w, Array<T>& scratch) {
-  if (v.rows == 0) return;
+double cgs_dgks(const Context& ctx, MatrixView<const T> v, MatrixView<T> w, Array<T>& scratch) {
+  double norm = double(blas::nrm2<T>(ctx, MatrixView<const T>(w).row(0)));
+  if (v.rows == 0) return norm;
   if (scratch.size() < v.rows) scratch = Array<T>(ctx, {v.rows});
-  // Matrix-vector products (GEMV: V streamed once each, no packing of V as a GEMM with one
-  // column would do).
   const VectorView<T> c{scratch.data(), v.rows, 1, ctx.backend(), ctx.device()};
-  const VectorView<T> wr = w.row(0);
-  double before = double(blas::nrm2<T>(ctx, MatrixView<const T>(w).row(0)));
   for (int pass = 0; pass < 2; ++pass) {
-    blas::gemv<T>(ctx, Op::none, T(1), v, VectorView<const T>(wr), T(0), c);  // c = V w
-    blas::gemv<T>(ctx, Op::trans, T(-1), v, VectorView<const T>(c), T(1), wr);  // w -= V^T c
+    project_out_row<T>(ctx, v, w.row(0), c);
     const double after = double(blas::nrm2<T>(ctx, MatrixView<const T>(w).row(0)));
-    if (!(after < std::sqrt(0.5) * before)) return;
-    before = after;
+    const bool enough = !(after < std::sqrt(0.5) * norm);
+    norm = after;
+    if (enough) break;
   }
+  return norm;
 }
 
 // Orthonormal rows Q spanning W's rows and orthogonal to V (W must already be orthogonal to V);
@@ -743,8 +748,7 @@ SpectralDensity slq(LinearOperator<T>& op, const SlqOptions& o) {
       const double a = double(blas::dot<T>(ctx, MatrixView<const T>(wp).row(0), MatrixView<const T>(cur.matrix()).row(p)));
       alpha[std::size_t(p)].push_back(a);
       // Full reorthogonalization against this probe's basis (CGS, twice when DGKS asks).
-      cgs_dgks<T>(ctx, MatrixView<const T>(basis.matrix().block(p * m, 0, t + 1, n)), wp, scratch);
-      const double bn = double(blas::nrm2<T>(ctx, MatrixView<const T>(wp).row(0)));
+      const double bn = cgs_dgks<T>(ctx, MatrixView<const T>(basis.matrix().block(p * m, 0, t + 1, n)), wp, scratch);
       if (t + 1 < m) {
         if (!(bn > 1e-12 * std::max(1.0, std::abs(a)))) {
           len[std::size_t(p)] = t + 1;  // invariant subspace: the quadrature is exact already

@@ -323,6 +323,25 @@ double gram(const Context& ctx, MatrixView<const T> x, MatrixView<const T> y, bo
   return 2.0 * double(x.rows) * double(y.rows) * double(x.cols);
 }
 
+// Full mode: the delta Gram of layer l for the panel of samples [p0, p1) of f1 against the samples
+// of f2 from c0 on (c0 = p0 on a diagonal tile of the symmetric kernel: the panel's own block by
+// SYRK, the rest by GEMM; else c0 = 0, one GEMM), [(p1 - p0) o, (b2 - c0) o] in `buf`. Returns
+// the flops done.
+template <class T>
+double full_delta_panel(const Context& ctx, const Features<T>& f1, const Features<T>& f2, index_t l, index_t o,
+                        index_t out, index_t p0, index_t p1, index_t b2, bool same, Buffer<T>& buf, MatrixView<T>& g) {
+  const index_t c0 = same ? p0 : 0, rows = (p1 - p0) * o;
+  g = buf.reserve(ctx, rows, (b2 - c0) * o);
+  const MatrixView<const T> d1 = f1.deltas(l, o), d2 = f2.deltas(l, o);
+  const MatrixView<const T> r1{d1.data + p0 * o * out, rows, out, out, d1.backend, d1.device};
+  const MatrixView<const T> r2{d2.data + (same ? p1 : 0) * o * out, (b2 - (same ? p1 : 0)) * o, out, out, d2.backend,
+                               d2.device};
+  if (!same) return gram<T>(ctx, r1, r2, false, g);
+  double flops = gram<T>(ctx, r1, r1, true, g.block(0, 0, rows, rows));
+  if (p1 < b2) flops += gram<T>(ctx, r1, r2, false, g.block(0, rows, rows, (b2 - p1) * o));
+  return flops;
+}
+
 // Full mode, panel [p0, p1) of a tile: dst[r, m*o + q] (+)= (w ga(n, m) + bb) * G[r, m*o + q] for its rows
 // r = n*o + a and the columns of samples m in [c0, c1), with G the panel's delta Gram gp (its row 0 is
 // row p0*o, its column 0 column c0*o) or, for the output layer, I_O (G = 1 where q == a).
@@ -381,7 +400,7 @@ void full_tile_fused(const Context& ctx, const MlpSpec& s, const Features<T>& f1
   const index_t o = s.outputs(), L = s.layers();
   const bool same = &f1 == &f2;
   scratch.ga.resize(std::size_t(L));
-  scratch.gd.resize(std::size_t(L));
+  scratch.gd.resize(std::size_t(L - 1));  // layers below the output one
   FusedLayers<T> fl;
   fl.count = static_cast<int>(L);
   auto t0 = std::chrono::steady_clock::now();
@@ -399,17 +418,8 @@ void full_tile_fused(const Context& ctx, const MlpSpec& s, const Features<T>& f1
     const index_t p1 = std::min(b1, p0 + panel), c0 = same ? p0 : 0, rows = (p1 - p0) * o;
     for (index_t l = 1; l < L; ++l) {
       const index_t out = s.widths[std::size_t(l)];
-      MatrixView<T> g = scratch.gd[std::size_t(l - 1)].reserve(ctx, rows, (b2 - c0) * o);
-      const MatrixView<const T> d1 = f1.deltas(l, o), d2 = f2.deltas(l, o);
-      const MatrixView<const T> r1{d1.data + p0 * o * out, rows, out, out, d1.backend, d1.device};
-      if (same) {
-        flops += gram<T>(ctx, r1, r1, true, g.block(0, 0, rows, rows));
-        if (p1 < b2)
-          flops += gram<T>(ctx, r1, {d2.data + p1 * o * out, (b2 - p1) * o, out, out, d2.backend, d2.device}, false,
-                           g.block(0, rows, rows, (b2 - p1) * o));
-      } else {
-        flops += gram<T>(ctx, r1, {d2.data, b2 * o, out, out, d2.backend, d2.device}, false, g);
-      }
+      MatrixView<T> g;
+      flops += full_delta_panel<T>(ctx, f1, f2, l, o, out, p0, p1, b2, same, scratch.gd[std::size_t(l - 1)], g);
       fl.gp[l - 1] = g.data;
       fl.gp_ld[l - 1] = g.ld;
     }
@@ -504,18 +514,8 @@ void structured_tile(const Context& ctx, const MlpSpec& s, Outputs mode, const F
           MatrixView<const T> gp;
           if (!output_layer) {
             const auto tg = std::chrono::steady_clock::now();
-            MatrixView<T> g = gd_buf.reserve(ctx, (p1 - p0) * o, (b2 - c0) * o);
-            const MatrixView<const T> d1 = f1.deltas(l, k), d2 = f2.deltas(l, k);
-            const MatrixView<const T> rows{d1.data + p0 * o * out, (p1 - p0) * o, out, out, d1.backend, d1.device};
-            double pf = 0;
-            if (same) {
-              pf += gram<T>(ctx, rows, rows, true, g.block(0, 0, (p1 - p0) * o, (p1 - p0) * o));
-              if (p1 < b2)
-                pf += gram<T>(ctx, rows, {d2.data + p1 * o * out, (b2 - p1) * o, out, out, d2.backend, d2.device}, false,
-                              g.block(0, (p1 - p0) * o, (p1 - p0) * o, (b2 - p1) * o));
-            } else {
-              pf += gram<T>(ctx, rows, {d2.data, b2 * o, out, out, d2.backend, d2.device}, false, g);
-            }
+            MatrixView<T> g;
+            const double pf = full_delta_panel<T>(ctx, f1, f2, l, o, out, p0, p1, b2, same, gd_buf, g);
             gp = g;
             if (ctx.is_host()) {
               info.gram_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - tg).count();

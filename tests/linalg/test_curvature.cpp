@@ -39,6 +39,39 @@ struct Problem {
     e.param_grads({grad.data(), 1, spec.num_params(), spec.num_params()});
     return grad;
   }
+  // The Jacobian [n*O, P] (row i*O + a) from per-sample gradients of each output.
+  std::vector<double> jacobian(const Context& ctx) const {
+    const index_t P = spec.num_params(), D = spec.inputs(), O = spec.outputs();
+    std::vector<double> jac(static_cast<std::size_t>(n * O * P));
+    for (index_t a = 0; a < O; ++a) {
+      std::vector<double> cot(std::size_t(n * O), 0.0), g(static_cast<std::size_t>(n * P));
+      for (index_t i = 0; i < n; ++i) cot[std::size_t(i * O + a)] = 1.0;
+      model::per_sample_gradients<double>(ctx, spec, w.data(), {x.data(), n, D, D}, {cot.data(), n, O, O},
+                                          {g.data(), n, P, P});
+      for (index_t i = 0; i < n; ++i)
+        for (index_t p = 0; p < P; ++p) jac[std::size_t((i * O + a) * P + p)] = g[std::size_t(i * P + p)];
+    }
+    return jac;
+  }
+  // The loss's Hessian in output space [n, O, O], written out: mse 2/(nO) I; xent
+  // (diag p - p p^T)/n per sample, p the softmax of the naive forward pass.
+  std::vector<double> output_hessian() const {
+    const index_t O = spec.outputs();
+    const auto f = test::naive_forward(spec, w, x, n);
+    std::vector<double> hl(std::size_t(n * O * O), 0.0);
+    for (index_t i = 0; i < n; ++i) {
+      std::vector<double> p(static_cast<std::size_t>(O));
+      double mx = -1e300, se = 0;
+      for (index_t a = 0; a < O; ++a) mx = std::max(mx, f[std::size_t(i * O + a)]);
+      for (index_t a = 0; a < O; ++a) se += std::exp(f[std::size_t(i * O + a)] - mx);
+      for (index_t a = 0; a < O; ++a) p[std::size_t(a)] = std::exp(f[std::size_t(i * O + a)] - mx) / se;
+      for (index_t a = 0; a < O; ++a)
+        for (index_t b = 0; b < O; ++b)
+          hl[std::size_t((i * O + a) * O + b)] = loss == Loss::mse ? (a == b ? 2.0 / double(n * O) : 0.0)
+                                                                   : ((a == b ? p[std::size_t(a)] : 0.0) - p[std::size_t(a)] * p[std::size_t(b)]) / double(n);
+    }
+    return hl;
+  }
 };
 
 Problem make_problem(const std::string& arch, const std::string& act, Loss loss, unsigned seed) {
@@ -111,29 +144,7 @@ TEST(Curvature, GaussNewtonEqualsJtHJFromExplicitJacobians) {
     const Problem pb = make_problem("4-6-3", "tanh", loss, 21);
     const index_t P = pb.spec.num_params(), D = pb.spec.inputs(), O = pb.spec.outputs(), n = pb.n;
     Context ctx = Context::host();
-    // Jacobian rows (n, a) from per-sample gradients of each output.
-    std::vector<double> jac(static_cast<std::size_t>(n * O * P));
-    for (index_t a = 0; a < O; ++a) {
-      std::vector<double> cot(std::size_t(n * O), 0.0), g(static_cast<std::size_t>(n * P));
-      for (index_t i = 0; i < n; ++i) cot[std::size_t(i * O + a)] = 1.0;
-      model::per_sample_gradients<double>(ctx, pb.spec, pb.w.data(), {pb.x.data(), n, D, D}, {cot.data(), n, O, O}, {g.data(), n, P, P});
-      for (index_t i = 0; i < n; ++i)
-        for (index_t p = 0; p < P; ++p) jac[std::size_t((i * O + a) * P + p)] = g[std::size_t(i * P + p)];
-    }
-    // Output-space loss Hessian, written out: mse 2/(nO) I; xent (diag p - p p^T)/n per sample.
-    const auto f = test::naive_forward(pb.spec, pb.w, pb.x, n);
-    std::vector<double> hl(std::size_t(n * O * O), 0.0);
-    for (index_t i = 0; i < n; ++i) {
-      std::vector<double> p(static_cast<std::size_t>(O));
-      double mx = -1e300, se = 0;
-      for (index_t a = 0; a < O; ++a) mx = std::max(mx, f[std::size_t(i * O + a)]);
-      for (index_t a = 0; a < O; ++a) se += std::exp(f[std::size_t(i * O + a)] - mx);
-      for (index_t a = 0; a < O; ++a) p[std::size_t(a)] = std::exp(f[std::size_t(i * O + a)] - mx) / se;
-      for (index_t a = 0; a < O; ++a)
-        for (index_t b = 0; b < O; ++b)
-          hl[std::size_t((i * O + a) * O + b)] = loss == Loss::mse ? (a == b ? 2.0 / double(n * O) : 0.0)
-                                                                   : ((a == b ? p[std::size_t(a)] : 0.0) - p[std::size_t(a)] * p[std::size_t(b)]) / double(n);
-    }
+    const std::vector<double> jac = pb.jacobian(ctx), hl = pb.output_hessian();
     linalg::CurvatureOperator<double> ggn(ctx, linalg::Curvature::gauss_newton, pb.spec, pb.w.data(), {pb.x.data(), n, D, D},
                                           pb.targets(), loss);
     std::vector<double> eye(std::size_t(P * P), 0.0), g(static_cast<std::size_t>(P * P));
@@ -255,27 +266,12 @@ TEST_P(CurvatureShortcuts, GaussNewtonAgreesWithExplicitJacobiansInChunksAndBloc
   const Problem pb = problem();
   const index_t P = pb.spec.num_params(), D = pb.spec.inputs(), O = pb.spec.outputs(), n = pb.n;
   Context ctx = Context::host(2);
-  std::vector<double> jac(static_cast<std::size_t>(n * O * P));
-  for (index_t a = 0; a < O; ++a) {
-    std::vector<double> cot(std::size_t(n * O), 0.0), g(static_cast<std::size_t>(n * P));
-    for (index_t i = 0; i < n; ++i) cot[std::size_t(i * O + a)] = 1.0;
-    model::per_sample_gradients<double>(ctx, pb.spec, pb.w.data(), {pb.x.data(), n, D, D}, {cot.data(), n, O, O},
-                                        {g.data(), n, P, P});
-    for (index_t i = 0; i < n; ++i)
-      for (index_t p = 0; p < P; ++p) jac[std::size_t((i * O + a) * P + p)] = g[std::size_t(i * P + p)];
-  }
-  const auto f = test::naive_forward(pb.spec, pb.w, pb.x, n);
+  const std::vector<double> jac = pb.jacobian(ctx), hessians = pb.output_hessian();
   std::vector<double> ref(std::size_t(P * P), 0.0);
   for (index_t i = 0; i < n; ++i) {
-    std::vector<double> p(static_cast<std::size_t>(O));
-    double mx = -1e300, se = 0;
-    for (index_t a = 0; a < O; ++a) mx = std::max(mx, f[std::size_t(i * O + a)]);
-    for (index_t a = 0; a < O; ++a) se += std::exp(f[std::size_t(i * O + a)] - mx);
-    for (index_t a = 0; a < O; ++a) p[std::size_t(a)] = std::exp(f[std::size_t(i * O + a)] - mx) / se;
     for (index_t a = 0; a < O; ++a)
       for (index_t b = 0; b < O; ++b) {
-        const double hl = pb.loss == Loss::mse ? (a == b ? 2.0 / double(n * O) : 0.0)
-                                               : ((a == b ? p[std::size_t(a)] : 0.0) - p[std::size_t(a)] * p[std::size_t(b)]) / double(n);
+        const double hl = hessians[std::size_t((i * O + a) * O + b)];
         if (hl == 0) continue;
         for (index_t r = 0; r < P; ++r)
           for (index_t c = 0; c < P; ++c)
