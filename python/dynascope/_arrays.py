@@ -3,6 +3,8 @@ allocated in that framework. Nothing here copies an input."""
 
 from __future__ import annotations
 
+import sys
+import time
 from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
@@ -130,17 +132,53 @@ def empty(fw: str, shape: Sequence[int], dtype: str, device: str = "cpu") -> Any
         return torch.empty(tuple(shape), dtype=getattr(torch, dtype), device=device)
     if device != "cpu":
         raise InvalidArgument(f"an output on {device} needs a torch caller")
+    if fw == "jax":
+        return aligned_empty(shape, dtype)
     return np.empty(tuple(shape), dtype=dtype)
+
+
+# JAX adopts a NumPy buffer through DLPack without a copy only when it starts on a 64-byte boundary
+# (XLA's CPU alignment); NumPy's allocator gives 16.
+_JAX_ALIGN = 64
+
+
+def aligned_empty(shape: Sequence[int], dtype: str) -> np.ndarray:
+    """An uninitialised C-contiguous NumPy array whose data starts on a 64-byte boundary, so that
+    `to_framework` hands it to JAX without a copy."""
+    dt = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    raw = np.empty(n + _JAX_ALIGN, dtype=np.uint8)
+    off = (-raw.ctypes.data) % _JAX_ALIGN
+    return raw[off:off + n].view(dt).reshape(tuple(shape))
 
 
 def to_framework(fw: str, out: Any) -> Any:
     """An output written by the core, handed to the caller's framework: NumPy and torch arrays are
-    returned as they are; for JAX the NumPy buffer goes through DLPack (``jax.numpy.asarray`` on
-    the CPU device; JAX may copy it once when it cannot adopt the buffer)."""
+    returned as they are. JAX adopts an output from `empty` (64-byte aligned) through DLPack, with no
+    copy; any other NumPy array it gets as a copy by ``jax.numpy.asarray``.
+
+    Never a DLPack import that JAX must copy: jaxlib (0.4) copies a large unaligned buffer on a
+    worker thread and then releases the NumPy array there, under the GIL; when that comes while the
+    interpreter shuts down (the import was among a script's last lines), Python ends the worker and
+    JAX waits for it forever at exit, so the script hangs after it has finished. ``asarray`` hands
+    the release to the thread that holds the GIL instead."""
     if fw != "jax" or out is None:
         return out
     import jax.numpy as jnp
-    return jnp.from_dlpack(out) if hasattr(jnp, "from_dlpack") else jnp.asarray(out)
+    a = np.asarray(out)
+    if (hasattr(jnp, "from_dlpack") and a.size > 0 and a.dtype != np.bool_ and a.flags.c_contiguous
+            and a.ctypes.data % _JAX_ALIGN == 0):
+        refs = sys.getrefcount(a)
+        x = jnp.from_dlpack(a)
+        pointer = getattr(x, "unsafe_buffer_pointer", None)
+        if pointer is not None and pointer() == a.ctypes.data:
+            return x   # adopted: JAX releases `a` when x dies, on the thread that deletes x
+        # JAX copied after all: wait (GIL released) until its worker has let go of `a`.
+        deadline = time.monotonic() + 2.0
+        while sys.getrefcount(a) > refs and time.monotonic() < deadline:
+            time.sleep(1e-4)
+        return x
+    return jnp.asarray(a)
 
 
 def from_numpy(fw: str, a: np.ndarray) -> Any:

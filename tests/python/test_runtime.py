@@ -121,3 +121,56 @@ def test_jax_tracers_get_a_clear_error():
     mlp = dynascope.Mlp("3-4-2", rng.standard_normal(_n_params("3-4-2")).astype(np.float32))
     with pytest.raises(ValueError, match="x1: a JAX tracer .* computes eagerly"):
         jax.jit(lambda x: dynascope.ntk(mlp, x))(jax.numpy.ones((2, 3), dtype=jax.numpy.float32))
+
+
+def test_jax_outputs_are_adopted_without_a_copy_and_nothing_else_goes_through_dlpack(monkeypatch):
+    # jaxlib 0.4 copies a DLPack buffer it cannot adopt on a worker thread and releases the NumPy
+    # array there under the GIL; at interpreter shutdown that hangs the process at exit. So outputs
+    # are allocated where JAX adopts them, and anything else goes through jax.numpy.asarray.
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+    from jax.experimental import enable_x64
+    from dynascope import _arrays
+    for shape, dtype in (((300, 257), "float32"), ((3, 5, 7), "float64"), ((0, 4), "float32"), ((1,), "int64")):
+        with enable_x64():   # JAX without x64 turns 64-bit arrays into 32-bit copies
+            out = _arrays.empty("jax", shape, dtype)
+            assert out.shape == shape and out.dtype == np.dtype(dtype) and out.flags.c_contiguous
+            assert out.size == 0 or out.ctypes.data % 64 == 0
+            out[...] = np.arange(out.size).reshape(shape)
+            x = _arrays.to_framework("jax", out)
+            assert isinstance(x, jax.Array) and x.shape == shape and x.dtype == out.dtype
+            np.testing.assert_array_equal(np.asarray(x), out)
+            if out.size:
+                assert x.unsafe_buffer_pointer() == out.ctypes.data   # adopted, not copied
+    calls = []
+    real = jnp.from_dlpack
+    monkeypatch.setattr(jnp, "from_dlpack", lambda a, *args, **kw: calls.append(a) or real(a, *args, **kw))
+    base = np.random.default_rng(0).standard_normal(40_008)
+    with enable_x64():
+        for a in (base[1:40_001], base[:40_000].reshape(200, 200)[:, ::2], base.astype(np.float32)[3:30_003]):
+            x = _arrays.to_framework("jax", a)   # unaligned or strided: a copy, never through DLPack
+            assert x.dtype == a.dtype
+            np.testing.assert_array_equal(np.asarray(x), a)
+    assert calls == []
+
+
+def test_a_script_ending_with_jax_results_exits():
+    # The hang this guards against (see the test above) came 1 run in 5 on an idle machine, so a
+    # few runs of each script catch a regression almost surely; each run takes about a second.
+    pytest.importorskip("jax")
+    import os
+    import subprocess
+    script = ("import jax, jax.numpy as jnp, numpy as np, dynascope\n"
+              "jax.config.update('jax_enable_x64', True)\n"
+              "h = jnp.asarray([0.5, 1.0, 2.0])\n"
+              "vg = jax.jit(jax.vmap(jax.value_and_grad(lambda w: 0.5 * jnp.sum(h * w ** 2))))\n"
+              "r = dynascope.llc(lambda p, b: vg(p), w_star=jnp.zeros(3), n=1000, nbeta=100.0, epsilon=1e-3,\n"
+              "                  chains=8, draws=2000, burnin=10, progress=False)\n"
+              "x = jnp.asarray(np.random.default_rng(0).standard_normal((200, 300)))\n"
+              "k = dynascope.ntk(dynascope.Mlp('300-64-10', jnp.zeros(300 * 64 + 64 + 64 * 10 + 10)), x)\n")
+    env = dict(os.environ)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(dynascope.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [package_root, env.get("PYTHONPATH", "")] if p)
+    for _ in range(4):
+        r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
