@@ -4,7 +4,11 @@
 
 #include <atomic>
 #include <filesystem>
+#include <cstdlib>
 #include <random>
+#include <stdexcept>
+#include <string>
+#include <system_error>
 #include <unistd.h>
 
 namespace dynascope::test {
@@ -37,11 +41,31 @@ Array<T> random_array(const Context& host, Shape shape, unsigned seed) {
 template Array<float> random_array<float>(const Context&, Shape, unsigned);
 template Array<double> random_array<double>(const Context&, Shape, unsigned);
 
+namespace {
+
+// This process's own temporary folder, made by mkdtemp (a name no other process has, even one that
+// reuses this pid: a folder named by the pid alone could hold a file left by an earlier test, which
+// broke "nothing under the name before commit" checks), and removed when the process exits.
+// (Never destroyed, so that the exit handler can still read it.)
+const std::filesystem::path& temp_dir() {
+  static const std::filesystem::path* const dir = [] {
+    std::string pattern = (std::filesystem::temp_directory_path() / "dynascope_test_XXXXXX").string();
+    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + pattern);
+    auto* made = new std::filesystem::path(pattern);
+    std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove_all(temp_dir(), ec);
+    });
+    return made;
+  }();
+  return *dir;
+}
+
+}  // namespace
+
 std::string temp_path(const std::string& name) {
   static std::atomic<int> counter{0};
-  const auto dir = std::filesystem::temp_directory_path() / ("dynascope_test_" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  return (dir / (std::to_string(counter++) + "_" + name)).string();
+  return (temp_dir() / (std::to_string(counter++) + "_" + name)).string();
 }
 
 }  // namespace dynascope::test
