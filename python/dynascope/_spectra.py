@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional
 
+import threading
 import weakref
 
 import numpy as np
@@ -20,8 +21,8 @@ from ._runtime import ProgressArg, progress_callback
 from ._runtime import threads as _threads
 
 __all__ = ["EigenResult", "SpectralDensity", "TraceEstimate", "Operator", "CallbackOperator", "CurvatureOperator",
-           "TorchCurvatureOperator", "ntk_operator", "curvature_operator", "torch_curvature_operator", "eigsh",
-           "spectrum", "slq_density", "trace"]
+           "PreparedOperator", "TorchCurvatureOperator", "ntk_operator", "curvature_operator",
+           "torch_curvature_operator", "eigsh", "spectrum", "slq_density", "trace"]
 
 
 # ---------------------------------------------------------------- results
@@ -127,26 +128,82 @@ class Operator:
         return (self.size, self.size)
 
     def matmat(self, x: Any, threads: Optional[int] = None) -> Any:
-        """A X for X [n] or [n, b] (NumPy or torch, the operator's dtype); result in X's framework.
+        """A X for X [n] or [n, b] (NumPy, torch or JAX on the CPU, the operator's dtype); the
+        result in X's framework.
 
         The NTK and curvature operators are built for each call from their arrays as they are now
-        (forward pass, and gradient for curvature): pass many vectors as the columns of one X, or
-        use the solvers, which build the operator once for all their products."""
-        fw, _ = check_array(x, "x", None, self.dtype)
-        if x.ndim not in (1, 2) or x.shape[0] != self.size:
-            raise ShapeMismatch(f"x: expected [{self.size}] or [{self.size}, b], got shape {tuple(x.shape)}")
-        v = np.array(_to_numpy(host_view(x, "x")), dtype=self.dtype, order="C")
-        rows = v.reshape(1, -1) if v.ndim == 1 else np.ascontiguousarray(v.T)
-        out = np.empty_like(rows)
-        _core.operator_apply(self._core, rows, out, _threads(threads))
-        res = out.reshape(-1) if v.ndim == 1 else np.ascontiguousarray(out.T)
-        return from_numpy(fw, res)
+        (forward pass, and gradient for curvature): pass many vectors as the columns of one X, use
+        :meth:`prepared` for many calls, or the solvers, which build the operator once."""
+        nthreads = _threads(threads)
+        return _apply_columns(x, self.size, self.dtype,
+                              lambda rows, out: _core.operator_apply(self._core, rows, out, nthreads))
+
+    def __matmul__(self, x: Any) -> Any:
+        return self.matmat(x)
+
+    def prepared(self, threads: Optional[int] = None) -> "PreparedOperator":
+        """The operator built once, for many products: ``p = op.prepared(); p @ v1; p @ v2 ...``.
+
+        The NTK and curvature operators compute their forward pass, the loss gradient and their
+        workspaces here, once, instead of in every ``op @ X``. Their products combine that state
+        with the model and data they still read: after changing either, prepare again (the old
+        prepared operator would mix the two). ``threads``: host threads of the products (None:
+        ``os.cpu_count()``)."""
+        return PreparedOperator(self, _threads(threads))
+
+    def __repr__(self) -> str:
+        return f"dynascope.{type(self).__name__}(kind={self._core.kind!r}, size={self.size}, dtype={self.dtype})"
+
+
+def _apply_columns(x: Any, size: int, dtype: str, apply: Callable[[np.ndarray, np.ndarray], None]) -> Any:
+    """A X for X [n] or [n, b] through `apply(rows, out)` on rows [k, n] (the library's layout)."""
+    fw, _ = check_array(x, "x", None, dtype)
+    if x.ndim not in (1, 2) or x.shape[0] != size:
+        raise ShapeMismatch(f"x: expected [{size}] or [{size}, b], got shape {tuple(x.shape)}")
+    v = _to_numpy(host_view(x, "x"))
+    # rows [k, n]: a vector is read in place; a block's columns are copied once into rows
+    rows = np.ascontiguousarray(v, dtype=dtype).reshape(1, -1) if v.ndim == 1 else np.array(v.T, dtype=dtype,
+                                                                                              order="C")
+    out = np.empty_like(rows)
+    apply(rows, out)
+    res = out.reshape(-1) if v.ndim == 1 else np.ascontiguousarray(out.T)
+    return from_numpy(fw, res)
+
+
+class PreparedOperator:
+    """An operator built once for many products (see :meth:`Operator.prepared`).
+
+    ``p @ X`` and ``p.matmat(X)`` as for the operator; ``size``, ``dtype``, ``shape``,
+    ``framework``; for curvature ``loss_value``. The solvers accept it too (they build their own
+    operator from the same arrays, once). Calls from several threads are taken one at a time."""
+
+    def __init__(self, op: Operator, threads: int) -> None:
+        self.operator = op            # keeps the arrays the prepared products read alive
+        self.framework = op.framework
+        self._lock = threading.Lock()
+        self._core = _core.prepare_operator(op._core, threads)
+
+    size = property(lambda self: self._core.size)
+    dtype = property(lambda self: self._core.dtype)
+    shape = property(lambda self: (self._core.size, self._core.size))
+
+    @property
+    def loss_value(self) -> float:
+        """L(w) at the parameters it was prepared at (curvature operators only)."""
+        return _core.prepared_loss_value(self._core)
+
+    def matmat(self, x: Any) -> Any:
+        """A X for X [n] or [n, b]; the result in X's framework."""
+        def apply(rows: np.ndarray, out: np.ndarray) -> None:
+            with self._lock:
+                _core.prepared_apply(self._core, rows, out)
+        return _apply_columns(x, self.size, self.dtype, apply)
 
     def __matmul__(self, x: Any) -> Any:
         return self.matmat(x)
 
     def __repr__(self) -> str:
-        return f"dynascope.{type(self).__name__}(kind={self._core.kind!r}, size={self.size}, dtype={self.dtype})"
+        return f"dynascope.PreparedOperator(kind={self._core.kind!r}, size={self.size}, dtype={self.dtype})"
 
 
 class CurvatureOperator(Operator):
@@ -359,6 +416,8 @@ def _as_operator(operator: Any) -> Operator:
     """Whatever the spectral functions accept, as an Operator."""
     if isinstance(operator, Operator):
         return operator
+    if isinstance(operator, PreparedOperator):
+        return operator.operator
     if isinstance(operator, np.ndarray) or is_torch(operator) or type(operator).__module__.split(".")[0] in (
             "jax", "jaxlib"):
         fw, _ = check_array(operator, "operator", 2)

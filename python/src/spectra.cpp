@@ -7,6 +7,7 @@
 // them alive), never copies of them.
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/unique_ptr.h>
 #include <nanobind/stl/vector.h>
 
 #include <algorithm>
@@ -273,18 +274,82 @@ double loss_value(const Operator& op, int threads) {
   });
 }
 
-// y = A x through the library's operator (for tests and for users who want single products).
+// y = A x for x, y [k, n], in blocks of at most the operator's max_block rows (the bound on the
+// buffers its products reserve; 0: one block).
+template <class T>
+void apply_blocks(linalg::LinearOperator<T>& lop, MatrixView<const T> x, MatrixView<T> y) {
+  const index_t k = x.rows, n = x.cols, b = lop.max_block() > 0 ? lop.max_block() : std::max<index_t>(k, 1);
+  for (index_t r0 = 0; r0 < k; r0 += b) {
+    const index_t m = std::min(b, k - r0);
+    lop.apply(x.block(r0, 0, m, n), y.block(r0, 0, m, n));
+  }
+}
+
+template <class T>
+void check_apply_args(const std::string& dtype, index_t size, const In2<T>& x, const Out2<T>& y) {
+  if (dtype != dtype_name<T>())
+    throw InvalidArgument(std::string("x: dtype ") + dtype_name<T>() + " differs from the operator's (" + dtype + ")");
+  if (static_cast<index_t>(x.shape(1)) != size || x.shape(0) != y.shape(0) || x.shape(1) != y.shape(1))
+    throw ShapeMismatch("x: expected [k, " + std::to_string(size) + "] (and y of the same shape)");
+}
+
+// y = A x through the library's operator, built for this call (for tests and single products).
 template <class T>
 void apply_into(const Operator& op, In2<T> x, Out2<T> y, int threads) {
-  if (op.dtype != dtype_name<T>())
-    throw InvalidArgument(std::string("x: dtype ") + dtype_name<T>() + " differs from the operator's (" + op.dtype + ")");
-  if (static_cast<index_t>(x.shape(1)) != op.size || x.shape(0) != y.shape(0) || x.shape(1) != y.shape(1))
-    throw ShapeMismatch("x: expected [k, " + std::to_string(op.size) + "] (and y of the same shape)");
+  check_apply_args<T>(op.dtype, op.size, x, y);
   Runner run(threads, nb::none());
   run([&](const Context& ctx) {
     auto lop = op.factory<T>()(ctx, run);
-    lop->apply(view2(x), view2(y));
+    apply_blocks<T>(*lop, view2(x), view2(y));
   });
+}
+
+// An operator built once (Python's `op.prepared()`): the forward pass, the loss gradient and the
+// workspaces of the NTK and curvature operators are computed at construction and reused by every
+// product, which therefore sees the arrays as they were then. It owns the Runner its context was
+// made by (the context's progress sink and Ctrl-C check point at it); the Python object that
+// holds it keeps the Operator (and so the arrays) alive and serializes calls with a lock.
+struct PreparedOperator {
+  std::string dtype, kind;
+  index_t size = 0;
+  std::unique_ptr<Runner> run;
+  std::unique_ptr<linalg::LinearOperator<float>> op32;
+  std::unique_ptr<linalg::LinearOperator<double>> op64;
+
+  template <class T>
+  linalg::LinearOperator<T>& get() {
+    if constexpr (std::is_same_v<T, float>) return *op32; else return *op64;
+  }
+};
+
+std::unique_ptr<PreparedOperator> prepare(const Operator& op, int threads) {
+  auto p = std::make_unique<PreparedOperator>();
+  p->dtype = op.dtype;
+  p->kind = op.kind;
+  p->size = op.size;
+  p->run = std::make_unique<Runner>(threads, nb::none());
+  Runner& run = *p->run;
+  dispatch(op, [&](auto tag) {
+    using T = decltype(tag);
+    run([&](const Context& ctx) {
+      auto lop = op.factory<T>()(ctx, run);
+      if constexpr (std::is_same_v<T, float>) p->op32 = std::move(lop); else p->op64 = std::move(lop);
+    });
+    return 0;
+  });
+  return p;
+}
+
+template <class T>
+void prepared_apply(PreparedOperator& p, In2<T> x, Out2<T> y) {
+  check_apply_args<T>(p.dtype, p.size, x, y);
+  (*p.run)([&](const Context&) { apply_blocks<T>(p.get<T>(), view2(x), view2(y)); });
+}
+
+double prepared_loss_value(const PreparedOperator& p) {
+  if (p.kind != "ggn" && p.kind != "hessian") throw InvalidArgument("loss_value: only curvature operators have a loss");
+  if (p.dtype == "float32") return static_cast<const linalg::CurvatureOperator<float>&>(*p.op32).loss_value();
+  return static_cast<const linalg::CurvatureOperator<double>&>(*p.op64).loss_value();
 }
 
 linalg::LanczosOptions lanczos_options(index_t k, const std::string& which, double tol, const std::string& method,
@@ -360,6 +425,17 @@ void register_spectra(nb::module_& m) {
   m.def("operator_apply", &apply_into<float>, "op"_a, "x"_a.noconvert(), "y"_a.noconvert(), "threads"_a,
         "y = A x for x, y [k, n].");
   m.def("operator_apply", &apply_into<double>, "op"_a, "x"_a.noconvert(), "y"_a.noconvert(), "threads"_a);
+
+  nb::class_<PreparedOperator>(m, "PreparedOperator", "An operator built once for many products (op.prepared()).")
+      .def_ro("dtype", &PreparedOperator::dtype)
+      .def_ro("size", &PreparedOperator::size)
+      .def_ro("kind", &PreparedOperator::kind);
+  m.def("prepare_operator", &prepare, "op"_a, "threads"_a,
+        "Builds the operator once (forward pass, gradient, workspaces) for prepared_apply.");
+  m.def("prepared_apply", &prepared_apply<float>, "op"_a, "x"_a.noconvert(), "y"_a.noconvert(),
+        "y = A x for x, y [k, n] through a prepared operator.");
+  m.def("prepared_apply", &prepared_apply<double>, "op"_a, "x"_a.noconvert(), "y"_a.noconvert());
+  m.def("prepared_loss_value", &prepared_loss_value, "op"_a, "L(w) of a prepared curvature operator.");
 }
 
 }  // namespace dynascope::python

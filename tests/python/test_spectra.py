@@ -415,3 +415,79 @@ def test_bad_input_messages():
         dynascope.spectrum(mlp, x, operator="hessian", **Q)
     with pytest.raises(E, match="model: expected a torch.nn.Module"):
         dynascope.torch_curvature_operator(mlp, nn.functional.mse_loss, x, y)
+
+
+# ---------------------------------------------------------------- prepared operators
+
+@pytest.mark.parametrize("kind", ["hessian", "ggn", "ntk"])
+def test_prepared_operator_products_against_torch_and_the_per_call_operator(kind):
+    model = make_mlp(2)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(9, 3, dtype=torch.float64, generator=g)
+    y = torch.randint(0, 3, (9,), generator=g)
+    mlp = dynascope.Mlp.from_torch(model)
+    if kind == "ntk":
+        f, w0 = flat_fn(model)
+        j = torch.autograd.functional.jacobian(lambda w: f(w, x), w0).reshape(9 * 3, -1).numpy()
+        dense = j @ j.T
+        op = dynascope.ntk_operator(mlp, x)
+    else:
+        dense = dense_curvature(model, x, lambda o: nn.functional.cross_entropy(o, y), kind)
+        op = dynascope.curvature_operator(mlp, x, y, curvature=kind)
+    p = op.prepared(threads=2)
+    assert (p.size, p.dtype, p.shape, p.framework) == (op.size, op.dtype, op.shape, op.framework)
+    atol = 1e-11 * np.abs(dense).max()
+    for _ in range(3):   # the same prepared state serves every call
+        v = torch.randn(op.size, dtype=torch.float64, generator=g)
+        pv = p @ v
+        assert isinstance(pv, torch.Tensor) and pv.shape == (op.size,)
+        np.testing.assert_allclose(pv, dense @ v.numpy(), rtol=0, atol=atol)
+        np.testing.assert_allclose(pv, op @ v, rtol=0, atol=atol)
+    block = np.random.default_rng(1).standard_normal((op.size, 4))
+    np.testing.assert_allclose(p.matmat(block), dense @ block, rtol=0, atol=atol)
+    if kind != "ntk":
+        assert p.loss_value == op.loss_value
+    else:
+        with pytest.raises(dynascope.InvalidArgument, match="only curvature operators"):
+            p.loss_value
+    # the solvers take it (they build their own operator from the same arrays)
+    r = dynascope.eigsh(p, k=2, which="magnitude", method="lanczos", **Q)
+    check_pairs(dense, r, 2, "magnitude", rtol=1e-8)
+
+
+def test_prepared_operator_from_several_threads_and_bad_input():
+    import threading
+    rng = np.random.default_rng(7)
+    n = 40
+    a = rng.standard_normal((n, n))
+    a = a + a.T
+    p = dynascope.CallbackOperator(n, matmat=lambda x: a @ x).prepared()
+    vs = rng.standard_normal((8, n))
+    got = [None] * 8
+
+    def work(i):
+        for _ in range(20):
+            got[i] = p @ vs[i]
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    for i in range(8):
+        np.testing.assert_allclose(got[i], a @ vs[i], rtol=1e-13, atol=1e-12)
+    with pytest.raises(dynascope.ShapeMismatch, match=r"x: expected \[40\] or \[40, b\]"):
+        p @ np.ones(n + 1)
+    with pytest.raises(ValueError, match="x: .*float32"):
+        p @ np.ones(n, dtype=np.float32)
+
+    calls = {"n": 0}
+
+    def flaky(x):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("matvec failed once")
+        return a @ x
+    q = dynascope.CallbackOperator(n, matvec=flaky).prepared()
+    with pytest.raises(RuntimeError, match="matvec failed once"):
+        q @ vs[0]
+    np.testing.assert_allclose(q @ vs[0], a @ vs[0], rtol=1e-13, atol=1e-12)   # usable after an error
