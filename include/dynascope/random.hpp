@@ -22,7 +22,9 @@ struct Stream {
 };
 
 // Fills x with U[lo, hi) (uniform), N(mean, stddev^2) (normal), +-1 with equal probability
-// (rademacher), or integers uniform in [0, n) (integers; bias below 2^-32 * n).
+// (rademacher), or integers uniform in [0, n) (integers; bias below 2^-32 * n). Rademacher's
+// `first`: x[i] is element first + i of the stream's sequence, so a long sequence can be drawn in
+// pieces (element i of a call with first = 0 equals element i - f of one with first = f).
 template <class T>
 DYNASCOPE_API void fill_uniform(const Context& ctx, Stream s, VectorView<T> x, T lo = T(0),
                                 T hi = T(1));
@@ -30,7 +32,7 @@ template <class T>
 DYNASCOPE_API void fill_normal(const Context& ctx, Stream s, VectorView<T> x, T mean = T(0),
                                T stddev = T(1));
 template <class T>
-DYNASCOPE_API void fill_rademacher(const Context& ctx, Stream s, VectorView<T> x);
+DYNASCOPE_API void fill_rademacher(const Context& ctx, Stream s, VectorView<T> x, std::uint64_t first = 0);
 DYNASCOPE_API void fill_integers(const Context& ctx, Stream s, VectorView<std::int64_t> x,
                                  std::int64_t n);
 

@@ -28,14 +28,22 @@ void fill_normal(const Context& ctx, Stream s, VectorView<T> x, T mean, T stddev
 }
 
 template <class T>
-void fill_rademacher(const Context& ctx, Stream s, VectorView<T> x) {
+void fill_rademacher(const Context& ctx, Stream s, VectorView<T> x, std::uint64_t first) {
   detail::check_vector(ctx, x, "random::fill_rademacher", "x");
-  // Element i takes word i % 4 of Philox block i / 4 (as kern::philox_u32): one block per four
-  // elements, the same values as drawing them one by one.
+  // Element e of the sequence takes word e % 4 of Philox block e / 4 (as kern::philox_u32): one
+  // block per four elements, the same values as drawing them one by one. x[i] is element
+  // first + i, so consecutive calls with first advanced by the sizes give one call's values.
   const index_t n = x.size;
-  kern::parallel_for(ctx, (n + 3) / 4, [=] DYNASCOPE_HD(index_t b) {
-    const kern::PhiloxBlock r = kern::philox_block(s.seed, s.stream, s.step, static_cast<std::uint64_t>(b));
-    for (index_t j = 0; j < 4 && 4 * b + j < n; ++j) x[4 * b + j] = (r.v[j] >> 31) ? T(1) : T(-1);
+  if (n == 0) return;
+  const std::uint64_t b0 = first / 4, b1 = (first + static_cast<std::uint64_t>(n) - 1) / 4;
+  kern::parallel_for(ctx, static_cast<index_t>(b1 - b0 + 1), [=] DYNASCOPE_HD(index_t k) {
+    const std::uint64_t b = b0 + static_cast<std::uint64_t>(k);
+    const kern::PhiloxBlock r = kern::philox_block(s.seed, s.stream, s.step, b);
+    for (int j = 0; j < 4; ++j) {
+      const std::uint64_t e = 4 * b + static_cast<std::uint64_t>(j);
+      if (e >= first && e - first < static_cast<std::uint64_t>(n))
+        x[static_cast<index_t>(e - first)] = (r.v[j] >> 31) ? T(1) : T(-1);
+    }
   });
 }
 
@@ -55,7 +63,7 @@ template void fill_uniform<float>(const Context&, Stream, VectorView<float>, flo
 template void fill_uniform<double>(const Context&, Stream, VectorView<double>, double, double);
 template void fill_normal<float>(const Context&, Stream, VectorView<float>, float, float);
 template void fill_normal<double>(const Context&, Stream, VectorView<double>, double, double);
-template void fill_rademacher<float>(const Context&, Stream, VectorView<float>);
-template void fill_rademacher<double>(const Context&, Stream, VectorView<double>);
+template void fill_rademacher<float>(const Context&, Stream, VectorView<float>, std::uint64_t);
+template void fill_rademacher<double>(const Context&, Stream, VectorView<double>, std::uint64_t);
 
 }  // namespace dynascope::random

@@ -875,12 +875,26 @@ TraceEstimate hutchinson(LinearOperator<T>& op, index_t probes, std::uint64_t se
   if (probes < 1) throw InvalidArgument("hutchinson: probes must be >= 1, got " + std::to_string(probes));
   const Context& ctx = op.context();
   const index_t n = op.size();
-  Array<T> z(ctx, {probes, n}), az(ctx, {probes, n});
-  random::fill_rademacher<T>(ctx, {seed, 0x68757463u, 0}, VectorView<T>{z.data(), probes * n, 1, ctx.backend(), ctx.device()});
+  // Probes in blocks: the operator's max_block, else as many as fit 64 MiB for Z and AZ, so that
+  // memory does not grow with the probe count. Block r0 draws elements r0*n.. of the one Rademacher
+  // sequence: the probes are the same for any block size.
+  const index_t fit = std::max<index_t>(1, index_t((std::size_t(64) << 20) / (2 * sizeof(T) * std::size_t(n))));
+  const index_t block = std::min(probes, op.max_block() > 0 ? op.max_block() : fit);
+  Array<T> z(ctx, {block, n}), az(ctx, {block, n});
   TraceEstimate t;
+  std::vector<double> samples;
+  samples.reserve(std::size_t(probes));
   ctx.progress("hutchinson: probes", 0, probes);
-  apply_blocks<T>(op, z.matrix(), az.matrix(), t.matvecs, [&](index_t done) { ctx.progress("hutchinson: probes", done, probes); });
-  mean_and_std_error(row_dots<T>(ctx, z.matrix(), az.matrix()), t.trace, t.std_error);
+  for (index_t r0 = 0; r0 < probes; r0 += block) {
+    const index_t m = std::min(block, probes - r0);
+    random::fill_rademacher<T>(ctx, {seed, 0x68757463u, 0}, VectorView<T>{z.data(), m * n, 1, ctx.backend(), ctx.device()},
+                               std::uint64_t(r0) * std::uint64_t(n));
+    const MatrixView<T> zm = z.matrix().block(0, 0, m, n), azm = az.matrix().block(0, 0, m, n);
+    apply_blocks<T>(op, zm, azm, t.matvecs);
+    for (double v : row_dots<T>(ctx, zm, azm)) samples.push_back(v);
+    ctx.progress("hutchinson: probes", r0 + m, probes);
+  }
+  mean_and_std_error(samples, t.trace, t.std_error);
   return t;
 }
 

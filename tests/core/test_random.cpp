@@ -44,6 +44,33 @@ TEST(Philox, FillsFollowTheDocumentedCounterLayout) {
   }
 }
 
+TEST(Philox, RademacherFromAnOffsetFollowsTheLayoutAndPiecesMakeTheWhole) {
+  const random::Stream s{0xfeedULL, 0x68757463u, 0};
+  for (const std::uint64_t first : {0ull, 1ull, 2ull, 3ull, 4ull, 7ull, 4097ull, (1ull << 33) + 5}) {
+    for (const index_t n : {1, 2, 3, 5, 8, 13}) {
+      std::vector<double> r(std::size_t(n), 0.0);
+      random::fill_rademacher<double>(Context::host(2), s, vector_view(r.data(), n), first);
+      for (index_t i = 0; i < n; ++i) {
+        const std::uint64_t e = first + std::uint64_t(i);
+        const std::uint32_t w = kern::philox_block(s.seed, s.stream, s.step, e / 4).v[e % 4];
+        ASSERT_EQ(r[std::size_t(i)], (w >> 31) ? 1.0 : -1.0) << "first " << first << " n " << n << " i " << i;
+      }
+    }
+  }
+  // Pieces of uneven sizes (not multiples of four) give the values of one call.
+  std::vector<float> whole(1000), pieces(1000);
+  random::fill_rademacher<float>(Context::host(2), s, vector_view(whole.data(), 1000));
+  index_t at = 0;
+  for (const index_t len : {3, 1, 250, 7, 739}) {
+    random::fill_rademacher<float>(Context::host(1), s, vector_view(pieces.data() + at, len), std::uint64_t(at));
+    at += len;
+  }
+  ASSERT_EQ(at, 1000);
+  EXPECT_EQ(whole, pieces);
+  std::vector<float> none;
+  random::fill_rademacher<float>(Context::host(), s, vector_view(none.data(), 0), 5);   // an empty piece: no-op
+}
+
 TEST(Philox, DrawsDoNotDependOnThreadCountOrLength) {
   const random::Stream s{42, 1, 0};
   std::vector<double> a(50001), b(50001), c(1000);

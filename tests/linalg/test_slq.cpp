@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "dynascope/linalg.hpp"
+#include "dynascope/random.hpp"
 #include "linalg/spectra_test_util.hpp"
 
 namespace dynascope {
@@ -145,6 +146,46 @@ TEST(Trace, HutchinsonAndHutchPlusPlusEstimateTheExactTrace) {
   EXPECT_EQ(linalg::hutchpp_probes<double>(op, 21, 3).matvecs, 32);
   EXPECT_THROW(linalg::hutchpp_probes<double>(op, 1, 3), InvalidArgument);
   EXPECT_THROW(linalg::hutchinson<double>(op, 0, 3), InvalidArgument);
+}
+
+TEST(Trace, HutchinsonInBlocksIsTheNaiveEstimateOfItsDocumentedProbes) {
+  // Probe i is elements i*n .. of the Rademacher sequence (seed, stream 0x68757463): a naive
+  // float64 loop over those probes gives the estimate and its standard error, whatever block
+  // sizes the probes are applied in (one block, the operator's max_block, a remainder).
+  const Fixture fx;
+  Context ctx = Context::host(2);
+  const index_t n = fx.n, probes = 23;
+  const std::uint64_t seed = 77;
+  std::vector<double> z(std::size_t(probes * n));
+  random::fill_rademacher<double>(ctx, {seed, 0x68757463u, 0}, vector_view(z.data(), probes * n));
+  std::vector<double> q;
+  for (index_t p = 0; p < probes; ++p) {
+    double v = 0;
+    for (index_t i = 0; i < n; ++i)
+      for (index_t j = 0; j < n; ++j)
+        v += z[std::size_t(p * n + i)] * fx.a[std::size_t(i * n + j)] * z[std::size_t(p * n + j)];
+    q.push_back(v);
+  }
+  double mean = 0, var = 0;
+  for (double v : q) mean += v / double(probes);
+  for (double v : q) var += (v - mean) * (v - mean) / double(probes - 1);
+  const double se = std::sqrt(var / double(probes));
+  const linalg::DenseOperator<double> dense(ctx, {fx.a.data(), n, n, n});
+  for (const index_t block : {index_t(0), index_t(1), index_t(5), index_t(23), index_t(40)}) {
+    index_t calls = 0, largest = 0;
+    linalg::CallbackOperator<double> op(ctx, n, [&](MatrixView<const double> x, MatrixView<double> y) {
+      ++calls;
+      largest = std::max(largest, x.rows);
+      const_cast<linalg::DenseOperator<double>&>(dense).apply(x, y);
+    }, block);
+    const auto h = linalg::hutchinson<double>(op, probes, seed);
+    EXPECT_NEAR(h.trace, mean, 1e-12 * std::abs(mean)) << "max_block " << block;
+    EXPECT_NEAR(h.std_error, se, 1e-10 * se) << "max_block " << block;
+    EXPECT_EQ(h.matvecs, probes);
+    const index_t expect = block == 0 ? probes : std::min(block, probes);
+    EXPECT_EQ(largest, expect) << "max_block " << block;
+    EXPECT_EQ(calls, (probes + expect - 1) / expect) << "max_block " << block;
+  }
 }
 
 TEST(Trace, StandardErrorsAreNaNFromOneSampleAndZeroWhenExact) {
