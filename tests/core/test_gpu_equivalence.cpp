@@ -128,6 +128,11 @@ TEST_P(CoreOnBackends, EveryPhiloxFillFollowsTheDocumentedLayout) {
   EXPECT_EQ(du.to_vector(ctx()), layout_uniform<float>(s, n, -1.0f, 2.0f));
   EXPECT_EQ(dr.to_vector(ctx()), layout_rademacher<float>(s, n));
   EXPECT_EQ(di.to_vector(ctx()), layout_integers(s, n, 1000003));
+  // Rademacher from element 5 on (not a Philox block boundary): the tail of the whole sequence.
+  Array<float> dt(ctx(), {n - 5});
+  random::fill_rademacher<float>(ctx(), s, dt.vector(), 5);
+  const auto whole = layout_rademacher<float>(s, n);
+  EXPECT_EQ(dt.to_vector(ctx()), std::vector<float>(whole.begin() + 5, whole.end()));
 }
 
 TEST_P(CoreOnBackends, PhiloxFillsWriteStridedAndEmptyViews) {
