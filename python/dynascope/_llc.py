@@ -340,8 +340,10 @@ class _Adapter:
             b = None if batch is None else torch.from_numpy(batch)
         elif self.fw == "jax":
             import jax.numpy as jnp
-            p = jnp.asarray(params)
-            b = None if batch is None else jnp.asarray(batch)
+            # JAX copies a large array on a worker thread after asarray returns; wait for the copy,
+            # since the core rewrites these buffers once the callback returns.
+            p = jnp.asarray(params).block_until_ready()
+            b = None if batch is None else jnp.asarray(batch).block_until_ready()
         else:
             params.flags.writeable = False
             p = params
