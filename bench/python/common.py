@@ -149,3 +149,15 @@ def pin_cpus(threads):
     if threads < len(cpus):
         os.sched_setaffinity(0, cpus[:threads])
     return sorted(os.sched_getaffinity(0))
+
+
+def relu_mlp(widths, bias=True):
+    """torch.nn.Sequential of Linear layers with ReLU between them (none after the last), built in
+    layer order so that a seeded torch RNG gives every script the same weights."""
+    import torch
+    layers = []
+    for i in range(len(widths) - 1):
+        layers.append(torch.nn.Linear(widths[i], widths[i + 1], bias=bias))
+        if i + 2 < len(widths):
+            layers.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*layers)

@@ -66,12 +66,11 @@ import copy
 import math
 import os
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import best_time, dynascope_package, load_fashion_mnist, pin_cpus  # noqa: E402
+from common import best_time, dynascope_package, load_fashion_mnist, pin_cpus, relu_mlp  # noqa: E402
 
 PARTS = ("hvp", "trace", "slq", "eigsh")
 
@@ -154,12 +153,7 @@ def main():
         x = torch.randn(args.n, widths[0], generator=g)
         y = torch.randint(0, widths[-1], (args.n,), generator=g)
     torch.manual_seed(args.seed)
-    layers = []
-    for i in range(len(widths) - 1):
-        layers.append(torch.nn.Linear(widths[i], widths[i + 1]))
-        if i + 2 < len(widths):
-            layers.append(torch.nn.ReLU())
-    net = torch.nn.Sequential(*layers)
+    net = relu_mlp(widths)
     params = [p for p in net.parameters()]
     P = sum(p.numel() for p in params)
     loss_fn = torch.nn.CrossEntropyLoss()

@@ -57,7 +57,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import dynascope_package, load_fashion_mnist, need_torch, save_safetensors  # noqa: E402
+from common import dynascope_package, load_fashion_mnist, need_torch, relu_mlp, save_safetensors  # noqa: E402
 
 need_torch()
 import torch  # noqa: E402
@@ -76,12 +76,7 @@ WIDTHS = [784, 512, 512, 10]
 
 
 def build_net():
-    layers = []
-    for i in range(len(WIDTHS) - 1):
-        layers.append(torch.nn.Linear(WIDTHS[i], WIDTHS[i + 1]))
-        if i < len(WIDTHS) - 2:
-            layers.append(torch.nn.ReLU())
-    return torch.nn.Sequential(*layers)
+    return relu_mlp(WIDTHS)
 
 
 def loss_fn(loss):

@@ -17,7 +17,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import best_time, dynascope_package, need_torch  # noqa: E402
+from common import best_time, dynascope_package, need_torch, relu_mlp  # noqa: E402
 
 need_torch()
 import torch  # noqa: E402
@@ -92,12 +92,7 @@ def main():
     ds = dynascope_package()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    layers = []
-    for i in range(len(WIDTHS) - 1):
-        layers.append(torch.nn.Linear(WIDTHS[i], WIDTHS[i + 1]))
-        if i + 2 < len(WIDTHS):
-            layers.append(torch.nn.ReLU())
-    net = torch.nn.Sequential(*layers)
+    net = relu_mlp(WIDTHS)
     x = torch.rand(n, WIDTHS[0])
     # One shared frame: P orthonormal directions from the QR factorisation of a Gaussian [D, P].
     q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((WIDTHS[0], p)))

@@ -17,6 +17,7 @@
 #include "dynascope/error.hpp"
 #include "core/blas_kernels.hpp"
 #include "core/checks.hpp"
+#include "core/omp_threads.hpp"
 
 #if DYNASCOPE_WITH_CUDA
 #include "cuda/check.hpp"
@@ -30,6 +31,7 @@ namespace {
 using detail::check_matrix;
 using detail::check_vector;
 using detail::dims;
+using detail::OmpThreads;
 
 int to_int(index_t v, const char* call) {
   if (v > INT_MAX) throw InvalidArgument(std::string(call) + ": dimension " + std::to_string(v) + " exceeds the 32-bit BLAS interface");
@@ -41,20 +43,10 @@ int to_int(index_t v, const char* call) {
 // holds a core the whole team waits for it (measured: a 384x64x64 training step 40x slower).
 // The ICV is the calling thread's own, set for the call and restored, so embedders are unaffected.
 constexpr double kThreadedFlops = double(1 << 24);
-class BlasThreads {
+class BlasThreads : public OmpThreads {
  public:
-  BlasThreads(const Context& ctx, double flops) : saved_(omp_get_max_threads()) {
-    const int want = flops < kThreadedFlops ? 1 : (ctx.threads() > 0 ? ctx.threads() : saved_);
-    if (want != saved_) omp_set_num_threads(want);
-  }
-  ~BlasThreads() {
-    if (omp_get_max_threads() != saved_) omp_set_num_threads(saved_);
-  }
-  BlasThreads(const BlasThreads&) = delete;
-  BlasThreads& operator=(const BlasThreads&) = delete;
-
- private:
-  int saved_;
+  BlasThreads(const Context& ctx, double flops)
+      : OmpThreads(flops < kThreadedFlops ? 1 : (ctx.threads() > 0 ? ctx.threads() : omp_get_max_threads())) {}
 };
 
 inline index_t op_rows(blas::Op op, index_t r, index_t c) { return op == blas::Op::none ? r : c; }

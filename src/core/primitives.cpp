@@ -17,6 +17,7 @@
 #include <thrust/system/omp/execution_policy.h>
 
 #include "core/checks.hpp"
+#include "core/omp_threads.hpp"
 #include "kernels/launch.cuh"
 #include "kernels/rows.cuh"
 #include "kernels/segmented.cuh"
@@ -44,20 +45,9 @@ void check_rows_out(const Context& ctx, MatrixView<const T> a, VectorView<Out> o
 
 // Thrust's OpenMP system sizes its teams by the calling thread's nthreads ICV: set it to the
 // context's thread count for the call and restore it, so embedders are unaffected.
-class HostThreads {
+class HostThreads : public detail::OmpThreads {
  public:
-  explicit HostThreads(const Context& ctx) : saved_(omp_get_max_threads()) {
-    const int want = kern::host_threads(ctx);
-    if (want != saved_) omp_set_num_threads(want);
-  }
-  ~HostThreads() {
-    if (omp_get_max_threads() != saved_) omp_set_num_threads(saved_);
-  }
-  HostThreads(const HostThreads&) = delete;
-  HostThreads& operator=(const HostThreads&) = delete;
-
- private:
-  int saved_;
+  explicit HostThreads(const Context& ctx) : OmpThreads(kern::host_threads(ctx)) {}
 };
 
 #if defined(__CUDACC__)

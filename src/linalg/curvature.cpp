@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "core/buffer.hpp"
-#include "core/one_blas_thread.hpp"
+#include "core/omp_threads.hpp"
 #include "dynascope/engine.hpp"
 #include "dynascope/losses.hpp"
 #include "linalg/operator_checks.hpp"

@@ -20,7 +20,7 @@
 
 #include "core/buffer.hpp"
 #include "core/checks.hpp"
-#include "core/one_blas_thread.hpp"
+#include "core/omp_threads.hpp"
 #include "dynascope/blas.hpp"
 #include "kernels/activation.cuh"
 #include "kernels/launch.cuh"
