@@ -186,7 +186,4 @@ def from_numpy(fw: str, a: np.ndarray) -> Any:
     if fw == "torch":
         import torch
         return torch.from_numpy(np.ascontiguousarray(a))
-    if fw == "jax" and a.dtype == bool:   # NumPy 1.24 cannot export bool through DLPack
-        import jax.numpy as jnp
-        return jnp.asarray(a)
-    return to_framework(fw, a)
+    return to_framework(fw, a)   # (bool arrays reach JAX through asarray: NumPy 1.24 cannot export bool by DLPack)

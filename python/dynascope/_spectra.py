@@ -442,15 +442,6 @@ def _as_operator(operator: Any) -> Operator:
                           f"{type(operator).__name__}")
 
 
-def _bools(fw: str, a: np.ndarray) -> Any:
-    """A small bool array in the caller's framework (NumPy's DLPack export refuses bool, so JAX
-    gets a copy through jax.numpy.asarray)."""
-    if fw == "jax":
-        import jax.numpy as jnp
-        return jnp.asarray(a)
-    return from_numpy(fw, a)
-
-
 def _int(value: Any, name: str, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise InvalidArgument(f"{name}: expected an integer >= {low}, got {value!r}")
@@ -519,7 +510,7 @@ def eigsh(operator: Any, k: int = 6, which: str = "largest", tol: float = 1e-8, 
         eigenvalues=from_numpy(fw, np.asarray(r["eigenvalues"], dtype=np.float64)),
         vectors=to_framework(fw, vectors),
         residuals=from_numpy(fw, np.asarray(r["residuals"], dtype=np.float64)),
-        converged=_bools(fw, np.asarray(r["converged"], dtype=bool)),
+        converged=from_numpy(fw, np.asarray(r["converged"], dtype=bool)),
         status=list(r["status"]), all_converged=bool(r["all_converged"]),
         multiplicity_checked=bool(r["multiplicity_checked"]), missed_recovered=int(r["missed_recovered"]),
         iterations=int(r["iterations"]), matvecs=int(r["matvecs"]), method=str(r["method"]),
